@@ -1,0 +1,6 @@
+"""kfac: K-FAC (Martens & Grosse 2015) and KFC (Grosse & Martens 2016) for PyTorch."""
+
+from kfac.enums import FisherType, InverseStructure, LossFamily
+from kfac.optimizer import KFAC
+
+__all__ = ["KFAC", "FisherType", "InverseStructure", "LossFamily"]

@@ -1,0 +1,58 @@
+"""Forward hooks that keep each layer's input ā and output s, only while recording.
+
+The outputs are kept attached to the graph so that the statistics' backward pass can ask
+autograd for g = ∂(−log p(y|x))/∂s directly, without touching any parameter's .grad.  When not
+recording the hooks return at once, so steps without statistics cost what SGD costs.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from kfac.layers import LinearBlock
+
+
+class ActivationCapture:
+    def __init__(self, blocks: list[LinearBlock]):
+        self.blocks = blocks
+        self.recording = False
+        self.inputs: dict[str, torch.Tensor] = {}
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles = [
+            block.module.register_forward_hook(self._hook_for(block.name)) for block in blocks
+        ]
+
+    def _hook_for(self, name: str):
+        def hook(module, inputs, output):
+            if not self.recording:
+                return
+            if name in self.inputs:
+                raise RuntimeError(
+                    f"layer {name!r} ran twice in one forward pass; K-FAC needs each "
+                    "Linear/Conv2d module called once per forward"
+                )
+            self.inputs[name] = inputs[0].detach()
+            self.outputs[name] = output
+
+        return hook
+
+    @contextmanager
+    def record(self, enabled: bool = True):
+        """Keep the activations of the forward passes run inside this block."""
+        self.inputs.clear()
+        self.outputs.clear()
+        self.recording = enabled
+        try:
+            yield self
+        finally:
+            self.recording = False
+
+    def clear(self) -> None:
+        self.inputs.clear()
+        self.outputs.clear()
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()

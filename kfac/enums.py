@@ -1,0 +1,25 @@
+"""The choices the optimizer offers, as enums (strings are accepted wherever an enum is)."""
+
+from enum import StrEnum
+
+
+class LossFamily(StrEnum):
+    """The model's predictive distribution p(y|x); the loss is its negative log-likelihood."""
+
+    CROSS_ENTROPY = "cross_entropy"  # categorical over logits
+    BCE = "bce"  # independent Bernoulli over logits
+    MSE = "mse"  # Gaussian with unit variance: 0.5 * ||y - z||^2
+
+
+class FisherType(StrEnum):
+    """Where the targets of the statistics' backward pass come from (paper §5)."""
+
+    TRUE = "true"  # sampled from the model's predictive distribution
+    EMPIRICAL = "empirical"  # the training targets
+
+
+class InverseStructure(StrEnum):
+    """The structured approximation of the inverse Fisher (paper §4)."""
+
+    BLOCK_DIAGONAL = "block_diagonal"  # F̌⁻¹, §4.2
+    BLOCK_TRIDIAGONAL = "block_tridiagonal"  # F̂⁻¹, §4.3 and Appendix B

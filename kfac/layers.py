@@ -1,0 +1,96 @@
+"""Layers that K-FAC preconditions, seen as one weight matrix [W b] each (paper §2.1).
+
+A layer's parameters are the matrix W̄ = [W b] of shape (d_g, d_a): d_g output units, d_a inputs
+plus a homogeneous coordinate when the layer has a bias, so that s = W̄ ā.  Its gradient is
+DW̄ = g āᵀ and, with column-major vectorisation, vec(DW̄) = ā ⊗ g (paper §3).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def with_homogeneous_coordinate(rows: torch.Tensor) -> torch.Tensor:
+    """Append a column of ones: ā = [a; 1], the bias as an extra input (paper §2.1)."""
+    return torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+
+
+class LinearBlock:
+    """An nn.Linear layer: ā is its input, g = D s the gradient at its output."""
+
+    def __init__(self, name: str, module: nn.Linear):
+        self.name = name
+        self.module = module
+
+    @property
+    def has_bias(self) -> bool:
+        return self.module.bias is not None
+
+    @property
+    def input_dim(self) -> int:
+        """d_a, the side of Ā."""
+        return self.module.in_features + int(self.has_bias)
+
+    @property
+    def output_dim(self) -> int:
+        """d_g, the side of G."""
+        return self.module.out_features
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for p in (self.module.weight, self.module.bias) if p is not None]
+
+    def input_rows(self, layer_input: torch.Tensor) -> torch.Tensor:
+        """Rows ā of shape (N, d_a); extra leading dimensions count as more examples."""
+        rows = layer_input.reshape(-1, self.module.in_features)
+        return with_homogeneous_coordinate(rows) if self.has_bias else rows
+
+    def output_rows(self, output_grad: torch.Tensor) -> torch.Tensor:
+        """Rows g of shape (N, d_g)."""
+        return output_grad.reshape(-1, self.module.out_features)
+
+    def input_factor(self, layer_input: torch.Tensor) -> torch.Tensor:
+        """Ā = E[ā āᵀ] over the examples of this batch, (d_a, d_a)."""
+        rows = self.input_rows(layer_input)
+        return rows.T @ rows / rows.shape[0]
+
+    def output_factor(self, output_grad: torch.Tensor) -> torch.Tensor:
+        """G = E[g gᵀ] over the examples of this batch, (d_g, d_g)."""
+        rows = self.output_rows(output_grad)
+        return rows.T @ rows / rows.shape[0]
+
+    def weight_matrix(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """[W b] of shape (d_g, d_a) from tensors shaped like the weight and bias."""
+        matrix = weight.reshape(weight.shape[0], -1)
+        return torch.cat([matrix, bias[:, None]], dim=1) if bias is not None else matrix
+
+    def gradient_matrix(self) -> torch.Tensor:
+        """[∇W ∇b] of shape (d_g, d_a), from the parameters' .grad."""
+        bias_grad = self.module.bias.grad if self.has_bias else None
+        return self.weight_matrix(self.module.weight.grad, bias_grad)
+
+    def split(self, matrix: torch.Tensor) -> list[torch.Tensor]:
+        """Cut a (d_g, d_a) matrix back into tensors shaped like [weight, bias]."""
+        weight = self.module.weight
+        parts = [matrix[:, : weight[0].numel()].reshape(weight.shape)]
+        if self.has_bias:
+            parts.append(matrix[:, -1].contiguous())
+        return parts
+
+
+SUPPORTED_MODULES: dict[type[nn.Module], type] = {nn.Linear: LinearBlock}
+
+
+def find_blocks(model: nn.Module, names: list[str] | None = None) -> list[LinearBlock]:
+    """The K-FAC layers of `model` in model order, optionally only those named in `names`."""
+    blocks = []
+    for name, module in model.named_modules():
+        block_type = SUPPORTED_MODULES.get(type(module))
+        if block_type is None or (names is not None and name not in names):
+            continue
+        blocks.append(block_type(name, module))
+    if names is not None:
+        missing = set(names) - {b.name for b in blocks}
+        if missing:
+            raise ValueError(f"no Linear/Conv2d layer named {sorted(missing)} in the model")
+    return blocks

@@ -1,0 +1,464 @@
+"""K-FAC (Martens & Grosse 2015) as a torch.optim.Optimizer.
+
+One call of `step(inputs, targets)` is one iteration of the paper's algorithm:
+
+1. forward; on statistics steps (every `stats_interval`) the layers' inputs ā and outputs s are
+   kept, targets are sampled from the model (true Fisher, §5) and g = Ds comes from a separate
+   autograd call, so the real gradient is untouched;
+2. the Kronecker factors are updated as running averages (§5);
+3. every `inverse_interval` steps the damped factors are inverted (§4.2, §4.3, §6.3);
+4. the proposal Δ = −F̆⁻¹∇h is formed layer by layer, ∇h including the ℓ2 term ηθ (§6.1);
+5. δ = αΔ + μδ₀ with α, μ minimising the exact quadratic model (§7), or δ = −lr·Δ' + m·δ₀
+   with a fixed learning rate and momentum (optionally KL-clipped);
+6. every `damping_interval` steps λ moves by the Levenberg–Marquardt rule (§6.5).
+
+Parameters outside nn.Linear layers get the damped identity as their curvature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from kfac.capture import ActivationCapture
+from kfac.damping import DampingController
+from kfac.enums import FisherType, InverseStructure, LossFamily
+from kfac.factors import cross_moment, update_running_average
+from kfac.inverses import (
+    KroneckerDifferenceInverse,
+    Notes,
+    TridiagonalLayerInverse,
+    block_diagonal_precondition,
+    block_tridiagonal_precondition,
+    damp_factors,
+    spd_inverse,
+    tridiagonal_inverse,
+)
+from kfac.layers import find_blocks
+from kfac.losses import negative_log_likelihood, sample_targets
+from kfac.quadratic import dot, fisher_gram, output_directions, solve_step_coefficients
+
+TRIDIAGONAL_KEYS = ("psi_a", "psi_g", "basis_a", "basis_g", "scale")
+
+
+class KFAC(torch.optim.Optimizer):
+    """K-FAC for networks of nn.Linear layers, each called once per forward pass.
+
+    Args:
+        model: the network; its K-FAC layers are found by module type, in model order.
+        loss: the predictive distribution, a `LossFamily` ("cross_entropy", "bce", "mse").
+        structure: block-diagonal (§4.2) or block-tridiagonal (§4.3) inverse.
+        fisher: "true" samples the statistics' targets from the model; "empirical" uses y.
+        lr: None chooses α, μ from the quadratic model each step (§7); a number gives a fixed
+            learning rate with `momentum`.
+        damping: initial λ (the paper starts at 150); weight_decay: η (§6.1).
+        adapt_damping: Levenberg–Marquardt adaptation of λ every `damping_interval` steps with
+            ω₁ = damping_decay ** damping_interval (§6.5).
+        gamma_search: choose γ among {γω₂, γ, γ/ω₂} by the quadratic model every
+            `gamma_interval` steps (§6.6); otherwise γ = sqrt(λ + η).
+        stats_interval, inverse_interval: the amortisation periods T_stats and T₃.
+        factor_decay: the running averages' decay (ε = min(1 − 1/k, decay), §5).
+        stats_fraction, quadratic_fraction: the share of the mini-batch used for the factor
+            statistics (§5) and for the quadratic model's Fisher products.
+        kl_clip: with a fixed lr, scale steps so that lr²·Δᵀ∇h <= kl_clip.
+        layers: names of the layers to precondition (default: all supported ones).
+        seed: seeds the generator of the sampled targets (saved in the state dict).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: LossFamily | str = LossFamily.CROSS_ENTROPY,
+        *,
+        structure: InverseStructure | str = InverseStructure.BLOCK_DIAGONAL,
+        fisher: FisherType | str = FisherType.TRUE,
+        lr: float | None = None,
+        momentum: float = 0.9,
+        damping: float = 150.0,
+        weight_decay: float = 1e-5,
+        adapt_damping: bool = True,
+        damping_interval: int = 5,
+        damping_decay: float = 19 / 20,
+        gamma_search: bool = False,
+        gamma_interval: int = 20,
+        stats_interval: int = 10,
+        inverse_interval: int = 20,
+        factor_decay: float = 0.95,
+        stats_fraction: float = 1.0,
+        quadratic_fraction: float = 1.0,
+        kl_clip: float | None = None,
+        layers: list[str] | None = None,
+        seed: int = 0,
+    ):
+        for name, value in [
+            ("damping_interval", damping_interval),
+            ("gamma_interval", gamma_interval),
+            ("stats_interval", stats_interval),
+            ("inverse_interval", inverse_interval),
+        ]:
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, value in [
+            ("stats_fraction", stats_fraction),
+            ("factor_decay", factor_decay),
+            ("quadratic_fraction", quadratic_fraction),
+        ]:
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must lie in (0, 1], got {value!r}")
+        if damping < 0 or weight_decay < 0:
+            raise ValueError("damping and weight_decay must be non-negative")
+        if lr is not None and lr <= 0:
+            raise ValueError(f"lr must be positive or None (quadratic model), got {lr!r}")
+        if gamma_search and gamma_interval % inverse_interval:
+            raise ValueError("gamma_interval must be a multiple of inverse_interval")
+        structure = InverseStructure(structure)
+        self.model = model
+        self.family = LossFamily(loss)
+        self.fisher = FisherType(fisher)
+        self.structure = structure
+        self.blocks = find_blocks(model, layers)
+        if not self.blocks:
+            raise ValueError("the model has no nn.Linear layer for K-FAC to precondition")
+        if structure is InverseStructure.BLOCK_TRIDIAGONAL:
+            unsupported = [
+                b.name for b in self.blocks if not getattr(b, "supports_tridiagonal", True)
+            ]
+            if unsupported:
+                raise ValueError(
+                    f"block-tridiagonal K-FAC supports Linear layers only: {unsupported}"
+                )
+        params = [p for p in model.parameters() if p.requires_grad]
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            damping=damping,
+            weight_decay=weight_decay,
+            adapt_damping=adapt_damping,
+            damping_interval=damping_interval,
+            damping_decay=damping_decay,
+            gamma_search=gamma_search,
+            gamma_interval=gamma_interval,
+            stats_interval=stats_interval,
+            inverse_interval=inverse_interval,
+            factor_decay=factor_decay,
+            stats_fraction=stats_fraction,
+            quadratic_fraction=quadratic_fraction,
+            kl_clip=kl_clip,
+        )
+        super().__init__(params, defaults)
+        self.capture = ActivationCapture(self.blocks)
+        self.names = {p: name for name, p in model.named_parameters()}
+        block_params = {id(p) for b in self.blocks for p in b.parameters()}
+        self.other_params = [p for p in params if id(p) not in block_params]
+        self.generator = torch.Generator(device=params[0].device)
+        self.generator.manual_seed(seed)
+        self.counters = {"step": 0, "stat_updates": 0, "gamma": math.sqrt(damping + weight_decay)}
+        self.damping = DampingController(self.param_groups[0])
+        self.diagnostics: dict[str, float] = {}
+        self.notes: list[str] = []
+
+    # ------------------------------------------------------------------ the iteration
+
+    def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """One K-FAC iteration on the mini-batch; returns the mean NLL before the update."""
+        group = self.param_groups[0]
+        self.counters["step"] += 1
+        step = self.counters["step"]
+        record = (step - 1) % group["stats_interval"] == 0
+        self.zero_grad(set_to_none=True)
+        with self.capture.record(enabled=record):
+            outputs = self.model(inputs)
+            loss = negative_log_likelihood(outputs, targets, self.family).mean()
+            if record:
+                self._update_factors(outputs, targets)
+        loss.backward()
+        params = self.param_groups[0]["params"]
+        eta = group["weight_decay"]
+        with torch.no_grad():
+            gradient = [p.grad + eta * p if p.grad is not None else eta * p for p in params]
+            notes = Notes()
+            adaptive = group["lr"] is None
+            if (step - 1) % group["inverse_interval"] == 0:
+                search = (
+                    adaptive
+                    and group["gamma_search"]
+                    and step > 1
+                    and ((step - 1) % group["gamma_interval"] == 0)
+                )
+                if search:
+                    self._search_gamma(inputs, gradient, notes)
+                else:
+                    if not group["gamma_search"]:
+                        self.counters["gamma"] = math.sqrt(group["damping"] + eta)
+                    self._update_inverses(self.counters["gamma"], notes)
+            preconditioned = self._precondition(gradient)
+            previous = [self.state[p].get("previous_update") for p in params]
+            has_previous = previous[0] is not None
+            lm_due = group["adapt_damping"] and step % group["damping_interval"] == 0
+            if adaptive:
+                proposal = [-v for v in preconditioned]
+                directions = [proposal, previous] if has_previous else [proposal]
+                coefficients = self._model_coefficients(inputs, gradient, directions)
+                update = [coefficients.alpha * d for d in proposal]
+                if has_previous:
+                    update = [
+                        u + coefficients.mu * d for u, d in zip(update, previous, strict=True)
+                    ]
+                alpha, mu, predicted = (
+                    coefficients.alpha,
+                    coefficients.mu,
+                    coefficients.predicted_change,
+                )
+            else:
+                alpha = -group["lr"] * self._kl_scale(preconditioned, gradient)
+                mu = group["momentum"] if has_previous else 0.0
+                update = [alpha * v for v in preconditioned]
+                if has_previous:
+                    update = [u + mu * d for u, d in zip(update, previous, strict=True)]
+                predicted = (
+                    self._model_coefficients(inputs, gradient, [update]).predicted_change
+                    if lm_due
+                    else math.nan
+                )
+                alpha = -alpha
+            objective_before = float(loss) + 0.5 * eta * self._squared_norm(params)
+            for p, u in zip(params, update, strict=True):
+                p.add_(u)
+                self.state[p]["previous_update"] = u
+            rho = math.nan
+            if lm_due:
+                after = negative_log_likelihood(self.model(inputs), targets, self.family).mean()
+                objective_after = float(after) + 0.5 * eta * self._squared_norm(params)
+                rho = self.damping.adapt(objective_after - objective_before, predicted)
+        self.notes.extend(notes.messages)
+        self.diagnostics = {
+            "damping": group["damping"],
+            "gamma": self.counters["gamma"],
+            "alpha": alpha,
+            "mu": mu,
+            "rho": rho,
+            "quadratic_model": predicted,
+            "update_norm": math.sqrt(self._squared_norm(update)),
+            "numerical_fallbacks": float(len(notes.messages)),
+        }
+        return loss.detach()
+
+    # ------------------------------------------------------------------ statistics
+
+    def _update_factors(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        group = self.param_groups[0]
+        used = max(1, round(group["stats_fraction"] * outputs.shape[0]))
+        if self.fisher is FisherType.TRUE:
+            stat_targets = sample_targets(outputs[:used], self.family, self.generator)
+        else:
+            stat_targets = targets[:used]
+        # The sum (not the mean) over examples, so that each row of Ds is a per-example g.
+        stat_loss = negative_log_likelihood(outputs[:used], stat_targets, self.family).sum()
+        layer_outputs = [self.capture.outputs[b.name] for b in self.blocks]
+        output_grads = torch.autograd.grad(stat_loss, layer_outputs, retain_graph=True)
+        self.counters["stat_updates"] += 1
+        count, decay = self.counters["stat_updates"], group["factor_decay"]
+        with torch.no_grad():
+            layer_inputs = [self.capture.inputs[b.name][:used] for b in self.blocks]
+            output_grads = [g[:used] for g in output_grads]
+            for block, a, g in zip(self.blocks, layer_inputs, output_grads, strict=True):
+                state = self.block_state(block)
+                state["A"] = update_running_average(
+                    state.get("A"), block.input_factor(a), count, decay
+                )
+                state["G"] = update_running_average(
+                    state.get("G"), block.output_factor(g), count, decay
+                )
+            if self.structure is InverseStructure.BLOCK_TRIDIAGONAL:
+                self._update_cross_factors(layer_inputs, output_grads, count, decay)
+
+    def _update_cross_factors(self, layer_inputs, output_grads, count, decay) -> None:
+        a_rows = [b.input_rows(a) for b, a in zip(self.blocks, layer_inputs, strict=True)]
+        g_rows = [b.output_rows(g) for b, g in zip(self.blocks, output_grads, strict=True)]
+        for i, block in enumerate(self.blocks[:-1]):
+            state = self.block_state(block)
+            state["A_cross"] = update_running_average(
+                state.get("A_cross"), cross_moment(a_rows[i], a_rows[i + 1]), count, decay
+            )
+            state["G_cross"] = update_running_average(
+                state.get("G_cross"), cross_moment(g_rows[i], g_rows[i + 1]), count, decay
+            )
+
+    def block_state(self, block) -> dict:
+        """The state of one K-FAC layer, kept under its weight so state_dict() carries it."""
+        return self.state[block.module.weight]
+
+    # ------------------------------------------------------------------ inverses
+
+    def _update_inverses(self, gamma: float, notes: Notes) -> None:
+        damped = [
+            damp_factors(self.block_state(b)["A"], self.block_state(b)["G"], gamma)
+            for b in self.blocks
+        ]
+        if self.structure is InverseStructure.BLOCK_TRIDIAGONAL:
+            pieces = tridiagonal_inverse(
+                [a for a, _ in damped],
+                [g for _, g in damped],
+                [self.block_state(b)["A_cross"] for b in self.blocks[:-1]],
+                [self.block_state(b)["G_cross"] for b in self.blocks[:-1]],
+                notes,
+            )
+            if pieces is not None:
+                for block, piece in zip(self.blocks, pieces, strict=True):
+                    self._store_tridiagonal_piece(self.block_state(block), piece)
+                return
+            notes.add("block-tridiagonal inverse failed; using the block-diagonal one this period")
+        for block, (a, g) in zip(self.blocks, damped, strict=True):
+            state = self.block_state(block)
+            for key, factor in (("input_inverse", a), ("output_inverse", g)):
+                inverse = spd_inverse(factor, notes, f"{block.name} {key}")
+                if inverse is None and key not in state:
+                    inverse = torch.diag(1.0 / factor.diagonal().clamp_min(1e-12))
+                    notes.add(f"{block.name} {key}: using the inverse diagonal")
+                if inverse is not None:
+                    state[key] = inverse
+            for key in TRIDIAGONAL_KEYS:
+                state.pop(key, None)
+
+    @staticmethod
+    def _store_tridiagonal_piece(state: dict, piece: TridiagonalLayerInverse) -> None:
+        if piece.conditional is None:
+            state.update(input_inverse=piece.input_inverse, output_inverse=piece.output_inverse)
+            for key in TRIDIAGONAL_KEYS:
+                state.pop(key, None)
+            return
+        state.update(
+            psi_a=piece.psi_a,
+            psi_g=piece.psi_g,
+            basis_a=piece.conditional.basis_a,
+            basis_g=piece.conditional.basis_g,
+            scale=piece.conditional.scale,
+        )
+        state.pop("input_inverse", None)
+        state.pop("output_inverse", None)
+
+    def _tridiagonal_pieces(self) -> list[TridiagonalLayerInverse] | None:
+        pieces = []
+        for block in self.blocks:
+            state = self.block_state(block)
+            if "psi_a" in state:
+                conditional = KroneckerDifferenceInverse(
+                    state["basis_a"], state["basis_g"], state["scale"]
+                )
+                pieces.append(TridiagonalLayerInverse(state["psi_a"], state["psi_g"], conditional))
+            elif "input_inverse" in state and block is self.blocks[-1]:
+                pieces.append(
+                    TridiagonalLayerInverse(
+                        input_inverse=state["input_inverse"], output_inverse=state["output_inverse"]
+                    )
+                )
+            else:
+                return None
+        return pieces
+
+    def _search_gamma(self, inputs, gradient, notes: Notes) -> None:
+        """§6.6: keep the γ among {γω₂, γ, γ/ω₂} whose update gives the lowest M(δ)."""
+        group = self.param_groups[0]
+        omega = math.sqrt(group["damping_decay"]) ** group["gamma_interval"]
+        params = group["params"]
+        previous = [self.state[p].get("previous_update") for p in params]
+        best = None
+        for gamma in (
+            self.counters["gamma"] * omega,
+            self.counters["gamma"],
+            self.counters["gamma"] / omega,
+        ):
+            self._update_inverses(gamma, notes)
+            proposal = [-v for v in self._precondition(gradient)]
+            directions = [proposal, previous] if previous[0] is not None else [proposal]
+            change = self._model_coefficients(inputs, gradient, directions).predicted_change
+            if best is None or change < best[0]:
+                best = (change, gamma)
+        self.counters["gamma"] = best[1]
+        self._update_inverses(best[1], notes)
+
+    # ------------------------------------------------------------------ directions
+
+    def _precondition(self, gradient: list[torch.Tensor]) -> list[torch.Tensor]:
+        """F̆⁻¹∇h per parameter; other parameters get ∇h/γ² (adaptive) or ∇h (fixed lr)."""
+        params = self.param_groups[0]["params"]
+        by_param = dict(zip(map(id, params), gradient, strict=True))
+        matrices = []
+        for block in self.blocks:
+            weight, *bias = block.parameters()
+            matrices.append(
+                block.weight_matrix(by_param[id(weight)], by_param[id(bias[0])] if bias else None)
+            )
+        pieces = (
+            self._tridiagonal_pieces()
+            if self.structure is InverseStructure.BLOCK_TRIDIAGONAL
+            else None
+        )
+        if pieces is not None:
+            conditioned = block_tridiagonal_precondition(matrices, pieces)
+        else:
+            conditioned = [
+                block_diagonal_precondition(
+                    m, self.block_state(b)["input_inverse"], self.block_state(b)["output_inverse"]
+                )
+                for b, m in zip(self.blocks, matrices, strict=True)
+            ]
+        result = {}
+        for block, matrix in zip(self.blocks, conditioned, strict=True):
+            for p, part in zip(block.parameters(), block.split(matrix), strict=True):
+                result[id(p)] = part
+        other_scale = (
+            1.0 / self.counters["gamma"] ** 2 if self.param_groups[0]["lr"] is None else 1.0
+        )
+        for p in self.other_params:
+            result[id(p)] = by_param[id(p)] * other_scale
+        return [result[id(p)] for p in params]
+
+    def _model_coefficients(self, inputs, gradient, directions):
+        """α, μ and M(δ) − M(0) over the given directions, with exact Fisher products (§7)."""
+        group = self.param_groups[0]
+        used = max(1, round(group["quadratic_fraction"] * inputs.shape[0]))
+        params = group["params"]
+        named = [
+            {self.names[p]: d for p, d in zip(params, direction, strict=True)}
+            for direction in directions
+        ]
+        with torch.enable_grad():
+            outputs, products = output_directions(self.model, inputs[:used], named)
+        fisher = fisher_gram(outputs, products, self.family)
+        count = len(directions)
+        euclidean = fisher.new_tensor(
+            [[float(dot(directions[i], directions[j])) for j in range(count)] for i in range(count)]
+        )
+        curvature = fisher + (group["damping"] + group["weight_decay"]) * euclidean
+        linear = fisher.new_tensor([float(dot(gradient, d)) for d in directions])
+        return solve_step_coefficients(curvature, linear)
+
+    def _kl_scale(self, preconditioned, gradient) -> float:
+        """ν = min(1, sqrt(κ / (lr² Δᵀ∇h))) when KL-clipping is on, else 1."""
+        group = self.param_groups[0]
+        if group["kl_clip"] is None:
+            return 1.0
+        kl = group["lr"] ** 2 * float(dot(preconditioned, gradient))
+        return min(1.0, math.sqrt(group["kl_clip"] / kl)) if kl > 0 else 1.0
+
+    @staticmethod
+    def _squared_norm(tensors) -> float:
+        return float(sum(t.pow(2).sum() for t in tensors))
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["kfac"] = {"counters": dict(self.counters), "generator": self.generator.get_state()}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("kfac")
+        super().load_state_dict(state_dict)
+        self.counters = dict(extra["counters"])
+        self.generator.set_state(extra["generator"])
+        self.damping = DampingController(self.param_groups[0])

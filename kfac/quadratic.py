@@ -1,0 +1,84 @@
+"""The exact quadratic model of the objective along the update directions (paper §6.4, §7).
+
+M(δ) = h(θ) + ∇hᵀδ + ½ δᵀ(F + (λ + η)I)δ, with F the exact Fisher (= Gauss–Newton) of the
+mini-batch.  For δ = αΔ + μδ₀ only the 2×2 matrix of products vᵀ C w between Δ and δ₀ matters;
+the Fisher part vᵀFw = E[(Jv)ᵀ F_R (Jw)] needs one forward-mode Jacobian–vector product per
+direction, never the matrix itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, jvp
+
+from kfac.enums import LossFamily
+from kfac.losses import output_fisher_bilinear
+
+
+def output_directions(
+    model: nn.Module, inputs: torch.Tensor, directions: list[dict[str, torch.Tensor]]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The outputs z and J·v for each parameter-space direction v (a dict name → tensor).
+
+    Buffers are passed as copies, so batch-norm running statistics are not updated twice.
+    """
+    params = {name: p.detach() for name, p in model.named_parameters() if name in directions[0]}
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+
+    def forward(parameters):
+        return functional_call(model, (parameters, buffers), (inputs,))
+
+    outputs, products = None, []
+    for direction in directions:
+        outputs, product = jvp(forward, (params,), (direction,))
+        products.append(product)
+    return outputs.detach(), products
+
+
+def fisher_gram(
+    outputs: torch.Tensor, products: list[torch.Tensor], family: LossFamily
+) -> torch.Tensor:
+    """The matrix [vᵢᵀ F vⱼ] for the directions whose output products are given."""
+    count = len(products)
+    gram = outputs.new_zeros(count, count)
+    for i in range(count):
+        for j in range(i, count):
+            gram[i, j] = gram[j, i] = output_fisher_bilinear(
+                outputs, products[i], products[j], family
+            )
+    return gram
+
+
+def dot(left: list[torch.Tensor], right: list[torch.Tensor]) -> torch.Tensor:
+    """Σ ⟨lᵢ, rᵢ⟩ over a list of tensors."""
+    return sum((a * b).sum() for a, b in zip(left, right, strict=True))
+
+
+@dataclass
+class StepCoefficients:
+    """The minimiser of M over span{Δ, δ₀} and the model's predicted change M(δ) − M(0)."""
+
+    alpha: float
+    mu: float
+    predicted_change: float
+
+
+def solve_step_coefficients(curvature: torch.Tensor, linear: torch.Tensor) -> StepCoefficients:
+    """Minimise ½ cᵀQc + bᵀc over c = (α, μ), or over α alone when Q is 1×1 (§7).
+
+    Q = [vᵢᵀ(F + (λ+η)I)vⱼ] and b = [∇hᵀvᵢ].  A singular 2×2 Q (δ₀ parallel to Δ, or zero)
+    falls back to the α-only solution.
+    """
+    curvature, linear = curvature.double(), linear.double()
+    if curvature.shape[0] == 2:
+        det = curvature[0, 0] * curvature[1, 1] - curvature[0, 1] ** 2
+        if det > 1e-12 * curvature[0, 0] * curvature[1, 1]:
+            coefficients = -torch.linalg.solve(curvature, linear)
+            change = 0.5 * coefficients @ curvature @ coefficients + linear @ coefficients
+            return StepCoefficients(float(coefficients[0]), float(coefficients[1]), float(change))
+    alpha = -linear[0] / curvature[0, 0]
+    change = 0.5 * alpha * linear[0]
+    return StepCoefficients(float(alpha), 0.0, float(change))
