@@ -223,7 +223,8 @@ class KFAC(torch.optim.Optimizer):
                     else math.nan
                 )
                 alpha = -alpha
-            objective_before = float(loss) + 0.5 * eta * self._squared_norm(params)
+            if lm_due:
+                objective_before = float(loss) + 0.5 * eta * self._squared_norm(params)
             for p, u in zip(params, update, strict=True):
                 p.add_(u)
                 self.state[p]["previous_update"] = u
