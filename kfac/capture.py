@@ -20,6 +20,7 @@ class ActivationCapture:
         self.recording = False
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
+        self.output_grads: dict[str, torch.Tensor] = {}
         self._handles = [
             block.module.register_forward_hook(self._hook_for(block.name)) for block in blocks
         ]
@@ -41,17 +42,29 @@ class ActivationCapture:
     @contextmanager
     def record(self, enabled: bool = True):
         """Keep the activations of the forward passes run inside this block."""
-        self.inputs.clear()
-        self.outputs.clear()
+        self.clear()
         self.recording = enabled
         try:
             yield self
         finally:
             self.recording = False
 
+    def keep_output_gradients(self) -> None:
+        """Keep ĝ = ∂loss/∂s of every recorded layer when the next backward pass computes it
+        (the rows of the per-example preconditioning)."""
+        for name, output in self.outputs.items():
+            output.register_hook(self._grad_keeper(name))
+
+    def _grad_keeper(self, name: str):
+        def keep(grad):
+            self.output_grads[name] = grad
+
+        return keep
+
     def clear(self) -> None:
         self.inputs.clear()
         self.outputs.clear()
+        self.output_grads.clear()
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -25,22 +25,11 @@ from torch import nn
 from kfac.capture import ActivationCapture
 from kfac.damping import DampingController
 from kfac.enums import FisherType, InverseStructure, LossFamily
-from kfac.factors import cross_moment, update_running_average
-from kfac.inverses import (
-    KroneckerDifferenceInverse,
-    Notes,
-    TridiagonalLayerInverse,
-    block_diagonal_precondition,
-    block_tridiagonal_precondition,
-    damp_factors,
-    spd_inverse,
-    tridiagonal_inverse,
-)
+from kfac.inverses import Notes
 from kfac.layers import find_blocks
 from kfac.losses import negative_log_likelihood, sample_targets
+from kfac.preconditioner import KroneckerPreconditioner
 from kfac.quadratic import dot, fisher_gram, output_directions, solve_step_coefficients
-
-TRIDIAGONAL_KEYS = ("psi_a", "psi_g", "basis_a", "basis_g", "scale")
 
 
 class KFAC(torch.optim.Optimizer):
@@ -53,7 +42,9 @@ class KFAC(torch.optim.Optimizer):
         fisher: "true" samples the statistics' targets from the model; "empirical" uses y.
         lr: None chooses α, μ from the quadratic model each step (§7); a number gives a fixed
             learning rate with `momentum`.
-        damping: initial λ (the paper starts at 150); weight_decay: η (§6.1).
+        damping: initial λ (the paper starts at 150).
+        weight_decay: η of the ℓ2 term ½η‖θ‖² in h (§6.1); 0 by default, which also lets wide
+            layers use the cheaper per-example preconditioning product.
         adapt_damping: Levenberg–Marquardt adaptation of λ every `damping_interval` steps with
             ω₁ = damping_decay ** damping_interval (§6.5).
         gamma_search: choose γ among {γω₂, γ, γ/ω₂} by the quadratic model every
@@ -77,7 +68,7 @@ class KFAC(torch.optim.Optimizer):
         lr: float | None = None,
         momentum: float = 0.9,
         damping: float = 150.0,
-        weight_decay: float = 1e-5,
+        weight_decay: float = 0.0,
         adapt_damping: bool = True,
         damping_interval: int = 5,
         damping_decay: float = 19 / 20,
@@ -87,7 +78,7 @@ class KFAC(torch.optim.Optimizer):
         inverse_interval: int = 20,
         factor_decay: float = 0.95,
         stats_fraction: float = 1.0,
-        quadratic_fraction: float = 1.0,
+        quadratic_fraction: float = 0.25,
         kl_clip: float | None = None,
         layers: list[str] | None = None,
         seed: int = 0,
@@ -149,6 +140,11 @@ class KFAC(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
         self.capture = ActivationCapture(self.blocks)
+        self.preconditioner = KroneckerPreconditioner(self.blocks, structure, self.block_state)
+        # Per-example preconditioning needs every step's activations, and no ℓ2 term in ∇h.
+        self.keep_activations = weight_decay == 0 and any(
+            self.preconditioner.prefers_per_example(b, 1) for b in self.blocks
+        )
         self.names = {p: name for name, p in model.named_parameters()}
         block_params = {id(p) for b in self.blocks for p in b.parameters()}
         self.other_params = [p for p in params if id(p) not in block_params]
@@ -168,11 +164,13 @@ class KFAC(torch.optim.Optimizer):
         step = self.counters["step"]
         record = (step - 1) % group["stats_interval"] == 0
         self.zero_grad(set_to_none=True)
-        with self.capture.record(enabled=record):
+        with self.capture.record(enabled=record or self.keep_activations):
             outputs = self.model(inputs)
             loss = negative_log_likelihood(outputs, targets, self.family).mean()
             if record:
                 self._update_factors(outputs, targets)
+            if self.keep_activations:
+                self.capture.keep_output_gradients()
         loss.backward()
         params = self.param_groups[0]["params"]
         eta = group["weight_decay"]
@@ -192,8 +190,9 @@ class KFAC(torch.optim.Optimizer):
                 else:
                     if not group["gamma_search"]:
                         self.counters["gamma"] = math.sqrt(group["damping"] + eta)
-                    self._update_inverses(self.counters["gamma"], notes)
-            preconditioned = self._precondition(gradient)
+                    self.preconditioner.update_inverses(self.counters["gamma"], notes)
+            per_example = self._per_example_rows() if eta == 0 else {}
+            preconditioned = self._precondition(gradient, per_example)
             previous = [self.state[p].get("previous_update") for p in params]
             has_previous = previous[0] is not None
             lm_due = group["adapt_damping"] and step % group["damping_interval"] == 0
@@ -233,6 +232,7 @@ class KFAC(torch.optim.Optimizer):
                 after = negative_log_likelihood(self.model(inputs), targets, self.family).mean()
                 objective_after = float(after) + 0.5 * eta * self._squared_norm(params)
                 rho = self.damping.adapt(objective_after - objective_before, predicted)
+        self.capture.clear()
         self.notes.extend(notes.messages)
         self.diagnostics = {
             "damping": group["damping"],
@@ -249,6 +249,7 @@ class KFAC(torch.optim.Optimizer):
     # ------------------------------------------------------------------ statistics
 
     def _update_factors(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        """Sample targets (true Fisher) and fold this batch's factors into the averages (§5)."""
         group = self.param_groups[0]
         used = max(1, round(group["stats_fraction"] * outputs.shape[0]))
         if self.fisher is FisherType.TRUE:
@@ -260,104 +261,17 @@ class KFAC(torch.optim.Optimizer):
         layer_outputs = [self.capture.outputs[b.name] for b in self.blocks]
         output_grads = torch.autograd.grad(stat_loss, layer_outputs, retain_graph=True)
         self.counters["stat_updates"] += 1
-        count, decay = self.counters["stat_updates"], group["factor_decay"]
         with torch.no_grad():
-            layer_inputs = [self.capture.inputs[b.name][:used] for b in self.blocks]
-            output_grads = [g[:used] for g in output_grads]
-            for block, a, g in zip(self.blocks, layer_inputs, output_grads, strict=True):
-                state = self.block_state(block)
-                state["A"] = update_running_average(
-                    state.get("A"), block.input_factor(a), count, decay
-                )
-                state["G"] = update_running_average(
-                    state.get("G"), block.output_factor(g), count, decay
-                )
-            if self.structure is InverseStructure.BLOCK_TRIDIAGONAL:
-                self._update_cross_factors(layer_inputs, output_grads, count, decay)
-
-    def _update_cross_factors(self, layer_inputs, output_grads, count, decay) -> None:
-        a_rows = [b.input_rows(a) for b, a in zip(self.blocks, layer_inputs, strict=True)]
-        g_rows = [b.output_rows(g) for b, g in zip(self.blocks, output_grads, strict=True)]
-        for i, block in enumerate(self.blocks[:-1]):
-            state = self.block_state(block)
-            state["A_cross"] = update_running_average(
-                state.get("A_cross"), cross_moment(a_rows[i], a_rows[i + 1]), count, decay
-            )
-            state["G_cross"] = update_running_average(
-                state.get("G_cross"), cross_moment(g_rows[i], g_rows[i + 1]), count, decay
+            self.preconditioner.update_factors(
+                [self.capture.inputs[b.name][:used] for b in self.blocks],
+                [g[:used] for g in output_grads],
+                self.counters["stat_updates"],
+                group["factor_decay"],
             )
 
     def block_state(self, block) -> dict:
         """The state of one K-FAC layer, kept under its weight so state_dict() carries it."""
         return self.state[block.module.weight]
-
-    # ------------------------------------------------------------------ inverses
-
-    def _update_inverses(self, gamma: float, notes: Notes) -> None:
-        damped = [
-            damp_factors(self.block_state(b)["A"], self.block_state(b)["G"], gamma)
-            for b in self.blocks
-        ]
-        if self.structure is InverseStructure.BLOCK_TRIDIAGONAL:
-            pieces = tridiagonal_inverse(
-                [a for a, _ in damped],
-                [g for _, g in damped],
-                [self.block_state(b)["A_cross"] for b in self.blocks[:-1]],
-                [self.block_state(b)["G_cross"] for b in self.blocks[:-1]],
-                notes,
-            )
-            if pieces is not None:
-                for block, piece in zip(self.blocks, pieces, strict=True):
-                    self._store_tridiagonal_piece(self.block_state(block), piece)
-                return
-            notes.add("block-tridiagonal inverse failed; using the block-diagonal one this period")
-        for block, (a, g) in zip(self.blocks, damped, strict=True):
-            state = self.block_state(block)
-            for key, factor in (("input_inverse", a), ("output_inverse", g)):
-                inverse = spd_inverse(factor, notes, f"{block.name} {key}")
-                if inverse is None and key not in state:
-                    inverse = torch.diag(1.0 / factor.diagonal().clamp_min(1e-12))
-                    notes.add(f"{block.name} {key}: using the inverse diagonal")
-                if inverse is not None:
-                    state[key] = inverse
-            for key in TRIDIAGONAL_KEYS:
-                state.pop(key, None)
-
-    @staticmethod
-    def _store_tridiagonal_piece(state: dict, piece: TridiagonalLayerInverse) -> None:
-        if piece.conditional is None:
-            state.update(input_inverse=piece.input_inverse, output_inverse=piece.output_inverse)
-            for key in TRIDIAGONAL_KEYS:
-                state.pop(key, None)
-            return
-        state.update(
-            psi_a=piece.psi_a,
-            psi_g=piece.psi_g,
-            basis_a=piece.conditional.basis_a,
-            basis_g=piece.conditional.basis_g,
-            scale=piece.conditional.scale,
-        )
-        state.pop("input_inverse", None)
-        state.pop("output_inverse", None)
-
-    def _tridiagonal_pieces(self) -> list[TridiagonalLayerInverse] | None:
-        pieces = []
-        for block in self.blocks:
-            state = self.block_state(block)
-            if "psi_a" in state:
-                conditional = KroneckerDifferenceInverse(
-                    state["basis_a"], state["basis_g"], state["scale"]
-                )
-                pieces.append(TridiagonalLayerInverse(state["psi_a"], state["psi_g"], conditional))
-            elif "input_inverse" in state and block is self.blocks[-1]:
-                pieces.append(
-                    TridiagonalLayerInverse(
-                        input_inverse=state["input_inverse"], output_inverse=state["output_inverse"]
-                    )
-                )
-            else:
-                return None
-        return pieces
 
     def _search_gamma(self, inputs, gradient, notes: Notes) -> None:
         """§6.6: keep the γ among {γω₂, γ, γ/ω₂} whose update gives the lowest M(δ)."""
@@ -371,48 +285,51 @@ class KFAC(torch.optim.Optimizer):
             self.counters["gamma"],
             self.counters["gamma"] / omega,
         ):
-            self._update_inverses(gamma, notes)
+            self.preconditioner.update_inverses(gamma, notes)
             proposal = [-v for v in self._precondition(gradient)]
             directions = [proposal, previous] if previous[0] is not None else [proposal]
             change = self._model_coefficients(inputs, gradient, directions).predicted_change
             if best is None or change < best[0]:
                 best = (change, gamma)
         self.counters["gamma"] = best[1]
-        self._update_inverses(best[1], notes)
+        self.preconditioner.update_inverses(best[1], notes)
 
     # ------------------------------------------------------------------ directions
 
-    def _precondition(self, gradient: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _per_example_rows(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(ā, ĝ) rows of the layers whose per-example product is the cheaper one; empty when
+        ∇h has an ℓ2 term, since ηθ is not a sum over examples."""
+        if not self.capture.output_grads:
+            return {}
+        rows = {}
+        for block in self.blocks:
+            a = block.input_rows(self.capture.inputs[block.name])
+            if self.preconditioner.prefers_per_example(block, a.shape[0]):
+                rows[block.name] = (a, block.output_rows(self.capture.output_grads[block.name]))
+        return rows
+
+    def _precondition(self, gradient: list[torch.Tensor], per_example=None) -> list[torch.Tensor]:
         """F̆⁻¹∇h per parameter; other parameters get ∇h/γ² (adaptive) or ∇h (fixed lr)."""
         params = self.param_groups[0]["params"]
+        per_example = per_example or {}
         by_param = dict(zip(map(id, params), gradient, strict=True))
         matrices = []
         for block in self.blocks:
             weight, *bias = block.parameters()
             matrices.append(
-                block.weight_matrix(by_param[id(weight)], by_param[id(bias[0])] if bias else None)
-            )
-        pieces = (
-            self._tridiagonal_pieces()
-            if self.structure is InverseStructure.BLOCK_TRIDIAGONAL
-            else None
-        )
-        if pieces is not None:
-            conditioned = block_tridiagonal_precondition(matrices, pieces)
-        else:
-            conditioned = [
-                block_diagonal_precondition(
-                    m, self.block_state(b)["input_inverse"], self.block_state(b)["output_inverse"]
+                None
+                if block.name in per_example
+                else block.weight_matrix(
+                    by_param[id(weight)], by_param[id(bias[0])] if bias else None
                 )
-                for b, m in zip(self.blocks, matrices, strict=True)
-            ]
+            )
+        conditioned = self.preconditioner.precondition(matrices, per_example)
         result = {}
         for block, matrix in zip(self.blocks, conditioned, strict=True):
             for p, part in zip(block.parameters(), block.split(matrix), strict=True):
                 result[id(p)] = part
-        other_scale = (
-            1.0 / self.counters["gamma"] ** 2 if self.param_groups[0]["lr"] is None else 1.0
-        )
+        adaptive = self.param_groups[0]["lr"] is None
+        other_scale = 1.0 / self.counters["gamma"] ** 2 if adaptive else 1.0
         for p in self.other_params:
             result[id(p)] = by_param[id(p)] * other_scale
         return [result[id(p)] for p in params]

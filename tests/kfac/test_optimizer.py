@@ -67,6 +67,21 @@ def test_block_diagonal_update_is_damped_kronecker_inverse_times_gradient(family
     torch.testing.assert_close(update, expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_per_example_preconditioning_of_wide_layers_matches_the_formula(family):
+    """With η = 0 and layers wider than the batch, the optimizer multiplies (ĝG⁻¹)ᵀ(āĀ⁻¹)
+    instead of G⁻¹∇W̄Ā⁻¹; the update must be the same F̌⁻¹∇h."""
+    model = tiny_net(widths=(4, 30, 25, 3))
+    x, y = batch(family, n=6)
+    a_rows, g_rows = explicit.per_example_activations(model, x, y, family)
+    big_a, big_g = explicit.factors(a_rows, g_rows)
+    gradient = explicit.gradient_vector(model, x, y, family)
+    expected = -0.3 * explicit.block_diagonal_inverse(big_a, big_g, 0.1**0.5) @ gradient
+    update, opt = one_fixed_step(model, x, y, family, damping=0.1, weight_decay=0.0)
+    assert opt.keep_activations
+    torch.testing.assert_close(update, expected, rtol=1e-8, atol=1e-11)
+
+
 @pytest.mark.parametrize(
     "family, damping",
     # The softmax output's G is singular (Σ g = 0), so the undamped case uses the other two.
@@ -97,6 +112,7 @@ def test_alpha_mu_solve_the_exact_quadratic_model(family):
         adapt_damping=False,
         stats_interval=1,
         inverse_interval=1,
+        quadratic_fraction=1.0,
     )
     opt.step(x, y)
     previous = explicit.parameter_vector(model).detach().clone()
@@ -142,6 +158,7 @@ def test_levenberg_marquardt_reduction_ratio_and_rule():
         damping_interval=1,
         stats_interval=1,
         inverse_interval=1,
+        quadratic_fraction=1.0,
     )
     theta0 = explicit.parameter_vector(model).detach().clone()
     gradient = explicit.gradient_vector(model, x, y, family, eta)

@@ -1,0 +1,184 @@
+"""The Kronecker-factored preconditioner: factors, their inverses and F̆⁻¹ applied to gradients.
+
+It keeps each layer's tensors in a dict that the optimizer owns (its `state[weight]`), so that
+`state_dict()` carries factors and inverses without a second copy.  Keys per layer:
+A, G (and A_cross, G_cross for the tridiagonal structure) — the running factors;
+input_inverse, output_inverse — the damped factors' inverses (§4.2, §6.3);
+psi_a, psi_g, basis_a, basis_g, scale — the pieces of F̂⁻¹ (§4.3, Appendix B).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from kfac.enums import InverseStructure
+from kfac.factors import cross_moment, update_running_average
+from kfac.inverses import (
+    KroneckerDifferenceInverse,
+    Notes,
+    TridiagonalLayerInverse,
+    block_diagonal_precondition,
+    block_tridiagonal_precondition,
+    damp_factors,
+    spd_inverse,
+    tridiagonal_inverse,
+)
+from kfac.layers import LinearBlock
+
+TRIDIAGONAL_KEYS = ("psi_a", "psi_g", "basis_a", "basis_g", "scale")
+BLOCK_DIAGONAL_KEYS = ("input_inverse", "output_inverse")
+
+
+class KroneckerPreconditioner:
+    def __init__(
+        self,
+        blocks: list[LinearBlock],
+        structure: InverseStructure,
+        layer_state: Callable[[LinearBlock], dict],
+    ):
+        self.blocks = blocks
+        self.structure = structure
+        self.layer_state = layer_state
+
+    # ------------------------------------------------------------------ statistics (§5)
+
+    def update_factors(
+        self,
+        layer_inputs: list[torch.Tensor],
+        output_grads: list[torch.Tensor],
+        count: int,
+        decay: float,
+    ) -> None:
+        """Fold this batch's Ā = E[āāᵀ] and G = E[ggᵀ] into the running averages.
+
+        `output_grads` are per-example g (gradients of the summed −log p at the layer outputs).
+        """
+        for block, a, g in zip(self.blocks, layer_inputs, output_grads, strict=True):
+            state = self.layer_state(block)
+            state["A"] = update_running_average(state.get("A"), block.input_factor(a), count, decay)
+            state["G"] = update_running_average(
+                state.get("G"), block.output_factor(g), count, decay
+            )
+        if self.structure is InverseStructure.BLOCK_TRIDIAGONAL:
+            a_rows = [b.input_rows(a) for b, a in zip(self.blocks, layer_inputs, strict=True)]
+            g_rows = [b.output_rows(g) for b, g in zip(self.blocks, output_grads, strict=True)]
+            for i, block in enumerate(self.blocks[:-1]):
+                state = self.layer_state(block)
+                for key, rows in (("A_cross", a_rows), ("G_cross", g_rows)):
+                    estimate = cross_moment(rows[i], rows[i + 1])
+                    state[key] = update_running_average(state.get(key), estimate, count, decay)
+
+    # ------------------------------------------------------------------ inverses (§4, §6.3)
+
+    def update_inverses(self, gamma: float, notes: Notes) -> None:
+        """Invert the factors damped with strength γ² (factored Tikhonov with π)."""
+        damped = [
+            damp_factors(self.layer_state(b)["A"], self.layer_state(b)["G"], gamma)
+            for b in self.blocks
+        ]
+        if self.structure is InverseStructure.BLOCK_TRIDIAGONAL:
+            pieces = tridiagonal_inverse(
+                [a for a, _ in damped],
+                [g for _, g in damped],
+                [self.layer_state(b)["A_cross"] for b in self.blocks[:-1]],
+                [self.layer_state(b)["G_cross"] for b in self.blocks[:-1]],
+                notes,
+            )
+            if pieces is not None:
+                for block, piece in zip(self.blocks, pieces, strict=True):
+                    self._store_piece(self.layer_state(block), piece)
+                return
+            notes.add("block-tridiagonal inverse failed; using the block-diagonal one this period")
+        for block, (a, g) in zip(self.blocks, damped, strict=True):
+            state = self.layer_state(block)
+            for key, factor in zip(BLOCK_DIAGONAL_KEYS, (a, g), strict=True):
+                inverse = spd_inverse(factor, notes, f"{block.name} {key}")
+                if inverse is None and key not in state:
+                    inverse = torch.diag(1.0 / factor.diagonal().clamp_min(1e-12))
+                    notes.add(f"{block.name} {key}: using the inverse diagonal")
+                if inverse is not None:
+                    state[key] = inverse
+            for key in TRIDIAGONAL_KEYS:
+                state.pop(key, None)
+
+    @staticmethod
+    def _store_piece(state: dict, piece: TridiagonalLayerInverse) -> None:
+        if piece.conditional is None:
+            state.update(input_inverse=piece.input_inverse, output_inverse=piece.output_inverse)
+            stale = TRIDIAGONAL_KEYS
+        else:
+            conditional = piece.conditional
+            state.update(
+                psi_a=piece.psi_a,
+                psi_g=piece.psi_g,
+                basis_a=conditional.basis_a,
+                basis_g=conditional.basis_g,
+                scale=conditional.scale,
+            )
+            stale = BLOCK_DIAGONAL_KEYS
+        for key in stale:
+            state.pop(key, None)
+
+    def _tridiagonal_pieces(self) -> list[TridiagonalLayerInverse] | None:
+        """The stored F̂⁻¹ pieces, or None when this period fell back to block-diagonal."""
+        pieces = []
+        for block in self.blocks:
+            state = self.layer_state(block)
+            if "psi_a" in state:
+                conditional = KroneckerDifferenceInverse(
+                    state["basis_a"], state["basis_g"], state["scale"]
+                )
+                pieces.append(TridiagonalLayerInverse(state["psi_a"], state["psi_g"], conditional))
+            elif block is self.blocks[-1] and "input_inverse" in state:
+                pieces.append(
+                    TridiagonalLayerInverse(
+                        input_inverse=state["input_inverse"], output_inverse=state["output_inverse"]
+                    )
+                )
+            else:
+                return None
+        return pieces
+
+    # ------------------------------------------------------------------ F̆⁻¹ ∇h
+
+    def precondition(
+        self,
+        gradients: list[torch.Tensor],
+        per_example: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> list[torch.Tensor]:
+        """F̆⁻¹ applied to the layers' gradient matrices [∇W ∇b], each (d_g, d_a).
+
+        `per_example` optionally maps a layer name to its rows (ā, ĝ) with ∇W̄ = ĝᵀā; for those
+        layers the block-diagonal product is computed as (ĝG⁻¹)ᵀ(āĀ⁻¹), which costs
+        N·(d_g² + d_a² + d_g·d_a) instead of d_g·d_a·(d_g + d_a): cheaper when the batch is
+        smaller than the layer.
+        """
+        if self.structure is InverseStructure.BLOCK_TRIDIAGONAL:
+            pieces = self._tridiagonal_pieces()
+            if pieces is not None:
+                return block_tridiagonal_precondition(gradients, pieces)
+        per_example = per_example or {}
+        result = []
+        for block, gradient in zip(self.blocks, gradients, strict=True):
+            state = self.layer_state(block)
+            if block.name in per_example:
+                a_rows, g_rows = per_example[block.name]
+                result.append(
+                    (g_rows @ state["output_inverse"]).T @ (a_rows @ state["input_inverse"])
+                )
+            else:
+                result.append(
+                    block_diagonal_precondition(
+                        gradient, state["input_inverse"], state["output_inverse"]
+                    )
+                )
+        return result
+
+    def prefers_per_example(self, block: LinearBlock, rows: int) -> bool:
+        """Whether (ĝG⁻¹)ᵀ(āĀ⁻¹) over `rows` examples is cheaper than G⁻¹ V Ā⁻¹."""
+        if self.structure is not InverseStructure.BLOCK_DIAGONAL:
+            return False
+        d_a, d_g = block.input_dim, block.output_dim
+        return rows * (d_g * d_g + d_a * d_a + d_g * d_a) < d_g * d_a * (d_g + d_a)
