@@ -1,0 +1,373 @@
+"""The training loop of one run, independent of Celery and of the database.
+
+`train(spec, recorder, ...)` builds the model, data and optimizer from the spec with the run's
+seed, trains, and reports through a `Recorder`: the store-backed one of the Celery task and the
+console one of the CLI both plug in. It owns the three things that make a run safe to interrupt:
+
+- determinism: the model, the batch order (worker.zoo.datasets.BatchIterator) and K-FAC's
+  sampled targets each have their own seeded generator, so on CPU a seed fixes the trajectory;
+- checkpoints (worker.checkpoints) every `checkpoint_interval` steps, written atomically after
+  the buffered metrics are flushed; a restarted run resumes from the latest one and continues
+  the identical trajectory, re-sending the points after it, which the recorder stores
+  idempotently per (run, name, step);
+- outcomes: a non-finite loss ends the run `diverged`, an exception `failed`, `should_stop()`
+  (polled a few times a second) `cancelled` — always with the step and a reason.
+
+Timing: `wall_time` is the cumulative time of the training steps alone; evaluation, curvature
+snapshots, checkpoints and recording are left out, so time axes compare optimizers fairly. The
+per-step bookkeeping is a `loss.item()` (needed for divergence detection anyway), two clock
+reads and a few tuple appends; points are flushed to the recorder once a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from backend.spec import RunSpec, batch_size_at
+from kfac import KFAC
+from kfac.losses import negative_log_likelihood
+from worker import checkpoints
+from worker.snapshots import curvature_snapshot
+from worker.zoo.datasets import BatchIterator, load_dataset
+from worker.zoo.models import build_model, count_parameters
+
+logger = logging.getLogger(__name__)
+
+MetricPoint = tuple[str, int, float, float]  # (name, step, wall_time, value)
+Status = Literal["succeeded", "failed", "diverged", "cancelled"]
+
+FLUSH_SECONDS = 1.0
+STOP_CHECK_SECONDS = 0.25
+EVAL_CHUNK = 1000
+
+
+class Recorder(Protocol):
+    """Where a run's results go. Every write must be idempotent per (run, name, step)."""
+
+    def info(self, details: dict[str, Any]) -> None:
+        """Once per start: data source, parameter count, device, resumed step."""
+
+    def metrics(self, points: list[MetricPoint]) -> None:
+        """A batch of metric points, in step order."""
+
+    def snapshot(self, step: int, payload: dict[str, Any]) -> None:
+        """A curvature snapshot (plain lists / numpy arrays, see worker.snapshots)."""
+
+    def progress(self, step: int) -> None:
+        """The last completed step (also a good moment for a heartbeat)."""
+
+
+@dataclass
+class RunResult:
+    status: Status
+    step: int
+    reason: str | None = None
+    final: dict[str, float] = field(default_factory=dict)
+    wall_time: float = 0.0
+    resumed_from: int | None = None
+
+
+@dataclass
+class MemoryRecorder:
+    """Keeps everything in memory: for tests, notebooks and the CLI's final table."""
+
+    details: dict[str, Any] = field(default_factory=dict)
+    series: dict[str, dict[int, float]] = field(default_factory=dict)
+    snapshots: dict[int, dict[str, Any]] = field(default_factory=dict)
+    last_step: int = 0
+
+    def info(self, details: dict[str, Any]) -> None:
+        self.details.update(details)
+
+    def metrics(self, points: list[MetricPoint]) -> None:
+        for name, step, _, value in points:
+            self.series.setdefault(name, {}).setdefault(step, value)
+
+    def snapshot(self, step: int, payload: dict[str, Any]) -> None:
+        self.snapshots.setdefault(step, payload)
+
+    def progress(self, step: int) -> None:
+        self.last_step = step
+
+
+def train(
+    spec: RunSpec,
+    recorder: Recorder,
+    *,
+    checkpoint_dir: Path | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    resume: bool = True,
+    data_dir: Path | None = None,
+) -> RunResult:
+    """Run `spec` to completion (or divergence, failure, cancellation) and say how it ended."""
+    run: _Run | None = None
+    try:
+        run = _Run(spec, recorder, data_dir)
+        if checkpoint_dir is not None:
+            if resume:
+                run.restore(checkpoint_dir)
+            else:
+                checkpoints.clear(checkpoint_dir)
+        recorder.info(run.details())
+        return run.loop(checkpoint_dir, should_stop)
+    except Exception as error:
+        logger.exception("run failed")
+        step = 0
+        if run is not None:
+            step = run.step
+            try:
+                run.flush()
+            except Exception:
+                logger.exception("could not flush the metrics of a failed run")
+        return RunResult("failed", step, f"{type(error).__name__}: {error}")
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def build_optimizer(spec: RunSpec, model: nn.Module) -> tuple[torch.optim.Optimizer, StepFn]:
+    """The optimizer of the spec and its step: (inputs, targets) -> detached mean NLL.
+
+    Every optimizer minimises the same loss, `kfac.losses.negative_log_likelihood` averaged
+    over the mini-batch, so all curves of an experiment are comparable."""
+    opt = spec.optimizer
+    if opt.name in ("kfac", "kfac_tridiag"):
+        kfac = KFAC(model, spec.loss, seed=spec.seed, **opt.kfac_kwargs())
+        return kfac, kfac.step
+    params = model.parameters()
+    if opt.name == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(
+            params, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps,
+            weight_decay=opt.weight_decay,
+        )
+    else:
+        momentum = getattr(opt, "momentum", 0.0)
+        nesterov = getattr(opt, "nesterov", False)
+        optimizer = torch.optim.SGD(
+            params, lr=opt.lr, momentum=momentum, nesterov=nesterov,
+            weight_decay=opt.weight_decay,
+        )
+
+    def step(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = negative_log_likelihood(model(inputs), targets, spec.loss).mean()
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return optimizer, step
+
+
+class IterateAverage:
+    """θ̄ₖ = ξₖθ̄ₖ₋₁ + (1 − ξₖ)θₖ with ξₖ = min(1 − 1/k, decay) (paper §13), for evaluation."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay, self.count = decay, 0
+        self.names = [name for name, _ in model.named_parameters()]
+        self.values = [p.detach().clone() for p in model.parameters()]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.count += 1
+        weight = 1.0 - min(1.0 - 1.0 / self.count, self.decay)
+        torch._foreach_lerp_(self.values, [p.detach() for p in model.parameters()], weight)
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.names, self.values, strict=True))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "values": self.values}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.count = state["count"]
+        for value, saved in zip(self.values, state["values"], strict=True):
+            value.copy_(saved)
+
+
+class _Run:
+    """The state of one run in progress; `loop` is the training loop proper."""
+
+    def __init__(self, spec: RunSpec, recorder: Recorder, data_dir: Path | None):
+        self.spec, self.recorder = spec, recorder
+        self.device = resolve_device(spec.device)
+        dtype = getattr(torch, spec.dtype)
+        self.data = load_dataset(spec.dataset, data_dir)
+        self.train_x = self.data.train_x.to(self.device, dtype)
+        self.test_x = self.data.test_x.to(self.device, dtype)
+        if spec.loss == "cross_entropy":
+            self.train_y = self.data.train_y.to(self.device)
+            self.test_y = self.data.test_y.to(self.device)
+        else:  # an autoencoder reconstructs its input
+            self.train_y, self.test_y = self.train_x, self.test_x
+        n_train = len(self.train_x)
+        self.batches = BatchIterator(
+            n_train, lambda k: batch_size_at(spec.batch_size, k, n_train), spec.seed
+        )
+        self.model = build_model(spec, device=self.device)
+        self.optimizer, self.step_fn = build_optimizer(spec, self.model)
+        self.average = (
+            IterateAverage(self.model, spec.iterate_averaging) if spec.iterate_averaging else None
+        )
+        self.total_steps = spec.total_steps()
+        self.step, self.wall_time, self.examples_seen = 0, 0.0, 0
+        self.resumed_from: int | None = None
+        self.buffer: list[MetricPoint] = []
+        self.final: dict[str, float] = {}
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "data_source": self.data.source,
+            "parameters": count_parameters(self.model),
+            "device": str(self.device),
+            "total_steps": self.total_steps,
+            "resumed_from": self.resumed_from,
+        }
+
+    # -- the loop --
+    def loop(self, checkpoint_dir: Path | None, should_stop: Callable[[], bool]) -> RunResult:
+        spec = self.spec
+        if self.step == 0 and spec.eval_interval:
+            self.evaluate()
+        last_flush = last_stop_check = -math.inf
+        while self.step < self.total_steps:
+            if time.monotonic() - last_stop_check >= STOP_CHECK_SECONDS:
+                last_stop_check = time.monotonic()
+                if should_stop():
+                    return self.finish("cancelled", "cancelled on request")
+            start = time.perf_counter()
+            indices = self.batches.next().to(self.device)
+            loss = self.step_fn(self.train_x[indices], self.train_y[indices]).item()
+            elapsed = time.perf_counter() - start
+            self.step += 1
+            self.wall_time += elapsed
+            self.examples_seen += len(indices)
+            if not math.isfinite(loss):
+                return self.finish("diverged", f"training loss is {loss} at step {self.step}")
+            if self.average is not None:
+                self.average.update(self.model)
+            last = self.step == self.total_steps
+            if self.step % spec.metric_interval == 0 or last:
+                self.record_step(loss, elapsed, len(indices))
+            if spec.eval_interval and (self.step % spec.eval_interval == 0 or last):
+                self.evaluate()
+            if spec.snapshot_interval and self.step % spec.snapshot_interval == 0:
+                self.recorder.snapshot(self.step, self.snapshot())
+            if checkpoint_dir and spec.checkpoint_interval and not last and (
+                self.step % spec.checkpoint_interval == 0
+            ):
+                self.flush()
+                checkpoints.save(checkpoint_dir, self.step, self.state_dict())
+            if time.monotonic() - last_flush >= FLUSH_SECONDS:
+                last_flush = time.monotonic()
+                self.flush()
+        return self.finish("succeeded", None)
+
+    def finish(self, status: Status, reason: str | None) -> RunResult:
+        self.flush()
+        return RunResult(
+            status, self.step, reason, dict(self.final), self.wall_time, self.resumed_from
+        )
+
+    def flush(self) -> None:
+        if self.buffer:
+            points, self.buffer = self.buffer, []
+            self.recorder.metrics(points)
+        self.recorder.progress(self.step)
+
+    def emit(self, name: str, value: float) -> None:
+        self.buffer.append((name, self.step, self.wall_time, value))
+        self.final[name] = value
+
+    def record_step(self, loss: float, elapsed: float, batch: int) -> None:
+        self.emit("train_loss", loss)
+        self.emit("step_time", elapsed)
+        self.emit("examples_seen", float(self.examples_seen))
+        if not isinstance(self.spec.batch_size, int):
+            self.emit("batch_size", float(batch))
+        for name, value in getattr(self.optimizer, "diagnostics", {}).items():
+            if math.isfinite(value):
+                self.emit(name, value)
+
+    # -- evaluation and snapshots, off the clock --
+    @torch.no_grad()
+    def evaluate(self) -> None:
+        """Test loss (and accuracy for classifiers); with iterate averaging, also of θ̄."""
+        variants = {"": None}
+        if self.average is not None and self.average.count:
+            variants["_avg"] = self.average.parameters()
+        for suffix, params in variants.items():
+            total_loss, correct = 0.0, 0
+            for start in range(0, len(self.test_x), EVAL_CHUNK):
+                x = self.test_x[start : start + EVAL_CHUNK]
+                y = self.test_y[start : start + EVAL_CHUNK]
+                out = self.model(x) if params is None else functional_call(self.model, params, x)
+                total_loss += float(negative_log_likelihood(out, y, self.spec.loss).sum())
+                if self.spec.loss == "cross_entropy":
+                    correct += int((out.argmax(1) == y).sum())
+            self.emit(f"test_loss{suffix}", total_loss / len(self.test_x))
+            if self.spec.loss == "cross_entropy":
+                self.emit(f"test_accuracy{suffix}", correct / len(self.test_x))
+
+    def snapshot(self) -> dict[str, Any]:
+        probe = self.spec.probe
+        generator = torch.Generator().manual_seed(self.spec.seed * 7919 + self.step)
+        indices = torch.randperm(len(self.train_x), generator=generator)[: probe.examples]
+        indices = indices.to(self.device)
+        empirical = getattr(self.spec.optimizer, "fisher", "true") == "empirical"
+        damping = self.spec.probe.damping
+        if isinstance(self.optimizer, KFAC):  # show the inverses the optimizer applies
+            group = self.optimizer.param_groups[0]
+            damping = group["damping"] + group["weight_decay"]
+        return curvature_snapshot(
+            self.model,
+            self.train_x[indices],
+            self.train_y[indices] if empirical else "sampled",
+            self.spec,
+            damping=damping,
+            seed=self.spec.seed * 7919 + self.step,
+        )
+
+    # -- checkpoints --
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.model_dump(mode="json", exclude={"label"}),
+            "step": self.step,
+            "wall_time": self.wall_time,
+            "examples_seen": self.examples_seen,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "batches": self.batches.state_dict(),
+            "average": self.average.state_dict() if self.average else None,
+            "final": self.final,
+        }
+
+    def restore(self, checkpoint_dir: Path) -> None:
+        state = checkpoints.load_latest(checkpoint_dir, map_location=self.device)
+        if state is None:
+            return
+        if state["spec"] != self.spec.model_dump(mode="json", exclude={"label"}):
+            raise ValueError(f"the checkpoint in {checkpoint_dir} belongs to another spec")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.batches.load_state_dict(state["batches"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
+        self.step, self.wall_time = state["step"], state["wall_time"]
+        self.examples_seen, self.final = state["examples_seen"], dict(state["final"])
+        self.resumed_from = self.step
