@@ -1,5 +1,8 @@
 """Layers that K-FAC preconditions, seen as one weight matrix [W b] each (paper §2.1).
 
+nn.Linear follows K-FAC (Martens & Grosse 2015); nn.Conv2d follows KFC (Grosse & Martens 2016),
+whose rows are the input patches ⟦a⟧ₜ and output derivatives Dsₜ at every spatial location t.
+
 A layer's parameters are the matrix W̄ = [W b] of shape (d_g, d_a): d_g output units, d_a inputs
 plus a homogeneous coordinate when the layer has a bias, so that s = W̄ ā.  Its gradient is
 DW̄ = g āᵀ and, with column-major vectorisation, vec(DW̄) = ā ⊗ g (paper §3).
@@ -18,6 +21,8 @@ def with_homogeneous_coordinate(rows: torch.Tensor) -> torch.Tensor:
 
 class LinearBlock:
     """An nn.Linear layer: ā is its input, g = D s the gradient at its output."""
+
+    supports_tridiagonal = True
 
     def __init__(self, name: str, module: nn.Linear):
         self.name = name
@@ -78,7 +83,69 @@ class LinearBlock:
         return parts
 
 
-SUPPORTED_MODULES: dict[type[nn.Module], type] = {nn.Linear: LinearBlock}
+class Conv2dBlock(LinearBlock):
+    """An nn.Conv2d layer under KFC (Grosse & Martens 2016, §3).
+
+    The weight is the matrix (out_channels, in_channels·kh·kw) followed by the bias column, and
+    s_t = W̄ ⟦ā⟧_t at every output location t ∈ T.  Under independent activations and
+    derivatives, spatial homogeneity and spatially uncorrelated derivatives (§3.1),
+    F ≈ Ω ⊗ Γ with
+        Ω = E[Σ_t ⟦ā⟧_t ⟦ā⟧_tᵀ]            (sum over locations, mean over examples),
+        Γ = (1/|T|) E[Σ_t Ds_t Ds_tᵀ]       (mean over locations and examples),
+    which is exactly K-FAC's Ā ⊗ G when |T| = 1.
+    """
+
+    supports_tridiagonal = False
+
+    def __init__(self, name: str, module: nn.Conv2d):
+        if module.groups != 1:
+            raise ValueError(
+                f"KFC supports Conv2d with groups=1 only; {name!r} has groups={module.groups}"
+            )
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+            raise ValueError(
+                f"KFC supports numeric zero padding only; {name!r} has "
+                f"padding={module.padding!r}, padding_mode={module.padding_mode!r}"
+            )
+        super().__init__(name, module)
+
+    @property
+    def input_dim(self) -> int:
+        return self.module.weight[0].numel() + int(self.has_bias)
+
+    @property
+    def output_dim(self) -> int:
+        return self.module.out_channels
+
+    def input_rows(self, layer_input: torch.Tensor) -> torch.Tensor:
+        """Patches ⟦ā⟧_t of every example and location, (B·|T|, d_a), by im2col."""
+        conv = self.module
+        patches = torch.nn.functional.unfold(
+            layer_input,
+            conv.kernel_size,
+            dilation=conv.dilation,
+            padding=conv.padding,
+            stride=conv.stride,
+        )  # (B, in·kh·kw, |T|)
+        rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        return with_homogeneous_coordinate(rows) if self.has_bias else rows
+
+    def output_rows(self, output_grad: torch.Tensor) -> torch.Tensor:
+        """Ds_t of every example and location, (B·|T|, out_channels)."""
+        return output_grad.permute(0, 2, 3, 1).reshape(-1, self.module.out_channels)
+
+    def input_factor(self, layer_input: torch.Tensor) -> torch.Tensor:
+        """Ω: summed over locations, averaged over the batch."""
+        rows = self.input_rows(layer_input)
+        return rows.T @ rows / layer_input.shape[0]
+
+    def output_factor(self, output_grad: torch.Tensor) -> torch.Tensor:
+        """Γ: averaged over locations and the batch."""
+        rows = self.output_rows(output_grad)
+        return rows.T @ rows / rows.shape[0]
+
+
+SUPPORTED_MODULES: dict[type[nn.Module], type] = {nn.Linear: LinearBlock, nn.Conv2d: Conv2dBlock}
 
 
 def find_blocks(model: nn.Module, names: list[str] | None = None) -> list[LinearBlock]:

@@ -29,11 +29,18 @@ from kfac.inverses import Notes
 from kfac.layers import find_blocks
 from kfac.losses import negative_log_likelihood, sample_targets
 from kfac.preconditioner import KroneckerPreconditioner
-from kfac.quadratic import dot, fisher_gram, output_directions, solve_step_coefficients
+from kfac.quadratic import (
+    dot,
+    fisher_gram,
+    output_directions,
+    running_statistics_frozen,
+    solve_step_coefficients,
+)
 
 
 class KFAC(torch.optim.Optimizer):
-    """K-FAC for networks of nn.Linear layers, each called once per forward pass.
+    """K-FAC for networks of nn.Linear layers and KFC for nn.Conv2d layers, each called once per
+    forward pass; with a fixed `lr` on a conv net this is KFC-pre (KFC inside SGD with momentum).
 
     Args:
         model: the network; its K-FAC layers are found by module type, in model order.
@@ -111,11 +118,9 @@ class KFAC(torch.optim.Optimizer):
         self.structure = structure
         self.blocks = find_blocks(model, layers)
         if not self.blocks:
-            raise ValueError("the model has no nn.Linear layer for K-FAC to precondition")
+            raise ValueError("the model has no nn.Linear or nn.Conv2d layer to precondition")
         if structure is InverseStructure.BLOCK_TRIDIAGONAL:
-            unsupported = [
-                b.name for b in self.blocks if not getattr(b, "supports_tridiagonal", True)
-            ]
+            unsupported = [b.name for b in self.blocks if not b.supports_tridiagonal]
             if unsupported:
                 raise ValueError(
                     f"block-tridiagonal K-FAC supports Linear layers only: {unsupported}"
@@ -229,7 +234,9 @@ class KFAC(torch.optim.Optimizer):
                 self.state[p]["previous_update"] = u
             rho = math.nan
             if lm_due:
-                after = negative_log_likelihood(self.model(inputs), targets, self.family).mean()
+                with running_statistics_frozen(self.model):
+                    after = self.model(inputs)
+                after = negative_log_likelihood(after, targets, self.family).mean()
                 objective_after = float(after) + 0.5 * eta * self._squared_norm(params)
                 rho = self.damping.adapt(objective_after - objective_before, predicted)
         self.capture.clear()

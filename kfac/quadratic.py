@@ -8,6 +8,7 @@ direction, never the matrix itself.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -21,24 +22,34 @@ from kfac.losses import output_fisher_bilinear
 def output_directions(
     model: nn.Module, inputs: torch.Tensor, directions: list[dict[str, torch.Tensor]]
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The outputs z and J·v for each parameter-space direction v (a dict name → tensor).
-
-    Buffers are passed as copies, so batch-norm running statistics are not updated twice.
-    """
+    """The outputs z and J·v for each parameter-space direction v (a dict name → tensor)."""
     params = {name: p.detach() for name, p in model.named_parameters() if name in directions[0]}
-    buffers = {name: b.clone() for name, b in model.named_buffers()}
 
     def forward(parameters):
-        return functional_call(model, (parameters, buffers), (inputs,))
+        return functional_call(model, parameters, (inputs,))
 
-    outputs = forward(params).detach()
-    stacked = {name: torch.stack([d[name] for d in directions]) for name in params}
-    try:
+    with running_statistics_frozen(model):
+        outputs = forward(params).detach()
+        stacked = {name: torch.stack([d[name] for d in directions]) for name in params}
         # One vectorised pass for all directions: ~25% cheaper than one jvp per direction.
         products = vmap(lambda tangent: jvp(forward, (params,), (tangent,))[1])(stacked)
-        return outputs, list(products.unbind(0))
-    except RuntimeError:  # modules that write to buffers (batch norm) cannot run under vmap
-        return outputs, [jvp(forward, (params,), (d,))[1] for d in directions]
+    return outputs, list(products.unbind(0))
+
+
+@contextmanager
+def running_statistics_frozen(model: nn.Module):
+    """Batch norm keeps normalising by batch statistics but stops updating its running ones,
+    so the extra forward passes of the quadratic model neither count twice nor write buffers
+    (which forward-mode transforms forbid)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    tracking = [m.track_running_stats for m in norms]
+    for m in norms:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m, value in zip(norms, tracking, strict=True):
+            m.track_running_stats = value
 
 
 def fisher_gram(
