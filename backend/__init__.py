@@ -1,1 +1,4 @@
-"""kfac-lab backend: the FastAPI service and (in backend.store) the experiment store. Importing this package imports neither FastAPI nor torch."""
+"""kfac-lab backend: the FastAPI service and (in backend.store) the experiment store.
+
+Importing this package imports neither FastAPI nor torch.
+"""

@@ -180,7 +180,7 @@ class KFAC(torch.optim.Optimizer):
         params = self.param_groups[0]["params"]
         eta = group["weight_decay"]
         with torch.no_grad():
-            gradient = [p.grad + eta * p if p.grad is not None else eta * p for p in params]
+            gradient = [self._objective_gradient(p, eta) for p in params]
             notes = Notes()
             adaptive = group["lr"] is None
             if (step - 1) % group["inverse_interval"] == 0:
@@ -205,11 +205,7 @@ class KFAC(torch.optim.Optimizer):
                 proposal = [-v for v in preconditioned]
                 directions = [proposal, previous] if has_previous else [proposal]
                 coefficients = self._model_coefficients(inputs, gradient, directions)
-                update = [coefficients.alpha * d for d in proposal]
-                if has_previous:
-                    update = [
-                        u + coefficients.mu * d for u, d in zip(update, previous, strict=True)
-                    ]
+                update = self._combine(coefficients.alpha, proposal, coefficients.mu, previous)
                 alpha, mu, predicted = (
                     coefficients.alpha,
                     coefficients.mu,
@@ -218,9 +214,7 @@ class KFAC(torch.optim.Optimizer):
             else:
                 alpha = -group["lr"] * self._kl_scale(preconditioned, gradient)
                 mu = group["momentum"] if has_previous else 0.0
-                update = [alpha * v for v in preconditioned]
-                if has_previous:
-                    update = [u + mu * d for u, d in zip(update, previous, strict=True)]
+                update = self._combine(alpha, preconditioned, mu, previous)
                 predicted = (
                     self._model_coefficients(inputs, gradient, [update]).predicted_change
                     if lm_due
@@ -368,6 +362,20 @@ class KFAC(torch.optim.Optimizer):
             return 1.0
         kl = group["lr"] ** 2 * float(dot(preconditioned, gradient))
         return min(1.0, math.sqrt(group["kl_clip"] / kl)) if kl > 0 else 1.0
+
+    @staticmethod
+    def _objective_gradient(p: torch.Tensor, eta: float) -> torch.Tensor:
+        """∇h = ∇(mean NLL) + ηθ (§6.1)."""
+        if p.grad is None:
+            return eta * p
+        return p.grad if eta == 0 else p.grad + eta * p
+
+    @staticmethod
+    def _combine(alpha, directions, mu, previous) -> list[torch.Tensor]:
+        """δ = α·Δ + μ·δ₀, with one allocation per tensor."""
+        if previous[0] is None or mu == 0:
+            return [alpha * d for d in directions]
+        return [(alpha * d).add_(p, alpha=mu) for d, p in zip(directions, previous, strict=True)]
 
     @staticmethod
     def _squared_norm(tensors) -> float:

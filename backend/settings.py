@@ -1,0 +1,101 @@
+"""Process-wide settings, read once from `KFAC_*` environment variables (and a `.env` file).
+
+Every process of kfac-lab (API, worker, CLI) reads the same `Settings`, so one set of
+environment variables selects the mode: with nothing set, everything lives under one embedded
+data directory (`KFAC_HOME`, default `./.kfac-lab`) with a SQLite database and a filesystem
+broker; setting `KFAC_DATABASE_URL` / `KFAC_BROKER_URL` switches to PostgreSQL and Redis.
+
+Paths that default to places inside `home` are filled in after validation, so that setting only
+`KFAC_HOME` moves all of them together.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """All tunables of kfac-lab; each field `x` is read from the variable `KFAC_X`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KFAC_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    home: Path = Field(
+        default_factory=lambda: Path.cwd() / ".kfac-lab",
+        description="Embedded data directory: SQLite database, broker queues, artifacts.",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL; empty means the SQLite file `home/kfac.db`. "
+        "`postgresql://` URLs are used through psycopg 3.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker URL (e.g. redis://host:6379/0); None means the embedded "
+        "filesystem broker under `home/broker`.",
+    )
+    artifacts_dir: Path | None = Field(
+        default=None, description="Checkpoints and other run files; default `home/artifacts`."
+    )
+    data_dir: Path | None = Field(
+        default=None, description="Dataset cache (MNIST IDX files, ...); default `home/data`."
+    )
+    admin_token: str | None = Field(
+        default=None,
+        repr=False,
+        description="Bearer token for writes; embedded mode generates and stores one if unset.",
+    )
+    heartbeat_timeout_s: float = Field(
+        default=60.0, gt=0, description="A running run whose heartbeat is older is re-queued."
+    )
+    max_steps: int = Field(default=1_000_000, gt=0, description="Most steps one run may ask for.")
+    max_runs_per_experiment: int = Field(default=64, gt=0, description="Most runs per experiment.")
+    max_parameters: int = Field(
+        default=50_000_000, gt=0, description="Largest model (parameter count) a run may build."
+    )
+    max_snapshot_params: int = Field(
+        default=4096,
+        gt=0,
+        description="Largest parameter count of a curvature snapshot's probe (dense n x n).",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed by CORS, comma-separated; empty (closed) by default.",
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL printed and used in share links, e.g. https://lab.example.org; "
+        "default: derived from the request.",
+    )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """Accept `a,b` from the environment as well as a list."""
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _fill_home_defaults(self) -> Settings:
+        """Place everything that was not set explicitly inside `home`."""
+        self.home = self.home.expanduser()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'kfac.db'}"
+        if self.artifacts_dir is None:
+            self.artifacts_dir = self.home / "artifacts"
+        if self.data_dir is None:
+            self.data_dir = self.home / "data"
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once; tests call `get_settings.cache_clear()` to re-read."""
+    return Settings()

@@ -1,0 +1,65 @@
+"""Stored credentials: read-only share links and the embedded mode's admin token.
+
+A share token is 128 random bits shown once to its creator; only its SHA-256 is stored, so a
+leaked database does not leak working links (a fast hash is enough: the token is random, not
+a password that could be guessed). Checking a token compares hashes in the database; comparing
+a presented admin token with the real one (in constant time) is the API's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from backend.store.db import dialect_insert
+from backend.store.models import AppSecret, ShareLink, utcnow
+
+ADMIN_TOKEN_KEY = "admin_token"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_share_link(session: Session, experiment_id: str) -> str:
+    """Make a new read-only link to one experiment and return its token (shown only now)."""
+    token = secrets.token_urlsafe(16)
+    session.add(ShareLink(experiment_id=experiment_id, token_hash=hash_token(token)))
+    session.flush()
+    return token
+
+
+def revoke_share_links(session: Session, experiment_id: str) -> int:
+    """Revoke every live share link of an experiment at once; returns how many there were."""
+    result = session.execute(
+        update(ShareLink.__table__)
+        .where(ShareLink.experiment_id == experiment_id, ShareLink.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return result.rowcount
+
+
+def shared_experiment(session: Session, token: str) -> str | None:
+    """The experiment a live share token opens, or None for an unknown or revoked token."""
+    return session.scalar(
+        select(ShareLink.experiment_id).where(
+            ShareLink.token_hash == hash_token(token), ShareLink.revoked_at.is_(None)
+        )
+    )
+
+
+def get_or_create_admin_token(session: Session) -> str:
+    """The admin token stored with the data, generated (128 bits) on first use.
+
+    Safe when several processes start together: the first insert wins and every process
+    reads that one.
+    """
+    session.execute(
+        dialect_insert(session, AppSecret.__table__)
+        .values(key=ADMIN_TOKEN_KEY, value=secrets.token_urlsafe(16))
+        .on_conflict_do_nothing()
+    )
+    return session.scalar(select(AppSecret.value).where(AppSecret.key == ADMIN_TOKEN_KEY))

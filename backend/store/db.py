@@ -1,0 +1,155 @@
+"""Engines and sessions: one engine per database URL per process, tuned for each dialect.
+
+* SQLite (the embedded default) is a file in WAL journal mode, so the API can read while a
+  worker writes; `busy_timeout` makes a writer wait for the lock instead of failing, and
+  foreign keys are switched on (SQLite leaves them off) so deletes cascade as on PostgreSQL.
+* PostgreSQL is reached through psycopg 3; plain `postgresql://` / `postgres://` URLs are
+  rewritten to `postgresql+psycopg://` so the usual URL from a compose file just works.
+
+Engines are cached per URL and dropped in a forked child (Celery's prefork pool forks after
+import), because a pooled connection must never be shared by two processes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    Engine,
+    Select,
+    Table,
+    cast,
+    create_engine,
+    event,
+    func,
+    literal,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+_engines: dict[str, Engine] = {}
+_session_factories: dict[str, sessionmaker[Session]] = {}
+
+
+def normalise_url(url: str) -> str:
+    """The URL with PostgreSQL pointed at the psycopg 3 driver, everything else unchanged."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """A new engine for `url` (creating a SQLite file's directory if needed)."""
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, **kwargs)
+        event.listen(engine, "connect", _configure_sqlite_connection)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)  # survive a database restart in long-lived workers
+    return create_engine(url, **kwargs)
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # With WAL, NORMAL never corrupts the file; a power cut may undo the last commits only.
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _resolve(url: str | None) -> str:
+    if url is None:
+        from backend.settings import get_settings
+
+        url = get_settings().database_url
+    return normalise_url(url)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process's shared engine for `url` (default: the configured database)."""
+    url = _resolve(url)
+    if url not in _engines:
+        _engines[url] = make_engine(url)
+    return _engines[url]
+
+
+def get_session_factory(url: str | None = None) -> sessionmaker[Session]:
+    """A `sessionmaker` bound to the shared engine for `url`.
+
+    `expire_on_commit=False` keeps loaded objects readable after the session closes, which is
+    what the API (serialising after commit) and the worker (reading a claimed run) want.
+    """
+    url = _resolve(url)
+    if url not in _session_factories:
+        _session_factories[url] = sessionmaker(get_engine(url), expire_on_commit=False)
+    return _session_factories[url]
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """A session that commits when the block ends and rolls back if it raises."""
+    session = get_session_factory(url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def dialect_insert(session: Session, table: Table | type) -> Any:
+    """An INSERT for the session's dialect, which has `on_conflict_do_nothing/_do_update`.
+
+    Both supported dialects spell upserts the same way (`INSERT ... ON CONFLICT`), and
+    SQLAlchemy exposes them through each dialect's own `insert`; this picks the right one.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"kfac-lab's store supports PostgreSQL and SQLite, not {dialect}")
+
+
+def unnest_rows(table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Select:
+    """A PostgreSQL SELECT yielding `rows`, built from one array literal per column.
+
+    `INSERT ... SELECT` from it writes a whole batch in one statement, with one parameter per
+    column: much faster than one statement (or one VALUES group) per row, which psycopg has
+    to adapt and parse value by value. The literals, `{1,2.5,...}`, are built by `str.join`
+    in C; `repr` keeps every bit of a float.
+    """
+    arrays = [
+        cast(literal("{" + ",".join(map(repr, values)) + "}"), ARRAY(table.c[name].type))
+        for name, values in zip(columns, zip(*rows, strict=True), strict=True)
+    ]
+    return select(*func.unnest(*arrays).table_valued(*columns).render_derived().c)
+
+
+def dispose_engines(close: bool = True) -> None:
+    """Forget all cached engines (closing their connections unless `close` is False)."""
+    for engine in _engines.values():
+        engine.dispose(close=close)
+    _engines.clear()
+    _session_factories.clear()
+
+
+# In a forked child, the parent's pooled connections belong to the parent: drop them unclosed.
+os.register_at_fork(after_in_child=lambda: dispose_engines(close=False))
