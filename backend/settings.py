@@ -54,16 +54,6 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(
         default=60.0, gt=0, description="A running run whose heartbeat is older is re-queued."
     )
-    max_steps: int = Field(default=1_000_000, gt=0, description="Most steps one run may ask for.")
-    max_runs_per_experiment: int = Field(default=64, gt=0, description="Most runs per experiment.")
-    max_parameters: int = Field(
-        default=50_000_000, gt=0, description="Largest model (parameter count) a run may build."
-    )
-    max_snapshot_params: int = Field(
-        default=4096,
-        gt=0,
-        description="Largest parameter count of a curvature snapshot's probe (dense n x n).",
-    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Origins allowed by CORS, comma-separated; empty (closed) by default.",

@@ -22,11 +22,11 @@ def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KFAC_DATABASE_URL", "postgresql://u@db/kfac")
     monkeypatch.setenv("KFAC_CORS_ORIGINS", "http://a.example, http://b.example")
     monkeypatch.setenv("KFAC_ADMIN_TOKEN", "secret")
-    monkeypatch.setenv("KFAC_MAX_STEPS", "10")
+    monkeypatch.setenv("KFAC_HEARTBEAT_TIMEOUT_S", "10")
     settings = Settings(_env_file=None)
     assert settings.database_url == "postgresql://u@db/kfac"
     assert settings.cors_origins == ["http://a.example", "http://b.example"]
-    assert settings.max_steps == 10
+    assert settings.heartbeat_timeout_s == 10
     assert "secret" not in repr(settings)
 
 
