@@ -9,31 +9,16 @@ from torch import nn
 
 from kfac import KFAC
 from kfac.layers import Conv2dBlock, find_blocks
+from tests.kfac.explicit import explicit_patches
 
-torch.set_default_dtype(torch.float64)
 
-
-def explicit_patches(x, conv):
-    """⟦ā⟧_t for every example and output location by slicing, (B, |T|, in·kh·kw [+1])."""
-    kh, kw = conv.kernel_size
-    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
-    padded = nn.functional.pad(x, (pw, pw, ph, ph))
-    out_h = (padded.shape[2] - dh * (kh - 1) - 1) // sh + 1
-    out_w = (padded.shape[3] - dw * (kw - 1) - 1) // sw + 1
-    rows = []
-    for i in range(out_h):
-        for j in range(out_w):
-            window = padded[
-                :,
-                :,
-                i * sh : i * sh + dh * (kh - 1) + 1 : dh,
-                j * sw : j * sw + dw * (kw - 1) + 1 : dw,
-            ]
-            rows.append(window.reshape(x.shape[0], -1))
-    patches = torch.stack(rows, 1)
-    if conv.bias is not None:
-        patches = torch.cat([patches, torch.ones(*patches.shape[:2], 1)], 2)
-    return patches
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """These tests build many small modules; float64 makes exact comparisons meaningful."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,73 @@
+"""Fall-backs of the inversions and the KL clip: numerical trouble is reported, never raised."""
+
+import math
+
+import torch
+from torch import nn
+
+from kfac import KFAC
+from kfac.inverses import Notes, spd_inverse
+
+
+def test_non_finite_factor_is_not_inverted_and_is_reported():
+    notes = Notes()
+    matrix = torch.eye(3, dtype=torch.float64)
+    matrix[0, 1] = float("nan")
+    assert spd_inverse(matrix, notes, "A") is None
+    assert "non-finite" in notes.messages[0]
+
+
+def test_singular_factor_is_inverted_with_jitter_and_reported():
+    notes = Notes()
+    v = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    singular = v.T @ v  # rank one
+    inverse = spd_inverse(singular, notes, "G")
+    assert inverse is not None and torch.isfinite(inverse).all()
+    assert any("jitter" in m for m in notes.messages)
+
+
+def test_float32_failure_is_retried_in_float64():
+    notes = Notes()
+    nearly = torch.tensor([[1.0, 1.0], [1.0, 1.0 + 1e-9]], dtype=torch.float64)
+    inverse = spd_inverse(nearly.float(), notes, "A")
+    assert inverse is not None
+    assert notes.messages and ("float64" in notes.messages[0] or "jitter" in notes.messages[0])
+
+
+def test_optimizer_survives_a_nan_factor_and_says_so():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    x, y = torch.randn(32, 3, dtype=torch.float64), torch.randint(0, 2, (32,))
+    optimizer = KFAC(model, "cross_entropy", stats_interval=1, inverse_interval=1, damping=1.0)
+    optimizer.step(x, y)
+    optimizer.state[model[0].weight]["A"][0, 0] = float("nan")
+    optimizer.param_groups[0]["stats_interval"] = 100  # keep the poisoned factor
+    loss = optimizer.step(x, y)
+    assert torch.isfinite(loss)
+    assert optimizer.diagnostics["numerical_fallbacks"] > 0
+    assert any("non-finite" in note for note in optimizer.notes)
+
+
+def test_kl_clip_scales_the_fixed_learning_rate_step():
+    """ν = min(1, sqrt(κ / (lr² Δᵀ∇h))) multiplies the step."""
+    torch.manual_seed(1)
+    x, y = torch.randn(32, 3, dtype=torch.float64), torch.randn(32, 2, dtype=torch.float64)
+    updates = {}
+    for clip in (None, 1e-6):
+        torch.manual_seed(2)
+        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer = KFAC(model, "mse", lr=0.5, kl_clip=clip, adapt_damping=False, damping=0.1)
+        optimizer.step(x, y)
+        updates[clip] = torch.cat(
+            [(p.detach() - b).flatten() for p, b in zip(model.parameters(), before, strict=True)]
+        )
+    # unclipped: δ = −lr·Δ, so Δᵀ∇h = −δᵀ∇h / lr; recover it from the gradient at θ₀
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    loss = 0.5 * (model(x) - y).pow(2).sum(1).mean()
+    grad = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))])
+    kl = 0.5**2 * float(-(updates[None] @ grad) / 0.5)
+    nu = min(1.0, math.sqrt(1e-6 / kl))
+    assert nu < 1
+    torch.testing.assert_close(updates[1e-6], nu * updates[None])
