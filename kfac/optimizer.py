@@ -146,10 +146,6 @@ class KFAC(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.capture = ActivationCapture(self.blocks)
         self.preconditioner = KroneckerPreconditioner(self.blocks, structure, self.block_state)
-        # Per-example preconditioning needs every step's activations, and no ℓ2 term in ∇h.
-        self.keep_activations = weight_decay == 0 and any(
-            self.preconditioner.prefers_per_example(b, 1) for b in self.blocks
-        )
         self.names = {p: name for name, p in model.named_parameters()}
         block_params = {id(p) for b in self.blocks for p in b.parameters()}
         self.other_params = [p for p in params if id(p) not in block_params]
@@ -169,12 +165,16 @@ class KFAC(torch.optim.Optimizer):
         step = self.counters["step"]
         record = (step - 1) % group["stats_interval"] == 0
         self.zero_grad(set_to_none=True)
-        with self.capture.record(enabled=record or self.keep_activations):
+        # The per-example product needs this step's activations, and no ℓ2 term in ∇h.
+        per_example = group["weight_decay"] == 0 and any(
+            self.preconditioner.prefers_per_example(b, inputs.shape[0]) for b in self.blocks
+        )
+        with self.capture.record(enabled=record or per_example):
             outputs = self.model(inputs)
             loss = negative_log_likelihood(outputs, targets, self.family).mean()
             if record:
                 self._update_factors(outputs, targets)
-            if self.keep_activations:
+            if per_example:
                 self.capture.keep_output_gradients()
         loss.backward()
         params = self.param_groups[0]["params"]
@@ -196,7 +196,7 @@ class KFAC(torch.optim.Optimizer):
                     if not group["gamma_search"]:
                         self.counters["gamma"] = math.sqrt(group["damping"] + eta)
                     self.preconditioner.update_inverses(self.counters["gamma"], notes)
-            per_example = self._per_example_rows() if eta == 0 else {}
+            per_example = self._per_example_rows() if per_example else {}
             preconditioned = self._precondition(gradient, per_example)
             previous = [self.state[p].get("previous_update") for p in params]
             has_previous = previous[0] is not None
@@ -242,7 +242,9 @@ class KFAC(torch.optim.Optimizer):
             "mu": mu,
             "rho": rho,
             "quadratic_model": predicted,
-            "update_norm": math.sqrt(self._squared_norm(update)),
+            "update_norm": float(
+                torch.linalg.vector_norm(torch.stack(torch._foreach_norm(update)))
+            ),
             "numerical_fallbacks": float(len(notes.messages)),
         }
         return loss.detach()
