@@ -1,5 +1,6 @@
 """Brute-force references built without kfac's code: explicit per-example quantities, explicit
-Kronecker products and explicit inverses, for tiny float64 networks of nn.Linear layers."""
+Kronecker products and explicit inverses, for tiny float64 networks of nn.Linear layers (and,
+for KFC, explicit patches of nn.Conv2d layers)."""
 
 from __future__ import annotations
 
@@ -145,3 +146,26 @@ def exact_fisher(model, inputs, family) -> torch.Tensor:
     jacobian = torch.autograd.functional.jacobian(forward, theta)  # (N, k, P)
     fr = output_fisher(outputs, family)
     return torch.einsum("nkp,nkl,nlq->pq", jacobian, fr, jacobian) / inputs.shape[0]
+
+
+def explicit_patches(x, conv):
+    """⟦ā⟧_t for every example and output location by slicing, (B, |T|, in·kh·kw [+1])."""
+    kh, kw = conv.kernel_size
+    (sh, sw), (ph, pw), (dh, dw) = conv.stride, conv.padding, conv.dilation
+    padded = nn.functional.pad(x, (pw, pw, ph, ph))
+    out_h = (padded.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    out_w = (padded.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    rows = []
+    for i in range(out_h):
+        for j in range(out_w):
+            window = padded[
+                :,
+                :,
+                i * sh : i * sh + dh * (kh - 1) + 1 : dh,
+                j * sw : j * sw + dw * (kw - 1) + 1 : dw,
+            ]
+            rows.append(window.reshape(x.shape[0], -1))
+    patches = torch.stack(rows, 1)
+    if conv.bias is not None:
+        patches = torch.cat([patches, torch.ones(*patches.shape[:2], 1, dtype=x.dtype)], 2)
+    return patches
