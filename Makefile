@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.kfac_vs_sgd
+	$(BIN)/python -m bench.run_all
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,82 @@
+"""Run every benchmark and rewrite docs/benchmarks.md with what they printed.
+
+Each benchmark is its own module that prints a Markdown section (tables of ratios and
+percentiles measured side by side in one process) and writes its JSON and plots under
+docs/bench/.  This runs them one after another in fresh processes, so that none warms up or
+slows down another, and puts their output under a header naming the machine.
+
+    python -m bench.run_all [--quick] [--only NAME ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = {
+    "kfac_vs_sgd": "K-FAC vs SGD-momentum and Adam on the MNIST autoencoder (issue 1)",
+    "kfc_vs_sgd": "KFC and KFC-pre on the offline conv task (issue 5)",
+    "bench_metric_read": "Reading a 1,000,000-point metric downsampled (issue 2)",
+    "bench_recording_overhead": "Cost of recording metrics and checkpoints (issue 2)",
+    "bench_api": "API page data, memory and live-event latency (issue 3)",
+}
+QUICK_FLAG = {"kfac_vs_sgd", "kfc_vs_sgd"}
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS))
+    args = parser.parse_args()
+    chosen = args.only or list(BENCHMARKS)
+    sections, failed = [], []
+    for name in chosen:
+        if not (ROOT / "bench" / f"{name}.py").exists():
+            continue
+        command = [sys.executable, "-m", f"bench.{name}"]
+        if args.quick and name in QUICK_FLAG:
+            command.append("--quick")
+        print(f"== {name}", flush=True)
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        print(result.stdout)
+        if result.returncode != 0:
+            failed.append(name)
+            print(result.stderr[-2000:], file=sys.stderr)
+        sections.append(
+            f"## {BENCHMARKS[name]}\n\n`python -m bench.{name}`"
+            f"{' --quick' if args.quick and name in QUICK_FLAG else ''}\n\n"
+            f"{result.stdout.strip()}\n"
+        )
+    today = datetime.date.today().isoformat()
+    header = (
+        f"# Benchmarks\n\nWritten by `python -m bench.run_all` on {today}, on {machine()}.\n"
+        "Every figure is a ratio or a percentile measured side by side in one run.\n"
+    )
+    notes = ROOT / "docs" / "benchmark-notes.md"
+    body = "\n".join([header, *sections])
+    if notes.exists():
+        body += "\n" + notes.read_text()
+    (ROOT / "docs" / "benchmarks.md").write_text(body)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
