@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/python -m bench.kfac_vs_sgd --quick
 
+# Debian's chromium drives the browser tests; docker-compose only validates the compose file.
+SYSTEM_TOOLS := chromium docker-compose
+
 test: $(STAMP)
-	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null)
+	@for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
