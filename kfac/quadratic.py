@@ -12,8 +12,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 from torch import nn
-from torch.func import functional_call, jvp, vmap
+from torch.func import functional_call
 
 from kfac.enums import LossFamily
 from kfac.losses import output_fisher_bilinear
@@ -22,18 +23,22 @@ from kfac.losses import output_fisher_bilinear
 def output_directions(
     model: nn.Module, inputs: torch.Tensor, directions: list[dict[str, torch.Tensor]]
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The outputs z and J·v for each parameter-space direction v (a dict name → tensor)."""
+    """The outputs z and J·v for each parameter-space direction v (a dict name → tensor).
+
+    One forward pass with dual numbers per direction (forward-mode AD): measured here it is
+    cheaper than torch.func.jvp, sequential or vectorised with vmap.
+    """
     params = {name: p.detach() for name, p in model.named_parameters() if name in directions[0]}
-
-    def forward(parameters):
-        return functional_call(model, parameters, (inputs,))
-
-    with running_statistics_frozen(model):
-        outputs = forward(params).detach()
-        stacked = {name: torch.stack([d[name] for d in directions]) for name in params}
-        # One vectorised pass for all directions: ~25% cheaper than one jvp per direction.
-        products = vmap(lambda tangent: jvp(forward, (params,), (tangent,))[1])(stacked)
-    return outputs, list(products.unbind(0))
+    products = []
+    with running_statistics_frozen(model), torch.enable_grad():
+        for direction in directions:
+            with forward_ad.dual_level():
+                dual = {
+                    name: forward_ad.make_dual(p, direction[name]) for name, p in params.items()
+                }
+                primal, tangent = forward_ad.unpack_dual(functional_call(model, dual, (inputs,)))
+                products.append(tangent.detach())
+    return primal.detach(), products
 
 
 @contextmanager
@@ -67,8 +72,8 @@ def fisher_gram(
 
 
 def dot(left: list[torch.Tensor], right: list[torch.Tensor]) -> torch.Tensor:
-    """Σ ⟨lᵢ, rᵢ⟩ over a list of tensors."""
-    return sum((a * b).sum() for a, b in zip(left, right, strict=True))
+    """Σ ⟨lᵢ, rᵢ⟩ over a list of tensors (BLAS dot products, no temporaries)."""
+    return sum(torch.dot(a.reshape(-1), b.reshape(-1)) for a, b in zip(left, right, strict=True))
 
 
 @dataclass
