@@ -202,12 +202,14 @@ class KFAC(torch.optim.Optimizer):
             has_previous = previous[0] is not None
             lm_due = group["adapt_damping"] and step % group["damping_interval"] == 0
             if adaptive:
-                proposal = [-v for v in preconditioned]
-                directions = [proposal, previous] if has_previous else [proposal]
+                # Solved over F̆⁻¹∇h = −Δ itself, so its coefficient is −α: saves negating Δ.
+                directions = [preconditioned, previous] if has_previous else [preconditioned]
                 coefficients = self._model_coefficients(inputs, gradient, directions)
-                update = self._combine(coefficients.alpha, proposal, coefficients.mu, previous)
+                update = self._combine(
+                    coefficients.alpha, preconditioned, coefficients.mu, previous
+                )
                 alpha, mu, predicted = (
-                    coefficients.alpha,
+                    -coefficients.alpha,
                     coefficients.mu,
                     coefficients.predicted_change,
                 )
@@ -289,8 +291,8 @@ class KFAC(torch.optim.Optimizer):
             self.counters["gamma"] / omega,
         ):
             self.preconditioner.update_inverses(gamma, notes)
-            proposal = [-v for v in self._precondition(gradient)]
-            directions = [proposal, previous] if previous[0] is not None else [proposal]
+            preconditioned = self._precondition(gradient)
+            directions = [preconditioned, previous] if previous[0] is not None else [preconditioned]
             change = self._model_coefficients(inputs, gradient, directions).predicted_change
             if best is None or change < best[0]:
                 best = (change, gamma)
