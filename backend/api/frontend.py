@@ -1,0 +1,108 @@
+"""Serving the frontend from the API's own origin: the pages, their static files, and plotly.js.
+
+* Pages have hash-free URLs — `/`, `/new`, `/experiments/{id}` — each served from
+  `frontend/<page>.html` when that file exists, else from `frontend/index.html` (the SPA
+  shell, which routes by `location.pathname`). Tokens travel in the query string
+  (`?token=`, `?share=`) and are read by the page's script, not by the server.
+* `frontend/` is also served under `/static/` (`/static/js/api.js`, `/static/css/app.css`).
+  There is no build step, so file names carry no content hash: these answers say
+  `Cache-Control: no-cache` and carry an ETag, i.e. the browser keeps them and revalidates
+  with one cheap 304 round trip.
+* `/static/vendor/plotly.min.js` is the bundle shipped in the installed `plotly` Python package
+  (found without importing it). Its content changes only with the package version, so it is
+  cached for a day; being 4.8 MB, it is sent gzip-compressed (1.4 MB) to browsers that accept
+  it, compressed once per process.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
+
+FRONTEND_DIR = Path(__file__).resolve().parents[2] / "frontend"
+REVALIDATE = "no-cache"
+VENDOR_MAX_AGE = "public, max-age=86400"
+
+
+class RevalidatedStaticFiles(StaticFiles):
+    """StaticFiles (ETag, Last-Modified, 304) that also tells browsers to revalidate."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        if response.status_code in (200, 304):
+            response.headers["Cache-Control"] = REVALIDATE
+        return response
+
+
+def plotly_js() -> Path | None:
+    """plotly.min.js of the installed `plotly` package, or None if it is not installed."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
+    return path if path.is_file() else None
+
+
+def file_response(request: Request, path: Path, cache_control: str, compress: bool = False):
+    """`path` with an ETag and `cache_control`; 304 when the browser's copy is current.
+
+    With `compress`, browsers that accept gzip get the file compressed (cached in memory).
+    """
+    stat = path.stat()
+    gzipped = compress and "gzip" in request.headers.get("accept-encoding", "")
+    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}{"-gz" if gzipped else ""}"'
+    headers = {"ETag": etag, "Cache-Control": cache_control}
+    if compress:
+        headers["Vary"] = "Accept-Encoding"
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    if gzipped:
+        body = _gzipped(str(path), stat.st_mtime_ns)
+        headers["Content-Encoding"] = "gzip"
+        media_type = "text/javascript" if path.suffix == ".js" else None
+        return Response(body, headers=headers, media_type=media_type)
+    return FileResponse(path, headers=headers, stat_result=os.stat(path))
+
+
+@lru_cache(maxsize=4)
+def _gzipped(path: str, mtime_ns: int) -> bytes:
+    return gzip.compress(Path(path).read_bytes(), compresslevel=6)
+
+
+def mount_frontend(app: FastAPI, frontend_dir: Path = FRONTEND_DIR) -> None:
+    """Add the page routes, `/static/vendor/plotly.min.js` and `/static/` to `app`."""
+
+    def page(request: Request, name: str) -> Response:
+        for candidate in (frontend_dir / f"{name}.html", frontend_dir / "index.html"):
+            if candidate.is_file():
+                return file_response(request, candidate, REVALIDATE)
+        raise HTTPException(404, "The frontend is not installed (no frontend/index.html).")
+
+    @app.get("/", include_in_schema=False)
+    def index_page(request: Request) -> Response:
+        return page(request, "index")
+
+    @app.get("/new", include_in_schema=False)
+    def new_page(request: Request) -> Response:
+        return page(request, "new")
+
+    @app.get("/experiments/{experiment_id}", include_in_schema=False)
+    def experiment_page(request: Request, experiment_id: str) -> Response:
+        return page(request, "experiment")
+
+    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
+    def plotly_bundle(request: Request) -> Response:
+        path = plotly_js()
+        if path is None:
+            raise HTTPException(404, "The plotly package is not installed.")
+        return file_response(request, path, VENDOR_MAX_AGE, compress=True)
+
+    app.mount("/static", RevalidatedStaticFiles(directory=frontend_dir, check_dir=False))

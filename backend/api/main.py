@@ -1,0 +1,74 @@
+"""The FastAPI application: `create_app(settings)` and the module-level `app` uvicorn serves.
+
+    uvicorn backend.api.main:app          # settings from KFAC_* variables / .env
+
+Building the app touches neither the database nor the broker (engines connect on first use),
+so importing this module is quick and works with both of them down; `/readyz` says when they
+are back. The layout follows FastAPI's full-stack template: thin routers under `routes/`,
+one session dependency and the auth dependencies in `deps.py`, response models in
+`schemas.py`, the work that is more than a read in `service.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from backend.api import errors
+from backend.api.cache import VersionedCache
+from backend.api.deps import MAX_BODY_BYTES
+from backend.api.frontend import FRONTEND_DIR, mount_frontend
+from backend.api.live import EventHub
+from backend.api.routes import api_router, health_router
+from backend.settings import Settings, get_settings
+
+DESCRIPTION = """\
+Launch K-FAC / KFC comparisons, read their metrics and curvature snapshots, follow them live.
+
+Send `Authorization: Bearer TOKEN` with every request: the admin token (printed by
+`kfac-lab serve`, or `KFAC_ADMIN_TOKEN`) reads and writes everything; a share token (from
+`POST /api/experiments/{id}/share`) reads one experiment.
+"""
+
+
+def create_app(settings: Settings | None = None, *, frontend_dir: Path | None = None) -> FastAPI:
+    """The app for `settings` (default: the process's, from the environment)."""
+    settings = settings or get_settings()
+    hub = EventHub(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await hub.close()  # ends open event streams
+
+    app = FastAPI(
+        title="kfac-lab",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )
+    app.state.settings = settings
+    app.state.event_hub = hub
+    app.state.admin_token = None  # read on first use (see deps.admin_token)
+    app.state.response_cache = VersionedCache()
+
+    errors.install(app)
+    if settings.cors_origins:  # closed unless origins are configured
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        )
+    app.include_router(api_router)
+    app.include_router(health_router)
+    mount_frontend(app, frontend_dir or FRONTEND_DIR)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,163 @@
+"""A self-contained HTML report of one experiment, made with the `plotly` Python package.
+
+The report embeds plotly.js itself, so it opens offline and can be mailed or archived: the loss
+curves of every run, each run's latest curvature snapshot as the paper's heatmaps (Fig. 2 and 3:
+|F|, |F̃|, |F − F̃| and the three inverses, with layer boundaries), and the runs table.  Every
+string from the store is HTML-escaped.  Plotly's Python package needs no torch.
+"""
+
+from __future__ import annotations
+
+import html
+from datetime import datetime
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.store.models import Experiment, Snapshot
+from backend.store.queries import list_runs, read_metrics
+from backend.store.snapshots import block_pool, decode_matrices
+
+# Okabe–Ito: distinguishable with the common colour-vision deficiencies (the page uses it too).
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+HEATMAPS = [
+    ("|F|", "exact"),
+    ("|F̃|", "kronecker"),
+    ("|F − F̃|", None),
+    ("|F̃⁻¹|", "kronecker_inverse"),
+    ("|F̌⁻¹|", "block_diagonal_inverse"),
+    ("|F̂⁻¹|", "block_tridiagonal_inverse"),
+]
+REPORT_SIDE = 160  # heatmap cells per side in the report, to keep the file small
+
+
+def experiment_report(session: Session, experiment: Experiment) -> str:
+    runs = list_runs(session, experiment.id)
+    colours = {}
+    for run in runs:
+        colours.setdefault(run.optimizer.get("name", "?"), PALETTE[len(colours) % len(PALETTE)])
+    figures = [_curves(session, runs, colours)]
+    for run in runs:
+        figure = _latest_heatmaps(session, run)
+        if figure is not None:
+            figures.append(figure)
+    parts = [
+        figure.to_html(full_html=False, include_plotlyjs=(i == 0), default_height="420px")
+        for i, figure in enumerate(figures)
+    ]
+    title = html.escape(experiment.name)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{title} · kfac-lab report</title>"
+        "<style>body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:left}</style></head><body>"
+        f"<h1>{title}</h1><p>{html.escape(str(experiment.spec.get('description') or ''))}</p>"
+        f"<p>Report made {datetime.now().isoformat(timespec='seconds')} by kfac-lab.</p>"
+        f"{_runs_table(runs)}{''.join(parts)}</body></html>"
+    )
+
+
+def _curves(session: Session, runs, colours) -> go.Figure:
+    names = ["train_loss", "test_loss"]
+    series = read_metrics(session, [r.id for r in runs], names, max_points=2000)
+    figure = make_subplots(rows=1, cols=2, subplot_titles=["training loss", "test loss"])
+    for run in runs:
+        for col, name in enumerate(names, start=1):
+            points = series.get(run.id, {}).get(name)
+            if not points or not points["x"]:
+                continue
+            figure.add_trace(
+                go.Scatter(
+                    x=points["x"],
+                    y=points["y"],
+                    mode="lines",
+                    name=run.label,
+                    legendgroup=run.id,
+                    showlegend=col == 1,
+                    line={"color": colours[run.optimizer.get("name", "?")]},
+                ),
+                row=1,
+                col=col,
+            )
+    figure.update_xaxes(title_text="step")
+    figure.update_yaxes(type="log")
+    figure.update_layout(title="Loss curves", template="plotly_white")
+    return figure
+
+
+def _latest_heatmaps(session: Session, run) -> go.Figure | None:
+    snapshot = session.scalars(
+        select(Snapshot).where(Snapshot.run_id == run.id).order_by(Snapshot.step.desc()).limit(1)
+    ).first()
+    if snapshot is None:
+        return None
+    matrices = decode_matrices(snapshot.payload)
+    if "exact" in matrices and "kronecker" in matrices:
+        matrices["difference"] = matrices["exact"] - matrices["kronecker"]
+    panels = [(t, matrices.get(key or "difference")) for t, key in HEATMAPS]
+    panels = [(t, m) for t, m in panels if m is not None]
+    figure = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for t, _ in panels])
+    size = max((stop for _, stop in snapshot.blocks), default=0)
+    for col, (_, matrix) in enumerate(panels, start=1):
+        pooled = block_pool(np.abs(matrix), REPORT_SIDE)
+        scale = pooled.shape[0] / max(size, 1)
+        figure.add_trace(
+            go.Heatmap(
+                z=np.log10(pooled + 1e-12),
+                showscale=col == len(panels),
+                colorscale="Viridis",
+                colorbar={"title": "log₁₀"},
+            ),
+            row=1,
+            col=col,
+        )
+        for start, _ in snapshot.blocks[1:]:
+            for axis in ("x", "y"):
+                position = start * scale - 0.5
+                figure.add_shape(
+                    type="line",
+                    row=1,
+                    col=col,
+                    line={"color": "white", "width": 1},
+                    **_boundary(axis, position, pooled.shape[0]),
+                )
+    figure.update_yaxes(autorange="reversed", showticklabels=False)
+    figure.update_xaxes(showticklabels=False)
+    figure.update_layout(
+        title=f"Curvature of {run.label} at step {snapshot.step}", template="plotly_white"
+    )
+    return figure
+
+
+def _boundary(axis: str, position: float, size: int) -> dict:
+    if axis == "x":
+        return {"x0": position, "x1": position, "y0": -0.5, "y1": size - 0.5}
+    return {"y0": position, "y1": position, "x0": -0.5, "x1": size - 0.5}
+
+
+def _runs_table(runs) -> str:
+    header = (
+        "<tr><th>run</th><th>optimizer</th><th>seed</th><th>status</th><th>step</th>"
+        "<th>final metrics</th><th>reason</th></tr>"
+    )
+    rows = []
+    for run in runs:
+        final = ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in (run.final_metrics or {}).items()
+        )
+        cells = [
+            run.label,
+            run.optimizer.get("name", "?"),
+            run.seed,
+            run.status,
+            run.step,
+            final,
+            run.error or "",
+        ]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return f"<h2>Runs</h2><table>{header}{''.join(rows)}</table>"

@@ -1,0 +1,21 @@
+"""The API's routers: `api_router` (everything under `/api`) and `health_router`."""
+
+from fastapi import APIRouter
+
+from backend.api.routes import (
+    events,
+    experiments,
+    metrics,
+    presets,
+    report,
+    runs,
+    share,
+    snapshots,
+)
+from backend.api.routes.health import router as health_router
+
+api_router = APIRouter(prefix="/api")
+for module in (experiments, runs, metrics, snapshots, events, share, presets, report):
+    api_router.include_router(module.router)
+
+__all__ = ["api_router", "health_router"]

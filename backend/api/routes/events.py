@@ -1,0 +1,80 @@
+"""The live event stream of an experiment (server-sent events).
+
+Each event carries its store id as the SSE `id`, so a browser's EventSource reconnects with
+`Last-Event-ID` by itself and receives exactly what it missed; a page that has just loaded
+its data can also start from the `last_event_id` that came with it (`?last_event_id=`).
+The header wins over the query, because EventSource keeps the URL it was opened with.
+
+Events (`event:` name, `data:` JSON):
+* `metrics` — `{"run_id", "series": {NAME: {"step": [...], "wall_time": [...], "value": [...]}}}`
+* `status` — `{"run_id", "status", "step", "error", "experiment_status"}`
+* `snapshot` — `{"run_id", "snapshot_id", "step", "kinds"}`
+* `end` — `{"reason"}`, last, when the server ends the stream (experiment deleted, share
+  link revoked, stream too far behind, shutdown).
+A comment line is sent every 15 s when nothing else is, to keep proxies from closing it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from backend.api.deps import ReaderDep, get_settings, load_experiment
+from backend.api.errors import READ_ERRORS
+from backend.api.live import Subscription
+from backend.store.db import session_scope
+
+router = APIRouter(tags=["events"], responses=READ_ERRORS)
+
+RECONNECT_MS = 1000
+EventId = Annotated[int | None, Query(ge=0, le=2**63 - 1)]
+
+
+def _check_experiment(request: Request, principal: ReaderDep, experiment_id: str) -> None:
+    """404 / 403 before the stream starts; in a session of its own, since a stream's
+    request-scoped session would hold a database connection for as long as it is open."""
+    with session_scope(get_settings(request).database_url) as session:
+        load_experiment(session, principal, experiment_id)
+
+
+async def subscription(
+    request: Request,
+    principal: ReaderDep,
+    experiment_id: Annotated[str, Path(max_length=64)],
+) -> AsyncIterator[Subscription]:
+    """A place in the experiment's live feed, left when the stream ends."""
+    await run_in_threadpool(_check_experiment, request, principal, experiment_id)
+    joined = await request.app.state.event_hub.subscribe(experiment_id, principal)
+    try:
+        yield joined
+    finally:
+        joined.leave()
+
+
+def resume_after(
+    last_event_id_header: Annotated[
+        int | None, Header(alias="Last-Event-ID", ge=0, le=2**63 - 1, include_in_schema=False)
+    ] = None,
+    last_event_id: Annotated[
+        int | None,
+        Query(ge=0, le=2**63 - 1, description="Send the events after this id"),
+    ] = None,
+) -> int | None:
+    return last_event_id_header if last_event_id_header is not None else last_event_id
+
+
+@router.get("/experiments/{experiment_id}/events", response_class=EventSourceResponse)
+async def events(
+    joined: Annotated[Subscription, Depends(subscription)],
+    after: Annotated[int | None, Depends(resume_after)],
+) -> AsyncIterator[ServerSentEvent]:
+    """New metric points, run status changes and snapshots of the experiment, as they are
+    written; resumable with `Last-Event-ID`. Without one, the stream starts from now."""
+    yield ServerSentEvent(comment="stream open", retry=RECONNECT_MS)
+    async for event in joined.events(after):
+        yield ServerSentEvent(raw_data=event.data, event=event.kind, id=str(event.id))
+    yield ServerSentEvent(event="end", data={"reason": joined.end_reason})

@@ -1,0 +1,148 @@
+"""Experiments: create (from a spec or a preset), list, get, delete, clone, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Body, HTTPException, Path, Query, Request, Response
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
+
+from backend.api.deps import (
+    MAX_PAGE_SIZE,
+    AdminDep,
+    ReaderDep,
+    SessionDep,
+    base_url,
+    load_experiment,
+)
+from backend.api.errors import READ_ERRORS, WRITE_ERRORS, documented
+from backend.api.schemas import (
+    CloneRequest,
+    CreateExperiment,
+    ExperimentDetail,
+    ExperimentOut,
+    ExperimentPage,
+    RunStatusName,
+)
+from backend.api.service import (
+    cancel_all,
+    launch,
+    remove,
+    resolve_spec,
+    revoke_tasks,
+    stored_spec,
+    with_new_seeds,
+)
+from backend.store.models import Experiment
+from backend.store.queries import get_experiment, last_event_id, list_experiments
+
+router = APIRouter(prefix="/experiments", tags=["experiments"], responses=READ_ERRORS)
+
+ExperimentId = Annotated[str, Path(max_length=64)]
+
+
+def detail(session: Session, request: Request, experiment: Experiment) -> ExperimentDetail:
+    return ExperimentDetail.from_experiment(
+        experiment,
+        base_url(request),
+        spec=experiment.spec,
+        last_event_id=last_event_id(session, experiment.id),
+    )
+
+
+@router.post("", status_code=201, responses=WRITE_ERRORS)
+def create_experiment(
+    body: Annotated[CreateExperiment, Body()],
+    request: Request,
+    session: SessionDep,
+    _: AdminDep,
+) -> ExperimentDetail:
+    """Store the experiment with its runs `queued` and send one task per run.
+
+    The body is a full experiment spec, or `{"preset": NAME, "name"?, "overrides"?}`.
+    """
+    spec, preset = resolve_spec(body)
+    return detail(session, request, launch(session, spec, preset))
+
+
+@router.get("")
+def list_all(
+    request: Request,
+    session: SessionDep,
+    principal: ReaderDep,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    status: Annotated[list[RunStatusName] | None, Query(description="Any of these")] = None,
+    name: Annotated[
+        str | None, Query(max_length=200, pattern=r"^[^\x00]*$", description="Contains, any case")
+    ] = None,
+) -> ExperimentPage:
+    """A page of experiments, newest first (admin only: a share link opens one experiment)."""
+    if not principal.admin:
+        raise HTTPException(403, "A share link opens one experiment only.")
+    experiments, total = list_experiments(
+        session, limit=limit, offset=offset, status=status, name=name
+    )
+    url = base_url(request)
+    return ExperimentPage(
+        items=[ExperimentOut.from_experiment(e, url) for e in experiments],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get("/{experiment_id}")
+def get_one(
+    experiment_id: ExperimentId, request: Request, session: SessionDep, principal: ReaderDep
+) -> ExperimentDetail:
+    """The experiment with its runs (status, progress, device, final metrics, error)."""
+    return detail(session, request, load_experiment(session, principal, experiment_id))
+
+
+@router.delete("/{experiment_id}", status_code=204, responses=WRITE_ERRORS)
+def delete(
+    experiment_id: ExperimentId,
+    session: SessionDep,
+    principal: AdminDep,
+    background: BackgroundTasks,
+) -> Response:
+    """Stop the experiment's runs, then delete it with its metrics, snapshots and links."""
+    experiment = load_experiment(session, principal, experiment_id)
+    background.add_task(revoke_tasks, remove(session, experiment))
+    return Response(status_code=204)
+
+
+@router.post("/{experiment_id}/cancel", responses=WRITE_ERRORS)
+def cancel(
+    experiment_id: ExperimentId,
+    request: Request,
+    session: SessionDep,
+    principal: AdminDep,
+    background: BackgroundTasks,
+) -> ExperimentDetail:
+    """Cancel every unfinished run: queued ones at once, running ones within a few steps."""
+    experiment = load_experiment(session, principal, experiment_id)
+    background.add_task(revoke_tasks, cancel_all(session, experiment))
+    session.expire_all()
+    return detail(session, request, get_experiment(session, experiment_id))
+
+
+@router.post("/{experiment_id}/clone", status_code=201, responses=WRITE_ERRORS | documented(409))
+def clone(
+    experiment_id: ExperimentId,
+    request: Request,
+    session: SessionDep,
+    principal: AdminDep,
+    body: Annotated[CloneRequest | None, Body()] = None,
+) -> ExperimentDetail:
+    """Run it again: the same spec with new seeds (runs that shared a seed share the new one)."""
+    experiment = load_experiment(session, principal, experiment_id)
+    try:
+        spec = with_new_seeds(stored_spec(experiment))
+    except ValidationError as error:  # stored by an older version with other limits
+        raise HTTPException(409, f"The stored spec is no longer valid: {error}") from None
+    if body is not None and body.name is not None:
+        spec = spec.model_copy(update={"name": body.name})
+    return detail(session, request, launch(session, spec, experiment.preset))

@@ -1,0 +1,46 @@
+"""Curvature snapshots: a run's list, and one snapshot's matrices, spectra and errors."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+
+from backend.api.cache import cached_json
+from backend.api.deps import ReaderDep, SessionDep, load_run, not_found
+from backend.api.errors import READ_ERRORS
+from backend.api.schemas import SnapshotOut, SnapshotSummary
+from backend.store.models import Snapshot
+from backend.store.queries import list_snapshots, read_snapshot
+
+router = APIRouter(tags=["snapshots"], responses=READ_ERRORS)
+
+
+@router.get("/runs/{run_id}/snapshots")
+def run_snapshots(
+    run_id: Annotated[str, Path(max_length=64)], session: SessionDep, principal: ReaderDep
+) -> list[SnapshotSummary]:
+    """A run's snapshots by step, with the kind and stored shape of each matrix."""
+    run = load_run(session, principal, run_id)
+    return [SnapshotSummary.model_validate(item) for item in list_snapshots(session, run.id)]
+
+
+@router.get("/snapshots/{snapshot_id}", response_model=SnapshotOut)
+def snapshot(
+    snapshot_id: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    request: Request,
+    session: SessionDep,
+    principal: ReaderDep,
+    names: Annotated[
+        list[str] | None, Query(max_length=16, description="Only these matrices (default: all)")
+    ] = None,
+) -> Response:
+    """The matrices (2-D arrays, at most 512 x 512, ready for a heatmap), layer boundaries,
+    block averages, spectra and relative errors of one snapshot. A snapshot never changes
+    once written, so its answer is cached and revalidated by ETag."""
+    stored = session.get(Snapshot, snapshot_id)
+    if stored is None:
+        raise not_found("snapshot")
+    load_run(session, principal, stored.run_id)  # may the caller read its experiment?
+    key = ("snapshot", snapshot_id, tuple(names or ()))
+    return cached_json(request, key, lambda: read_snapshot(session, snapshot_id, names))

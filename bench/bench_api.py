@@ -1,0 +1,339 @@
+"""Benchmark of the API through a real uvicorn process, against PostgreSQL.
+
+Goals (issue "3. Backend"):
+
+* an experiment page's data — 10 runs x 4 metrics, 2,000 points each out of 100,000 stored per
+  series, in the one request the page makes (`GET /api/experiments/{id}/metrics`) — p95
+  <= 50 ms over 30 requests;
+* the API process's resident memory <= 200 MB (after those requests and with 50 open streams);
+* live events: with 50 event streams open on the experiment, a writer appends metric batches
+  the way a worker does (`write_metrics`, one event each); the time from the start of each
+  write to its arrival on every stream, p50 / p95 (goal: p95 <= 1 s).
+
+The data is written with the store's own write path into a fresh database that is dropped at
+the end; the API runs as `python -m uvicorn backend.api.main:app` in a child process, as it
+would in production (one worker process, no reload).
+
+    python -m bench.bench_api [--points 100000] [--requests 30] [--streams 50]
+        [--events 40] [--server postgresql+psycopg://postgres@127.0.0.1:5432/test]
+        [--database URL-OF-A-DATABASE-FILLED-BEFORE]
+
+Prints a table; exits with status 1 if a goal is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine
+
+from backend.store.db import session_scope
+from backend.store.migrate import scratch_database
+from backend.store.queries import list_experiments
+from backend.store.results import write_metrics
+from backend.store.writes import create_experiment
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "bench-admin-token"
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+METRICS = ("train_loss", "test_loss", "test_accuracy", "update_norm")
+N_RUNS = 10
+MAX_POINTS = 2000
+GOALS = {"page_p95_ms": 50.0, "rss_mb": 200.0, "sse_p95_s": 1.0}
+BATCH_STEPS = 10_000
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def fill(url: str, n_points: int) -> tuple[str, list[str]]:
+    """An experiment of N_RUNS runs, each with the 4 metrics at `n_points` steps."""
+    runs = [
+        {"label": f"run {i}", "optimizer": {"name": "kfac"}, "seed": i, "spec": {"seed": i}}
+        for i in range(N_RUNS)
+    ]
+    with session_scope(url) as session:
+        experiment = create_experiment(session, name="bench", spec={}, runs=runs)
+        experiment_id, run_ids = experiment.id, [run.id for run in experiment.runs]
+    for index, run_id in enumerate(run_ids):
+        for start in range(0, n_points, BATCH_STEPS):
+            steps = range(start, min(n_points, start + BATCH_STEPS))
+            points = [
+                (name, s, 0.02 * s, (k + 1) / math.sqrt(1 + s / 50) + 0.01 * index)
+                for k, name in enumerate(METRICS)
+                for s in steps
+            ]
+            with session_scope(url) as session:
+                write_metrics(session, run_id, points)
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:  # what autovacuum does after a bulk load
+        connection.exec_driver_sql("VACUUM ANALYZE")
+    engine.dispose()
+    return experiment_id, run_ids
+
+
+# --- the API process -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_api(url: str, home: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "KFAC_DATABASE_URL": url,
+        "KFAC_ADMIN_TOKEN": TOKEN,
+        "KFAC_HOME": str(home),
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [sys.executable, "-m", "uvicorn", "backend.api.main:app", "--port", str(port)]
+    command += ["--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "2"]
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise RuntimeError("the API did not start")
+        time.sleep(0.2)
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """Current and peak resident memory of a process, MB."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+
+
+# --- measurements --------------------------------------------------------------------------
+
+
+def time_page(base: str, experiment_id: str, requests: int) -> dict[str, float]:
+    """Median / p95 (ms) of the page's metrics request, cold and warm, and of the
+    experiment request. Cold: each request asks for a different `max_points` (2000, 1999,
+    ...), so none is answered from the API's response cache and every one reads the store;
+    warm: the same request again (a reload, another viewer), answered from the cache."""
+    out: dict[str, float] = {}
+    page = f"/api/experiments/{experiment_id}/metrics"
+    names = ",".join(METRICS)
+    cases = {
+        "cold": [(page, {"names": names, "max_points": MAX_POINTS - i}) for i in range(requests)],
+        "warm": [(page, {"names": names, "max_points": MAX_POINTS})] * requests,
+        "experiment": [(f"/api/experiments/{experiment_id}", {})] * requests,
+    }
+    with httpx.Client(base_url=base, headers=HEADERS, timeout=30) as client:
+        for _ in range(3):  # warm-ups: connections, code paths, the database's buffers
+            client.get(page, params={"names": names, "max_points": 100}).raise_for_status()
+            client.get(f"/api/experiments/{experiment_id}").raise_for_status()
+        for label, calls in cases.items():
+            timings = []
+            for path, query in calls:
+                start = time.perf_counter()
+                response = client.get(path, params=query)
+                timings.append((time.perf_counter() - start) * 1000)
+                response.raise_for_status()
+            out[f"{label}_p50_ms"] = statistics.median(timings)
+            out[f"{label}_p95_ms"] = percentile(timings, 0.95)
+            if label == "warm":
+                body = response.json()
+                out["page_points"] = sum(
+                    len(s["x"]) for run in body["runs"] for s in run["series"].values()
+                )
+                out["page_bytes"] = len(response.content)
+    return out
+
+
+async def sse_latency(
+    base: str, url: str, experiment_id: str, run_id: str, n_streams: int, n_events: int
+) -> dict[str, float]:
+    """Open `n_streams` streams; write `n_events` metric batches, 0.2 s apart, in a thread;
+    latency = arrival on a stream - start of the write, for every (event, stream)."""
+    written: dict[int, float] = {}
+    latencies: list[float] = []
+    received = [0] * n_streams
+    opened = asyncio.Event()
+    ready = 0
+    metric = f"live_{secrets.token_hex(4)}"  # a new series, so every write is new
+
+    async def listen(index: int, client: httpx.AsyncClient) -> None:
+        nonlocal ready
+        path = f"/api/experiments/{experiment_id}/events"
+        async with client.stream("GET", path, headers=HEADERS) as response:
+            response.raise_for_status()
+            lines = response.aiter_lines()
+            async for line in lines:
+                if line.startswith(":"):  # "stream open": subscribed
+                    ready += 1
+                    if ready == n_streams:
+                        opened.set()
+                    break
+            async for line in lines:
+                if not line.startswith("data:"):
+                    continue
+                arrived = time.time()
+                payload = json.loads(line[5:])
+                step = payload["series"][metric]["step"][0]
+                latencies.append(arrived - written[step])
+                received[index] += 1
+                if received[index] == n_events:
+                    return
+
+    def writer() -> None:
+        for i in range(n_events):
+            written[i] = time.time()
+            with session_scope(url) as session:
+                write_metrics(session, run_id, [(metric, i, float(i), 1.0)])
+            time.sleep(0.2)
+
+    limits = httpx.Limits(max_connections=n_streams + 5)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+        listeners = [asyncio.create_task(listen(i, client)) for i in range(n_streams)]
+        await asyncio.wait_for(opened.wait(), 60)
+        write = asyncio.create_task(asyncio.to_thread(writer))
+        await asyncio.wait_for(asyncio.gather(write, *listeners), 120)
+    return {
+        "sse_p50_s": statistics.median(latencies),
+        "sse_p95_s": percentile(latencies, 0.95),
+        "sse_max_s": max(latencies),
+        "sse_deliveries": len(latencies),
+    }
+
+
+async def with_open_streams(base: str, experiment_id: str, n: int, pid: int) -> float:
+    """RSS (MB) of the API while `n` streams are open."""
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        contexts = [
+            client.stream("GET", f"/api/experiments/{experiment_id}/events", headers=HEADERS)
+            for _ in range(n)
+        ]
+        for context in contexts:
+            await context.__aenter__()
+        await asyncio.sleep(1.0)
+        current, _ = rss_mb(pid)
+        for context in contexts:
+            await context.__aexit__(None, None, None)
+    return current
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--streams", type=int, default=50)
+    parser.add_argument("--events", type=int, default=40)
+    parser.add_argument("--server", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--database", help="reuse this already filled database (not dropped)")
+    args = parser.parse_args(argv)
+    if args.requests < 2:
+        parser.error("--requests must be at least 2")
+
+    with ExitStack() as stack:
+        if args.database:  # a database filled by an earlier run (kept): skip the 4M writes
+            url = args.database
+            with session_scope(url) as session:
+                experiment = list_experiments(session, name="bench", limit=1)[0][0]
+                experiment_id, run_ids = experiment.id, [run.id for run in experiment.runs]
+        else:
+            url = stack.enter_context(scratch_database(args.server, prefix="kfac_bench"))
+            start = time.perf_counter()
+            experiment_id, run_ids = fill(url, args.points)
+            print(
+                f"stored {N_RUNS * len(METRICS) * args.points:,} points ({N_RUNS} runs x "
+                f"{len(METRICS)} metrics x {args.points:,}) in {time.perf_counter() - start:.0f} s"
+            )
+        home = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        process, base = start_api(url, home)
+        try:
+            results = time_page(base, experiment_id, args.requests)
+            results["rss_after_reads_mb"], _ = rss_mb(process.pid)
+            results["rss_streams_mb"] = asyncio.run(
+                with_open_streams(base, experiment_id, args.streams, process.pid)
+            )
+            live = sse_latency(base, url, experiment_id, run_ids[0], args.streams, args.events)
+            results.update(asyncio.run(live))
+            results["rss_mb"], results["rss_peak_mb"] = rss_mb(process.pid)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    return report(results, args)
+
+
+def report(r: dict[str, float], args: argparse.Namespace) -> int:
+    rss = max(r["rss_after_reads_mb"], r["rss_streams_mb"], r["rss_mb"])
+    page_goal = f"<= {GOALS['page_p95_ms']:.0f} ms"
+    rows = [
+        (
+            "page data cold (read from the store), p50 / p95",
+            f"{r['cold_p50_ms']:.1f} / {r['cold_p95_ms']:.1f} ms",
+            page_goal,
+        ),
+        (
+            "page data warm (cached until next event), p50 / p95",
+            f"{r['warm_p50_ms']:.1f} / {r['warm_p95_ms']:.1f} ms",
+            page_goal,
+        ),
+        ("  points / bytes per answer", f"{r['page_points']:,.0f} / {r['page_bytes']:,.0f}", ""),
+        (
+            "experiment with its runs, p50 / p95",
+            f"{r['experiment_p50_ms']:.1f} / {r['experiment_p95_ms']:.1f} ms",
+            "",
+        ),
+        (
+            "API RSS after reads / 50 streams / end",
+            f"{r['rss_after_reads_mb']:.0f} / {r['rss_streams_mb']:.0f} / {r['rss_mb']:.0f} MB",
+            f"<= {GOALS['rss_mb']:.0f} MB",
+        ),
+        ("API peak RSS (VmHWM)", f"{r['rss_peak_mb']:.0f} MB", ""),
+        (
+            f"SSE write -> receipt, {args.streams} streams, p50 / p95",
+            f"{r['sse_p50_s'] * 1000:.0f} / {r['sse_p95_s'] * 1000:.0f} ms",
+            f"p95 <= {GOALS['sse_p95_s'] * 1000:.0f} ms",
+        ),
+        ("SSE max / deliveries", f"{r['sse_max_s'] * 1000:.0f} ms / {r['sse_deliveries']:.0f}", ""),
+    ]
+    ok = {
+        "page cold": r["cold_p95_ms"] <= GOALS["page_p95_ms"],
+        "page warm": r["warm_p95_ms"] <= GOALS["page_p95_ms"],
+        "rss": rss <= GOALS["rss_mb"],
+        "sse": r["sse_p95_s"] <= GOALS["sse_p95_s"],
+    }
+    width = max(len(row[0]) for row in rows)
+    print(f"\n{'measure':<{width}}  {'value':>22}  goal")
+    for name, value, goal in rows:
+        print(f"{name:<{width}}  {value:>22}  {goal}")
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print("goals: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in ok.items()))
+    return 0 if all(ok.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+// The curvature section: for one run and one snapshot step, heatmaps side by side of |F|, |F̃|,
+// |F − F̃|, |F̃⁻¹|, |F̌⁻¹| and |F̂⁻¹| with the layer boundaries drawn and the per-block relative
+// errors ‖F_ij − F̃_ij‖ / ‖F_ij‖ written on |F − F̃| (the K-FAC paper's Figures 2 and 3); a
+// block-average view; linear or log colour; optionally one colour range per row. Below, the
+// eigen-spectra of every layer's factors Ā and G at every snapshot of the run.
+//
+// The step slider follows new snapshots live while it sits on the newest one.
+
+import { get } from "./api.js";
+import { byId, el, escapeHtml, formatNumber, replace, toast } from "./dom.js";
+
+const PANELS = [
+  { key: "exact", title: "|F|  exact Fisher", row: 0 },
+  { key: "kronecker", title: "|F̃|  Kronecker-factored", row: 0 },
+  { key: "difference", title: "|F − F̃|", blockTitle: "‖F − F̃‖ / ‖F‖ per block", row: 0 },
+  { key: "kronecker_inverse", title: "|F̃⁻¹|", row: 1 },
+  { key: "block_diagonal_inverse", title: "|F̌⁻¹|  block-diagonal", row: 1 },
+  { key: "block_tridiagonal_inverse", title: "|F̂⁻¹|  block-tridiagonal", row: 1 },
+];
+const PLOT_CONFIG = { responsive: true, displaylogo: false };
+const CACHED_SNAPSHOTS = 4; // full snapshots are large (a few MB of JSON): keep the last few
+
+// ---- matrices --------------------------------------------------------------------------------
+
+function magnitudes(matrix, log) {
+  return matrix.map((row) =>
+    row.map((value) => {
+      if (value === null) return null;
+      const magnitude = Math.abs(value);
+      if (!log) return magnitude;
+      return magnitude > 0 ? Math.log10(magnitude) : null;
+    }),
+  );
+}
+
+function difference(a, b) {
+  return a.map((row, i) => row.map((value, j) => (value === null || b[i][j] === null ? null : value - b[i][j])));
+}
+
+function range(matrices) {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const matrix of matrices) {
+    for (const row of matrix) {
+      for (const value of row) {
+        if (value === null) continue;
+        if (value < lo) lo = value;
+        if (value > hi) hi = value;
+      }
+    }
+  }
+  return lo <= hi ? [lo, hi] : null;
+}
+
+/** The z matrix of a panel: its entries, or one value per pair of layers in the block view. */
+function panelValues(snapshot, key, blockView) {
+  if (blockView) {
+    if (key === "difference") return snapshot.relative_errors?.kronecker_vs_exact ?? null;
+    return snapshot.block_averages?.[key] ?? null;
+  }
+  if (key === "difference") {
+    const { exact, kronecker } = snapshot.matrices;
+    return exact && kronecker ? difference(exact, kronecker) : null;
+  }
+  return snapshot.matrices[key] ?? null;
+}
+
+/** Lines along the layer boundaries (heatmap cell i spans i − ½ … i + ½). */
+function boundaryShapes(edges, size) {
+  const line = { color: "rgba(255, 255, 255, 0.85)", width: 1 };
+  return edges.flatMap((edge) => [
+    { type: "line", x0: edge - 0.5, x1: edge - 0.5, y0: -0.5, y1: size - 0.5, line },
+    { type: "line", y0: edge - 0.5, y1: edge - 0.5, x0: -0.5, x1: size - 0.5, line },
+  ]);
+}
+
+/** The relative error of each pair of layer blocks, written at the block's centre. */
+function errorAnnotations(errors, centres) {
+  if (!errors) return [];
+  return errors.flatMap((row, i) =>
+    row.map((value, j) => ({
+      x: centres[j],
+      y: centres[i],
+      text: value === null ? "–" : value.toFixed(2),
+      showarrow: false,
+      font: { color: "#fff", size: 11 },
+      bgcolor: "rgba(0, 0, 0, 0.45)",
+    })),
+  );
+}
+
+// ---- the panel -------------------------------------------------------------------------------
+
+export class CurvaturePanel {
+  constructor(runs) {
+    this.runs = runs;
+    this.lists = new Map(); // run id → [{id, step}] by step
+    this.cache = new Map(); // snapshot id → full snapshot, the last few fetched
+    this.spectra = new Map(); // snapshot id → spectra
+    this.runId = null;
+    this.index = 0;
+    this.current = null; // the snapshot on screen
+    this.view = "full";
+    this.scale = "log";
+    this.sharedRange = false;
+    this.requested = 0; // snapshot loads are numbered; one is drawn unless a later one was
+    this.drawn = 0;
+
+    this.select = byId("snapshot-run");
+    this.slider = byId("snapshot-slider");
+    this.select.addEventListener("change", () => this.chooseRun(this.select.value));
+    this.slider.addEventListener("input", () => {
+      this.index = Number(this.slider.value);
+      this.show();
+    });
+    this.segmented("heat-view", "view");
+    this.segmented("heat-scale", "scale");
+    byId("shared-range").addEventListener("change", (event) => {
+      this.sharedRange = event.target.checked;
+      this.draw();
+    });
+    replace(byId("heatmaps"), ...PANELS.map((panel) => el("div", { class: "heatmap", id: `heat-${panel.key}` })));
+  }
+
+  segmented(id, property) {
+    const group = byId(id);
+    group.addEventListener("click", (event) => {
+      const button = event.target.closest("button");
+      if (!button) return;
+      for (const other of group.querySelectorAll("button")) other.setAttribute("aria-pressed", String(other === button));
+      this[property] = button.dataset[property];
+      this.draw();
+    });
+  }
+
+  /** Load every run's snapshot list and show the most interesting run (K-FAC first). */
+  async load() {
+    const lists = await Promise.all(this.runs.map((run) => get(`/api/runs/${encodeURIComponent(run.id)}/snapshots`)));
+    this.runs.forEach((run, i) => this.lists.set(run.id, lists[i].map(({ id, step }) => ({ id, step }))));
+    this.fillRunSelect();
+    const withSnapshots = this.runs.filter((run) => this.lists.get(run.id).length);
+    const preferred = withSnapshots.find((run) => run.optimizer?.name?.startsWith("kfac")) ?? withSnapshots[0] ?? this.runs[0];
+    if (preferred) await this.chooseRun(preferred.id);
+  }
+
+  fillRunSelect() {
+    replace(
+      this.select,
+      ...this.runs.map((run) => {
+        const count = this.lists.get(run.id)?.length ?? 0;
+        return el("option", { value: run.id, selected: run.id === this.runId }, `${run.label} (${count} snapshot${count === 1 ? "" : "s"})`);
+      }),
+    );
+  }
+
+  async chooseRun(runId) {
+    this.runId = runId;
+    this.select.value = runId;
+    this.index = Math.max(0, this.list().length - 1);
+    this.updateSlider();
+    await Promise.all([this.show(), this.loadSpectra()]);
+  }
+
+  list() {
+    return this.lists.get(this.runId) ?? [];
+  }
+
+  updateSlider() {
+    const list = this.list();
+    this.slider.max = String(Math.max(0, list.length - 1));
+    this.slider.value = String(this.index);
+    this.slider.disabled = list.length < 2;
+    byId("snapshot-step").textContent = list.length ? `step ${list[this.index].step}` : "no snapshot yet";
+  }
+
+  /** A snapshot event from the live stream: list it, and follow it if the slider is at the end. */
+  async added({ run_id: runId, snapshot_id: id, step }) {
+    const list = this.lists.get(runId);
+    if (!list || list.some((s) => s.id === id)) return;
+    const following = runId === this.runId && this.index === list.length - 1;
+    list.push({ id, step });
+    list.sort((a, b) => a.step - b.step);
+    this.fillRunSelect();
+    if (runId !== this.runId) {
+      if (!this.list().length) await this.chooseRun(runId); // nothing shown yet: show this one
+      return;
+    }
+    if (following || list.length === 1) this.index = list.length - 1;
+    this.updateSlider();
+    await Promise.all([following || list.length === 1 ? this.show() : null, this.loadSpectra()]);
+  }
+
+  async snapshot(id) {
+    if (!this.cache.has(id)) {
+      this.cache.set(id, await get(`/api/snapshots/${id}`));
+      if (this.cache.size > CACHED_SNAPSHOTS) this.cache.delete(this.cache.keys().next().value);
+    }
+    return this.cache.get(id);
+  }
+
+  async show() {
+    this.updateSlider();
+    const entry = this.list()[this.index];
+    byId("heatmaps").classList.toggle("hidden", !entry);
+    if (!entry) {
+      this.current = null;
+      byId("curvature-note").textContent = "No curvature snapshot yet: runs with a snapshot interval record one every N steps.";
+      return;
+    }
+    const ticket = ++this.requested;
+    try {
+      const snapshot = await this.snapshot(entry.id);
+      if (ticket < this.drawn) return; // a later choice is on screen already
+      this.drawn = ticket;
+      this.current = snapshot;
+      this.draw();
+    } catch (error) {
+      toast(`Snapshot: ${error.message}`, "error");
+    }
+  }
+
+  draw() {
+    const snapshot = this.current;
+    if (!snapshot) return;
+    const blockView = this.view === "blocks";
+    const log = this.scale === "log";
+    const values = PANELS.map((panel) => {
+      const raw = panelValues(snapshot, panel.key, blockView);
+      return raw && magnitudes(raw, log);
+    });
+    // A shared colour range spans the panels of one row, save the relative errors (no unit).
+    const rangeGroup = (panel) => (blockView && panel.blockTitle ? "errors" : panel.row);
+    const groupRanges = new Map(
+      PANELS.map((panel) => [rangeGroup(panel), range(values.filter((z, i) => z && rangeGroup(PANELS[i]) === rangeGroup(panel)))]),
+    );
+    const layers = snapshot.blocks.length;
+    const size = blockView ? layers : snapshot.matrices.exact?.length ?? 0;
+    const edges = blockView ? [...Array(layers).keys()].slice(1) : snapshot.blocks.slice(1).map(([start]) => start);
+    const centres = blockView ? [...Array(layers).keys()] : snapshot.blocks.map(([start, stop]) => (start + stop - 1) / 2);
+    const names = (snapshot.extras?.layer_names ?? []).map((name) => escapeHtml(name));
+    const ticks = { tickvals: centres, ticktext: names.length === layers ? names : centres.map((_, i) => String(i)), ticks: "" };
+    const errors = snapshot.relative_errors?.kronecker_vs_exact;
+    PANELS.forEach((panel, i) => {
+      const node = byId(`heat-${panel.key}`);
+      const z = values[i];
+      const shared = this.sharedRange && groupRanges.get(rangeGroup(panel));
+      const trace = {
+        type: "heatmap",
+        z: z ?? [[]],
+        colorscale: "Viridis",
+        zmin: shared ? shared[0] : undefined,
+        zmax: shared ? shared[1] : undefined,
+        zauto: !shared,
+        colorbar: { thickness: 10, title: { text: log ? "log₁₀" : "", side: "right" }, exponentformat: "power" },
+        hovertemplate: `${blockView ? "block" : "entry"} (%{y}, %{x})<br>${log ? "log₁₀|value|" : "|value|"}: %{z:.4g}<extra></extra>`,
+      };
+      const title = blockView && panel.blockTitle ? panel.blockTitle : blockView ? `${panel.title.split("  ")[0]} block averages` : panel.title;
+      const layout = {
+        title: { text: escapeHtml(title), font: { size: 13 }, x: 0.02 },
+        margin: { l: 36, r: 8, t: 32, b: 28 },
+        xaxis: { constrain: "domain", showgrid: false, zeroline: false, ...ticks },
+        yaxis: { autorange: "reversed", scaleanchor: "x", constrain: "domain", showgrid: false, zeroline: false, ...ticks },
+        shapes: boundaryShapes(edges, size),
+        annotations: panel.key === "difference" ? errorAnnotations(errors, centres) : [],
+        uirevision: `${this.runId}-${this.view}`,
+      };
+      if (!z) layout.annotations = [{ text: "not recorded", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }];
+      Plotly.react(node, [trace], layout, { ...PLOT_CONFIG, toImageButtonOptions: { filename: panel.key } });
+    });
+    const extras = snapshot.extras ?? {};
+    const pool = snapshot.pool > 1 ? ` Matrices are shown averaged over ${snapshot.pool} × ${snapshot.pool} parameter cells.` : "";
+    byId("heatmap-note").textContent =
+      `Step ${snapshot.step}: ${layers} layers (${(extras.layer_names ?? []).join(", ")}), ${snapshot.parameter_blocks.at(-1)?.[1] ?? "?"} probe parameters, ` +
+      `${extras.examples ?? "?"} examples, ${extras.fisher ?? "true"} Fisher, damping λ = ${formatNumber(extras.damping)} in the inverses. ` +
+      `White lines separate layers; numbers on |F − F̃| are the per-block relative errors.${pool}`;
+    byId("curvature-note").textContent = "";
+    byId("heatmaps").dataset.step = String(snapshot.step); // which step is on screen
+  }
+
+  // ---- spectra -----------------------------------------------------------------------------
+
+  /** The spectra of every snapshot of the run: fetched without the matrices, kept for good. */
+  async loadSpectra() {
+    const runId = this.runId;
+    const list = this.list();
+    const missing = list.filter((s) => !this.spectra.has(s.id));
+    const fetched = await Promise.all(missing.map((s) => get(`/api/snapshots/${s.id}`, { names: "spectra-only" })));
+    missing.forEach((s, i) => this.spectra.set(s.id, fetched[i].spectra ?? {}));
+    if (runId === this.runId) this.drawSpectra();
+  }
+
+  drawSpectra() {
+    const list = this.list();
+    const container = byId("spectra");
+    if (!list.length) {
+      replace(container, el("p", { class: "muted" }, "No snapshot yet."));
+      return;
+    }
+    const layers = Object.keys(this.spectra.get(list.at(-1).id) ?? {});
+    if (container.dataset.layers !== layers.join("|") || container.dataset.run !== this.runId) {
+      replace(container, ...layers.map((_, i) => el("div", { class: "chart small", id: `spectrum-${i}` })));
+      container.dataset.layers = layers.join("|");
+      container.dataset.run = this.runId;
+    }
+    layers.forEach((layer, i) => {
+      const traces = list.flatMap((entry, order) => {
+        const pair = this.spectra.get(entry.id)?.[layer];
+        if (!pair) return [];
+        const colour = stepColour(order, list.length);
+        return ["A", "G"].map((factor) => {
+          const values = [...(pair[factor] ?? [])].filter((v) => v !== null).sort((a, b) => b - a);
+          return {
+            type: "scatter",
+            mode: "lines",
+            x: values.map((_, k) => k + 1),
+            y: values,
+            name: `${factor === "A" ? "Ā" : "G"} step ${entry.step}`,
+            line: { color: colour, width: order === list.length - 1 ? 2.5 : 1.2, dash: factor === "A" ? "solid" : "dot" },
+            hovertemplate: `${factor === "A" ? "Ā" : "G"}, step ${entry.step}<br>eigenvalue %{x}: %{y:.4g}<extra></extra>`,
+            showlegend: false,
+          };
+        });
+      });
+      const layout = {
+        title: { text: `layer ${escapeHtml(layer)}: Ā solid, G dotted`, font: { size: 13 }, x: 0.02 },
+        margin: { l: 56, r: 8, t: 32, b: 40 },
+        xaxis: { title: { text: "rank" }, type: "log" },
+        yaxis: { type: "log", exponentformat: "power" },
+        uirevision: this.runId,
+      };
+      Plotly.react(byId(`spectrum-${i}`), traces, layout, PLOT_CONFIG);
+    });
+  }
+}
+
+/** Early snapshots light, late ones dark (a sequential blue ramp, readable without hue). */
+function stepColour(order, count) {
+  const t = count > 1 ? order / (count - 1) : 1;
+  const from = [158, 202, 225];
+  const to = [8, 48, 107];
+  const mix = from.map((value, i) => Math.round(value + (to[i] - value) * t));
+  return `rgb(${mix.join(", ")})`;
+}

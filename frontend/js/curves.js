@@ -1,0 +1,227 @@
+// A live line chart of one metric over the runs of an experiment (training loss, test loss,
+// λ, ...): a trace per optimizer setting, or for a setting run with several seeds their mean
+// and a band, coloured per optimizer.
+//
+// The chart keeps each run's points (in the units of the current x axis). Live points are
+// appended with `append` and drawn at the next `flush`, which extends the traces with
+// Plotly.extendTraces when the curves only grew, and restyles just the changed traces when an
+// earlier part moved (a band, a second seed catching up). `render` redraws everything; it is
+// only needed when the set of traces or the options change.
+
+import { escapeHtml } from "./dom.js";
+import { meanBand, smooth } from "./series.js";
+
+const PLOT_CONFIG = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
+
+/** "#RRGGBB" → "rgba(r, g, b, alpha)". */
+function translucent(hex, alpha) {
+  const value = Number.parseInt(hex.slice(1), 16);
+  return `rgba(${(value >> 16) & 255}, ${(value >> 8) & 255}, ${value & 255}, ${alpha})`;
+}
+
+export class CurveChart {
+  /**
+   * `groups` come from optimizers.groupRuns; `onZoom(range | null)` is called when the user
+   * zooms the x axis (null: back to the full range).
+   */
+  constructor(node, { metric, title, logY = true, markers = false, groups, onZoom }) {
+    this.node = node;
+    this.metric = metric;
+    this.title = title;
+    this.logY = logY;
+    this.mode = markers ? "lines+markers" : "lines"; // markers for sparse series (evaluations)
+    this.groups = groups;
+    this.onZoom = onZoom;
+    this.xTitle = "step";
+    this.smoothing = 0;
+    this.revision = 0; // Plotly's uirevision: kept while the zoom should survive a redraw
+    this.data = new Map(); // run id → {x: [], y: []}
+    this.drawn = new Map(); // group key → {indices, data}: its traces as last drawn
+    this.dirty = new Set(); // group keys with points not drawn yet
+  }
+
+  hasData() {
+    for (const series of this.data.values()) if (series.x.length) return true;
+    return false;
+  }
+
+  /** Replace every run's points (`{runId: {x, y}}`) and redraw. */
+  setData(byRun) {
+    this.data = new Map(Object.entries(byRun).map(([id, s]) => [id, { x: [...s.x], y: [...s.y] }]));
+    this.render();
+  }
+
+  /** Add a run's new points; points at or before its last x are already there and skipped. */
+  append(runId, xs, ys) {
+    let series = this.data.get(runId);
+    if (!series) this.data.set(runId, (series = { x: [], y: [] }));
+    const last = series.x.length ? series.x[series.x.length - 1] : -Infinity;
+    let added = false;
+    for (let i = 0; i < xs.length; i++) {
+      if (xs[i] > last) {
+        series.x.push(xs[i]);
+        series.y.push(ys[i]);
+        added = true;
+      }
+    }
+    if (added) this.dirty.add(this.groupOf(runId)?.key);
+  }
+
+  groupOf(runId) {
+    return this.groups.find((group) => group.runs.some((run) => run.id === runId));
+  }
+
+  /**
+   * The data of a group's traces, `[{x, y}, ...]` (null: no data yet): its one run's line, or
+   * for several seeds a band from the lowest to the highest (one closed polygon) and the mean.
+   */
+  traceData(group) {
+    const curves = group.runs
+      .map((run) => this.data.get(run.id))
+      .filter((series) => series?.x.length)
+      .map((series) => ({ x: series.x.slice(), y: smooth(series.y, this.smoothing) }));
+    if (!curves.length) return null;
+    if (group.runs.length === 1) return curves;
+    const { x, mean, lower, upper } = meanBand(curves);
+    const back = x.slice().reverse();
+    return [
+      { x: [...x, ...back], y: [...upper, ...lower.reverse()] },
+      { x, y: mean },
+    ];
+  }
+
+  traces(group, data) {
+    const name = escapeHtml(group.runs.length === 1 ? group.label : `${group.label} (mean of ${group.runs.length} seeds)`);
+    const line = {
+      type: "scatter",
+      mode: this.mode,
+      marker: { size: 5 },
+      name,
+      line: { color: group.colour, dash: group.dash, width: 2 },
+      hovertemplate: `${name}<br>%{x}: %{y:.5g}<extra></extra>`,
+      legendgroup: group.key,
+    };
+    const band = {
+      type: "scatter",
+      mode: "lines",
+      fill: "toself",
+      fillcolor: translucent(group.colour, 0.18),
+      line: { width: 0 },
+      hoverinfo: "skip",
+      showlegend: false,
+      legendgroup: group.key,
+    };
+    const kinds = data.length === 1 ? [line] : [band, line];
+    return kinds.map((kind, i) => ({ ...kind, ...data[i] }));
+  }
+
+  layout() {
+    return {
+      title: { text: this.title, font: { size: 14 }, x: 0.02 },
+      margin: { l: 60, r: 12, t: 36, b: 70 },
+      xaxis: { title: { text: this.xTitle, standoff: 6 }, zeroline: false },
+      yaxis: { type: this.logY ? "log" : "linear", exponentformat: "power", zeroline: false },
+      showlegend: true, // even for one optimizer: the legend names it
+      legend: { orientation: "h", y: -0.3, font: { size: 11 } },
+      hovermode: "closest",
+      uirevision: this.revision,
+      font: { family: "system-ui, sans-serif", size: 12 },
+    };
+  }
+
+  /** Redraw all traces from the runs' points (a chart that never had any is not drawn). */
+  render() {
+    if (!this.isDrawn() && !this.hasData()) return;
+    const traces = [];
+    this.drawn.clear();
+    for (const group of this.groups) {
+      const data = this.traceData(group);
+      if (!data) continue;
+      this.drawn.set(group.key, { indices: data.map((_, i) => traces.length + i), data });
+      traces.push(...this.traces(group, data));
+    }
+    this.dirty.clear();
+    const first = !this.isDrawn();
+    Plotly.react(this.node, traces, this.layout(), { ...PLOT_CONFIG, toImageButtonOptions: { filename: this.metric } });
+    if (first) this.node.on("plotly_relayout", (event) => this.relayouted(event));
+  }
+
+  /**
+   * Draw the points appended since the last flush in one Plotly call: extendTraces when every
+   * changed trace only grew at its end (a run's line), else a restyle of just the changed traces
+   * (a band, or a mean whose earlier points moved when another seed caught up).
+   */
+  flush() {
+    if (!this.dirty.size) return;
+    const dirty = [...this.dirty].filter((key) => key !== undefined);
+    this.dirty.clear();
+    if (dirty.some((key) => !this.drawn.has(key))) {
+      this.render(); // a setting drew nothing before: the list of traces changes
+      return;
+    }
+    const changes = [];
+    for (const key of dirty) {
+      const drawn = this.drawn.get(key);
+      const data = this.traceData(this.groups.find((group) => group.key === key));
+      data.forEach((next, i) => {
+        const previous = drawn.data[i];
+        if (next.x.length !== previous.x.length || !extendsTrace(previous, next)) {
+          changes.push({ index: drawn.indices[i], previous, next });
+        }
+      });
+      drawn.data = data;
+    }
+    if (!changes.length) return;
+    const indices = changes.map((change) => change.index);
+    if (changes.every(({ previous, next }) => extendsTrace(previous, next))) {
+      const tail = (key) => changes.map(({ previous, next }) => next[key].slice(previous.x.length));
+      Plotly.extendTraces(this.node, { x: tail("x"), y: tail("y") }, indices);
+    } else {
+      Plotly.restyle(this.node, { x: changes.map((c) => c.next.x), y: changes.map((c) => c.next.y) }, indices);
+    }
+  }
+
+  isDrawn() {
+    return this.node.classList.contains("js-plotly-plot");
+  }
+
+  setSmoothing(weight) {
+    this.smoothing = weight;
+    if (this.isDrawn()) this.render();
+  }
+
+  setLogY(logY) {
+    this.logY = logY;
+    if (this.isDrawn()) Plotly.relayout(this.node, { "yaxis.type": logY ? "log" : "linear" });
+  }
+
+  /** Fit the chart to its container again (after it was shown). */
+  resize() {
+    if (this.isDrawn()) Plotly.Plots.resize(this.node);
+  }
+
+  /** A new x axis (its data follows with setData): forget the zoom. */
+  setXTitle(title) {
+    this.xTitle = title;
+    this.revision += 1;
+  }
+
+  relayouted(event) {
+    if (event["xaxis.range[0]"] !== undefined) {
+      this.onZoom?.([event["xaxis.range[0]"], event["xaxis.range[1]"]]);
+    } else if (Array.isArray(event["xaxis.range"])) {
+      this.onZoom?.(event["xaxis.range"]);
+    } else if (event["xaxis.autorange"]) {
+      this.onZoom?.(null);
+    }
+  }
+}
+
+/** Whether trace data `next` is `previous` with points added at the end. */
+function extendsTrace(previous, next) {
+  if (next.x.length < previous.x.length) return false;
+  for (let i = 0; i < previous.x.length; i++) {
+    if (previous.x[i] !== next.x[i] || previous.y[i] !== next.y[i]) return false;
+  }
+  return true;
+}
