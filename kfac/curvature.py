@@ -1,23 +1,46 @@
-"""Dense curvature matrices for inspection: the exact Fisher F and what K-FAC makes of it.
+"""Dense curvature matrices for inspection: the exact Fisher F and what K-FAC / KFC make of it.
 
 `fisher_matrices` gives, over one parameter ordering, F (from per-example gradients, §2.2), its
 Kronecker-factored approximation F̃ (§3), (F̃ + λI)⁻¹ and the structured inverses the optimizer
 uses: block-diagonal F̌⁻¹ (§4.2) and block-tridiagonal F̂⁻¹ (§4.3, Appendix B).  They serve the
 dashboard and the tests, so they favour plain correctness over speed, with one rule: the
-structured inverses are not re-derived here but built by applying the optimizer's own functions
-(`kfac.inverses`) to the columns of the identity, so what is shown, and what the tests check
-against brute force, is exactly what the optimizer applies to a gradient.  The factors are this
-batch's expectations (§3), not the optimizer's running averages (§5).
+factors come from the optimizer's own layer code (`kfac.layers`: rows ā, g, patches ⟦ā⟧_t,
+factors Ā, G, Ω, Γ) and the structured inverses are built by applying the optimizer's own
+functions (`kfac.inverses`) to the columns of the identity, so what is shown, and what the
+tests check against brute force, is exactly what the optimizer applies to a gradient.  The
+factors are this batch's expectations (§3), not the optimizer's running averages (§5).
 
 Ordering (DESIGN.md): layer by layer in model order; within a layer the column-major vec of
 W̄ = [W b] (d_g × d_a), so vec(DW̄) = vec(g āᵀ) = ā ⊗ g and (A ⊗ G) vec(V) = vec(G V Aᵀ), as
-`torch.kron(A, G)` orders it.
+`torch.kron(A, G)` orders it.  A Conv2d layer's W is its weight seen as the matrix
+(out_channels, in_channels·kh·kw), columns in `unfold` order.
 
-Probe.  F has side Σ d_g·d_a, hopeless for real networks, so the matrices may be restricted to
-some units: for layer i the output units R_i (rows of W̄) and input units C_i (columns of W̄, the
-bias column always kept).  Restricted F is a principal submatrix of F; since the kept entries of
-a Kronecker product are the Kronecker product of the kept entries, restricted F̃ has blocks
-Ā(i−1,j−1)[C_i, C_j] ⊗ G(i,j)[R_i, R_j].  The inverses are those of the RESTRICTED structured
+Conv layers (KFC, Grosse & Martens 2016, §3).  A layer's rows are indexed by example n and
+output location t ∈ T_i (a Linear layer has one location): patches ⟦ā⟧_t and derivatives Ds_t.
+Block (i, j) of F̃ is Ω(i, j) ⊗ Γ(i, j), where
+  - same location set (i = j, or two layers whose outputs have the same spatial grid, and any
+    two Linear layers): locations are paired, t with t,
+        Ω(i, j) = E[Σ_t ⟦ā_i⟧_t ⟦ā_j⟧_tᵀ],   Γ(i, j) = (1/|T|) E[Σ_t Ds_i,t Ds_j,tᵀ];
+    for i = j these are KFC's Ω and Γ (independent activations and derivatives, spatial
+    homogeneity, spatially uncorrelated derivatives, §3.1), for Linear layers K-FAC's Ā ⊗ G;
+  - different location sets (a conv layer and a Linear layer, or two conv layers on different
+    grids): no location of one corresponds to a location of the other.  We pool each layer
+    over its locations, û_i = (1/√|T_i|) Σ_t ⟦ā_i⟧_t and v̂_i = mean_t Ds_i,t, and take
+        Ω(i, j) = E[û_i û_jᵀ],   Γ(i, j) = E[v̂_i v̂_jᵀ].
+    Why the 1/√|T_i|: keeping independence and taking the derivatives' cross moment equal for
+    every pair (t, t') would give Ω(i, j) without it, but that assumption contradicts spatially
+    uncorrelated derivatives within a layer, and the resulting F̃ is often indefinite (on the
+    tiny nets of the tests, F̃ + 0.1·I was not invertible).  With it, Cauchy–Schwarz gives
+    E[û_i û_iᵀ] ⪯ Ω(i, i) and E[v̂_i v̂_iᵀ] ⪯ Γ(i, i) (also for the stacked rows of a group of
+    layers on one grid), so the block matrices [Ω(i, j)] and [Γ(i, j)] are positive
+    semi-definite and so is F̃, their block-wise Kronecker (Khatri–Rao) product.
+Both rules agree when both layers have a single location, so a conv layer with a 1×1 output is
+exactly the equivalent Linear layer here too.  The optimizer refuses the block-tridiagonal
+structure for conv layers; F̂⁻¹ here uses these cross factors for Ā(i−1, i) and G(i, i+1).
+
+Probe: see `kfac.probe`.  Restricted F is a principal submatrix of F; since the kept entries
+of a Kronecker product are the Kronecker product of the kept entries, restricted F̃ has blocks
+Ω(i, j)[C_i, C_j] ⊗ Γ(i, j)[R_i, R_j].  The inverses are those of the RESTRICTED structured
 matrices (submatrices of the full inverses would need the full matrices): (F̃_r + λI)⁻¹, and
 F̌⁻¹, F̂⁻¹ from the restricted factors, damped on the full factors first (so π of §6.3 is the
 optimizer's π).
@@ -44,15 +67,13 @@ from kfac.inverses import (
     spd_inverse,
     tridiagonal_inverse,
 )
-from kfac.layers import LinearBlock, find_blocks
+from kfac.layers import find_blocks
 from kfac.losses import negative_log_likelihood, sample_targets
+from kfac.probe import MAX_PARAMETERS, Units, probe_units
 
-MAX_PARAMETERS = 4096
-"""The largest side of the dense matrices; bigger selections need a probe."""
+__all__ = ["MAX_PARAMETERS", "CurvatureMatrices", "fisher_matrices", "probe_units"]
 
 _CHUNK_ELEMENTS = 1 << 22  # per-example gradients held at once (32 MB in float64)
-
-Units = tuple[torch.Tensor, torch.Tensor]  # (rows of W̄ kept, columns of W̄ kept)
 
 
 @dataclass
@@ -60,8 +81,8 @@ class CurvatureMatrices:
     """F, F̃ and the inverses over one ordering; `blocks[i]` is layer i's (start, stop) slice.
 
     `units[i]` holds the rows (output units) and columns (input units, the bias column being
-    `in_features`) of layer i's W̄ that were kept; `spectra[name]` holds the ascending
-    eigenvalues of that layer's full, undamped factors {"A": Ā, "G": G};
+    the last, `input_columns`) of layer i's W̄ that were kept; `spectra[name]` holds the
+    ascending eigenvalues of that layer's full, undamped factors {"A": Ā or Ω, "G": G or Γ};
     `relative_errors[i, j]` = ‖F_ij − F̃_ij‖_F / ‖F_ij‖_F (NaN where F_ij = 0).  `notes` lists
     any numerical fall-back taken by an inversion (see `kfac.inverses.spd_cholesky`).
     """
@@ -110,8 +131,8 @@ def fisher_matrices(
 
     targets: a tensor gives the empirical Fisher at those targets; "sampled" draws y ~ p(y|x)
         once (with `generator`) for the true Fisher (§5), and F and F̃ both use those draws.
-    layers: names of the nn.Linear modules to include (default: all, in model order).  The
-        block-tridiagonal inverse treats consecutive selected layers as neighbours.
+    layers: names of the nn.Linear / nn.Conv2d modules to include (default: all, in model
+        order).  The block-tridiagonal inverse treats consecutive selected layers as neighbours.
     damping: λ.  `kronecker_inverse` = (F̃ + λI)⁻¹; the structured inverses use the factored
         Tikhonov damping of §6.3 with γ = sqrt(λ): Ā + πγI and G + γ/π I, as the optimizer
         does (which uses γ = sqrt(λ + η); pass λ + η to see its matrices).  λ = 0: exact inverses.
@@ -120,16 +141,17 @@ def fisher_matrices(
         {layer name: (output unit indices, input unit indices)} names them (the bias column is
         always added; unnamed layers are kept whole).
 
-    The model should be deterministic (eval mode if it has dropout): per-example gradients
-    run it under torch.func.vmap.  Inverses that cannot be formed (a factor not positive
-    definite even with jitter) are NaN matrices, with the reason in `notes`.
+    The model should be deterministic and per-example (eval mode if it has dropout or batch
+    norm): per-example gradients run it under torch.func.vmap, one example at a time.
+    Inverses that cannot be formed (a factor not positive definite even with jitter) are NaN
+    matrices, with the reason in `notes`.
     """
     family = LossFamily(loss)
     if not damping >= 0:
         raise ValueError(f"damping must be >= 0, got {damping!r}")
     blocks = find_blocks(model, layers)
     if not blocks:
-        raise ValueError("the model has no nn.Linear layer to build curvature matrices for")
+        raise ValueError("the model has no nn.Linear/Conv2d layer to build curvature matrices for")
     units = probe_units(blocks, probe)
     sizes = [len(rows) * len(cols) for rows, cols in units]
     total = sum(sizes)
@@ -142,27 +164,20 @@ def fisher_matrices(
     bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
     slices = list(zip(bounds[:-1], bounds[1:], strict=True))
 
-    a_rows, g_rows, targets = _layer_statistics(model, blocks, inputs, targets, family, generator)
+    statistics, targets = _layer_statistics(
+        model, blocks, units, inputs, targets, family, generator
+    )
     notes = Notes()
     with torch.no_grad():
-        exact = _exact_fisher(model, blocks, units, inputs, targets, family)
-        # Kept columns of ā and rows of g: Ā(i−1,j−1)[C_i, C_j] = E[ā_i[C_i] ā_j[C_j]ᵀ].
-        kept_a = [a[:, c.to(a.device)] for a, (_, c) in zip(a_rows, units, strict=True)]
-        kept_g = [g[:, r.to(g.device)] for g, (r, _) in zip(g_rows, units, strict=True)]
+        locations = [s.a.shape[1] for s in statistics]
+        exact = _exact_fisher(model, blocks, units, locations, inputs, targets, family)
         kronecker = exact.new_zeros(total, total)
         for i, (a, b) in enumerate(slices):
             for j, (c, d) in enumerate(slices):
-                kronecker[a:b, c:d] = torch.kron(
-                    cross_moment(kept_a[i], kept_a[j]), cross_moment(kept_g[i], kept_g[j])
-                )
+                kronecker[a:b, c:d] = torch.kron(*_pair_factors(statistics[i], statistics[j]))
         eye = torch.eye(total, dtype=exact.dtype, device=exact.device)
         kron_inverse = spd_inverse(kronecker + damping * eye, notes, "F̃ + λI")
-        full = [
-            (cross_moment(a, a), cross_moment(g, g)) for a, g in zip(a_rows, g_rows, strict=True)
-        ]
-        diagonal, tridiagonal = _structured_inverses(
-            blocks, full, units, kept_a, kept_g, damping, eye, notes
-        )
+        diagonal, tridiagonal = _structured_inverses(blocks, statistics, damping, eye, notes)
         count = len(blocks)
         relative_errors = exact.new_zeros(count, count)
         for i, (a, b) in enumerate(slices):
@@ -171,8 +186,8 @@ def fisher_matrices(
                 difference = torch.linalg.matrix_norm(exact[a:b, c:d] - kronecker[a:b, c:d])
                 relative_errors[i, j] = difference / reference if reference > 0 else math.nan
         spectra = {
-            block.name: {"A": torch.linalg.eigvalsh(fa), "G": torch.linalg.eigvalsh(fg)}
-            for block, (fa, fg) in zip(blocks, full, strict=True)
+            block.name: {"A": torch.linalg.eigvalsh(s.omega), "G": torch.linalg.eigvalsh(s.gamma)}
+            for block, s in zip(blocks, statistics, strict=True)
         }
     nan = torch.full_like(exact, math.nan)  # stands for an inverse that could not be formed
     return CurvatureMatrices(
@@ -192,7 +207,7 @@ def fisher_matrices(
     )
 
 
-def _structured_inverses(blocks, full, units, kept_a, kept_g, damping, eye, notes):
+def _structured_inverses(blocks, statistics, damping, eye, notes):
     """F̌⁻¹ (§4.2) and F̂⁻¹ (§4.3, App. B) as dense matrices, by the optimizer's own code.
 
     The full factors are damped as the optimizer damps them (§6.3, γ = sqrt(λ), π from the
@@ -201,11 +216,11 @@ def _structured_inverses(blocks, full, units, kept_a, kept_g, damping, eye, note
     """
     gamma = math.sqrt(damping)
     damped = []
-    for (factor_a, factor_g), (rows, cols) in zip(full, units, strict=True):
-        damped_a, damped_g = damp_factors(factor_a, factor_g, gamma)
-        cols, rows = cols.to(damped_a.device), rows.to(damped_g.device)
+    for s in statistics:
+        damped_a, damped_g = damp_factors(s.omega, s.gamma, gamma)
+        cols, rows = s.cols.to(damped_a.device), s.rows.to(damped_g.device)
         damped.append((damped_a[cols][:, cols], damped_g[rows][:, rows]))
-    shapes = [(len(rows), len(cols)) for rows, cols in units]
+    shapes = [(len(s.rows), len(s.cols)) for s in statistics]
 
     inverses = [
         (spd_inverse(a, notes, f"{b.name} Ā"), spd_inverse(g, notes, f"{b.name} G"))
@@ -221,11 +236,12 @@ def _structured_inverses(blocks, full, units, kept_a, kept_g, damping, eye, note
             shapes,
             eye,
         )
+    crosses = [_pair_factors(left, right) for left, right in pairwise(statistics)]
     pieces = tridiagonal_inverse(
         [a for a, _ in damped],
         [g for _, g in damped],
-        [cross_moment(left, right) for left, right in pairwise(kept_a)],
-        [cross_moment(left, right) for left, right in pairwise(kept_g)],
+        [omega for omega, _ in crosses],
+        [gamma for _, gamma in crosses],
         notes,
     )
     tridiagonal = None
@@ -236,90 +252,46 @@ def _structured_inverses(blocks, full, units, kept_a, kept_g, damping, eye, note
     return diagonal, tridiagonal
 
 
-def probe_units(blocks: list[LinearBlock], probe: int | dict[str, tuple] | None) -> list[Units]:
-    """The (rows, columns) of each layer's W̄ to keep; columns index ā, bias column included.
+@dataclass
+class _LayerStatistics:
+    """One layer's share of the batch: its full factors (the optimizer's Ā/Ω and G/Γ, for the
+    spectra and the damping) and the kept units' rows by example and location,
+    a (N, |T|, |C|) and g (N, |T|, |R|), on the output grid `grid` (() for a Linear layer)."""
 
-    For an int budget P the layers share P by water-filling: smallest layers first, each taking
-    at most an equal share of what is left and passing on what it cannot use, so small layers
-    are kept whole and the rest is spread evenly.  Within its share a layer keeps the same
-    fraction f of its output and of its input units, evenly spaced, f as large as fits.
-    Deterministic, so successive snapshots of a run look at the same units.
-    """
-    everything = [(torch.arange(b.output_dim), torch.arange(b.input_dim)) for b in blocks]
-    if probe is None:
-        return everything
-    if isinstance(probe, dict):
-        unknown = set(probe) - {b.name for b in blocks}
-        if unknown:
-            raise ValueError(f"probe names layers that are not selected: {sorted(unknown)}")
-        return [
-            _named_units(b, *probe[b.name]) if b.name in probe else full
-            for b, full in zip(blocks, everything, strict=True)
-        ]
-    budget = int(probe)
-    if budget != probe or not 0 < budget <= MAX_PARAMETERS:
-        raise ValueError(f"probe must be an int in [1, {MAX_PARAMETERS}], got {probe!r}")
-    units: list[Units | None] = [None] * len(blocks)
-    left = budget
-    order = sorted(range(len(blocks)), key=lambda i: blocks[i].output_dim * blocks[i].input_dim)
-    for position, i in enumerate(order):
-        units[i] = rows, cols = _units_within(blocks[i], left // (len(order) - position))
-        left -= len(rows) * len(cols)  # what a layer cannot use goes to the bigger ones
-    return units
+    omega: torch.Tensor
+    gamma: torch.Tensor
+    a: torch.Tensor
+    g: torch.Tensor
+    grid: tuple[int, ...]
+    rows: torch.Tensor
+    cols: torch.Tensor
 
 
-def _unit_range(count: int, total: int) -> torch.Tensor:
-    """`count` evenly spaced indices out of range(total), distinct when count <= total."""
-    return torch.linspace(0, total - 1, count, dtype=torch.float64).round().long()
+def _pair_factors(left: _LayerStatistics, right: _LayerStatistics):
+    """(Ω(i, j), Γ(i, j)) of block (i, j) of F̃ over the kept units (see the module docstring).
+
+    On the diagonal these are the optimizer's factors (`input_factor`, `output_factor` of
+    kfac.layers), restricted; elsewhere the same expectations over paired locations, or of
+    the location-pooled rows û, v̂ when the two layers' location sets differ."""
+    if left is right:
+        cols, rows = left.cols.to(left.omega.device), left.rows.to(left.gamma.device)
+        return left.omega[cols][:, cols], left.gamma[rows][:, rows]
+    if left.grid == right.grid:
+        count = left.a.shape[1]
+        omega = count * cross_moment(left.a.flatten(0, 1), right.a.flatten(0, 1))
+        return omega, cross_moment(left.g.flatten(0, 1), right.g.flatten(0, 1))
+    scale = math.sqrt(left.a.shape[1] * right.a.shape[1])
+    omega = cross_moment(left.a.sum(1), right.a.sum(1)) / scale
+    return omega, cross_moment(left.g.mean(1), right.g.mean(1))
 
 
-def _units_within(block: LinearBlock, share: int) -> Units:
-    inputs, bias = block.module.in_features, int(block.has_bias)
-
-    def counts(fraction: float) -> tuple[int, int]:
-        return max(1, round(fraction * block.output_dim)), max(1, round(fraction * inputs))
-
-    def size(fraction: float) -> int:
-        rows, cols = counts(fraction)
-        return rows * (cols + bias)
-
-    if size(0.0) > share:
-        raise ValueError(
-            f"probe budget too small: layer {block.name!r} needs at least {size(0.0)} parameters"
-        )
-    low, high = 0.0, 1.0
-    if size(high) > share:
-        for _ in range(60):  # sizes grow with the fraction, so bisect for the largest that fits
-            middle = 0.5 * (low + high)
-            low, high = (middle, high) if size(middle) <= share else (low, middle)
-    else:
-        low = high
-    rows, cols = counts(low)
-    columns = _unit_range(cols, inputs)
-    if bias:
-        columns = torch.cat([columns, torch.tensor([inputs])])
-    return _unit_range(rows, block.output_dim), columns
-
-
-def _named_units(block: LinearBlock, rows, cols) -> Units:
-    rows = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
-    cols = torch.as_tensor(cols, dtype=torch.long).reshape(-1)
-    limits = (("output", rows, block.output_dim), ("input", cols, block.module.in_features))
-    for what, index, limit in limits:
-        if index.numel() == 0 or index.min() < 0 or index.max() >= limit:
-            raise ValueError(f"probe for {block.name!r}: {what} units must lie in [0, {limit})")
-        if index.unique().numel() != index.numel():
-            raise ValueError(f"probe for {block.name!r}: repeated {what} units")
-    if block.has_bias:
-        cols = torch.cat([cols, torch.tensor([block.module.in_features])])
-    return rows, cols
-
-
-def _layer_statistics(model, blocks, inputs, targets, family, generator):
-    """Per-example rows ā and g = ∂(−log p(y|x))/∂s of every layer, and the targets used.
+def _layer_statistics(model, blocks, units, inputs, targets, family, generator):
+    """Every layer's `_LayerStatistics` on this batch, and the targets used.
 
     One forward pass with the optimizer's own hooks; g comes from autograd on the sum (not the
-    mean) of the per-example losses, so that each row is one example's gradient (§3).
+    mean) of the per-example losses, so that each row is one example's gradient (§3).  The
+    rows are the optimizer's (`input_rows`, `output_rows`), so a conv layer's are its patches
+    and derivatives at every location, example-major.
     """
     capture = ActivationCapture(blocks)
     try:
@@ -332,23 +304,42 @@ def _layer_statistics(model, blocks, inputs, targets, family, generator):
             total = negative_log_likelihood(outputs, targets, family).sum()
             layer_outputs = [capture.outputs[b.name] for b in blocks]
             output_grads = torch.autograd.grad(total, layer_outputs)
-        a_rows = [b.input_rows(capture.inputs[b.name]) for b in blocks]
-        g_rows = [b.output_rows(g.detach()) for b, g in zip(blocks, output_grads, strict=True)]
+        statistics = []
+        for block, output_grad, (rows, cols) in zip(blocks, output_grads, units, strict=True):
+            layer_input, output_grad = capture.inputs[block.name], output_grad.detach()
+            a, g = block.input_rows(layer_input), block.output_rows(output_grad)
+            if a.shape[0] % inputs.shape[0] or a.shape[0] != g.shape[0]:
+                raise ValueError(
+                    f"layer {block.name!r} must see the same number of rows (locations) for "
+                    "every example: Linear inputs of (N, d), Conv2d inputs of (N, C, H, W)"
+                )
+            count = inputs.shape[0]
+            statistics.append(
+                _LayerStatistics(
+                    omega=block.input_factor(layer_input),
+                    gamma=block.output_factor(output_grad),
+                    a=a[:, cols.to(a.device)].reshape(count, -1, len(cols)),
+                    g=g[:, rows.to(g.device)].reshape(count, -1, len(rows)),
+                    grid=tuple(output_grad.shape[2:]),
+                    rows=rows,
+                    cols=cols,
+                )
+            )
     finally:
         capture.remove()
-    if any(rows.shape[0] != inputs.shape[0] for rows in a_rows):
-        raise ValueError("every selected layer must see one row per example (inputs of (N, d))")
-    return a_rows, g_rows, targets.detach()
+    return statistics, targets.detach()
 
 
-def _exact_fisher(model, blocks, units, inputs, targets, family) -> torch.Tensor:
+def _exact_fisher(model, blocks, units, locations, inputs, targets, family) -> torch.Tensor:
     """F = E[∇log p(y|x) ∇log p(y|x)ᵀ] over the batch, from per-example gradients (§2.2).
 
     The per-example gradients come from torch.func: vmap over the examples of grad with respect
     to a zero perturbation δᵢ of the kept entries W̄ᵢ[R, C].  A forward hook adds δᵢ's effect,
     s[R] += δᵢ ā[C], to the layer's output (exactly what W̄ᵢ[R, C] += δᵢ does, once per call of
-    the layer), so ∂(−log p)/∂δᵢ is the gradient of those parameters and no full per-example
-    weight gradient is ever formed: the cost is one batched forward and backward pass.
+    the layer; for a conv layer at every location t, s_t[R] += δᵢ ⟦ā⟧_t[C], a convolution with
+    δᵢ scattered into a zero kernel), so ∂(−log p)/∂δᵢ is the gradient of those parameters and
+    no full per-example weight gradient is ever formed: the cost is one batched forward and
+    backward pass.
     """
     device, dtype = blocks[0].module.weight.device, blocks[0].module.weight.dtype
     units = [(rows.to(device), cols.to(device)) for rows, cols in units]
@@ -358,8 +349,10 @@ def _exact_fisher(model, blocks, units, inputs, targets, family) -> torch.Tensor
         def hook(module, args, output):
             if block.name not in active:
                 return None
-            term = block.input_rows(args[0])[:, cols] @ active[block.name].T
-            return output.index_add(-1, rows, term.reshape(*output.shape[:-1], -1))
+            delta = active[block.name]
+            matrix = delta.new_zeros(len(rows), block.input_dim).index_copy(1, cols, delta)
+            term = block.apply_matrix(args[0], matrix)  # s[R] of W̄[R] = δ on C, 0 elsewhere
+            return output.index_add(block.output_channel_dim, rows, term)
 
         return hook
 
@@ -378,7 +371,9 @@ def _exact_fisher(model, blocks, units, inputs, targets, family) -> torch.Tensor
 
     # Memory per example: its kept gradient plus (roughly) the layers' activations.
     per_example = sum(r.numel() * c.numel() for r, c in units)
-    per_example += sum(b.input_dim + b.output_dim for b in blocks)
+    per_example += sum(
+        t * (b.input_dim + b.output_dim) for b, t in zip(blocks, locations, strict=True)
+    )
     chunk = max(1, _CHUNK_ELEMENTS // per_example)
     handles = [
         b.module.register_forward_hook(hook_for(b, r, c))

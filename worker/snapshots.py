@@ -1,11 +1,14 @@
 """Curvature snapshots of a run: the paper's Fig. 2/3 matrices over a probe, as numpy.
 
-A snapshot is `kfac.curvature.fisher_matrices` on a probe of the model: the Linear layers
-`spec.probe.layer_indices(...)` (the middle four by default, like the paper's Fig. 2), keeping
-at every layer boundary the same `spec.probe.units` evenly spaced units (`backend.spec.
-probe_units`), so that the output units of one probed layer are the input units of the next and
-the off-diagonal blocks of F and F̃ couple the same neurons. The spec validated that this probe
-stays within the parameter limit, by the same arithmetic.
+A snapshot is `kfac.curvature.fisher_matrices` on a probe of the model: the K-FAC layers
+(Linear and Conv2d) `spec.probe.layer_indices(...)` (the middle four by default, like the
+paper's Fig. 2), keeping `spec.probe.units` evenly spaced output and input units of each
+(`backend.spec.probe_units`). In a stack of Linear layers these are the same units at every
+layer boundary, so that the output units of one probed layer are the input units of the next
+and the off-diagonal blocks of F and F̃ couple the same neurons; a conv layer keeps output
+channels and patch coordinates. The spec validated that this probe stays within the parameter
+limit, by the same arithmetic. The model is evaluated in eval mode (batch norm with its running
+statistics), so that every example's gradient is its own.
 
 For a K-FAC run the matrices are damped with the optimizer's current λ + η, so the inverses are
 the ones it applies; other runs use `spec.probe.damping`. The payload has exactly the keyword
@@ -23,7 +26,7 @@ from torch import nn
 
 from backend.spec import RunSpec, probe_units
 from kfac.curvature import fisher_matrices
-from worker.zoo.models import linear_layers
+from worker.zoo.models import kfac_layers
 
 
 def curvature_snapshot(
@@ -37,22 +40,30 @@ def curvature_snapshot(
 ) -> dict[str, Any]:
     """The snapshot payload; `targets` is "sampled" (true Fisher) or the training targets."""
     names = {module: name for name, module in model.named_modules()}
-    layers = linear_layers(model)
-    dims = spec.layer_dims()
-    kept = [probe_units(width, spec.probe.units) for width in dims]
+    layers = kfac_layers(model)
+    units = spec.probe.units
+    kept = [
+        (probe_units(shape.outputs, units), probe_units(shape.inputs, units))
+        for shape in spec.layer_shapes()
+    ]
     selected = spec.probe.layer_indices(len(layers))
-    probe = {names[layers[i]]: (kept[i + 1], kept[i]) for i in selected}
+    probe = {names[layers[i]]: kept[i] for i in selected}
     generator = torch.Generator(device=inputs.device).manual_seed(seed)
-    result = fisher_matrices(
-        model,
-        inputs,
-        targets,
-        spec.loss,
-        layers=list(probe),
-        damping=damping,
-        probe=probe,
-        generator=generator,
-    )
+    training = model.training
+    model.eval()
+    try:
+        result = fisher_matrices(
+            model,
+            inputs,
+            targets,
+            spec.loss,
+            layers=list(probe),
+            damping=damping,
+            probe=probe,
+            generator=generator,
+        )
+    finally:
+        model.train(training)
     matrices = {name: _numpy(matrix) for name, matrix in result.matrices.items()}
     return {
         "matrices": matrices,
@@ -68,7 +79,7 @@ def curvature_snapshot(
         "extras": {
             "layers": selected,
             "layer_names": result.layer_names,
-            "units": [{"layer": i, "outputs": kept[i + 1], "inputs": kept[i]} for i in selected],
+            "units": [{"layer": i, "outputs": kept[i][0], "inputs": kept[i][1]} for i in selected],
             "damping": result.damping,
             "examples": int(inputs.shape[0]),
             "fisher": "empirical" if isinstance(targets, torch.Tensor) else "true",

