@@ -14,9 +14,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# Until the dashboard lands, the main command runs the K-FAC vs SGD benchmark (quick form).
 serve: $(STAMP)
-	$(BIN)/python -m bench.kfac_vs_sgd --quick
+	$(BIN)/kfac-lab serve
 
 # Debian's chromium drives the browser tests; docker-compose only validates the compose file.
 SYSTEM_TOOLS := chromium docker-compose
