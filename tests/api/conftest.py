@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,18 +18,15 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy.exc import OperationalError
 
 from backend import queue
 from backend.api.main import create_app
 from backend.settings import Settings
-from backend.store.db import dispose_engines, session_scope
-from backend.store.migrate import scratch_database, upgrade
+from backend.store.db import session_scope
 from backend.store.writes import claim_run, set_status
 
 ADMIN_TOKEN = "admin-token-for-tests"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 SMALL_SPEC = {
     "name": "small comparison",
@@ -38,29 +34,6 @@ SMALL_SPEC = {
     "optimizers": [{"name": "kfac"}, {"name": "sgd_momentum", "lr": 0.05}],
     "seeds": [0, 1],
 }
-
-
-@pytest.fixture(scope="session")
-def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url = f"sqlite:///{tmp_path_factory.mktemp('api') / 'kfac.db'}"
-    upgrade(url)
-    yield url
-    dispose_engines()
-
-
-@pytest.fixture(scope="session")
-def postgresql_url() -> Iterator[str]:
-    with ExitStack() as stack:
-        try:
-            url = stack.enter_context(scratch_database(POSTGRES_SERVER, prefix="kfac_test"))
-        except OperationalError as error:
-            pytest.skip(f"PostgreSQL is not reachable: {error}")
-        yield url
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
-def db_url(request: pytest.FixtureRequest) -> str:
-    return request.getfixturevalue(f"{request.param}_url")
 
 
 @dataclass
