@@ -148,10 +148,10 @@ def time_to(curve, target: float):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=80.0, help="seconds per training run")
+    parser.add_argument("--budget", type=float, default=None, help="seconds per training run")
     parser.add_argument("--quick", action="store_true", help="short budget, one lr per method")
     args = parser.parse_args()
-    budget = 8.0 if args.quick else args.budget
+    budget = args.budget or (8.0 if args.quick else 80.0)
     torch.manual_seed(0)
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     results: dict = {"machine": machine, "torch": torch.__version__, "budget_s": budget}
@@ -164,7 +164,7 @@ def main() -> None:
     print("|---" * (len(STEP_METHODS) + 2) + "|")
     results["step_time"] = {}
     for batch in (256, 1000):
-        rounds, per_round = (2, 10) if args.quick else (5, 20)
+        rounds, per_round = (3, 4) if args.quick else (5, 20)
         times = step_times(batch, rounds, per_round)
         inverse = inverse_update_time(batch)
         ratios = {m: t / times["sgd_momentum"] for m, t in times.items()}
