@@ -21,14 +21,20 @@ class ActivationCapture:
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
         self.output_grads: dict[str, torch.Tensor] = {}
+        self.rows_per_example: dict[str, int] = {}
+        """Rows ā each example gave each layer in the last recorded forward pass (|T| for a
+        conv layer); kept across `clear()`, since it depends on the input size alone."""
         self._handles = [
-            block.module.register_forward_hook(self._hook_for(block.name)) for block in blocks
+            block.module.register_forward_hook(self._hook_for(block)) for block in blocks
         ]
 
-    def _hook_for(self, name: str):
+    def _hook_for(self, block: LinearBlock):
+        name = block.name
+
         def hook(module, inputs, output):
             if not self.recording:
                 return
+            self.rows_per_example[name] = block.rows_per_example(output)
             if name in self.inputs:
                 raise RuntimeError(
                     f"layer {name!r} ran twice in one forward pass; K-FAC needs each "

@@ -62,6 +62,11 @@ class LinearBlock:
     output_channel_dim = -1
     """The dimension of the layer's output that holds the output units."""
 
+    def rows_per_example(self, output: torch.Tensor) -> int:
+        """How many rows ā (and g) one example contributes: 1 for a Linear layer on (B, d),
+        more when extra leading dimensions count as more examples."""
+        return output.numel() // (output.shape[0] * self.module.out_features)
+
     def apply_matrix(self, layer_input: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
         """The layer's map with W̄ replaced by `matrix` (k, d_a): k output units."""
         bias = matrix[:, -1] if self.has_bias else None
@@ -152,6 +157,10 @@ class Conv2dBlock(LinearBlock):
         return output_grad.permute(0, 2, 3, 1).reshape(-1, self.module.out_channels)
 
     output_channel_dim = 1
+
+    def rows_per_example(self, output: torch.Tensor) -> int:
+        """|T|, the output locations: each example contributes a patch row per location."""
+        return output.shape[2] * output.shape[3]
 
     def apply_matrix(self, layer_input: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
         """The convolution with W̄ replaced by `matrix` (k, d_a): k output channels."""

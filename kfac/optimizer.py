@@ -32,6 +32,7 @@ from kfac.preconditioner import KroneckerPreconditioner
 from kfac.quadratic import (
     dot,
     fisher_gram,
+    model_change,
     output_directions,
     running_statistics_frozen,
     solve_step_coefficients,
@@ -165,15 +166,18 @@ class KFAC(torch.optim.Optimizer):
         step = self.counters["step"]
         record = (step - 1) % group["stats_interval"] == 0
         self.zero_grad(set_to_none=True)
+        batch = inputs.shape[0]
         # The per-example product needs this step's activations, and no ℓ2 term in ∇h.
-        per_example = group["weight_decay"] == 0 and any(
-            self.preconditioner.prefers_per_example(b, inputs.shape[0]) for b in self.blocks
-        )
-        with self.capture.record(enabled=record or per_example):
+        per_example = self._per_example_layers(batch) if group["weight_decay"] == 0 else set()
+        with self.capture.record(enabled=record or bool(per_example)):
             outputs = self.model(inputs)
             loss = negative_log_likelihood(outputs, targets, self.family).mean()
+            if not torch.isfinite(loss):
+                return self._skip_non_finite(loss, step)
             if record:
                 self._update_factors(outputs, targets)
+            if per_example:  # again, with this pass's rows per example
+                per_example = self._per_example_layers(batch)
             if per_example:
                 self.capture.keep_output_gradients()
         loss.backward()
@@ -196,7 +200,7 @@ class KFAC(torch.optim.Optimizer):
                     if not group["gamma_search"]:
                         self.counters["gamma"] = math.sqrt(group["damping"] + eta)
                     self.preconditioner.update_inverses(self.counters["gamma"], notes)
-            per_example = self._per_example_rows() if per_example else {}
+            per_example = self._per_example_rows(per_example)
             preconditioned = self._precondition(gradient, per_example)
             previous = [self.state[p].get("previous_update") for p in params]
             has_previous = previous[0] is not None
@@ -204,7 +208,9 @@ class KFAC(torch.optim.Optimizer):
             if adaptive:
                 # Solved over F̆⁻¹∇h = −Δ itself, so its coefficient is −α: saves negating Δ.
                 directions = [preconditioned, previous] if has_previous else [preconditioned]
-                coefficients = self._model_coefficients(inputs, gradient, directions)
+                coefficients = solve_step_coefficients(
+                    *self._quadratic_model(inputs, gradient, directions)
+                )
                 update = self._combine(
                     coefficients.alpha, preconditioned, coefficients.mu, previous
                 )
@@ -217,11 +223,10 @@ class KFAC(torch.optim.Optimizer):
                 alpha = -group["lr"] * self._kl_scale(preconditioned, gradient)
                 mu = group["momentum"] if has_previous else 0.0
                 update = self._combine(alpha, preconditioned, mu, previous)
-                predicted = (
-                    self._model_coefficients(inputs, gradient, [update]).predicted_change
-                    if lm_due
-                    else math.nan
-                )
+                predicted = math.nan
+                if lm_due:  # M at δ itself: coefficient 1 on the one direction δ
+                    curvature, _, linear = self._quadratic_model(inputs, gradient, [update])
+                    predicted = float(model_change(curvature, linear, linear.new_ones(1)))
                 alpha = -alpha
             if lm_due:
                 objective_before = float(loss) + 0.5 * eta * self._squared_norm(params)
@@ -250,6 +255,16 @@ class KFAC(torch.optim.Optimizer):
             "numerical_fallbacks": float(len(notes.messages)),
         }
         return loss.detach()
+
+    def _skip_non_finite(self, loss: torch.Tensor, step: int) -> torch.Tensor:
+        """A model that has blown up: no statistics (sampling targets from NaN or infinite
+        outputs raises), no update. Returning the non-finite loss lets the caller end the run
+        as diverged (worker.training does) rather than fail on a sampling error."""
+        loss = loss.detach()
+        self.capture.clear()
+        self.notes.append(f"step {step}: the loss is {float(loss)}; no update")
+        self.diagnostics = {}
+        return loss
 
     # ------------------------------------------------------------------ statistics
 
@@ -293,7 +308,8 @@ class KFAC(torch.optim.Optimizer):
             self.preconditioner.update_inverses(gamma, notes)
             preconditioned = self._precondition(gradient)
             directions = [preconditioned, previous] if previous[0] is not None else [preconditioned]
-            change = self._model_coefficients(inputs, gradient, directions).predicted_change
+            model = self._quadratic_model(inputs, gradient, directions)
+            change = solve_step_coefficients(*model).damped_change
             if best is None or change < best[0]:
                 best = (change, gamma)
         self.counters["gamma"] = best[1]
@@ -301,17 +317,25 @@ class KFAC(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ directions
 
-    def _per_example_rows(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """(ā, ĝ) rows of the layers whose per-example product is the cheaper one; empty when
-        ∇h has an ℓ2 term, since ηθ is not a sum over examples."""
-        if not self.capture.output_grads:
-            return {}
-        rows = {}
-        for block in self.blocks:
-            a = block.input_rows(self.capture.inputs[block.name])
-            if self.preconditioner.prefers_per_example(block, a.shape[0]):
-                rows[block.name] = (a, block.output_rows(self.capture.output_grads[block.name]))
-        return rows
+    def _per_example_layers(self, batch: int) -> set[str]:
+        """The layers whose per-example product (ĝG⁻¹)ᵀ(āĀ⁻¹) is the cheaper one. Its cost
+        grows with the rows ā, one per example and output location: batch × |T| for a conv
+        layer (|T| from the last recorded forward pass; step 1 always records)."""
+        rows = self.capture.rows_per_example
+        return {
+            b.name
+            for b in self.blocks
+            if self.preconditioner.prefers_per_example(b, batch * rows.get(b.name, 1))
+        }
+
+    def _per_example_rows(self, names: set[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(ā, ĝ) rows of the layers in `names` whose output gradients were kept."""
+        inputs, grads = self.capture.inputs, self.capture.output_grads
+        return {
+            b.name: (b.input_rows(inputs[b.name]), b.output_rows(grads[b.name]))
+            for b in self.blocks
+            if b.name in names and b.name in grads
+        }
 
     def _precondition(self, gradient: list[torch.Tensor], per_example=None) -> list[torch.Tensor]:
         """F̆⁻¹∇h per parameter; other parameters get ∇h/γ² (adaptive) or ∇h (fixed lr)."""
@@ -339,8 +363,8 @@ class KFAC(torch.optim.Optimizer):
             result[id(p)] = by_param[id(p)] * other_scale
         return [result[id(p)] for p in params]
 
-    def _model_coefficients(self, inputs, gradient, directions):
-        """α, μ and M(δ) − M(0) over the given directions, with exact Fisher products (§7)."""
+    def _quadratic_model(self, inputs, gradient, directions):
+        """[vᵢᵀ(F + ηI)vⱼ], [λvᵢᵀvⱼ] and [∇hᵀvᵢ] over the directions, F the exact Fisher (§7)."""
         group = self.param_groups[0]
         used = max(1, round(group["quadratic_fraction"] * inputs.shape[0]))
         params = group["params"]
@@ -355,9 +379,8 @@ class KFAC(torch.optim.Optimizer):
         euclidean = fisher.new_tensor(
             [[float(dot(directions[i], directions[j])) for j in range(count)] for i in range(count)]
         )
-        curvature = fisher + (group["damping"] + group["weight_decay"]) * euclidean
         linear = fisher.new_tensor([float(dot(gradient, d)) for d in directions])
-        return solve_step_coefficients(curvature, linear)
+        return fisher + group["weight_decay"] * euclidean, group["damping"] * euclidean, linear
 
     def _kl_scale(self, preconditioned, gradient) -> float:
         """ν = min(1, sqrt(κ / (lr² Δᵀ∇h))) when KL-clipping is on, else 1."""

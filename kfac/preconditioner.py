@@ -4,7 +4,8 @@ It keeps each layer's tensors in a dict that the optimizer owns (its `state[weig
 `state_dict()` carries factors and inverses without a second copy.  Keys per layer:
 A, G (and A_cross, G_cross for the tridiagonal structure) — the running factors;
 input_inverse, output_inverse — the damped factors' inverses (§4.2, §6.3);
-psi_a, psi_g, basis_a, basis_g, scale — the pieces of F̂⁻¹ (§4.3, Appendix B).
+coupling_a, coupling_g, basis_a, basis_g, scale — the pieces of F̂⁻¹ (§4.3, Appendix B; see
+`kfac.inverses.TridiagonalLayerInverse`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from kfac.inverses import (
 )
 from kfac.layers import LinearBlock
 
-TRIDIAGONAL_KEYS = ("psi_a", "psi_g", "basis_a", "basis_g", "scale")
+TRIDIAGONAL_KEYS = ("coupling_a", "coupling_g", "basis_a", "basis_g", "scale")
 BLOCK_DIAGONAL_KEYS = ("input_inverse", "output_inverse")
 
 
@@ -111,8 +112,8 @@ class KroneckerPreconditioner:
         else:
             conditional = piece.conditional
             state.update(
-                psi_a=piece.psi_a,
-                psi_g=piece.psi_g,
+                coupling_a=piece.coupling_a,
+                coupling_g=piece.coupling_g,
                 basis_a=conditional.basis_a,
                 basis_g=conditional.basis_g,
                 scale=conditional.scale,
@@ -126,11 +127,13 @@ class KroneckerPreconditioner:
         pieces = []
         for block in self.blocks:
             state = self.layer_state(block)
-            if "psi_a" in state:
+            if "coupling_a" in state:
                 conditional = KroneckerDifferenceInverse(
                     state["basis_a"], state["basis_g"], state["scale"]
                 )
-                pieces.append(TridiagonalLayerInverse(state["psi_a"], state["psi_g"], conditional))
+                pieces.append(
+                    TridiagonalLayerInverse(state["coupling_a"], state["coupling_g"], conditional)
+                )
             elif block is self.blocks[-1] and "input_inverse" in state:
                 pieces.append(
                     TridiagonalLayerInverse(
@@ -153,13 +156,20 @@ class KroneckerPreconditioner:
         `per_example` optionally maps a layer name to its rows (ā, ĝ) with ∇W̄ = ĝᵀā; for those
         layers the block-diagonal product is computed as (ĝG⁻¹)ᵀ(āĀ⁻¹), which costs
         N·(d_g² + d_a² + d_g·d_a) instead of d_g·d_a·(d_g + d_a): cheaper when the batch is
-        smaller than the layer.
+        smaller than the layer.  The block-tridiagonal product takes the rows likewise for every
+        product that meets ∇W̄ (see `block_tridiagonal_precondition`).
         """
+        per_example = per_example or {}
         if self.structure is InverseStructure.BLOCK_TRIDIAGONAL:
             pieces = self._tridiagonal_pieces()
             if pieces is not None:
-                return block_tridiagonal_precondition(gradients, pieces)
-        per_example = per_example or {}
+                return block_tridiagonal_precondition(
+                    [
+                        per_example.get(block.name, gradient)
+                        for block, gradient in zip(self.blocks, gradients, strict=True)
+                    ],
+                    pieces,
+                )
         result = []
         for block, gradient in zip(self.blocks, gradients, strict=True):
             state = self.layer_state(block)
@@ -177,8 +187,10 @@ class KroneckerPreconditioner:
         return result
 
     def prefers_per_example(self, block: LinearBlock, rows: int) -> bool:
-        """Whether (ĝG⁻¹)ᵀ(āĀ⁻¹) over `rows` examples is cheaper than G⁻¹ V Ā⁻¹."""
-        if self.structure is not InverseStructure.BLOCK_DIAGONAL:
-            return False
+        """Whether (ĝG⁻¹)ᵀ(āĀ⁻¹) over `rows` examples is cheaper than G⁻¹ V Ā⁻¹.
+
+        The same comparison decides for the block-tridiagonal structure, whose products that
+        meet V, K_Gᵀ V K_A and M_G V M_Aᵀ, have the same shapes up to the neighbours' widths.
+        """
         d_a, d_g = block.input_dim, block.output_dim
         return rows * (d_g * d_g + d_a * d_a + d_g * d_a) < d_g * d_a * (d_g + d_a)

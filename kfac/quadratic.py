@@ -19,6 +19,11 @@ from torch.func import functional_call
 from kfac.enums import LossFamily
 from kfac.losses import output_fisher_bilinear
 
+# 1 − cos²∠(Δ, δ₀) in the damped metric below which the 2×2 solve is not trusted: the entries
+# come from float32 sums (relative error ~1e-6 each), so det/(Q₀₀Q₁₁) below ~√ε₃₂ ≈ 3e-4
+# amplifies their rounding by more than 1/√ε₃₂ into α and μ.
+SINGULAR_2X2 = torch.finfo(torch.float32).eps ** 0.5
+
 
 def output_directions(
     model: nn.Module, inputs: torch.Tensor, directions: list[dict[str, torch.Tensor]]
@@ -78,26 +83,51 @@ def dot(left: list[torch.Tensor], right: list[torch.Tensor]) -> torch.Tensor:
 
 @dataclass
 class StepCoefficients:
-    """The minimiser of M over span{Δ, δ₀} and the model's predicted change M(δ) − M(0)."""
+    """The minimiser (α, μ) of the damped model over span{Δ, δ₀}, with two model changes.
+
+    `damped_change` is M̂(δ) − M̂(0) for the damped curvature F + (λ + η)I that α and μ minimise
+    (§7); `predicted_change` is M(δ) − M(0) for the model of h itself, F + ηI without λ, which
+    the Levenberg–Marquardt ratio ρ compares h's actual change with (§6.5).  λ is a trust-region
+    device, not curvature of h: counting ½λ‖δ‖² in the prediction shrinks it, inflates ρ and
+    lets λ fall after steps the real model did not predict so well.
+    """
 
     alpha: float
     mu: float
+    damped_change: float
     predicted_change: float
 
 
-def solve_step_coefficients(curvature: torch.Tensor, linear: torch.Tensor) -> StepCoefficients:
-    """Minimise ½ cᵀQc + bᵀc over c = (α, μ), or over α alone when Q is 1×1 (§7).
+def model_change(
+    curvature: torch.Tensor, linear: torch.Tensor, coefficients: torch.Tensor
+) -> torch.Tensor:
+    """½ cᵀQc + bᵀc: the change of the quadratic model at δ = Σ cᵢvᵢ."""
+    return 0.5 * coefficients @ curvature @ coefficients + linear @ coefficients
 
-    Q = [vᵢᵀ(F + (λ+η)I)vⱼ] and b = [∇hᵀvᵢ].  A singular 2×2 Q (δ₀ parallel to Δ, or zero)
-    falls back to the α-only solution.
+
+def solve_step_coefficients(
+    curvature: torch.Tensor, damping: torch.Tensor, linear: torch.Tensor
+) -> StepCoefficients:
+    """Minimise ½ cᵀ(Q + D)c + bᵀc over c = (α, μ), or over α alone when Q is 1×1 (§7).
+
+    Q = [vᵢᵀ(F + ηI)vⱼ], D = [λ vᵢᵀvⱼ] and b = [∇hᵀvᵢ].  A 2×2 system too close to singular for
+    its float32 entries (δ₀ nearly parallel to Δ in the damped metric, or zero) falls back to
+    the α-only solution: there the split between α and μ is rounding noise, and solving it
+    anyway gives the huge opposite-signed α, μ pairs whose sum the model never checked.
     """
-    curvature, linear = curvature.double(), linear.double()
-    if curvature.shape[0] == 2:
-        det = curvature[0, 0] * curvature[1, 1] - curvature[0, 1] ** 2
-        if det > 1e-12 * curvature[0, 0] * curvature[1, 1]:
-            coefficients = -torch.linalg.solve(curvature, linear)
-            change = 0.5 * coefficients @ curvature @ coefficients + linear @ coefficients
-            return StepCoefficients(float(coefficients[0]), float(coefficients[1]), float(change))
-    alpha = -linear[0] / curvature[0, 0]
-    change = 0.5 * alpha * linear[0]
-    return StepCoefficients(float(alpha), 0.0, float(change))
+    curvature, damping, linear = curvature.double(), damping.double(), linear.double()
+    damped = curvature + damping
+    coefficients = None
+    if damped.shape[0] == 2:
+        det = damped[0, 0] * damped[1, 1] - damped[0, 1] ** 2
+        if det > SINGULAR_2X2 * damped[0, 0] * damped[1, 1]:
+            coefficients = -torch.linalg.solve(damped, linear)
+    if coefficients is None:
+        coefficients = linear.new_zeros(damped.shape[0])
+        coefficients[0] = -linear[0] / damped[0, 0]
+    return StepCoefficients(
+        float(coefficients[0]),
+        float(coefficients[1]) if len(coefficients) == 2 else 0.0,
+        float(model_change(damped, linear, coefficients)),
+        float(model_change(curvature, linear, coefficients)),
+    )

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from kfac import KFAC
-from kfac.inverses import Notes, spd_inverse
+from kfac.inverses import Notes, spd_inverse, tridiagonal_inverse
 
 
 def test_non_finite_factor_is_not_inverted_and_is_reported():
@@ -71,3 +71,43 @@ def test_kl_clip_scales_the_fixed_learning_rate_step():
     nu = min(1.0, math.sqrt(1e-6 / kl))
     assert nu < 1
     torch.testing.assert_close(updates[1e-6], nu * updates[None])
+
+
+def test_tridiagonal_pieces_are_the_pencil_bases_and_the_couplings_into_them():
+    """For each layer with a successor: Kᵀ F K = I and Kᵀ (C F'⁻¹ Cᵀ) K = diag(s) on both sides,
+    the coupling is Kᵀ Ψ with Ψ = C F'⁻¹, and scale = 1 / (1 − s_G s_Aᵀ) (§4.3, Appendix B)."""
+    generator = torch.Generator().manual_seed(3)
+    widths_a, widths_g, n = (5, 4, 6), (4, 6, 3), 40
+    a_rows = [torch.randn(n, d, generator=generator, dtype=torch.float64) for d in widths_a]
+    g_rows = [torch.randn(n, d, generator=generator, dtype=torch.float64) for d in widths_g]
+    a_rows[1] = a_rows[1] + a_rows[0][:, :1]  # correlated neighbours
+    g_rows[2] = g_rows[2] + 0.5 * g_rows[1][:, :3]
+
+    def moment(x, y):
+        return x.T @ y / n
+
+    factors_a = [moment(r, r) + 0.1 * torch.eye(r.shape[1], dtype=r.dtype) for r in a_rows]
+    factors_g = [moment(r, r) + 0.1 * torch.eye(r.shape[1], dtype=r.dtype) for r in g_rows]
+    cross_a = [moment(a_rows[i], a_rows[i + 1]) for i in range(2)]
+    cross_g = [moment(g_rows[i], g_rows[i + 1]) for i in range(2)]
+    notes = Notes()
+    pieces = tridiagonal_inverse(factors_a, factors_g, cross_a, cross_g, notes)
+    assert notes.messages == []
+    for i, piece in enumerate(pieces[:-1]):
+        values = []
+        for basis, coupling, factors, cross in (
+            (piece.conditional.basis_a, piece.coupling_a, factors_a, cross_a),
+            (piece.conditional.basis_g, piece.coupling_g, factors_g, cross_g),
+        ):
+            psi = cross[i] @ torch.linalg.inv(factors[i + 1])
+            eye = torch.eye(len(basis), dtype=basis.dtype)
+            torch.testing.assert_close(basis.T @ factors[i] @ basis, eye)
+            explained = basis.T @ psi @ factors[i + 1] @ psi.T @ basis
+            torch.testing.assert_close(explained, torch.diag(explained.diagonal()))
+            torch.testing.assert_close(coupling, basis.T @ psi)
+            values.append(explained.diagonal())
+        torch.testing.assert_close(
+            piece.conditional.scale, 1 / (1 - torch.outer(values[1], values[0]))
+        )
+    torch.testing.assert_close(pieces[-1].input_inverse, torch.linalg.inv(factors_a[-1]))
+    torch.testing.assert_close(pieces[-1].output_inverse, torch.linalg.inv(factors_g[-1]))

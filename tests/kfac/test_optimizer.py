@@ -100,6 +100,36 @@ def test_block_tridiagonal_update_is_explicit_f_hat_inverse_times_gradient(famil
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_per_example_block_tridiagonal_update_matches_the_matrix_path_and_the_formula(family):
+    """With η = 0 and layers wider than the batch, the products of F̂⁻¹ that meet ∇W̄ go through
+    the rows (ā, ĝ); the update must still be the explicit F̂⁻¹∇h, and each layer's result the
+    same whichever layers come as rows and which as matrices."""
+    model = tiny_net(widths=(4, 30, 25, 3))
+    x, y = batch(family, n=6)
+    a_rows, g_rows = explicit.per_example_activations(model, x, y, family)
+    big_a, big_g = explicit.factors(a_rows, g_rows)
+    gradient = explicit.gradient_vector(model, x, y, family)
+    expected = -0.3 * explicit.block_tridiagonal_inverse(big_a, big_g, 0.1**0.5) @ gradient
+    update, opt = one_fixed_step(
+        model, x, y, family, damping=0.1, weight_decay=0.0, structure="block_tridiagonal"
+    )
+    assert any(opt.preconditioner.prefers_per_example(b, 6) for b in opt.blocks)
+    torch.testing.assert_close(update, expected, rtol=1e-8, atol=1e-11)
+
+    # Gradients of the mean loss: ĝ = g / N, and [∇W ∇b] = ĝᵀā layer by layer.
+    rows = {b.name: (a, g / 6) for b, a, g in zip(opt.blocks, a_rows, g_rows, strict=True)}
+    matrices = [g.T @ a for a, g in rows.values()]
+    by_matrix = opt.preconditioner.precondition(matrices)
+    for names in ([b.name for b in opt.blocks], [opt.blocks[1].name]):
+        chosen = {name: rows[name] for name in names}
+        mixed = [None if b.name in chosen else m for b, m in zip(opt.blocks, matrices, strict=True)]
+        for got, want in zip(
+            opt.preconditioner.precondition(mixed, chosen), by_matrix, strict=True
+        ):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_alpha_mu_solve_the_exact_quadratic_model(family):
     """On the second step, (α, μ) minimise ½cᵀQc + bᵀc with Q = [vᵢᵀ(F + (λ+η)I)vⱼ] over
     v ∈ {Δ, δ₀} and F the exact mini-batch Fisher (§7)."""
@@ -141,12 +171,14 @@ def test_alpha_mu_solve_the_exact_quadratic_model(family):
     assert d["alpha"] == pytest.approx(alpha, rel=1e-7)
     assert d["mu"] == pytest.approx(mu, rel=1e-7, abs=1e-10)
     coefficients = torch.tensor([alpha, mu], dtype=torch.float64)
-    predicted = 0.5 * coefficients @ curvature @ coefficients + linear @ coefficients
+    undamped = curvature - 0.5 * directions @ directions.T  # M of h: F + ηI, no λ (§6.5)
+    predicted = 0.5 * coefficients @ undamped @ coefficients + linear @ coefficients
     assert d["quadratic_model"] == pytest.approx(float(predicted), rel=1e-7)
 
 
 def test_levenberg_marquardt_reduction_ratio_and_rule():
-    """ρ = (h(θ+δ) − h(θ)) / (M(δ) − M(0)); λ ← ω₁λ if ρ > 3/4, λ/ω₁ if ρ < 1/4 (§6.5)."""
+    """ρ = (h(θ+δ) − h(θ)) / (M(δ) − M(0)), M with F + ηI but not λ; λ ← ω₁λ if ρ > 3/4,
+    λ/ω₁ if ρ < 1/4 (§6.5)."""
     family = "cross_entropy"
     model, (x, y) = tiny_net(), batch(family)
     eta, damping = 1e-3, 0.7
@@ -173,7 +205,7 @@ def test_levenberg_marquardt_reduction_ratio_and_rule():
     opt.step(x, y)
     delta = explicit.parameter_vector(model).detach() - theta0
     predicted = (
-        0.5 * delta @ (fisher + (damping + eta) * torch.eye(len(delta), dtype=delta.dtype)) @ delta
+        0.5 * delta @ (fisher + eta * torch.eye(len(delta), dtype=delta.dtype)) @ delta
     )
     predicted = float(predicted + gradient @ delta)
     rho = (objective() - h0) / predicted
