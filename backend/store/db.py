@@ -13,26 +13,35 @@ import), because a pooled connection must never be shared by two processes.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+import struct
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
+import psycopg
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from sqlalchemy import (
     ARRAY,
     Engine,
+    Float,
+    Integer,
     Select,
+    SmallInteger,
     Table,
+    bindparam,
     cast,
     create_engine,
     event,
     func,
-    literal,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.types import NullType
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT_S = 5  # PostgreSQL
@@ -132,19 +141,69 @@ def dialect_insert(session: Session, table: Table | type) -> Any:
     raise NotImplementedError(f"kfac-lab's store supports PostgreSQL and SQLite, not {dialect}")
 
 
-def unnest_rows(table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> Select:
-    """A PostgreSQL SELECT yielding `rows`, built from one array literal per column.
+def unnest_rows(table: Table, columns: Mapping[str, np.ndarray]) -> Select:
+    """A PostgreSQL SELECT yielding the rows made of `columns` (column name -> values).
 
     `INSERT ... SELECT` from it writes a whole batch in one statement, with one parameter per
     column: much faster than one statement (or one VALUES group) per row, which psycopg has
-    to adapt and parse value by value. The literals, `{1,2.5,...}`, are built by `str.join`
-    in C; `repr` keeps every bit of a float.
+    to adapt and parse value by value. Each parameter is an array in PostgreSQL's binary
+    format, laid out by numpy: neither side formats or parses a number as text.
     """
     arrays = [
-        cast(literal("{" + ",".join(map(repr, values)) + "}"), ARRAY(table.c[name].type))
-        for name, values in zip(columns, zip(*rows, strict=True), strict=True)
+        cast(
+            bindparam(None, _BinaryArray.of(table.c[name].type, values), type_=NullType()),
+            ARRAY(table.c[name].type),
+        )
+        for name, values in columns.items()
     ]
     return select(*func.unnest(*arrays).table_valued(*columns).render_derived().c)
+
+
+class _BinaryArray(NamedTuple):
+    """A one-dimensional array to send to PostgreSQL in its binary format."""
+
+    element_oid: int
+    values: np.ndarray  # big-endian, as the format wants
+
+    @classmethod
+    def of(cls, column_type: Any, values: np.ndarray) -> _BinaryArray:
+        for sql_type, oid, dtype in _BINARY_ELEMENTS:
+            if isinstance(column_type, sql_type):
+                values = np.asarray(values)
+                if dtype.kind == "i" and len(values):
+                    bounds = np.iinfo(dtype)
+                    if values.min() < bounds.min or values.max() > bounds.max:
+                        raise ValueError(f"a value does not fit a {column_type!r} column")
+                return cls(oid, values.astype(dtype))
+        raise TypeError(f"no binary array format for {column_type!r}")
+
+
+# Element type oids and big-endian numpy types of the column types bulk-loaded with
+# `unnest_rows`. SmallInteger comes first: it is a subclass of Integer.
+_BINARY_ELEMENTS = (
+    (SmallInteger, 21, np.dtype(">i2")),
+    (Integer, 23, np.dtype(">i4")),
+    (Float, 701, np.dtype(">f8")),
+)
+
+
+class _BinaryArrayDumper(Dumper):
+    format = Format.BINARY
+
+    def dump(self, obj: _BinaryArray) -> bytes:
+        """Header (dimensions, no NULLs, element type, length, lower bound 1), then each
+        element as (byte length, value)."""
+        n = len(obj.values)
+        if n == 0:
+            return struct.pack(">3i", 0, 0, obj.element_oid)
+        body = np.empty(n, dtype=[("length", ">i4"), ("value", obj.values.dtype)])
+        body["length"] = obj.values.dtype.itemsize
+        body["value"] = obj.values
+        return struct.pack(">5i", 1, 0, obj.element_oid, n, 1) + body.tobytes()
+
+
+# Process-wide, which is harmless: only this private class uses it.
+psycopg.adapters.register_dumper(_BinaryArray, _BinaryArrayDumper)
 
 
 def dispose_engines(close: bool = True) -> None:

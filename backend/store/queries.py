@@ -24,6 +24,7 @@ from backend.store.models import (
     Run,
     Snapshot,
 )
+from backend.store.rollup_reads import read_buckets
 from backend.store.rollups import bucket_width, choose_level
 from backend.store.snapshots import decode_matrices, pool_factor, scale_blocks, to_json_matrix
 
@@ -239,39 +240,11 @@ def _read_rollups(
     session: Session, plans: list[_Plan], x: Axis
 ) -> dict[int, tuple[list[float], list[float]]]:
     """The distinct first/low/high/last points of every bucket in range at each plan's level."""
-    if not plans:
-        return {}
-    r = MetricRollup.__table__.c
-    kinds = ("first", "low", "high", "last")
-    x_field = "step" if x == "step" else "time"
-    columns = [r.series_id, r.bucket]
-    for kind in kinds:
-        columns += [r[f"{kind}_step"], r[f"{kind}_{x_field}"], r[f"{kind}_value"]]
-    branches = []
+    ranges = []
     for plan in plans:
         width = bucket_width(plan.level)
-        branches.append(
-            select(*columns).where(
-                r.series_id == plan.series.id,
-                r.level == plan.level,
-                r.bucket.between(plan.lo // width, plan.hi // width),
-            )
-        )
-    query = union_all(*branches)
-    query = query.order_by(query.selected_columns.series_id, query.selected_columns.bucket)
-
-    out: dict[int, tuple[list[float], list[float]]] = {plan.series.id: ([], []) for plan in plans}
-    for row in session.execute(query).all():
-        xs, ys = out[row[0]]
-        first, low, high, last = row[2:5], row[5:8], row[8:11], row[11:14]
-        middle = (low, high) if low[0] <= high[0] else (high, low)
-        previous_step = None
-        for step, x_value, y_value in (first, *middle, last):  # in step order
-            if step != previous_step:  # the four often coincide in sparse buckets
-                xs.append(x_value)
-                ys.append(y_value)
-                previous_step = step
-    return out
+        ranges.append((plan.series.id, plan.level, plan.lo // width, plan.hi // width))
+    return read_buckets(session, ranges, x)
 
 
 # --- snapshots ---------------------------------------------------------------------------------

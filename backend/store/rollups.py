@@ -10,15 +10,16 @@ Why this stays correct under retries: the four summaries are idempotent and asso
 into the stored rows — `INSERT ... ON CONFLICT DO UPDATE` keeping the better of the stored and
 the new point — and only the points that were actually inserted are merged, so a redelivered
 batch leaves the rollups exactly as the points table.
+
+A worker writes tens of thousands of points per batch, so the summaries are computed on numpy
+columns (a few sorts per level), never point by point in Python.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from itertools import groupby
-from operator import itemgetter
 from typing import Any, NamedTuple
 
+import numpy as np
 from sqlalchemy import and_, case, or_
 from sqlalchemy.orm import Session
 
@@ -26,88 +27,94 @@ from backend.store.db import dialect_insert, unnest_rows
 from backend.store.models import ROLLUP_BASE, ROLLUP_LEVELS, MetricRollup
 
 
-class Point(NamedTuple):
-    step: int
-    time: float
-    value: float
+class Points(NamedTuple):
+    """Metric points as columns, sorted by (series, step), each (series, step) once."""
+
+    series: np.ndarray  # int64 series ids
+    step: np.ndarray  # int64
+    time: np.ndarray  # float64
+    value: np.ndarray  # float64
+
+    def take(self, index: np.ndarray) -> Points:
+        return Points(*(column[index] for column in self))
+
+    def run_starts(self, key: np.ndarray | None = None) -> np.ndarray:
+        """A mask of the points that start a run of equal series (and equal `key`)."""
+        starts = np.ones(len(self.series), dtype=bool)
+        starts[1:] = self.series[1:] != self.series[:-1]
+        if key is not None:
+            starts[1:] |= key[1:] != key[:-1]
+        return starts
 
 
-class Summary(NamedTuple):
-    """The four points a bucket keeps; ties go to the earlier step."""
-
-    first: Point
-    low: Point
-    high: Point
-    last: Point
-
-    def merge(self, other: Summary) -> Summary:
-        return Summary(
-            first=min(self.first, other.first),  # points order by step first
-            low=min(self.low, other.low, key=lambda p: (p.value, p.step)),
-            high=min(self.high, other.high, key=lambda p: (-p.value, p.step)),
-            last=max(self.last, other.last),
-        )
-
-    def points(self) -> list[Point]:
-        """The distinct points in step order."""
-        middle = sorted({self.low, self.high})
-        ordered = [self.first, *middle, self.last]
-        return [p for i, p in enumerate(ordered) if i == 0 or p.step != ordered[i - 1].step]
-
-
-_value = itemgetter(2)
+KINDS = ("first", "low", "high", "last")  # ties between equal values go to the earlier step
+COLUMNS = ("series_id", "level", "bucket") + tuple(
+    f"{kind}_{field}" for kind in KINDS for field in ("step", "time", "value")
+)
 
 
 def bucket_width(level: int) -> int:
     return ROLLUP_BASE << level
 
 
-def summarise(points: Sequence[Point]) -> list[dict[int, Summary]]:
-    """Per level, the summary of each bucket touched by `points` (one series, in step order).
+def summarise(points: Points) -> dict[str, np.ndarray]:
+    """The rollup rows (columns named as in `COLUMNS`) of every bucket, at every level, that
+    `points` touch.
 
-    Level 0 is built from the points, each higher level from the one below (two buckets of
-    level k make one of level k + 1), so the cost is linear in the number of points.
+    Level 0 summarises the points; level k + 1 summarises the up-to-four points kept per
+    bucket of level k, which hold the first, lowest, highest and last point of each of its
+    buckets. So the work is linear in the number of points plus the number of buckets.
     """
-    level0: dict[int, Summary] = {}
-    for bucket, group in groupby(points, key=lambda p: p.step // ROLLUP_BASE):
-        in_bucket = list(group)
-        # min/max return the first of equal values: with points in step order, the earliest.
-        low, high = min(in_bucket, key=_value), max(in_bucket, key=_value)
-        level0[bucket] = Summary(in_bucket[0], low, high, in_bucket[-1])
-    levels = [level0]
-    for _ in range(1, ROLLUP_LEVELS):
-        parent: dict[int, Summary] = {}
-        for bucket, summary in levels[-1].items():
-            up = bucket // 2
-            parent[up] = parent[up].merge(summary) if up in parent else summary
-        levels.append(parent)
-    return levels
+    levels = []
+    candidates = points
+    for level in range(ROLLUP_LEVELS):
+        bucket = candidates.step // bucket_width(level)
+        chosen = _pick(candidates, bucket)
+        first = chosen["first"]
+        row = {
+            "series_id": candidates.series[first],
+            "level": np.full(len(first), level, dtype=np.int64),
+            "bucket": bucket[first],
+        }
+        for kind, index in chosen.items():
+            row[f"{kind}_step"] = candidates.step[index]
+            row[f"{kind}_time"] = candidates.time[index]
+            row[f"{kind}_value"] = candidates.value[index]
+        levels.append(row)
+        # Sorted, distinct indices keep the (series, step) order of the candidates.
+        candidates = candidates.take(np.unique(np.concatenate(list(chosen.values()))))
+    return {name: np.concatenate([row[name] for row in levels]) for name in COLUMNS}
 
 
-COLUMNS = ("series_id", "level", "bucket") + tuple(
-    f"{kind}_{field}" for kind in Summary._fields for field in ("step", "time", "value")
-)
+def _pick(points: Points, bucket: np.ndarray) -> dict[str, np.ndarray]:
+    """For each (series, bucket) run of `points`, the index of its first, lowest, highest and
+    last point. Lowest and highest come from sorts within the runs: by value, then step."""
+    is_start = points.run_starts(bucket)
+    starts, group = np.flatnonzero(is_start), np.cumsum(is_start)
+    by_low = np.lexsort((points.step, points.value, group))
+    by_high = np.lexsort((points.step, -points.value, group))
+    return {
+        "first": starts,
+        "low": by_low[starts],
+        "high": by_high[starts],
+        "last": np.append(starts[1:], len(bucket)) - 1,
+    }
 
 
-def merge_points(session: Session, series_points: dict[int, Sequence[Point]]) -> None:
-    """Merge newly inserted points (by series id, in step order) into the stored rollups."""
-    rows = [
-        (series_id, level, bucket, *(number for point in summary for number in point))
-        for series_id, points in series_points.items()
-        for level, buckets in enumerate(summarise(points))
-        for bucket, summary in buckets.items()
-    ]
-    if not rows:
+def merge_points(session: Session, points: Points) -> None:
+    """Merge newly inserted points into the stored rollups."""
+    if not len(points.step):
         return
+    rows = summarise(points)
     table = MetricRollup.__table__
     insert = dialect_insert(session, table)
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            _keep_better_points(insert.from_select(COLUMNS, unnest_rows(table, COLUMNS, rows)))
-        )
+        session.execute(_keep_better_points(insert.from_select(COLUMNS, unnest_rows(table, rows))))
     else:
+        columns = [rows[name].tolist() for name in COLUMNS]
         session.execute(
-            _keep_better_points(insert), [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+            _keep_better_points(insert),
+            [dict(zip(COLUMNS, row, strict=True)) for row in zip(*columns, strict=True)],
         )
 
 

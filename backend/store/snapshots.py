@@ -1,5 +1,10 @@
 """Encoding of curvature snapshots: block pooling, compact float32 storage, JSON-ready decoding.
 
+For JSON, a matrix is either nested lists of numbers (`to_json_matrix`, what the design's API
+contract shows) or, on request, its float32 bytes in base64 with dtype and shape
+(`to_base64_matrix`): 4 bytes a value exactly instead of ~9 characters of decimal text, about
+half the size, and decoded by a browser without parsing a number at all.
+
 A snapshot holds a few dense n x n matrices over the probe's parameters (exact Fisher, its
 Kronecker approximation, three inverses). The dashboard draws them as heatmaps, for which
 512 x 512 cells are plenty, so larger matrices are block-averaged down to at most that size
@@ -11,6 +16,7 @@ Only numpy is used here; nothing in this module touches the database.
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 from collections.abc import Iterable, Mapping
@@ -97,6 +103,22 @@ def to_json_matrix(matrix: np.ndarray) -> list[list[float | None]]:
     as_objects = rounded.astype(object)
     as_objects[~finite] = None
     return as_objects.tolist()
+
+
+def to_base64_matrix(matrix: np.ndarray) -> dict[str, Any]:
+    """`{"dtype": "float32", "shape": [rows, cols], "data": base64}` of a 2-D matrix.
+
+    `data` is the little-endian float32 values in row-major order, exactly as stored (no
+    rounding); NaN and infinities stay what they are, where nested lists would say null.
+    """
+    m = np.ascontiguousarray(matrix, dtype="<f4")
+    if m.ndim != 2:
+        raise ValueError(f"expected a 2-D matrix, got shape {m.shape}")
+    return {
+        "dtype": "float32",
+        "shape": list(m.shape),
+        "data": base64.b64encode(m.tobytes()).decode("ascii"),
+    }
 
 
 def to_jsonable(value: Any) -> Any:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from sqlalchemy import select
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from backend.store.db import session_scope
-from backend.store.models import MetricRollup, MetricSeries
+from backend.store.models import ROLLUP_LEVELS, MetricRollup, MetricSeries
 from backend.store.queries import events_after, iter_points, read_metric, read_metrics
 from backend.store.results import write_metrics
-from backend.store.rollups import Point, summarise
+from backend.store.rollup_reads import read_buckets
+from backend.store.rollups import KINDS, bucket_width
 
 MakeExperiment = Callable[..., tuple[str, list[str]]]
 
@@ -43,6 +46,26 @@ def test_writing_a_batch_twice_stores_it_once(db_url: str, make_experiment: Make
     metric_events = [e for e in events if e.kind == "metrics"]
     assert len(metric_events) == 2  # nothing new, no event
     assert metric_events[1].payload["series"]["train_loss"]["step"] == [50]
+
+
+def test_a_partly_stored_batch_adds_only_its_new_points(
+    db_url: str, make_experiment: MakeExperiment
+):
+    """Several series, some points stored before, repeats inside the batch (the first one
+    counts), given as a generator: only the new points reach the series and the event."""
+    experiment_id, (run_id,) = make_experiment()
+    with session_scope(db_url) as session:
+        write_metrics(session, run_id, [("a", s, s, 1.0) for s in range(0, 10, 2)])
+        batch = [(name, s, s, 2.0) for s in range(10) for name in "ab"]
+        batch.insert(0, ("b", 9, 9.0, 3.0))  # a repeat of ("b", 9) before its other copy
+        assert write_metrics(session, run_id, (point for point in batch)) == 15
+        events = events_after(session, experiment_id)
+        curves = read_metrics(session, [run_id], ["a", "b"])[run_id]
+    new = events[-1].payload["series"]
+    assert new["a"]["step"] == [1, 3, 5, 7, 9] and set(new["a"]["value"]) == {2.0}
+    assert new["b"]["step"] == list(range(10)) and new["b"]["value"][-1] == 3.0
+    assert curves["a"]["y"] == [1.0, 2.0] * 5
+    assert curves["b"]["y"] == [2.0] * 9 + [3.0]
 
 
 def test_points_come_back_in_step_order(db_url: str, make_experiment: MakeExperiment):
@@ -132,11 +155,39 @@ def test_rollups_equal_a_summary_of_the_stored_points(db_url: str, make_experime
         series_id = session.scalar(select(MetricSeries.id).where(MetricSeries.run_id == run_id))
         stored = session.scalars(select(MetricRollup).where(MetricRollup.series_id == series_id))
         stored = {(r.level, r.bucket): r for r in stored}
-    expected = summarise(sorted(Point(s, t, v) for _, s, t, v in points))
-    assert len(stored) == sum(len(level) for level in expected)
-    for level, buckets in enumerate(expected):
-        for bucket, summary in buckets.items():
-            row = stored[(level, bucket)]
-            for kind, point in zip(summary._fields, summary, strict=True):
-                got = (getattr(row, f"{kind}_step"), getattr(row, f"{kind}_time"))
-                assert got + (getattr(row, f"{kind}_value"),) == tuple(point)
+    expected = reference_rollups(sorted((s, t, v) for _, s, t, v in points))
+    assert len(stored) == len(expected)
+    for (level, bucket), summary in expected.items():
+        row = stored[(level, bucket)]
+        for kind, point in zip(KINDS, summary, strict=True):
+            got = (getattr(row, f"{kind}_step"), getattr(row, f"{kind}_time"))
+            assert got + (getattr(row, f"{kind}_value"),) == point
+
+
+def reference_rollups(points: list[tuple[int, float, float]]) -> dict[tuple[int, int], tuple]:
+    """The rollups by definition, the slow way: for every level and bucket, the (step, time,
+    value) of its first, lowest, highest and last point, ties going to the earlier step."""
+    expected = {}
+    for level in range(ROLLUP_LEVELS):
+        buckets: dict[int, list[tuple[int, float, float]]] = {}
+        for point in points:
+            buckets.setdefault(point[0] // bucket_width(level), []).append(point)
+        for bucket, inside in buckets.items():
+            low = min(inside, key=lambda p: (p[2], p[0]))
+            high = min(inside, key=lambda p: (-p[2], p[0]))
+            expected[(level, bucket)] = (inside[0], low, high, inside[-1])
+    return expected
+
+
+@pytest.mark.integration
+def test_a_lost_connection_fails_as_sqlalchemy_reports_it(postgresql_url: str) -> None:
+    """PostgreSQL's buckets are read on the driver's own cursor (for binary results); its
+    errors still come out as SQLAlchemy's, which the API answers with a 503."""
+    with session_scope(postgresql_url) as session:
+        backend = session.scalar(select(func.pg_backend_pid()))
+        with session_scope(postgresql_url) as other:
+            other.execute(select(func.pg_terminate_backend(backend)))
+        with pytest.raises(OperationalError):
+            read_buckets(session, [(1, 0, 0, 10)], "step")
+        session.rollback()  # and the session recovers, as after any lost connection
+        assert session.scalar(select(func.pg_backend_pid())) != backend

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 
 import numpy as np
@@ -9,7 +10,7 @@ import numpy as np
 from backend.store.db import session_scope
 from backend.store.queries import events_after, list_snapshots, read_snapshot
 from backend.store.results import write_snapshot
-from backend.store.snapshots import block_pool, to_json_matrix
+from backend.store.snapshots import block_pool, to_base64_matrix, to_json_matrix
 
 MakeExperiment = Callable[..., tuple[str, list[str]]]
 
@@ -27,6 +28,14 @@ def test_block_pool_averages_blocks_including_ragged_edges() -> None:
 def test_json_matrices_round_to_float32_precision_and_hide_nan() -> None:
     matrix = np.array([[0.1, np.nan], [-1.2345678e-7, np.inf]], dtype=np.float32)
     assert to_json_matrix(matrix) == [[0.1, None], [-1.234568e-07, None]]
+
+
+def test_base64_matrices_keep_every_float32_bit_and_non_finite_values() -> None:
+    matrix = np.array([[0.1, np.nan, 3.0], [-1.2345678e-7, np.inf, 0.0]], dtype=np.float32)
+    encoded = to_base64_matrix(matrix)
+    assert encoded["dtype"] == "float32" and encoded["shape"] == [2, 3]
+    decoded = np.frombuffer(base64.b64decode(encoded["data"]), "<f4").reshape(encoded["shape"])
+    np.testing.assert_array_equal(decoded, matrix)  # NaN == NaN here
 
 
 def test_snapshot_round_trip(db_url: str, make_experiment: MakeExperiment) -> None:
