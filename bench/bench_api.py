@@ -29,9 +29,7 @@ import json
 import math
 import os
 import secrets
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,20 +44,13 @@ from backend.store.migrate import scratch_database
 from backend.store.queries import list_experiments
 from backend.store.results import write_metrics
 from backend.store.writes import create_experiment
+from bench.support import HEADERS, cpu_seconds, percentile, rss_mb, start_api
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "bench-admin-token"
-HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 METRICS = ("train_loss", "test_loss", "test_accuracy", "update_norm")
 N_RUNS = 10
 MAX_POINTS = 2000
 GOALS = {"page_p95_ms": 50.0, "rss_mb": 200.0, "sse_p95_s": 1.0}
 BATCH_STEPS = 10_000
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -91,57 +82,16 @@ def fill(url: str, n_points: int) -> tuple[str, list[str]]:
     return experiment_id, run_ids
 
 
-# --- the API process -----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_api(url: str, home: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "KFAC_DATABASE_URL": url,
-        "KFAC_ADMIN_TOKEN": TOKEN,
-        "KFAC_HOME": str(home),
-        "PYTHONPATH": str(ROOT),
-    }
-    command = [sys.executable, "-m", "uvicorn", "backend.api.main:app", "--port", str(port)]
-    command += ["--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "2"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return process, base
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            raise RuntimeError("the API did not start")
-        time.sleep(0.2)
-
-
-def rss_mb(pid: int) -> tuple[float, float]:
-    """Current and peak resident memory of a process, MB."""
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-    )
-    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
-
-
 # --- measurements --------------------------------------------------------------------------
 
 
-def time_page(base: str, experiment_id: str, requests: int) -> dict[str, float]:
+def time_page(base: str, experiment_id: str, requests: int, api_pid: int) -> dict[str, float]:
     """Median / p95 (ms) of the page's metrics request, cold and warm, and of the
     experiment request. Cold: each request asks for a different `max_points` (2000, 1999,
     ...), so none is answered from the API's response cache and every one reads the store;
-    warm: the same request again (a reload, another viewer), answered from the cache."""
+    warm: the same request again (a reload, another viewer), answered from the cache. Also
+    the API process's CPU time per request, which other load on the machine barely changes
+    (the database's share is not in it)."""
     out: dict[str, float] = {}
     page = f"/api/experiments/{experiment_id}/metrics"
     names = ",".join(METRICS)
@@ -156,6 +106,7 @@ def time_page(base: str, experiment_id: str, requests: int) -> dict[str, float]:
             client.get(f"/api/experiments/{experiment_id}").raise_for_status()
         for label, calls in cases.items():
             timings = []
+            cpu_before = cpu_seconds(api_pid)
             for path, query in calls:
                 start = time.perf_counter()
                 response = client.get(path, params=query)
@@ -163,12 +114,14 @@ def time_page(base: str, experiment_id: str, requests: int) -> dict[str, float]:
                 response.raise_for_status()
             out[f"{label}_p50_ms"] = statistics.median(timings)
             out[f"{label}_p95_ms"] = percentile(timings, 0.95)
+            out[f"{label}_cpu_ms"] = (cpu_seconds(api_pid) - cpu_before) * 1000 / len(calls)
             if label == "warm":
                 body = response.json()
                 out["page_points"] = sum(
                     len(s["x"]) for run in body["runs"] for s in run["series"].values()
                 )
                 out["page_bytes"] = len(response.content)
+                out["page_wire_bytes"] = response.num_bytes_downloaded  # gzip
     return out
 
 
@@ -273,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         home = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         process, base = start_api(url, home)
         try:
-            results = time_page(base, experiment_id, args.requests)
+            results = time_page(base, experiment_id, args.requests, process.pid)
             results["rss_after_reads_mb"], _ = rss_mb(process.pid)
             results["rss_streams_mb"] = asyncio.run(
                 with_open_streams(base, experiment_id, args.streams, process.pid)
@@ -301,7 +254,16 @@ def report(r: dict[str, float], args: argparse.Namespace) -> int:
             f"{r['warm_p50_ms']:.1f} / {r['warm_p95_ms']:.1f} ms",
             page_goal,
         ),
-        ("  points / bytes per answer", f"{r['page_points']:,.0f} / {r['page_bytes']:,.0f}", ""),
+        (
+            "  points / bytes per answer (gzip on the wire)",
+            f"{r['page_points']:,.0f} / {r['page_bytes']:,.0f} ({r['page_wire_bytes']:,.0f})",
+            "",
+        ),
+        (
+            "  API CPU per request, cold / warm",
+            f"{r['cold_cpu_ms']:.1f} / {r['warm_cpu_ms']:.1f} ms",
+            "",
+        ),
         (
             "experiment with its runs, p50 / p95",
             f"{r['experiment_p50_ms']:.1f} / {r['experiment_p95_ms']:.1f} ms",

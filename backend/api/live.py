@@ -61,19 +61,20 @@ class Subscription:
         self.principal = principal
         self.start = start
         self.end_reason: str | None = None
+        self.resumable = False  # ended by the server for its own sake: the page just reconnects
         self._pending: deque[LiveEvent] = deque()
         self._wakeup = asyncio.Event()
 
     def push(self, events: list[LiveEvent]) -> None:
         if len(self._pending) + len(events) > MAX_PENDING:
-            self.close("too far behind; reconnect with Last-Event-ID")
+            self.close("too far behind", resumable=True)
             return
         self._pending.extend(events)
         self._wakeup.set()
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, resumable: bool = False) -> None:
         if self.end_reason is None:
-            self.end_reason = reason
+            self.end_reason, self.resumable = reason, resumable
         self._wakeup.set()
 
     def leave(self) -> None:

@@ -256,6 +256,20 @@ class SnapshotSummary(BaseModel):
     created_at: datetime
 
 
+class EncodedMatrix(BaseModel):
+    """A matrix as its float32 bytes (`GET /api/snapshots/{id}?encoding=base64`).
+
+    Decoding: base64 → bytes → `shape[0] * shape[1]` little-endian float32 values, row-major
+    (numpy: `np.frombuffer(b64decode(data), "<f4").reshape(shape)`; JavaScript:
+    `new Float32Array(bytes.buffer)`). Values are exactly the stored ones; NaN and ±Inf are
+    kept (the nested-list form writes them as null).
+    """
+
+    dtype: Literal["float32"]
+    shape: list[int] = Field(description="[rows, columns]")
+    data: str = Field(description="base64 of the little-endian float32 values, row-major")
+
+
 class SnapshotOut(BaseModel):
     id: int
     run_id: str
@@ -263,9 +277,10 @@ class SnapshotOut(BaseModel):
     blocks: list[list[float]] = Field(description="Layer boundaries in matrix coordinates")
     parameter_blocks: list[list[int]] = Field(description="Layer boundaries in parameters")
     pool: int = Field(description="Parameters averaged into one matrix cell (per side)")
-    matrices: dict[str, list[list[float | None]]] = Field(
+    matrices: dict[str, list[list[float | None]] | EncodedMatrix] = Field(
         description="exact, kronecker, kronecker_inverse, block_diagonal_inverse, "
-        "block_tridiagonal_inverse, ...: 2-D arrays ready for a Plotly heatmap"
+        "block_tridiagonal_inverse, ...: 2-D arrays ready for a Plotly heatmap (the default, "
+        "`encoding=json`), or with `encoding=base64` each an EncodedMatrix: half the bytes"
     )
     meta: dict[str, Any]
     spectra: dict[str, Any] | None

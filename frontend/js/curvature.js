@@ -5,6 +5,10 @@
 // eigen-spectra of every layer's factors Ā and G at every snapshot of the run.
 //
 // The step slider follows new snapshots live while it sits on the newest one.
+//
+// What is fetched is what is drawn: every snapshot's small part (blocks, block averages, errors,
+// spectra) once, for the spectra and the block view; the matrices (five of up to 512 × 512)
+// only for the entries view, as base64 float32 (half the bytes of decimal JSON, no parsing).
 
 import { get } from "./api.js";
 import { byId, el, escapeHtml, formatNumber, replace, toast } from "./dom.js";
@@ -18,9 +22,30 @@ const PANELS = [
   { key: "block_tridiagonal_inverse", title: "|F̂⁻¹|  block-tridiagonal", row: 1 },
 ];
 const PLOT_CONFIG = { responsive: true, displaylogo: false };
-const CACHED_SNAPSHOTS = 4; // full snapshots are large (a few MB of JSON): keep the last few
+const CACHED_SNAPSHOTS = 4; // matrices are large (a few MB a snapshot): keep the last few
+const NO_MATRICES = { names: "none" }; // a matrix name that does not exist: none is sent
 
 // ---- matrices --------------------------------------------------------------------------------
+
+/**
+ * A matrix of the API's base64 encoding (`{dtype: "float32", shape, data}`) as the rows of
+ * numbers a heatmap takes, NaN and infinities as null (as in the API's nested-list form).
+ */
+export function decodeMatrix({ dtype, shape: [rows, cols], data }) {
+  if (dtype !== "float32") throw new Error(`unknown matrix dtype ${dtype}`);
+  const values = new Float32Array(base64Bytes(data).buffer); // little-endian, as every browser's platform
+  return Array.from({ length: rows }, (_, i) =>
+    Array.from(values.subarray(i * cols, (i + 1) * cols), (value) => (Number.isFinite(value) ? value : null)),
+  );
+}
+
+function base64Bytes(text) {
+  if (Uint8Array.fromBase64) return Uint8Array.fromBase64(text); // native where there is one
+  const binary = atob(text);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
 
 function magnitudes(matrix, log) {
   return matrix.map((row) =>
@@ -95,11 +120,12 @@ export class CurvaturePanel {
   constructor(runs) {
     this.runs = runs;
     this.lists = new Map(); // run id → [{id, step}] by step
-    this.cache = new Map(); // snapshot id → full snapshot, the last few fetched
-    this.spectra = new Map(); // snapshot id → spectra
+    this.cache = new Map(); // snapshot id → snapshot with its matrices, the last few fetched
+    this.summaries = new Map(); // snapshot id → snapshot without matrices, kept for good
     this.runId = null;
     this.index = 0;
     this.current = null; // the snapshot on screen
+    this.currentView = "full"; // the view it was fetched for (the block view has no matrices)
     this.view = "full";
     this.scale = "log";
     this.sharedRange = false;
@@ -113,8 +139,8 @@ export class CurvaturePanel {
       this.index = Number(this.slider.value);
       this.show();
     });
-    this.segmented("heat-view", "view");
-    this.segmented("heat-scale", "scale");
+    this.segmented("heat-view", "view", () => this.show()); // the entries need the matrices
+    this.segmented("heat-scale", "scale", () => this.draw());
     byId("shared-range").addEventListener("change", (event) => {
       this.sharedRange = event.target.checked;
       this.draw();
@@ -122,14 +148,14 @@ export class CurvaturePanel {
     replace(byId("heatmaps"), ...PANELS.map((panel) => el("div", { class: "heatmap", id: `heat-${panel.key}` })));
   }
 
-  segmented(id, property) {
+  segmented(id, property, changed) {
     const group = byId(id);
     group.addEventListener("click", (event) => {
       const button = event.target.closest("button");
       if (!button) return;
       for (const other of group.querySelectorAll("button")) other.setAttribute("aria-pressed", String(other === button));
       this[property] = button.dataset[property];
-      this.draw();
+      changed();
     });
   }
 
@@ -190,12 +216,21 @@ export class CurvaturePanel {
     await Promise.all([following || list.length === 1 ? this.show() : null, this.loadSpectra()]);
   }
 
+  /** What the current view draws of snapshot `id`: with its matrices only for the entries. */
   async snapshot(id) {
+    if (this.view === "blocks") return this.summary(id); // block averages are in the summary
     if (!this.cache.has(id)) {
-      this.cache.set(id, await get(`/api/snapshots/${id}`));
+      const snapshot = await get(`/api/snapshots/${id}`, { encoding: "base64" });
+      for (const [name, matrix] of Object.entries(snapshot.matrices)) snapshot.matrices[name] = decodeMatrix(matrix);
+      this.cache.set(id, snapshot);
       if (this.cache.size > CACHED_SNAPSHOTS) this.cache.delete(this.cache.keys().next().value);
     }
     return this.cache.get(id);
+  }
+
+  async summary(id) {
+    if (!this.summaries.has(id)) this.summaries.set(id, await get(`/api/snapshots/${id}`, NO_MATRICES));
+    return this.summaries.get(id);
   }
 
   async show() {
@@ -208,12 +243,16 @@ export class CurvaturePanel {
       return;
     }
     const ticket = ++this.requested;
+    const view = this.view;
+    const start = performance.now();
     try {
       const snapshot = await this.snapshot(entry.id);
       if (ticket < this.drawn) return; // a later choice is on screen already
       this.drawn = ticket;
       this.current = snapshot;
+      this.currentView = view;
       this.draw();
+      performance.measure("kfac:snapshot-drawn", { start }); // read by the performance test
     } catch (error) {
       toast(`Snapshot: ${error.message}`, "error");
     }
@@ -222,7 +261,7 @@ export class CurvaturePanel {
   draw() {
     const snapshot = this.current;
     if (!snapshot) return;
-    const blockView = this.view === "blocks";
+    const blockView = this.currentView === "blocks";
     const log = this.scale === "log";
     const values = PANELS.map((panel) => {
       const raw = panelValues(snapshot, panel.key, blockView);
@@ -279,14 +318,15 @@ export class CurvaturePanel {
 
   // ---- spectra -----------------------------------------------------------------------------
 
-  /** The spectra of every snapshot of the run: fetched without the matrices, kept for good. */
+  /** The spectra of every snapshot of the run (from their summaries). */
   async loadSpectra() {
     const runId = this.runId;
-    const list = this.list();
-    const missing = list.filter((s) => !this.spectra.has(s.id));
-    const fetched = await Promise.all(missing.map((s) => get(`/api/snapshots/${s.id}`, { names: "spectra-only" })));
-    missing.forEach((s, i) => this.spectra.set(s.id, fetched[i].spectra ?? {}));
+    await Promise.all(this.list().map((s) => this.summary(s.id)));
     if (runId === this.runId) this.drawSpectra();
+  }
+
+  spectraOf(id) {
+    return this.summaries.get(id)?.spectra ?? {};
   }
 
   drawSpectra() {
@@ -296,7 +336,7 @@ export class CurvaturePanel {
       replace(container, el("p", { class: "muted" }, "No snapshot yet."));
       return;
     }
-    const layers = Object.keys(this.spectra.get(list.at(-1).id) ?? {});
+    const layers = Object.keys(this.spectraOf(list.at(-1).id));
     if (container.dataset.layers !== layers.join("|") || container.dataset.run !== this.runId) {
       replace(container, ...layers.map((_, i) => el("div", { class: "chart small", id: `spectrum-${i}` })));
       container.dataset.layers = layers.join("|");
@@ -304,7 +344,7 @@ export class CurvaturePanel {
     }
     layers.forEach((layer, i) => {
       const traces = list.flatMap((entry, order) => {
-        const pair = this.spectra.get(entry.id)?.[layer];
+        const pair = this.spectraOf(entry.id)[layer];
         if (!pair) return [];
         const colour = stepColour(order, list.length);
         return ["A", "G"].map((factor) => {

@@ -7,6 +7,9 @@
 // Plotly.extendTraces when the curves only grew, and restyles just the changed traces when an
 // earlier part moved (a band, a second seed catching up). `render` redraws everything; it is
 // only needed when the set of traces or the options change.
+//
+// Whatever the Plotly call, Plotly redraws the whole chart (that is ~95% of a live update's
+// cost), so a chart out of sight does not redraw: its points wait until it scrolls into view.
 
 import { escapeHtml } from "./dom.js";
 import { meanBand, smooth } from "./series.js";
@@ -38,6 +41,14 @@ export class CurveChart {
     this.data = new Map(); // run id → {x: [], y: []}
     this.drawn = new Map(); // group key → {indices, data}: its traces as last drawn
     this.dirty = new Set(); // group keys with points not drawn yet
+    this.onScreen = false; // in or near the viewport: only then are live points drawn at once
+    new IntersectionObserver(
+      (entries) => {
+        this.onScreen = entries.at(-1).isIntersecting; // the newest state of the node
+        if (this.onScreen) this.flush();
+      },
+      { rootMargin: "200px" },
+    ).observe(node);
   }
 
   hasData() {
@@ -149,10 +160,11 @@ export class CurveChart {
   /**
    * Draw the points appended since the last flush in one Plotly call: extendTraces when every
    * changed trace only grew at its end (a run's line), else a restyle of just the changed traces
-   * (a band, or a mean whose earlier points moved when another seed caught up).
+   * (a band, or a mean whose earlier points moved when another seed caught up). Off screen,
+   * nothing happens unless `evenOffScreen` (e.g. for an export).
    */
-  flush() {
-    if (!this.dirty.size) return;
+  flush(evenOffScreen = false) {
+    if (!this.dirty.size || !(this.onScreen || evenOffScreen)) return;
     const dirty = [...this.dirty].filter((key) => key !== undefined);
     this.dirty.clear();
     if (dirty.some((key) => !this.drawn.has(key))) {

@@ -143,3 +143,19 @@ export function startPage(main) {
       throw error;
     });
 }
+
+/**
+ * Call `action` once, when `node` first comes within `margin` of the viewport (at once if it
+ * already is): what is below the fold waits until the user scrolls towards it.
+ */
+export function whenVisible(node, action, margin = "300px") {
+  const observer = new IntersectionObserver(
+    (entries) => {
+      if (!entries.some((entry) => entry.isIntersecting)) return;
+      observer.disconnect();
+      action();
+    },
+    { rootMargin: margin },
+  );
+  observer.observe(node);
+}

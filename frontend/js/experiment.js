@@ -10,7 +10,7 @@
 import { ApiError, authorizedUrl, credentials, del, get, post } from "./api.js";
 import { CurvaturePanel } from "./curvature.js";
 import { CurveChart } from "./curves.js";
-import { byId, downloadText, downloadUrl, el, formatTime, replace, startPage, statusBadge, toast } from "./dom.js";
+import { byId, downloadText, downloadUrl, el, formatTime, replace, startPage, statusBadge, toast, whenVisible } from "./dom.js";
 import { openStream } from "./live.js";
 import { groupRuns } from "./optimizers.js";
 import { isActive, renderRuns } from "./runs.js";
@@ -32,6 +32,7 @@ const INTERNALS = [
 ];
 const AXES = { step: "step", time: "training time (s)", examples: "examples seen" };
 const EXAMPLES = "examples_seen";
+const CURVE_METRICS = [...CURVES, ...INTERNALS].map(({ metric }) => metric).concat(EXAMPLES);
 
 const experimentId = decodeURIComponent(window.location.pathname.split("/").filter(Boolean).at(-1) ?? "");
 const state = {
@@ -134,8 +135,9 @@ function drawCurves(data, charts) {
   updateVisibility();
 }
 
-async function loadAllCurves() {
-  const [data] = await Promise.all([fetchCurves([...state.charts.keys(), EXAMPLES]), plotlyLoaded()]);
+/** Fetch (or take the answer of a fetch already under way) and draw every chart. */
+async function loadAllCurves(curves = fetchCurves(CURVE_METRICS)) {
+  const [data] = await Promise.all([curves, plotlyLoaded()]);
   drawCurves(data, [...state.charts.values()]);
 }
 
@@ -365,7 +367,11 @@ function exportCsv() {
 function setupExports() {
   byId("export-csv").addEventListener("click", exportCsv);
   byId("export-png").addEventListener("click", () =>
-    act(() => Plotly.downloadImage(state.charts.get("train_loss").node, { format: "png", width: 1200, height: 600, filename: "training-loss" })),
+    act(() => {
+      const chart = state.charts.get("train_loss");
+      chart.flush(true); // with the live points it held back while out of sight
+      return Plotly.downloadImage(chart.node, { format: "png", width: 1200, height: 600, filename: "training-loss" });
+    }),
   );
 }
 
@@ -398,6 +404,11 @@ function setupReadOnly() {
 }
 
 async function main() {
+  // The curves do not depend on the experiment's answer: both requests go out at once, while
+  // plotly.js still loads. (A failure is reported where the curves are awaited.)
+  const curves = fetchCurves(CURVE_METRICS).finally(() => performance.mark("kfac:data-ready"));
+  curves.catch(() => {});
+  plotlyLoaded().then(() => performance.mark("kfac:plotly-ready"), () => {});
   if (credentials.shared) setupReadOnly();
   else setupOwnerControls();
   setupCurveControls();
@@ -420,7 +431,7 @@ async function main() {
   makeCharts(INTERNALS, byId("internal-charts"));
   state.curvature = new CurvaturePanel(experiment.runs);
 
-  await loadAllCurves();
+  await loadAllCurves(curves);
   renderTable();
   performance.mark("kfac:curves-drawn");
   if (experiment.runs.some(isActive)) {
@@ -428,7 +439,9 @@ async function main() {
   } else {
     showStreamState("finished");
   }
-  await Promise.all([state.curvature.load(), offerReport()]);
+  // The curvature section is below the fold and costs megabytes of matrices: only once seen.
+  whenVisible(byId("curvature-panel"), () => state.curvature.load().catch((error) => toast(error.message, "error")));
+  await offerReport();
 }
 
 startPage(main);

@@ -55,7 +55,7 @@ class FakeBroker:
             raise ConnectionError("broker down")
         self.revoked.append(task_id)
 
-    def broker_reachable(self, timeout: float = 2.0) -> bool:
+    def broker_reachable(self, timeout: float = 2.0, settings: Settings | None = None) -> bool:
         return not self.down
 
 

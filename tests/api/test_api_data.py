@@ -3,6 +3,7 @@ wall-time axes, aggregates over seeds, raw exports, curvature snapshots."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 from collections.abc import Callable
@@ -185,6 +186,14 @@ def test_snapshots_list_and_read(
         f"/api/snapshots/{snapshot_id}", params={"names": "exact"}, headers=ADMIN
     ).json()
     assert list(one["matrices"]) == ["exact"]
+    packed = client.get(
+        f"/api/snapshots/{snapshot_id}", params={"encoding": "base64"}, headers=ADMIN
+    ).json()
+    encoded = packed["matrices"]["exact"]
+    assert encoded["dtype"] == "float32" and encoded["shape"] == [12, 12]
+    decoded = np.frombuffer(base64.b64decode(encoded["data"]), "<f4").reshape(12, 12)
+    assert np.array_equal(decoded, exact.astype(np.float32))
+    assert packed["block_averages"] == body["block_averages"]
     assert client.get("/api/snapshots/0", headers=ADMIN).status_code == 422
 
 
@@ -210,3 +219,19 @@ def test_answers_are_revalidated_until_the_next_event(
     assert fresh.json()["last_event_id"] > first.json()["last_event_id"]
     other = client.get(path, params={"max_points": 100}, headers={**ADMIN, "If-None-Match": etag})
     assert other.status_code == 200  # another request, another tag
+
+
+def test_answers_are_kept_compressed_and_sent_as_the_client_accepts(
+    client: TestClient, create: Callable[..., dict], db_url: str
+) -> None:
+    run_id = create()["runs"][0]["id"]
+    record(db_url, run_id, 3000)
+    path = f"/api/runs/{run_id}/metrics"
+    packed = client.get(path, headers={**ADMIN, "Accept-Encoding": "gzip, deflate"})
+    assert packed.headers["content-encoding"] == "gzip"
+    assert int(packed.headers["content-length"]) < len(packed.content) / 2  # JSON shrinks
+    plain = client.get(path, headers={**ADMIN, "Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    assert int(plain.headers["content-length"]) == len(plain.content)
+    assert plain.json() == packed.json() and plain.headers["etag"] == packed.headers["etag"]
+    assert "Accept-Encoding" in plain.headers["vary"]

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from backend.api import live
 from backend.store.db import session_scope
 from backend.store.queries import events_after
 from backend.store.results import write_metrics
@@ -204,3 +205,17 @@ async def test_streams_check_access_first(
         assert missing.status_code == 404
         async with http.stream("GET", path.format(mine["id"]), params={"token": token}) as ok:
             assert ok.status_code == 200
+
+
+async def test_a_stream_too_far_behind_stops_without_an_end_so_the_page_resumes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(live, "MAX_PENDING", 2)
+    subscription = live.Subscription(feed=None, principal=None, start=0)
+    subscription.push([live.LiveEvent(1, "metrics", "{}")])
+    subscription.push([live.LiveEvent(2, "metrics", "{}"), live.LiveEvent(3, "metrics", "{}")])
+    assert subscription.resumable and subscription.end_reason == "too far behind"
+    # What was queued still goes out; the rest the page fetches when it reconnects.
+    assert [event.id async for event in subscription.events(after=None)] == [1]
+    subscription.close("experiment deleted")  # a later reason does not make it final
+    assert subscription.resumable

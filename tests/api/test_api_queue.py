@@ -15,6 +15,7 @@ from backend import queue
 from backend.api.main import create_app
 from backend.settings import Settings, get_settings
 from tests.api.conftest import ADMIN, ADMIN_TOKEN, SMALL_SPEC
+from tests.api.test_api_failures import closed_port
 
 
 @pytest.fixture
@@ -47,3 +48,18 @@ def test_creating_an_experiment_sends_one_message_per_run(
         args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
         sent.append(args[0])
     assert sorted(sent) == sorted(run["id"] for run in created["runs"])
+
+
+def test_readiness_probes_the_apps_own_database_and_broker(
+    embedded_home: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process's settings point at a database and a broker that are not there; an app
+    built with settings of its own is ready (and its broker folder is under its home)."""
+    monkeypatch.setenv("KFAC_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{closed_port()}/x")
+    monkeypatch.setenv("KFAC_BROKER_URL", f"redis://127.0.0.1:{closed_port()}/0")
+    home = embedded_home / "app"
+    settings = Settings(home=home, database_url=sqlite_url, broker_url=None)
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/readyz")
+    assert ready.json() == {"status": "ok", "checks": {"broker": "ok", "database": "ok"}}
+    assert (home / "broker" / "queue").is_dir()

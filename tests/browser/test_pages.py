@@ -105,9 +105,10 @@ def test_curves_grow_live(launched: Launched, screenshots: Screenshots) -> None:
     wait_until(page, f"({POINTS_JS})('chart-train_loss') > {first}", timeout=LIVE_TIMEOUT_MS)
     assert page.evaluate("performance.getEntriesByType('navigation').length") == navigations
     expect(page.locator("#live-text")).to_have_text("live")
-    # K-FAC's internals (λ, α, μ, ρ, update norm) are drawn too.
+    # K-FAC's internals (λ, α, μ, ρ, update norm) are drawn too, once scrolled to.
+    expect(page.locator("#internals-panel")).to_be_visible(timeout=LIVE_TIMEOUT_MS)
+    page.locator("#internals-panel").scroll_into_view_if_needed()
     wait_until(page, f"({POINTS_JS})('chart-damping') > 0", timeout=LIVE_TIMEOUT_MS)
-    expect(page.locator("#internals-panel")).to_be_visible()
 
     # Zooming fetches finer data for the visible range; zooming out, the whole range again.
     zoom = "range => Plotly.relayout(document.getElementById('chart-train_loss'), range)"
@@ -121,6 +122,7 @@ def test_curves_grow_live(launched: Launched, screenshots: Screenshots) -> None:
 def test_snapshot_slider_changes_the_heatmaps(launched: Launched, screenshots: Screenshots) -> None:
     page = launched.page
     slider = page.locator("#snapshot-slider")
+    page.locator("#curvature-panel").scroll_into_view_if_needed()  # it loads once seen
     # Two snapshots of the K-FAC run (steps 20 and 40): the slider follows them live.
     wait_until(
         page,

@@ -9,8 +9,9 @@ Events (`event:` name, `data:` JSON):
 * `metrics` — `{"run_id", "series": {NAME: {"step": [...], "wall_time": [...], "value": [...]}}}`
 * `status` — `{"run_id", "status", "step", "error", "experiment_status"}`
 * `snapshot` — `{"run_id", "snapshot_id", "step", "kinds"}`
-* `end` — `{"reason"}`, last, when the server ends the stream (experiment deleted, share
-  link revoked, stream too far behind, shutdown).
+* `end` — `{"reason"}`, last, when the stream ends for good (experiment deleted, share link
+  revoked). A stream the server ends for its own sake (too far behind, shutdown) just stops,
+  and EventSource reconnects with `Last-Event-ID`.
 A comment line is sent every 15 s when nothing else is, to keep proxies from closing it.
 """
 
@@ -77,4 +78,5 @@ async def events(
     yield ServerSentEvent(comment="stream open", retry=RECONNECT_MS)
     async for event in joined.events(after):
         yield ServerSentEvent(raw_data=event.data, event=event.kind, id=str(event.id))
-    yield ServerSentEvent(event="end", data={"reason": joined.end_reason})
+    if not joined.resumable:
+        yield ServerSentEvent(event="end", data={"reason": joined.end_reason})

@@ -30,16 +30,17 @@ def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(request: Request) -> JSONResponse:
-    url = get_settings(request).database_url
+    """Both checks use the app's settings (`create_app(settings)`), not the process's."""
+    settings = get_settings(request)
     checks: dict[str, str] = {}
 
     def database() -> bool:
-        with get_engine(url).connect() as connection:
+        with get_engine(settings.database_url).connect() as connection:
             connection.execute(text("SELECT 1"))
         return True
 
     def broker() -> bool:
-        return task_queue().broker_reachable(timeout=READY_TIMEOUT_S - 0.5)
+        return task_queue().broker_reachable(timeout=READY_TIMEOUT_S - 0.5, settings=settings)
 
     async def check(name: str, probe) -> None:
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
@@ -12,6 +12,7 @@ from backend.api.errors import READ_ERRORS
 from backend.api.schemas import SnapshotOut, SnapshotSummary
 from backend.store.models import Snapshot
 from backend.store.queries import list_snapshots, read_snapshot
+from backend.store.snapshots import decode_matrices, to_base64_matrix
 
 router = APIRouter(tags=["snapshots"], responses=READ_ERRORS)
 
@@ -34,6 +35,14 @@ def snapshot(
     names: Annotated[
         list[str] | None, Query(max_length=16, description="Only these matrices (default: all)")
     ] = None,
+    encoding: Annotated[
+        Literal["json", "base64"],
+        Query(
+            description="How matrices are written: `json`, nested lists of numbers; `base64`, "
+            "`{dtype: float32, shape, data}` with the values' little-endian bytes in base64 "
+            "(exact, half the size, no number parsing)"
+        ),
+    ] = "json",
 ) -> Response:
     """The matrices (2-D arrays, at most 512 x 512, ready for a heatmap), layer boundaries,
     block averages, spectra and relative errors of one snapshot. A snapshot never changes
@@ -42,5 +51,13 @@ def snapshot(
     if stored is None:
         raise not_found("snapshot")
     load_run(session, principal, stored.run_id)  # may the caller read its experiment?
-    key = ("snapshot", snapshot_id, tuple(names or ()))
-    return cached_json(request, key, lambda: read_snapshot(session, snapshot_id, names))
+    key = ("snapshot", snapshot_id, tuple(names or ()), encoding)
+
+    def answer() -> dict[str, Any] | None:
+        if encoding == "json":
+            return read_snapshot(session, snapshot_id, names)
+        body = read_snapshot(session, snapshot_id, names=())  # all but the matrices
+        matrices = decode_matrices(stored.payload, names)
+        return {**body, "matrices": {name: to_base64_matrix(m) for name, m in matrices.items()}}
+
+    return cached_json(request, key, answer)
