@@ -41,6 +41,7 @@ console = Console()
 errors = Console(stderr=True)
 
 STOP_TIMEOUT_S = 20.0  # a worker hands its runs back within a second or two; then it is killed
+GRACEFUL_SHUTDOWN_S = 3.0  # then open event streams are closed (pages reconnect and resume)
 
 
 class _Stop(Exception):
@@ -78,7 +79,14 @@ def serve(
         if start_worker:
             supervisor = _WorkerSupervisor([sys.executable, "-m", "backend.cli", "worker"])
             supervisor.start()
-        server = uvicorn.Server(uvicorn.Config("backend.api.main:app", host=host, port=port))
+        config = uvicorn.Config(
+            "backend.api.main:app",
+            host=host,
+            port=port,
+            # Open event streams never end by themselves: stop waiting for them after a while.
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
+        server = uvicorn.Server(config)
         threading.Thread(target=_announce, args=(server, host, port, token), daemon=True).start()
         server.run()  # handles SIGINT / SIGTERM itself, then re-raises them to our handlers
     except (_Stop, KeyboardInterrupt):

@@ -83,10 +83,12 @@ def revoke(task_id: str) -> None:
     celery_app().control.revoke(task_id)
 
 
-def broker_reachable(timeout: float = 2.0) -> bool:
-    """For /readyz: can we open a connection to the broker?"""
+def broker_reachable(timeout: float = 2.0, settings: Settings | None = None) -> bool:
+    """For /readyz: can we open a connection to the broker of `settings` (default: the
+    process's)? An app built with settings of its own probes its own broker."""
+    app = celery_app() if settings is None else make_celery(settings)
     try:
-        with celery_app().connection_for_write() as connection:
+        with app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=timeout)
         return True
     except Exception:  # noqa: BLE001 - any failure means "not ready"

@@ -198,9 +198,13 @@ class StoreRecorder:
             with self._cv:
                 self._healthy = False
                 self._cv.notify_all()  # a waiting `sync` gives up now
+                # New points notify too (once a second): only `close` giving up may cut the
+                # backoff short, or a long outage would be retried at the flush rate.
+                retry_at = time.monotonic() + delay
+                while not self._abandoned and (left := retry_at - time.monotonic()) > 0:
+                    self._cv.wait(left)
                 if self._abandoned:
                     return
-                self._cv.wait(delay)
             delay = min(2 * delay, RETRY_MAX_S)
 
     def _write(self, item: _Item) -> None:

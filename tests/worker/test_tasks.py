@@ -23,7 +23,7 @@ from backend.store.db import session_scope
 from backend.store.migrate import scratch_database
 from backend.store.models import MetricSeries
 from backend.store.writes import request_cancel
-from tests.worker.labs import Lab, lab, run_spec
+from tests.worker.labs import Lab, lab, run_spec, wait_for
 from worker import recovery
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -127,7 +127,7 @@ def test_cancel_a_running_run_and_revoke_a_queued_one(embedded: Lab) -> None:
     assert 0 < run.step < 100_000 and run.error == "cancelled on request"
 
     discarded = f"Discarding revoked task: {queue.TRAIN_TASK}[{tasks[1]}]"
-    _wait_for(lambda: discarded in embedded.workers[0].text(), 10, "the revoked task's discard")
+    wait_for(lambda: discarded in embedded.workers[0].text(), 10, "the revoked task's discard")
     assert embedded.run(queued).attempts == 0  # never claimed
 
 
@@ -156,7 +156,7 @@ def test_a_killed_worker_s_run_resumes_from_its_checkpoint(tmp_path) -> None:
         first = the_lab.start_worker()
         the_lab.send(killed, reference)
         second = the_lab.start_worker(wait=False)  # takes `reference` once it is up
-        _wait_for((artifacts / killed / "step-00000200.pt").exists, 60, "a checkpoint")
+        wait_for((artifacts / killed / "step-00000200.pt").exists, 60, "a checkpoint")
         first.kill()
         assert the_lab.run(killed).status == "running"
         assert 200 <= the_lab.points(killed)[-1][0] < 400  # stored up to the checkpoint at least
@@ -173,15 +173,8 @@ def test_a_killed_worker_s_run_resumes_from_its_checkpoint(tmp_path) -> None:
 
         (handed,) = the_lab.create(run_spec(steps=100_000, checkpoint_interval=100))
         the_lab.send(handed)
-        _wait_for((artifacts / handed / "step-00000100.pt").exists, 30, "a checkpoint")
+        wait_for((artifacts / handed / "step-00000100.pt").exists, 30, "a checkpoint")
         assert second.stop() == 0
         run = the_lab.run(handed)
         assert (run.status, run.attempts, run.error) == ("queued", 0, None)
         assert recovery.queue_depths(["cpu"]) == {"cpu": 1}  # its message is back
-
-
-def _wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)

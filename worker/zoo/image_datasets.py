@@ -25,9 +25,9 @@ CIFAR10_ARCHIVE = ("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR10_TEST = "test_batch"
-SVHN_FILES = {  # name -> MD5 as published with the dataset
+SVHN_FILES = {  # name -> MD5 as published with the dataset (torchvision's svhn.py agrees)
     "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
-    "test_32x32.mat": "eb5a983be6a315427106f1b28c6ec4d8",
+    "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
 }
 
 Split = tuple[np.ndarray, np.ndarray]  # (uint8 images (N, C·H·W), int64 labels (N,))
