@@ -111,12 +111,20 @@ class KFCPreSpec(_KFACBase):
     curvature), and λ = 1 was stable but no faster than SGD. KL clipping (`kl_clip` κ: the step
     is scaled so that lr²·Δᵀ∇h <= κ) fixes it: with λ = 0.01, κ = 1e-3 reached 2% training
     error in about 120 steps against about 300–375 for the best SGD-momentum (κ = 3e-3 or 1e-2
-    were noisier, λ = 1e-3 slower). With κ binding, lr only caps the step size."""
+    were noisier, λ = 1e-3 slower). With κ binding, lr only caps the step size.
+
+    Factor statistics every 20 steps (with the inverses) rather than 10: one statistics update
+    (a second backward pass with sampled targets, the patches, Ω and Γ) costs about three SGD
+    steps and was most of KFC-pre's overhead (amortised step 1.44–1.53× SGD-momentum's on 2
+    idle cores). On the same task every 20 reached 2% training error in 110 steps against 120
+    for every 10 (one thread, identical seeds), while statistics from a quarter of the batch
+    every 10 steps took 110 or 145 depending on lr (docs/bench/kfc_vs_sgd.md)."""
 
     name: Literal["kfc_pre"] = "kfc_pre"
     lr: float = Field(0.3, gt=0, le=100, description="fixed learning rate")
     damping: float = Field(0.01, gt=0, le=1e8, description="fixed λ")
     adapt_damping: bool = False
+    stats_interval: int = Field(20, ge=1, le=10_000, description="amortised factor statistics")
     kl_clip: float | None = Field(1e-3, gt=0, description="κ; None: no KL clipping")
 
 

@@ -295,12 +295,21 @@ def _layer_shapes(model: Any, info: DatasetInfo) -> list[LayerShape]:
 
 
 def steps_for_epochs(epochs: float, batch: int | ExponentialBatchSchedule, n_train: int) -> int:
-    """Steps needed to see epochs·|S| examples (each step sees one mini-batch)."""
-    needed, seen, step = epochs * n_train, 0, 0
+    """Steps needed to see epochs·|S| examples (each step sees one mini-batch); at most
+    MAX_STEPS + 1, so that asking for too many epochs is cheap to refuse."""
+    needed = epochs * n_train
+    if isinstance(batch, int):
+        return min(math.ceil(needed / batch_size_at(batch, 1, n_train)), MAX_STEPS + 1)
+    cap = batch.size_at(MAX_STEPS + 1, n_train)  # the size once the schedule stops growing
+    seen, step = 0, 0
     while seen < needed and step <= MAX_STEPS:
         step += 1
-        seen += batch_size_at(batch, step, n_train)
-    return step
+        size = batch.size_at(step, n_train)
+        seen += size
+        if size == cap:  # constant from here on
+            step += max(0, math.ceil((needed - seen) / cap))
+            break
+    return min(step, MAX_STEPS + 1)
 
 
 def _total_steps_from(data: dict[str, Any]) -> int | None:

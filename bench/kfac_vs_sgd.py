@@ -108,7 +108,7 @@ def inverse_update_time(batch: int) -> float:
 
 # ------------------------------------------------------------------------------ convergence
 
-GRIDS = {"sgd_momentum": [0.003, 0.01, 0.03], "adam": [3e-4, 1e-3, 3e-3], "kfac": [None]}
+GRIDS = {"sgd_momentum": [0.003, 0.01, 0.03], "adam": [3e-4, 1e-3, 3e-3, 1e-2], "kfac": [None]}
 
 
 def full_loss(model, data) -> float:

@@ -91,6 +91,25 @@ def test_epochs_and_the_exponential_schedule():
     assert spec.total_steps() == 4
 
 
+@pytest.mark.parametrize(
+    ("epochs", "batch", "n_train"),
+    [
+        (2, 250, 4000),
+        (0.3, 7, 1000),
+        (10_000, 1, 60_000),  # more than MAX_STEPS: capped at MAX_STEPS + 1
+        (3, ExponentialBatchSchedule(initial=100, growth=10), 4000),
+        (1.5, ExponentialBatchSchedule(initial=3, growth=125.0, maximum=50), 60_000),
+        (50, ExponentialBatchSchedule(initial=1, growth=1e6), 60_000),
+    ],
+)
+def test_steps_for_epochs_counts_mini_batches_until_the_epochs_are_seen(epochs, batch, n_train):
+    needed, seen, step = epochs * n_train, 0, 0  # the definition, one step at a time
+    while seen < needed and step <= MAX_STEPS:
+        step += 1
+        seen += min(batch, n_train) if isinstance(batch, int) else batch.size_at(step, n_train)
+    assert steps_for_epochs(epochs, batch, n_train) == step
+
+
 def test_comparison_form_expands_to_runs():
     exp = ExperimentSpec(
         name="cmp",
