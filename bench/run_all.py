@@ -23,11 +23,11 @@ BENCHMARKS = {
     "kfac_vs_sgd": "K-FAC vs SGD-momentum and Adam on the MNIST autoencoder (issue 1)",
     "kfc_vs_sgd": "KFC and KFC-pre on the offline conv task (issue 5)",
     "bench_metric_read": "Reading a 1,000,000-point metric downsampled (issue 2)",
-    "bench_ingest": "Metric ingest into PostgreSQL, points per second (issue 7)",
+    "bench_ingest": "Metric ingest into PostgreSQL, points per second (issue 6)",
     "bench_recording_overhead": "Cost of recording metrics and checkpoints (issue 2)",
     "bench_api": "API page data, memory and live-event latency (issue 3)",
-    "bench_load": "50 viewers on an experiment while 4 runs train (issue 7)",
-    "bench_page": "The experiment page in a browser: load, live updates, snapshots (issue 5)",
+    "bench_load": "50 viewers on an experiment while 4 runs train (issue 6)",
+    "bench_page": "The experiment page in a browser: load, live updates, snapshots (issue 4)",
 }
 QUICK_FLAG = {"kfac_vs_sgd", "kfc_vs_sgd"}
 
@@ -71,7 +71,9 @@ def main() -> int:
     today = datetime.date.today().isoformat()
     header = (
         f"# Benchmarks\n\nWritten by `python -m bench.run_all` on {today}, on {machine()}.\n"
-        "Every figure is a ratio or a percentile measured side by side in one run.\n"
+        "Every figure is a ratio or a percentile measured side by side in one run. Issue numbers are\n"
+        "those of the issues' titles (1. kfac core ... 6. deployment). What the figures mean\n"
+        "against the goals, with profiles where a goal is missed, is at the end.\n"
     )
     notes = ROOT / "docs" / "benchmark-notes.md"
     body = "\n".join([header, *sections])
