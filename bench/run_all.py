@@ -71,9 +71,9 @@ def main() -> int:
     today = datetime.date.today().isoformat()
     header = (
         f"# Benchmarks\n\nWritten by `python -m bench.run_all` on {today}, on {machine()}.\n"
-        "Every figure is a ratio or a percentile measured side by side in one run. Issue numbers are\n"
-        "those of the issues' titles (1. kfac core ... 6. deployment). What the figures mean\n"
-        "against the goals, with profiles where a goal is missed, is at the end.\n"
+        "Every figure is a ratio or a percentile measured side by side in one run. Issue numbers\n"
+        "are those of the issues' titles (1. kfac core ... 6. deployment). What the figures\n"
+        "mean against the goals, with profiles where a goal is missed, is at the end.\n"
     )
     notes = ROOT / "docs" / "benchmark-notes.md"
     body = "\n".join([header, *sections])

@@ -216,6 +216,6 @@ async def test_a_stream_too_far_behind_stops_without_an_end_so_the_page_resumes(
     subscription.push([live.LiveEvent(2, "metrics", "{}"), live.LiveEvent(3, "metrics", "{}")])
     assert subscription.resumable and subscription.end_reason == "too far behind"
     # What was queued still goes out; the rest the page fetches when it reconnects.
-    assert [event.id async for event in subscription.events(after=None)] == [1]
+    assert [[e.id for e in batch] async for batch in subscription.batches(after=None)] == [[1]]
     subscription.close("experiment deleted")  # a later reason does not make it final
     assert subscription.resumable
