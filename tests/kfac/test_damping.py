@@ -4,11 +4,10 @@ singular 2×2 fallback and the bounds of λ."""
 import pytest
 import torch
 
-from kfac import KFAC
 from kfac.damping import MAX_DAMPING, MIN_DAMPING, levenberg_marquardt
 from kfac.quadratic import SINGULAR_2X2, solve_step_coefficients
 from tests.kfac import explicit
-from tests.kfac.test_optimizer import batch, tiny_net
+from tests.kfac.test_optimizer import batch, every_step_kfac, tiny_net
 
 
 def as_tensors(*rows):
@@ -69,20 +68,7 @@ def test_fixed_lr_reduction_ratio_models_the_step_taken():
     the model's minimiser along δ."""
     family, eta = "bce", 1e-3
     model, (x, y) = tiny_net(), batch(family)
-    opt = KFAC(
-        model,
-        family,
-        lr=0.3,
-        damping=0.2,
-        weight_decay=eta,
-        damping_interval=1,
-        stats_interval=1,
-        inverse_interval=1,
-        quadratic_fraction=1.0,
-    )
-    theta0 = explicit.parameter_vector(model).detach().clone()
-    gradient = explicit.gradient_vector(model, x, y, family, eta)
-    fisher = explicit.exact_fisher(model, x, family)
+    opt, theta0, gradient, fisher = every_step_kfac(model, x, y, family, eta, lr=0.3, damping=0.2)
     opt.step(x, y)
     delta = explicit.parameter_vector(model).detach() - theta0
     curvature = fisher + eta * torch.eye(len(delta), dtype=delta.dtype)

@@ -52,6 +52,24 @@ def one_fixed_step(model, x, y, family, **kwargs):
     return explicit.parameter_vector(model).detach() - before, opt
 
 
+def every_step_kfac(model, x, y, family, eta, **kwargs):
+    """A K-FAC with statistics, inverses and λ adaptation at every step and the quadratic model
+    on the whole batch; with the explicit θ, ∇h (ℓ2 coefficient `eta`) and exact F before it."""
+    opt = KFAC(
+        model,
+        family,
+        weight_decay=eta,
+        damping_interval=1,
+        stats_interval=1,
+        inverse_interval=1,
+        quadratic_fraction=1.0,
+        **kwargs,
+    )
+    theta0 = explicit.parameter_vector(model).detach().clone()
+    gradient = explicit.gradient_vector(model, x, y, family, eta)
+    return opt, theta0, gradient, explicit.exact_fisher(model, x, family)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("bias", [True, False])
 def test_block_diagonal_update_is_damped_kronecker_inverse_times_gradient(family, bias):
@@ -182,19 +200,7 @@ def test_levenberg_marquardt_reduction_ratio_and_rule():
     family = "cross_entropy"
     model, (x, y) = tiny_net(), batch(family)
     eta, damping = 1e-3, 0.7
-    opt = KFAC(
-        model,
-        family,
-        damping=damping,
-        weight_decay=eta,
-        damping_interval=1,
-        stats_interval=1,
-        inverse_interval=1,
-        quadratic_fraction=1.0,
-    )
-    theta0 = explicit.parameter_vector(model).detach().clone()
-    gradient = explicit.gradient_vector(model, x, y, family, eta)
-    fisher = explicit.exact_fisher(model, x, family)
+    opt, theta0, gradient, fisher = every_step_kfac(model, x, y, family, eta, damping=damping)
 
     def objective():
         with torch.no_grad():
@@ -204,9 +210,7 @@ def test_levenberg_marquardt_reduction_ratio_and_rule():
     h0 = objective()
     opt.step(x, y)
     delta = explicit.parameter_vector(model).detach() - theta0
-    predicted = (
-        0.5 * delta @ (fisher + eta * torch.eye(len(delta), dtype=delta.dtype)) @ delta
-    )
+    predicted = 0.5 * delta @ (fisher + eta * torch.eye(len(delta), dtype=delta.dtype)) @ delta
     predicted = float(predicted + gradient @ delta)
     rho = (objective() - h0) / predicted
     assert opt.diagnostics["rho"] == pytest.approx(rho, rel=1e-6)
