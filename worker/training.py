@@ -6,8 +6,9 @@ console one of the CLI both plug in. It owns the three things that make a run sa
 
 - determinism: the model, the batch order (worker.zoo.datasets.BatchIterator) and K-FAC's
   sampled targets each have their own seeded generator, so on CPU a seed fixes the trajectory;
-- checkpoints (worker.checkpoints) every `checkpoint_interval` steps, written atomically once
-  the recorder has stored every point before them (`Recorder.sync`); a restarted run resumes
+- checkpoints (worker.checkpoints) every `checkpoint_interval` steps, copied once the recorder
+  has stored every point before them (`Recorder.sync`) and written atomically by a background
+  thread while training goes on; a restarted run resumes
   from the latest one and continues the identical trajectory, re-sending the points after
   it, which the recorder stores idempotently per (run, name, step);
 - outcomes: a non-finite loss ends the run `diverged`, an exception `failed`, `should_stop()`
@@ -189,6 +190,7 @@ class _Run:
 
     def __init__(self, spec: RunSpec, recorder: Recorder, data_dir: Path | None):
         self.spec, self.recorder = spec, recorder
+        self.saver: checkpoints.BackgroundSaver | None = None  # set by `loop`
         self.device = resolve_device(spec.device)
         dtype = getattr(torch, spec.dtype)
         self.data = load_dataset(spec.dataset, data_dir, images=spec.model.takes_images)
@@ -226,6 +228,7 @@ class _Run:
     # -- the loop --
     def loop(self, checkpoint_dir: Path | None, should_stop: Callable[[], bool]) -> RunResult:
         spec = self.spec
+        self.saver = checkpoints.BackgroundSaver(checkpoint_dir) if checkpoint_dir else None
         if self.step == 0 and spec.eval_interval:
             self.evaluate()
         last_flush = last_stop_check = -math.inf
@@ -257,7 +260,7 @@ class _Run:
             ):
                 self.flush()
                 if self.recorder.sync():
-                    checkpoints.save(checkpoint_dir, self.step, self.state_dict())
+                    self.saver.save(self.step, self.state_dict())
             if time.monotonic() - last_flush >= FLUSH_SECONDS:
                 last_flush = time.monotonic()
                 self.flush()
@@ -265,6 +268,8 @@ class _Run:
 
     def finish(self, status: Status, reason: str | None) -> RunResult:
         self.flush()
+        if self.saver is not None:  # a run handed back resumes from its last checkpoint
+            self.saver.wait()
         return RunResult(
             status, self.step, reason, dict(self.final), self.wall_time, self.resumed_from
         )

@@ -180,3 +180,18 @@ def test_exponential_batch_schedule_and_iterate_averaging():
     sizes = recorder.series["batch_size"]
     assert sizes[1] == 8 and sizes[12] == min(1438, round(8 * math.exp(11 / 4)))
     assert set(recorder.series["test_loss_avg"]) == {8, 12}
+
+
+def test_a_background_checkpoint_holds_the_state_at_its_step(tmp_path):
+    """The saver copies the state before training goes on: changing the live tensors after
+    `save` returns does not reach the file."""
+    saver = checkpoints.BackgroundSaver(tmp_path)
+    live = {"weights": torch.ones(3), "nested": [torch.zeros(2)], "step": 1}
+    saver.save(1, live)
+    live["weights"].mul_(5.0)
+    live["nested"][0].add_(1.0)
+    saver.wait()
+    stored = checkpoints.load_latest(tmp_path)
+    assert torch.equal(stored["weights"], torch.ones(3))
+    assert torch.equal(stored["nested"][0], torch.zeros(2))
+    assert stored["step"] == 1
