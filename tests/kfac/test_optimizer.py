@@ -36,13 +36,16 @@ def batch(family, n=64, d_in=4, d_out=3, seed=1):
     return x, y
 
 
+FIXED_LR = 0.3
+
+
 def one_fixed_step(model, x, y, family, **kwargs):
     before = explicit.parameter_vector(model).detach().clone()
     opt = KFAC(
         model,
         family,
         fisher="empirical",
-        lr=0.3,
+        lr=FIXED_LR,
         adapt_damping=False,
         stats_interval=1,
         inverse_interval=1,
@@ -50,6 +53,15 @@ def one_fixed_step(model, x, y, family, **kwargs):
     )
     opt.step(x, y)
     return explicit.parameter_vector(model).detach() - before, opt
+
+
+def explicit_fixed_step(model, x, y, family, inverse, gamma, eta=0.0):
+    """The step of `one_fixed_step` by the paper's formula, −lr · inverse(Ā, G, γ) · ∇h, from
+    brute-force factors; with the per-example rows (ā, g) they were built from."""
+    a_rows, g_rows = explicit.per_example_activations(model, x, y, family)
+    big_a, big_g = explicit.factors(a_rows, g_rows)
+    gradient = explicit.gradient_vector(model, x, y, family, eta)
+    return -FIXED_LR * inverse(big_a, big_g, gamma) @ gradient, (a_rows, g_rows)
 
 
 def every_step_kfac(model, x, y, family, eta, **kwargs):
@@ -75,11 +87,8 @@ def every_step_kfac(model, x, y, family, eta, **kwargs):
 def test_block_diagonal_update_is_damped_kronecker_inverse_times_gradient(family, bias):
     model, (x, y) = tiny_net(bias), batch(family)
     damping, eta = 0.05, 1e-3
-    a_rows, g_rows = explicit.per_example_activations(model, x, y, family)
-    big_a, big_g = explicit.factors(a_rows, g_rows)
-    gradient = explicit.gradient_vector(model, x, y, family, eta)
-    expected = (
-        -0.3 * explicit.block_diagonal_inverse(big_a, big_g, (damping + eta) ** 0.5) @ gradient
+    expected, _ = explicit_fixed_step(
+        model, x, y, family, explicit.block_diagonal_inverse, (damping + eta) ** 0.5, eta
     )
     update, _ = one_fixed_step(model, x, y, family, damping=damping, weight_decay=eta)
     torch.testing.assert_close(update, expected, rtol=1e-9, atol=1e-12)
@@ -91,10 +100,9 @@ def test_per_example_preconditioning_of_wide_layers_matches_the_formula(family):
     instead of G⁻¹∇W̄Ā⁻¹; the update must be the same F̌⁻¹∇h."""
     model = tiny_net(widths=(4, 30, 25, 3))
     x, y = batch(family, n=6)
-    a_rows, g_rows = explicit.per_example_activations(model, x, y, family)
-    big_a, big_g = explicit.factors(a_rows, g_rows)
-    gradient = explicit.gradient_vector(model, x, y, family)
-    expected = -0.3 * explicit.block_diagonal_inverse(big_a, big_g, 0.1**0.5) @ gradient
+    expected, _ = explicit_fixed_step(
+        model, x, y, family, explicit.block_diagonal_inverse, 0.1**0.5
+    )
     update, opt = one_fixed_step(model, x, y, family, damping=0.1, weight_decay=0.0)
     assert any(opt.preconditioner.prefers_per_example(b, 6) for b in opt.blocks)
     torch.testing.assert_close(update, expected, rtol=1e-8, atol=1e-11)
@@ -107,10 +115,9 @@ def test_per_example_preconditioning_of_wide_layers_matches_the_formula(family):
 )
 def test_block_tridiagonal_update_is_explicit_f_hat_inverse_times_gradient(family, damping):
     model, (x, y) = tiny_net(), batch(family)
-    a_rows, g_rows = explicit.per_example_activations(model, x, y, family)
-    big_a, big_g = explicit.factors(a_rows, g_rows)
-    gradient = explicit.gradient_vector(model, x, y, family)
-    expected = -0.3 * explicit.block_tridiagonal_inverse(big_a, big_g, damping**0.5) @ gradient
+    expected, _ = explicit_fixed_step(
+        model, x, y, family, explicit.block_tridiagonal_inverse, damping**0.5
+    )
     update, _ = one_fixed_step(
         model, x, y, family, damping=damping, weight_decay=0.0, structure="block_tridiagonal"
     )
@@ -124,10 +131,9 @@ def test_per_example_block_tridiagonal_update_matches_the_matrix_path_and_the_fo
     same whichever layers come as rows and which as matrices."""
     model = tiny_net(widths=(4, 30, 25, 3))
     x, y = batch(family, n=6)
-    a_rows, g_rows = explicit.per_example_activations(model, x, y, family)
-    big_a, big_g = explicit.factors(a_rows, g_rows)
-    gradient = explicit.gradient_vector(model, x, y, family)
-    expected = -0.3 * explicit.block_tridiagonal_inverse(big_a, big_g, 0.1**0.5) @ gradient
+    expected, (a_rows, g_rows) = explicit_fixed_step(
+        model, x, y, family, explicit.block_tridiagonal_inverse, 0.1**0.5
+    )
     update, opt = one_fixed_step(
         model, x, y, family, damping=0.1, weight_decay=0.0, structure="block_tridiagonal"
     )
