@@ -1,33 +1,28 @@
-"""`kfac-lab`: the command line (serve the lab, start a worker, run an experiment here).
+"""`kfac-lab serve`: the API side of the command line (`worker.cli` adds the commands that train).
 
 * `kfac-lab serve` — the whole lab on one machine: migrates the database, starts the API (which
   serves the pages) and, in embedded mode, a worker process; prints the URL with the access
   token, as Jupyter does; Ctrl-C or SIGTERM stops all of it.
-* `kfac-lab worker` — a Celery worker that trains runs from the queue(s).
-* `kfac-lab run SPEC.json | --preset NAME` — one experiment in the foreground, no server.
 
-Mode and paths come from the `KFAC_*` settings (backend/settings.py). Nothing heavy is imported
-at module level: torch and the worker are loaded inside the commands that train, so `serve`
-in a team deployment (with no worker of its own) starts fast and stays small.
+The `kfac-lab` console script is `worker.cli:app`: this app with `worker` and `run` added,
+since those import torch and the worker, which the backend never does. `serve` starts its
+worker as a child process (`python -m worker.cli worker`), so the API process stays free of
+both. Mode and paths come from the `KFAC_*` settings (backend/settings.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
-from rich.table import Table
 
 from backend.settings import get_settings
 
@@ -77,7 +72,7 @@ def serve(
         upgrade(settings.database_url)
         token = settings.admin_token or _stored_admin_token()
         if start_worker:
-            supervisor = _WorkerSupervisor([sys.executable, "-m", "backend.cli", "worker"])
+            supervisor = _WorkerSupervisor([sys.executable, "-m", "worker.cli", "worker"])
             supervisor.start()
         config = uvicorn.Config(
             "backend.api.main:app",
@@ -196,122 +191,3 @@ def _die_with_parent() -> Any:
     pr_set_pdeathsig = 1
     return lambda: libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
-
-# --- worker ---------------------------------------------------------------------------------
-
-
-@app.command()
-def worker(
-    queues: Annotated[
-        str | None,
-        typer.Option(
-            help="Comma-separated queues to take runs from. Default: cpu, and gpu first when "
-            "this machine has a CUDA GPU."
-        ),
-    ] = None,
-    concurrency: Annotated[
-        int, typer.Option(min=1, help="Runs trained at once (one process each).")
-    ] = 1,
-    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
-) -> None:
-    """Start a worker that trains the runs sent to its queues."""
-    from worker.celery_app import app as celery
-
-    argv = [
-        "worker",
-        f"--queues={queues or _default_queues()}",
-        f"--concurrency={concurrency}",
-        f"--loglevel={loglevel}",
-        f"--hostname=kfac-{os.getpid()}@%h",
-        "--without-mingle",  # revoked ids need no sync: a cancelled run is final in the store
-        "--without-gossip",
-    ]
-    celery.worker_main(argv)
-
-
-def _default_queues() -> str:
-    """`gpu,cpu` when CUDA works here, else `cpu`. Asked of a short-lived subprocess, so this
-    process (the worker's parent, which forks the pool) never creates a CUDA context."""
-    import torch
-
-    if not torch.backends.cuda.is_built():
-        return "cpu"
-    probe = "import torch; print(torch.cuda.device_count())"
-    result = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
-    )
-    has_gpu = result.returncode == 0 and result.stdout.strip() not in ("", "0")
-    return "gpu,cpu" if has_gpu else "cpu"
-
-
-# --- run ------------------------------------------------------------------------------------
-
-
-@app.command()
-def run(
-    spec: Annotated[
-        Path | None,
-        typer.Argument(
-            help='An experiment spec (JSON): a full spec, or {"preset": NAME, "overrides": {}}.'
-        ),
-    ] = None,
-    preset: Annotated[
-        str | None, typer.Option(help="Run a named preset instead of a spec file.")
-    ] = None,
-    override: Annotated[
-        str | None,
-        typer.Option(
-            help='JSON object applied to the preset, as the API\'s "overrides": run fields go '
-            "into every run (e.g. '{\"steps\": 50}'); name, description, optimizers and seeds "
-            "replace the experiment's."
-        ),
-    ] = None,
-) -> None:
-    """Run one experiment here in the foreground, with a progress bar; no server needed."""
-    experiment = _load_experiment(spec, preset, override)
-    from worker.foreground import run_experiment  # imports torch
-
-    raise typer.Exit(run_experiment(experiment, console))
-
-
-def _load_experiment(spec: Path | None, preset: str | None, override: str | None) -> Any:
-    """The validated ExperimentSpec; any error is printed and exits with code 2."""
-    from backend.presets import PRESETS, expand_preset
-    from backend.spec import ExperimentSpec
-
-    if (spec is None) == (preset is None):
-        _usage_error("give a spec file or --preset NAME (one of them)")
-    if override is not None and preset is None:
-        _usage_error("--override applies to --preset")
-    try:
-        if spec is not None:
-            data = json.loads(spec.read_text())
-            if isinstance(data, dict) and "preset" in data:
-                preset, overrides = data.pop("preset"), data.pop("overrides", None) or {}
-                return expand_preset(preset, {**data, **overrides})
-            return ExperimentSpec.model_validate(data)
-        overrides = json.loads(override) if override else None
-        if overrides is not None and not isinstance(overrides, dict):
-            _usage_error("--override must be a JSON object")
-        return expand_preset(preset, overrides)
-    except KeyError:
-        _usage_error(f"unknown preset {preset!r}; presets: {', '.join(PRESETS)}")
-    except OSError as error:
-        _usage_error(f"cannot read {spec}: {error.strerror}")
-    except json.JSONDecodeError as error:
-        _usage_error(f"invalid JSON: {error}")
-    except ValidationError as error:
-        table = Table("field", "error", title="Invalid experiment spec", title_justify="left")
-        for problem in error.errors():
-            table.add_row(".".join(map(str, problem["loc"])) or "(spec)", problem["msg"])
-        errors.print(table)
-        raise typer.Exit(2) from None
-
-
-def _usage_error(message: str) -> None:
-    errors.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
-
-
-if __name__ == "__main__":
-    app()

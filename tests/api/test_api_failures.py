@@ -98,7 +98,7 @@ def test_oversized_bodies_get_413(client: TestClient) -> None:
 
 def test_the_api_process_never_imports_torch() -> None:
     code = (
-        "import sys, backend.api.main\n"
+        "import sys, backend.api.main, backend.cli\n"
         "heavy = [m for m in ('torch', 'kfac', 'worker') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

@@ -36,7 +36,7 @@ expect.set_options(timeout=15_000)
 
 @pytest.fixture(scope="session")
 def browser_type_launch_args() -> dict:
-    """Debian's Chromium, headless; never a browser downloaded by `playwright install`."""
+    """Debian's Chromium, headless (Playwright never fetches a browser of its own here)."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     return {
@@ -83,7 +83,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     for name in ("KFAC_DATABASE_URL", "KFAC_BROKER_URL", "KFAC_PUBLIC_URL"):
         env.pop(name, None)
     log = home / "serve.log"
-    command = [sys.executable, "-m", "backend.cli", "serve", "--port", str(port)]
+    command = [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)]
     with log.open("w") as output:
         process = subprocess.Popen(
             command,

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from typer.testing import CliRunner
 
-from backend.cli import app
 from tests.worker.labs import REPO, TINY_RUN, kfac_environment
+from worker.cli import app
 
 runner = CliRunner()
 
@@ -43,7 +43,7 @@ def test_a_preset_with_overrides_runs_from_the_console_script(tmp_path):
     overrides = {"steps": 3, "eval_interval": 3, "model": {"width_scale": 0.05}}
     env = {k: v for k, v in os.environ.items() if not k.startswith("KFAC_")}
     result = subprocess.run(
-        [sys.executable, "-m", "backend.cli", "run", "--preset", "smoke",
+        [sys.executable, "-m", "worker.cli", "run", "--preset", "smoke",
          "--override", json.dumps(overrides)],
         cwd=REPO, env={**env, "KFAC_HOME": str(tmp_path), "COLUMNS": "160"},
         capture_output=True, text=True, timeout=240, check=False,

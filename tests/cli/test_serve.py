@@ -45,7 +45,7 @@ def test_serve_runs_the_whole_lab_and_stops_cleanly(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KFAC_")}
     log = (tmp_path / "serve.log").open("w+")
     serve = subprocess.Popen(
-        [sys.executable, "-m", "backend.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
         cwd=REPO,
         env={**env, "KFAC_HOME": str(tmp_path), "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
         stdout=log,

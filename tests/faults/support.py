@@ -207,7 +207,7 @@ class ApiServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
-        command = [sys.executable, "-m", "backend.cli", "serve", "--no-worker"]
+        command = [sys.executable, "-m", "worker.cli", "serve", "--no-worker"]
         command += ["--host", "127.0.0.1", "--port", str(self.port)]
         self.process = subprocess.Popen(
             command,

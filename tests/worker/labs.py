@@ -166,7 +166,7 @@ class Lab:
     def start_worker(self, wait: bool = True, **env: str) -> Worker:
         log = self.home / f"worker-{len(self.workers)}.log"
         process = subprocess.Popen(
-            [sys.executable, "-m", "backend.cli", "worker", "--loglevel=INFO"],
+            [sys.executable, "-m", "worker.cli", "worker", "--loglevel=INFO"],
             cwd=REPO,
             env={**self.env, **env},
             stdout=log.open("wb"),
