@@ -25,7 +25,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 
 from anyio import to_thread
 from sqlalchemy import select
@@ -53,11 +53,11 @@ MAX_PENDING = 20_000  # events queued for one stream; a stream this far behind i
 class LiveEvent:
     id: int
     kind: str  # metrics | status | snapshot
-    data: str  # the payload as JSON text (one line), serialised once for all streams
+    data: InitVar[str]  # the payload as JSON text (one line)
     frame: bytes = field(init=False)  # the event on the wire, encoded once for all streams
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "frame", sse_frame(self.kind, self.data, self.id))
+    def __post_init__(self, data: str) -> None:
+        object.__setattr__(self, "frame", sse_frame(self.kind, data, self.id))
 
 
 def sse_frame(kind: str, data: str, event_id: int | None = None) -> bytes:
