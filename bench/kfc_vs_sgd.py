@@ -15,15 +15,16 @@ cores) hits every optimizer alike:
    (the profile of the gap);
 2. iterations and wall time to a target training error (on a fixed 1,000 training digits,
    evaluated off the clock every 5 steps, for every method), each method at the best learning
-   rate of a small grid (the one that reaches the target in the fewest iterations); the best
-   SGD-momentum and Adam lrs lie inside their grids. The runs are sequential,
+   rate of a small grid (the one that reaches the target in the fewest iterations, as the
+   median over 3 seeds of initialisation and batch order); the best SGD-momentum and Adam lrs
+   lie inside their grids. The runs are sequential,
    so their measured seconds see different loads on a shared machine; the time compared is
    therefore also given as iterations × the side-by-side step time of part 1.
 
-    python -m bench.kfc_vs_sgd [--quick] [--batch B] [--target ERROR]
+    python -m bench.kfc_vs_sgd [--quick] [--batch B] [--target ERROR] [--seeds S]
 
-The default run takes about 3 minutes on 2 idle cores (several times longer when they are
-shared); --quick (SGD-momentum and KFC-pre only, a 5% target) under one. Results and their
+The default run takes about 8 minutes on 2 idle cores (several times longer when they are
+shared); --quick (SGD-momentum and KFC-pre only, a 5% target, one seed) under one. Results and their
 reading: docs/bench/kfc_vs_sgd.md.
 
 Writes docs/bench/kfc_vs_sgd.json and .png (with --batch B: kfc_vs_sgd_batchB.*; with
@@ -153,6 +154,7 @@ GRIDS = {  # first runs had the best SGD lr (0.1) and Adam lr (3e-3, 1e-2) atop 
 MAX_STEPS = {"sgd_momentum": 500, "adam": 500, "kfc_pre": 250, "kfc": 250}
 STALLED_AFTER, STALLED_ERROR = 100, 0.8  # chance is 0.9
 EVAL_EVERY = 5
+SEEDS = 3  # --seeds
 """Steps between evaluations, the same for every method (the counts are multiples of it)."""
 
 
@@ -183,6 +185,15 @@ def train_to_target(method, lr, data, probe, target, max_steps, eval_every, batc
     return curve, None
 
 
+def median_reached(reached: list[tuple[int, float] | None]) -> tuple[int, float] | None:
+    """The median (steps, seconds) over seeds, a seed that missed the target counting as
+    slower than every other; None when the median seed missed it. A single seed's count is
+    unstable on this task (SGD-momentum's error hovers around the target for a hundred steps
+    and the first dip below it decides: 150 to 255 iterations for one lr)."""
+    order = sorted(reached, key=lambda r: (r is None, r or (0, 0.0)))
+    return order[(len(order) - 1) // 2]
+
+
 def error(model, x, y) -> float:
     with torch.no_grad():
         return float((model(x).argmax(1) != y).float().mean())
@@ -197,8 +208,10 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=BATCH, help="mini-batch size")
     parser.add_argument("--target", type=float, help="training error to reach (default 0.02)")
+    parser.add_argument("--seeds", type=int, help="seeds per lr (default 3; --quick: 1)")
     args = parser.parse_args()
     target = args.target or (0.05 if args.quick else TARGET_ERROR)
+    args.seeds = args.seeds or (1 if args.quick else SEEDS)
     torch.manual_seed(0)
     data = load_dataset(SPEC.dataset, images=True)
     x_train, y_train = data.train_x, data.train_y
@@ -210,6 +223,7 @@ def main() -> None:
         "task": "convnet width 0.5 (16-16-32 filters, 24,794 parameters) on 4,000 offline "
         f"MNIST digits as 28×28×1 images, batch {args.batch}",
         "target_training_error": target,
+        "seeds": args.seeds,
         "kfc_pre": {"momentum": 0.9, **KFC_PRE},
         "kfc": KFC,
     }
@@ -233,26 +247,43 @@ def main() -> None:
     if args.quick:  # the headline pair only, at one lr each
         grids = {m: GRIDS[m][-1:] for m in ("sgd_momentum", "kfc_pre")}
     print(f"\n## Iterations and optimizer time to {target:.0%} training error\n")
+    print(
+        f"Median over {args.seeds} seed(s) (init and batch order); the steps of each seed in "
+        "brackets.\n"
+    )
     print("| method | lr | steps | seconds (measured) | steps × side-by-side step time |")
     print("|---|---|---|---|---|")
     runs, best = {}, {}
     for method, grid in grids.items():
         for lr in grid:
-            curve, reached = train_to_target(
-                method,
-                lr,
-                (x_train, y_train),
-                probe,
-                target,
-                MAX_STEPS[method],
-                EVAL_EVERY,
-                args.batch,
-            )
-            runs[f"{method} lr={lr}"] = {"curve": curve, "reached": reached}
+            seeds = [
+                train_to_target(
+                    method,
+                    lr,
+                    (x_train, y_train),
+                    probe,
+                    target,
+                    MAX_STEPS[method],
+                    EVAL_EVERY,
+                    args.batch,
+                    seed,
+                )
+                for seed in range(args.seeds)
+            ]
+            reached = median_reached([r for _, r in seeds])
+            runs[f"{method} lr={lr}"] = {
+                "curves": [c for c, _ in seeds],
+                "reached_by_seed": [r for _, r in seeds],
+                "reached": reached,
+            }
             steps, seconds = reached if reached else ("not reached", math.nan)
             shared = reached[0] * times[method] if reached else math.nan
             shown = lr if lr is not None else "adaptive"
-            print(f"| {method} | {shown} | {steps} | {seconds:.1f} | {shared:.1f} |", flush=True)
+            by_seed = ", ".join(str(r[0]) if r else "—" for _, r in seeds)
+            print(
+                f"| {method} | {shown} | {steps} ({by_seed}) | {seconds:.1f} | {shared:.1f} |",
+                flush=True,
+            )
             if reached and (method not in best or reached[0] < runs[best[method]]["reached"][0]):
                 best[method] = f"{method} lr={lr}"
     summary = {
@@ -297,7 +328,7 @@ def plot(runs, best, times, target: float, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for method, key in best.items():
-        steps, _, errors = zip(*runs[key]["curve"], strict=True)
+        steps, _, errors = zip(*runs[key]["curves"][0], strict=True)
         axes[0].plot(steps, errors, label=key)
         axes[1].plot([k * times[method] for k in steps], errors, label=key)
     xlabels = ("iterations", "iterations × side-by-side step time (s)")
