@@ -21,14 +21,15 @@ cores) hits every optimizer alike:
    so their measured seconds see different loads on a shared machine; the time compared is
    therefore also given as iterations × the side-by-side step time of part 1.
 
-    python -m bench.kfc_vs_sgd [--quick] [--batch B] [--target ERROR] [--seeds S]
+    python -m bench.kfc_vs_sgd [--quick] [--batch-norm] [--batch B] [--target ERROR] [--seeds S]
 
 The default run takes about 8 minutes on 2 idle cores (several times longer when they are
 shared); --quick (SGD-momentum and KFC-pre only, a 5% target, one seed) under one. Results and their
 reading: docs/bench/kfc_vs_sgd.md.
 
-Writes docs/bench/kfc_vs_sgd.json and .png (with --batch B: kfc_vs_sgd_batchB.*; with
---quick: *_quick.*).
+--batch-norm puts BatchNorm after every conv layer (the paper's claim that KFC-pre still beats
+SGD with BN). Writes docs/bench/kfc_vs_sgd.json and .png (with --batch-norm: kfc_vs_sgd_bn.*;
+with --batch B: *_batchB.*; with --quick: *_quick.*).
 """
 
 from __future__ import annotations
@@ -48,14 +49,16 @@ from kfac import KFAC
 from kfac.inverses import Notes
 from kfac.losses import negative_log_likelihood
 from worker.zoo.datasets import load_dataset
-from worker.zoo.models import build_model
+from worker.zoo.models import build_model, count_parameters
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "bench"
 BATCH = 128  # --batch
 TARGET_ERROR = 0.02  # --quick: 0.05
-SPEC = RunSpec.model_validate(
-    {"dataset": "digits_offline", "model": {"name": "convnet", "width_scale": 0.5}}
-)
+def task_spec(batch_norm: bool = False) -> RunSpec:
+    """The offline conv task's run spec; `batch_norm`: BN after every conv layer (the conv
+    layers then have no bias), whose scale and shift get KFC-pre's plain momentum update."""
+    model = {"name": "convnet", "width_scale": 0.5, "batch_norm": batch_norm}
+    return RunSpec.model_validate({"dataset": "digits_offline", "model": model})
 KFC_PRE = KFCPreSpec().kfac_kwargs()  # the spec's defaults: what a kfc_pre run uses
 KFC = KFCSpec().kfac_kwargs()
 
@@ -95,14 +98,14 @@ STEP_METHODS = {
 """lr of each method in the step-time part (the time of a step does not depend on it)."""
 
 
-def step_times(x, y, batch: int, rounds: int, period: int = 20) -> dict[str, float]:
+def step_times(spec, x, y, batch: int, rounds: int, period: int = 20) -> dict[str, float]:
     """Amortised seconds per step of each method: the methods take turns step by step (so a
     burst of load from other processes hits them alike), a round is `period` steps of each —
     one full cycle of statistics and inverses (KFC-pre: both every 20; KFC: statistics every
     10, inverses every 20) — and the result is the
     median over rounds of each method's mean step time. Every method trains on the same
     sequence of mini-batches (a fixed batch repeated would be overfitted until it diverges)."""
-    steps = {m: make_step(m, build_model(SPEC), lr) for m, lr in STEP_METHODS.items()}
+    steps = {m: make_step(m, build_model(spec), lr) for m, lr in STEP_METHODS.items()}
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))  # x is sorted
     batches = [order[start : start + batch] for start in range(0, len(x) - batch + 1, batch)]
     for step in steps.values():  # warm-up: first statistics and inverses, allocator
@@ -122,10 +125,10 @@ def step_times(x, y, batch: int, rounds: int, period: int = 20) -> dict[str, flo
     return {m: statistics.median(v) for m, v in samples.items()}
 
 
-def update_costs(x, y, repeats: int = 3) -> dict[str, float]:
+def update_costs(spec, x, y, repeats: int = 3) -> dict[str, float]:
     """Seconds for one factor update (extra backward pass with sampled targets, patches, Ω and
     Γ) and one inverse update (damped Cholesky inverses of every Ω and Γ)."""
-    model = build_model(SPEC)
+    model = build_model(spec)
     optimizer = KFAC(model, "cross_entropy", **KFC_PRE)
     optimizer.step(x, y)
     factor, inverse = [], []
@@ -158,13 +161,13 @@ SEEDS = 3  # --seeds
 """Steps between evaluations, the same for every method (the counts are multiples of it)."""
 
 
-def train_to_target(method, lr, data, probe, target, max_steps, eval_every, batch, seed=0):
+def train_to_target(spec, method, lr, data, probe, target, max_steps, eval_every, batch, seed=0):
     """Train until the training error on `probe` is <= `target` (or max_steps); returns
     the curve [(step, seconds, error)] and (steps, seconds) at the target or None."""
     x_train, y_train = data
     x_probe, y_probe = probe
     torch.manual_seed(seed)
-    model = build_model(SPEC.model_copy(update={"seed": seed}))
+    model = build_model(spec.model_copy(update={"seed": seed}))
     step = make_step(method, model, lr)
     generator = torch.Generator().manual_seed(seed)
     curve, elapsed = [(0, 0.0, error(model, x_probe, y_probe))], 0.0
@@ -209,30 +212,36 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=BATCH, help="mini-batch size")
     parser.add_argument("--target", type=float, help="training error to reach (default 0.02)")
     parser.add_argument("--seeds", type=int, help="seeds per lr (default 3; --quick: 1)")
+    parser.add_argument(
+        "--batch-norm", action="store_true", help="the same net with BatchNorm after each conv"
+    )
     args = parser.parse_args()
     target = args.target or (0.05 if args.quick else TARGET_ERROR)
     args.seeds = args.seeds or (1 if args.quick else SEEDS)
     torch.manual_seed(0)
-    data = load_dataset(SPEC.dataset, images=True)
+    spec = task_spec(args.batch_norm)
+    data = load_dataset(spec.dataset, images=True)
     x_train, y_train = data.train_x, data.train_y
     probe = (x_train[::4], y_train[::4])  # 1,000 fixed training digits
+    norm = ", BatchNorm" if args.batch_norm else ""
+    parameters = count_parameters(build_model(spec))
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     results: dict = {
         "machine": machine,
         "torch": torch.__version__,
-        "task": "convnet width 0.5 (16-16-32 filters, 24,794 parameters) on 4,000 offline "
-        f"MNIST digits as 28×28×1 images, batch {args.batch}",
+        "task": f"convnet width 0.5 (16-16-32 filters{norm}, {parameters:,} parameters) on "
+        f"4,000 offline MNIST digits as 28×28×1 images, batch {args.batch}",
         "target_training_error": target,
         "seeds": args.seeds,
         "kfc_pre": {"momentum": 0.9, **KFC_PRE},
         "kfc": KFC,
     }
-    print(f"# KFC vs SGD-momentum on the offline conv task — {machine}\n")
+    print(f"# KFC vs SGD-momentum on the offline conv task{norm} — {machine}\n")
     mixed = slice(1, None, 4)  # every 4th digit: all classes (the training set is sorted)
     x, y = x_train[mixed][: args.batch], y_train[mixed][: args.batch]
-    times = step_times(x_train, y_train, args.batch, rounds=1 if args.quick else 3)
+    times = step_times(spec, x_train, y_train, args.batch, rounds=1 if args.quick else 3)
     ratios = {m: t / times["sgd_momentum"] for m, t in times.items()}
-    costs = update_costs(x, y)
+    costs = update_costs(spec, x, y)
     results["step_time"] = {"seconds": times, "ratio": ratios, **costs}
     print("## Per-step time / SGD-momentum's (amortised over statistics and inverses)\n")
     print("| " + " | ".join(times) + " | factor update | inverse update |")
@@ -258,6 +267,7 @@ def main() -> None:
         for lr in grid:
             seeds = [
                 train_to_target(
+                    spec,
                     method,
                     lr,
                     (x_train, y_train),
@@ -314,13 +324,14 @@ def main() -> None:
         )
     results.update(runs=runs, best=best, summary=summary)
     OUT.mkdir(parents=True, exist_ok=True)
-    name = "kfc_vs_sgd" if args.batch == BATCH else f"kfc_vs_sgd_batch{args.batch}"
+    name = "kfc_vs_sgd" + ("_bn" if args.batch_norm else "")
+    name += "" if args.batch == BATCH else f"_batch{args.batch}"
     name += "_quick" if args.quick else ""
     (OUT / f"{name}.json").write_text(json.dumps(results, indent=1, default=str))
-    plot(runs, best, times, target, OUT / f"{name}.png")
+    plot(runs, best, times, target, f"offline conv task{norm}", OUT / f"{name}.png")
 
 
-def plot(runs, best, times, target: float, path: Path) -> None:
+def plot(runs, best, times, target: float, task: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -338,7 +349,7 @@ def plot(runs, best, times, target: float, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_xscale("log")
     axes[0].legend(fontsize=8)
-    fig.suptitle("offline conv task: best lr of each method")
+    fig.suptitle(f"{task}: best lr of each method (seed 0)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

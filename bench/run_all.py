@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = {
     "kfac_vs_sgd": "K-FAC vs SGD-momentum and Adam on the MNIST autoencoder (issue 1)",
     "kfc_vs_sgd": "KFC and KFC-pre on the offline conv task (issue 5)",
+    "kfc_vs_sgd --batch-norm": "KFC and KFC-pre on the offline conv task with BatchNorm (issue 5)",
     "bench_metric_read": "Reading a 1,000,000-point metric downsampled (issue 2)",
     "bench_ingest": "Metric ingest into PostgreSQL, points per second (issue 6)",
     "bench_recording_overhead": "Cost of recording metrics and checkpoints (issue 2)",
@@ -29,7 +30,9 @@ BENCHMARKS = {
     "bench_load": "50 viewers on an experiment while 4 runs train (issue 6)",
     "bench_page": "The experiment page in a browser: load, live updates, snapshots (issue 4)",
 }
+"""Each benchmark: its module in bench/ and arguments, and the heading of its section."""
 QUICK_FLAG = {"kfac_vs_sgd", "kfc_vs_sgd"}
+"""The modules that take --quick."""
 
 
 def machine() -> str:
@@ -52,11 +55,10 @@ def main() -> int:
     chosen = args.only or list(BENCHMARKS)
     sections, failed = [], []
     for name in chosen:
-        if not (ROOT / "bench" / f"{name}.py").exists():
-            continue
-        command = [sys.executable, "-m", f"bench.{name}"]
-        if args.quick and name in QUICK_FLAG:
-            command.append("--quick")
+        module, *arguments = name.split()
+        if args.quick and module in QUICK_FLAG:
+            arguments.append("--quick")
+        command = [sys.executable, "-m", f"bench.{module}", *arguments]
         print(f"== {name}", flush=True)
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         print(result.stdout)
@@ -64,8 +66,7 @@ def main() -> int:
             failed.append(name)
             print(result.stderr[-2000:], file=sys.stderr)
         sections.append(
-            f"## {BENCHMARKS[name]}\n\n`python -m bench.{name}`"
-            f"{' --quick' if args.quick and name in QUICK_FLAG else ''}\n\n"
+            f"## {BENCHMARKS[name]}\n\n`python -m bench.{' '.join([module, *arguments])}`\n\n"
             f"{result.stdout.strip()}\n"
         )
     today = datetime.date.today().isoformat()
