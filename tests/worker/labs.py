@@ -144,10 +144,20 @@ class Lab:
             if all(run.status in until for run in runs):
                 return runs
             if time.monotonic() > deadline:
-                logs = "\n".join(w.text()[-3000:] for w in self.workers)
                 states = [(r.id, r.status, r.step, r.error) for r in runs]
-                raise TimeoutError(f"runs {states} not in {until}:\n{logs}")
+                raise TimeoutError(f"runs {states} not in {until}:\n{self.logs()}")
             time.sleep(0.05)
+
+    def wait_for(self, condition: Callable[[], object], timeout: float, what: str) -> None:
+        """`wait_for`, failing with the workers' logs (what they were doing instead)."""
+        try:
+            wait_for(condition, timeout, what)
+        except AssertionError as timed_out:
+            raise AssertionError(f"{timed_out}:\n{self.logs()}") from None
+
+    def logs(self) -> str:
+        """The end of every worker's log, for a failure message."""
+        return "\n".join(f"--- {w.log.name}\n{w.text()[-3000:]}" for w in self.workers)
 
     def points(self, run_id: str, name: str = "train_loss") -> list[tuple[int, float]]:
         """A run's stored points of one metric, as (step, value) in step order."""

@@ -156,7 +156,7 @@ def test_a_killed_worker_s_run_resumes_from_its_checkpoint(tmp_path) -> None:
         first = the_lab.start_worker()
         the_lab.send(killed, reference)
         second = the_lab.start_worker(wait=False)  # takes `reference` once it is up
-        wait_for((artifacts / killed / "step-00000200.pt").exists, 60, "a checkpoint")
+        the_lab.wait_for((artifacts / killed / "step-00000200.pt").exists, 120, "a checkpoint")
         first.kill()
         assert the_lab.run(killed).status == "running"
         assert 200 <= the_lab.points(killed)[-1][0] < 400  # stored up to the checkpoint at least
@@ -173,7 +173,7 @@ def test_a_killed_worker_s_run_resumes_from_its_checkpoint(tmp_path) -> None:
 
         (handed,) = the_lab.create(run_spec(steps=100_000, checkpoint_interval=100))
         the_lab.send(handed)
-        wait_for((artifacts / handed / "step-00000100.pt").exists, 30, "a checkpoint")
+        the_lab.wait_for((artifacts / handed / "step-00000100.pt").exists, 60, "a checkpoint")
         assert second.stop() == 0
         run = the_lab.run(handed)
         assert (run.status, run.attempts, run.error) == ("queued", 0, None)
