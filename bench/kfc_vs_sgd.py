@@ -24,8 +24,8 @@ cores) hits every optimizer alike:
     python -m bench.kfc_vs_sgd [--quick] [--batch-norm] [--batch B] [--target ERROR] [--seeds S]
 
 The default run takes about 8 minutes on 2 idle cores (several times longer when they are
-shared); --quick (SGD-momentum and KFC-pre only, a 5% target, one seed) under one. Results and their
-reading: docs/bench/kfc_vs_sgd.md.
+shared); --quick (SGD-momentum and KFC-pre only, a 5% target, one seed) under one. Results
+and their reading: docs/bench/kfc_vs_sgd.md.
 
 --batch-norm puts BatchNorm after every conv layer (the paper's claim that KFC-pre still beats
 SGD with BN). Writes docs/bench/kfc_vs_sgd.json and .png (with --batch-norm: kfc_vs_sgd_bn.*;
@@ -54,11 +54,15 @@ from worker.zoo.models import build_model, count_parameters
 OUT = Path(__file__).resolve().parent.parent / "docs" / "bench"
 BATCH = 128  # --batch
 TARGET_ERROR = 0.02  # --quick: 0.05
+
+
 def task_spec(batch_norm: bool = False) -> RunSpec:
     """The offline conv task's run spec; `batch_norm`: BN after every conv layer (the conv
     layers then have no bias), whose scale and shift get KFC-pre's plain momentum update."""
     model = {"name": "convnet", "width_scale": 0.5, "batch_norm": batch_norm}
     return RunSpec.model_validate({"dataset": "digits_offline", "model": model})
+
+
 KFC_PRE = KFCPreSpec().kfac_kwargs()  # the spec's defaults: what a kfc_pre run uses
 KFC = KFCSpec().kfac_kwargs()
 
@@ -157,8 +161,8 @@ GRIDS = {  # first runs had the best SGD lr (0.1) and Adam lr (3e-3, 1e-2) atop 
 MAX_STEPS = {"sgd_momentum": 500, "adam": 500, "kfc_pre": 250, "kfc": 250}
 STALLED_AFTER, STALLED_ERROR = 100, 0.8  # chance is 0.9
 EVAL_EVERY = 5
-SEEDS = 3  # --seeds
 """Steps between evaluations, the same for every method (the counts are multiples of it)."""
+SEEDS = 3  # --seeds
 
 
 def train_to_target(spec, method, lr, data, probe, target, max_steps, eval_every, batch, seed=0):

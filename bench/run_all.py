@@ -30,7 +30,8 @@ BENCHMARKS = {
     "bench_load": "50 viewers on an experiment while 4 runs train (issue 6)",
     "bench_page": "The experiment page in a browser: load, live updates, snapshots (issue 4)",
 }
-"""Each benchmark: its module in bench/ and arguments, and the heading of its section."""
+"""Key: a benchmark's command line (its module in bench/, then its arguments); value: the
+heading of its section."""
 QUICK_FLAG = {"kfac_vs_sgd", "kfc_vs_sgd"}
 """The modules that take --quick."""
 
