@@ -49,7 +49,7 @@ from kfac import KFAC
 from kfac.inverses import Notes
 from kfac.losses import negative_log_likelihood
 from worker.zoo.datasets import load_dataset
-from worker.zoo.models import build_model, count_parameters
+from worker.zoo.models import build_model
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "bench"
 BATCH = 128  # --batch
@@ -228,19 +228,19 @@ def main() -> None:
     x_train, y_train = data.train_x, data.train_y
     probe = (x_train[::4], y_train[::4])  # 1,000 fixed training digits
     norm = ", BatchNorm" if args.batch_norm else ""
-    parameters = count_parameters(build_model(spec))
+    task = f"offline conv task{norm}"
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     results: dict = {
         "machine": machine,
         "torch": torch.__version__,
-        "task": f"convnet width 0.5 (16-16-32 filters{norm}, {parameters:,} parameters) on "
-        f"4,000 offline MNIST digits as 28×28×1 images, batch {args.batch}",
+        "task": f"convnet width 0.5 (16-16-32 filters{norm}, {spec.parameter_count():,} "
+        f"parameters) on 4,000 offline MNIST digits as 28×28×1 images, batch {args.batch}",
         "target_training_error": target,
         "seeds": args.seeds,
         "kfc_pre": {"momentum": 0.9, **KFC_PRE},
         "kfc": KFC,
     }
-    print(f"# KFC vs SGD-momentum on the offline conv task{norm} — {machine}\n")
+    print(f"# KFC vs SGD-momentum on the {task} — {machine}\n")
     mixed = slice(1, None, 4)  # every 4th digit: all classes (the training set is sorted)
     x, y = x_train[mixed][: args.batch], y_train[mixed][: args.batch]
     times = step_times(spec, x_train, y_train, args.batch, rounds=1 if args.quick else 3)
@@ -332,7 +332,7 @@ def main() -> None:
     name += "" if args.batch == BATCH else f"_batch{args.batch}"
     name += "_quick" if args.quick else ""
     (OUT / f"{name}.json").write_text(json.dumps(results, indent=1, default=str))
-    plot(runs, best, times, target, f"offline conv task{norm}", OUT / f"{name}.png")
+    plot(runs, best, times, target, task, OUT / f"{name}.png")
 
 
 def plot(runs, best, times, target: float, task: str, path: Path) -> None:

@@ -56,7 +56,7 @@ def test_a_database_outage_loses_no_point(tmp_path, postgresql_url: str) -> None
                 PageStream(api.url, experiment, TOKEN, loaded_at) as page,
             ):
                 the_lab.send(reference, interrupted)  # one worker: the reference trains first
-                wait_for(lambda: the_lab.points(interrupted), 60, "the run's first points")
+                the_lab.wait_for(lambda: the_lab.points(interrupted), 60, "the run's first points")
                 proxy.cut()
                 answers = []
                 end = time.monotonic() + OUTAGE_S
