@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/kfac-lab serve
 
-# Debian's chromium drives the browser tests; docker-compose only validates the compose file.
-SYSTEM_TOOLS := chromium docker-compose
+# Debian's chromium drives the browser tests; docker-compose only validates the compose file;
+# the broker-outage tests start and kill redis-server processes of their own.
+SYSTEM_TOOLS := chromium docker-compose redis-server
 
 test: $(STAMP)
 	@for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \

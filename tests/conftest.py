@@ -5,6 +5,9 @@ on the server at KFAC_TEST_POSTGRES_URL and dropped at the end. Both are migrate
 Alembic. Tests that take `db_url` run once on each (the PostgreSQL run is marked
 `integration`); they share the databases, so each test creates its own rows and looks only at
 those.
+
+A test that cannot run because a service or tool is missing calls `missing_service`: it skips
+on a developer's machine and fails where the services are required (`.ci/run`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import ExitStack
+from typing import NoReturn
 
 import pytest
 from sqlalchemy.exc import OperationalError
@@ -22,6 +26,33 @@ from backend.store.migrate import scratch_database, upgrade
 POSTGRES_URL = os.environ.get(
     "KFAC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+
+REQUIRE_SERVICES = "KFAC_REQUIRE_SERVICES"
+
+
+def services_required() -> bool:
+    """Whether a missing service is an error: KFAC_REQUIRE_SERVICES=1 (`.ci/run` sets it) or,
+    when the flag is unset or empty, CI set at all, as CI systems do; KFAC_REQUIRE_SERVICES=0
+    turns it off even under CI."""
+    flag = os.environ.get(REQUIRE_SERVICES, "")
+    if flag:
+        return flag != "0"
+    return bool(os.environ.get("CI"))
+
+
+def missing_service(name: str, reason: str) -> NoReturn:
+    """End the calling test (or fixture) because the service or tool `name` is missing.
+
+    A developer may run a subset without PostgreSQL, Redis, redis-server, Chromium or
+    docker-compose, so the test skips; in CI a skip would let a machine without them go green,
+    so there it fails, naming the service.
+    """
+    message = f"{name} is missing: {reason}"
+    if services_required():
+        pytest.fail(
+            f"{message} ({REQUIRE_SERVICES} or CI is set: services are required)", pytrace=False
+        )
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -38,7 +69,7 @@ def postgresql_url() -> Iterator[str]:
         try:
             url = stack.enter_context(scratch_database(POSTGRES_URL, prefix="kfac_test"))
         except OperationalError as error:
-            pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {error}")
+            missing_service("PostgreSQL", f"not reachable at {POSTGRES_URL}: {error}")
         yield url
 
 

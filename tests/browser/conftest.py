@@ -25,6 +25,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
 from tests.browser.support import ROOT, PageWatch, Screenshots, Server, sign_in
+from tests.conftest import missing_service
 
 CHROMIUM = "/usr/bin/chromium"
 ADMIN_TOKEN = "browser-test-admin-token"
@@ -38,7 +39,7 @@ expect.set_options(timeout=15_000)
 def browser_type_launch_args() -> dict:
     """Debian's Chromium, headless (Playwright never fetches a browser of its own here)."""
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+        missing_service("Chromium", f"{CHROMIUM} is not installed (apt-get install chromium)")
     return {
         "executable_path": CHROMIUM,
         "headless": True,

@@ -12,9 +12,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import missing_service
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = shutil.which("docker-compose")
-pytestmark = pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _compose_installed() -> None:
+    if COMPOSE is None:
+        missing_service("docker-compose", "not on PATH (apt-get install docker-compose)")
 
 
 def compose_config(**env) -> subprocess.CompletedProcess:

@@ -27,19 +27,22 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.conftest import missing_service
 from tests.faults.support import REDIS_SERVER, RedisServer, TcpProxy
 from tests.worker.labs import lab, run_spec, wait_for
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(REDIS_SERVER).exists(), reason=f"no {REDIS_SERVER}"),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 STEPS, EVAL_INTERVAL = 600, 200  # about a second per run: two train, the others wait
 RUNS = 4
 AWAY_S = 1.0
 RECONNECT = timedelta(seconds=5)  # a worker notices the broker is back within this
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _redis_server_installed() -> None:
+    if not Path(REDIS_SERVER).exists():
+        missing_service("redis-server", f"no {REDIS_SERVER} (apt-get install redis-server)")
 
 
 @pytest.mark.parametrize("fault", ["restart", "network cut", "blip"])

@@ -7,6 +7,7 @@ import tarfile
 
 import numpy as np
 import pytest
+import scipy.io
 import torch
 from torch import nn
 
@@ -109,14 +110,13 @@ def test_cifar10_download_needs_opt_in_mirror_and_checksum(tmp_path, monkeypatch
 
 
 def test_svhn_reads_the_mat_files(tmp_path):
-    scipy_io = pytest.importorskip("scipy.io")
     rng = np.random.default_rng(1)
     expected = {}
     for name, count in (("train_32x32.mat", 5), ("test_32x32.mat", 3)):
         x = rng.integers(0, 256, (32, 32, 3, count), dtype=np.uint8)
         y = rng.integers(1, 11, (count, 1)).astype(np.uint8)
         buffer = io.BytesIO()
-        scipy_io.savemat(buffer, {"X": x, "y": y})
+        scipy.io.savemat(buffer, {"X": x, "y": y})
         (tmp_path / name).write_bytes(buffer.getvalue())
         expected[name] = (x, y)
     (train_x, train_y), (test_x, test_y) = image_datasets.read_svhn(tmp_path)

@@ -23,14 +23,12 @@ from backend.store.db import session_scope
 from backend.store.migrate import scratch_database
 from backend.store.models import MetricSeries
 from backend.store.writes import request_cancel
+from tests.conftest import POSTGRES_URL, missing_service
 from tests.worker.labs import Lab, lab, run_spec, wait_for
 from worker import recovery
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-POSTGRES_URL = os.environ.get(
-    "KFAC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 REDIS_HOST = os.environ.get("KFAC_TEST_REDIS_HOST", "127.0.0.1")
 RELU_AUTOENCODER = {"name": "autoencoder", "encoder": [8], "activation": "relu", "loss": "mse"}
 
@@ -49,13 +47,13 @@ def redis_database() -> Iterator[str]:
     try:
         redis.Redis(host=REDIS_HOST).ping()
     except redis.ConnectionError as error:
-        pytest.skip(f"Redis is not reachable at {REDIS_HOST}: {error}")
+        missing_service("Redis", f"not reachable at {REDIS_HOST}: {error}")
     for number in random.sample(range(1, 16), 15):
         client = redis.Redis(host=REDIS_HOST, db=number)
         if client.dbsize() == 0:
             break
     else:
-        pytest.skip("no empty Redis database")
+        missing_service("Redis", f"no empty database among 1..15 at {REDIS_HOST}")
     try:
         yield f"redis://{REDIS_HOST}:6379/{number}"
     finally:
@@ -69,7 +67,7 @@ def team(tmp_path) -> Iterator[Lab]:
         try:
             database = stack.enter_context(scratch_database(POSTGRES_URL, prefix="kfac_test"))
         except OperationalError as error:
-            pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {error}")
+            missing_service("PostgreSQL", f"not reachable at {POSTGRES_URL}: {error}")
         broker = stack.enter_context(redis_database())
         the_lab = stack.enter_context(
             lab(tmp_path, KFAC_DATABASE_URL=database, KFAC_BROKER_URL=broker)
