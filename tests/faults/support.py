@@ -8,6 +8,8 @@ stream cut off without a goodbye.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import select
 import signal
@@ -40,6 +42,18 @@ def store_ids(url: str, experiment_id: str, after: int) -> list[int]:
 
 
 # --- Redis -------------------------------------------------------------------------------------
+
+
+def waiting_runs(client: redis.Redis) -> list[str]:
+    """The run ids of the messages still queued or delivered but not acknowledged."""
+    messages = client.lrange("cpu", 0, -1) + list(client.hvals("unacked"))
+    runs = []
+    for raw in messages:
+        message = json.loads(raw)
+        payload = message[0] if isinstance(message, list) else message  # unacked: [msg, ...]
+        args, _kwargs, _embed = json.loads(base64.b64decode(payload["body"]))
+        runs.append(args[0])
+    return runs
 
 
 @dataclass

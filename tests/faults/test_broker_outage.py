@@ -16,8 +16,6 @@ heartbeat timeout (60 s by default), longer than the test."""
 
 from __future__ import annotations
 
-import base64
-import json
 import re
 import time
 from contextlib import ExitStack
@@ -28,7 +26,7 @@ import pytest
 import redis
 
 from tests.conftest import missing_service
-from tests.faults.support import REDIS_SERVER, RedisServer, TcpProxy
+from tests.faults.support import REDIS_SERVER, RedisServer, TcpProxy, waiting_runs
 from tests.worker.labs import lab, run_spec, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -106,14 +104,3 @@ def test_the_broker_going_away_loses_no_run(tmp_path, postgresql_url: str, fault
         if fault == "blip":
             assert ": nothing to do (" in logs  # a running run's message came again
 
-
-def waiting_runs(client: redis.Redis) -> list[str]:
-    """The run ids of the messages still queued or delivered but not acknowledged."""
-    messages = client.lrange("cpu", 0, -1) + list(client.hvals("unacked"))
-    runs = []
-    for raw in messages:
-        message = json.loads(raw)
-        payload = message[0] if isinstance(message, list) else message  # unacked: [msg, ...]
-        args, _kwargs, _embed = json.loads(base64.b64decode(payload["body"]))
-        runs.append(args[0])
-    return runs
