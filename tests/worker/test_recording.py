@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -12,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 from backend.store.db import session_scope
 from backend.store.models import Snapshot
 from backend.store.writes import claim_run, request_cancel, set_status
-from tests.worker.labs import Lab, lab, run_spec
+from tests.worker.labs import Lab, lab, run_spec, wait_for
 from worker import recording
 from worker.recording import RunMonitor, StopReason, StoreRecorder
 
@@ -54,18 +53,26 @@ OUTAGE = OperationalError("INSERT ...", {}, Exception("server closed the connect
 
 
 def test_points_written_during_an_outage_are_kept(store, run_id, monkeypatch, fast_retries):
-    calls = failing(monkeypatch, "write_metrics", 3, OUTAGE)
+    """The database fails until the test mends it (not for a number of calls, which a loaded
+    machine could retry through before `sync` looks)."""
+    real, calls, down = recording.write_metrics, [0], [True]
+
+    def flaky(*args, **kwargs):
+        calls[0] += 1
+        if down[0]:
+            raise OUTAGE
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(recording, "write_metrics", flaky)
     recorder = StoreRecorder(run_id, store.url)
     recorder.metrics([("train_loss", 1, 0.1, 2.0)])
-    deadline = time.monotonic() + 5
-    while calls[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: calls[0] >= 3, 60, "three failed writes")
     assert recorder.sync(timeout=0.001) is False  # the caller skips its checkpoint
     for step in range(2, 11):
         recorder.metrics([("train_loss", step, 0.1 * step, 2.0 / step)])
-    assert recorder.close(timeout=10)
+    down[0] = False
+    assert recorder.close(timeout=60)
     assert [step for step, _ in store.points(run_id)] == list(range(1, 11))
-    assert calls[0] >= 4  # three failures, then the retried batch and the rest
 
 
 def test_sync_waits_until_everything_is_stored(store, run_id):
@@ -87,18 +94,16 @@ def test_a_permanent_error_drops_that_record_only(store, run_id, monkeypatch, fa
         assert session.query(Snapshot).filter_by(run_id=run_id).count() == 0
 
 
-def test_the_monitor_sees_a_cancel_within_a_second(store, run_id):
+def test_the_monitor_sees_a_cancel(store, run_id):
     with RunMonitor(run_id, "me", store.url, heartbeat_interval=0.2) as monitor:
         monitor.step = 7
-        time.sleep(0.7)
+        wait_for(lambda: store.run(run_id).step == 7, 60, "the heartbeat to carry the step")
         assert not monitor.should_stop()
-        assert store.run(run_id).step == 7  # progress goes out with the heartbeat
         with session_scope(store.url) as session:
             request_cancel(session, run_id)
-        asked = time.monotonic()
-        while not monitor.should_stop():
-            assert time.monotonic() - asked < 1.5
-            time.sleep(0.01)
+        # Seen at the next poll (well under a second on an idle machine); the generous limit
+        # only ends a broken test, so that the outcome does not depend on the machine's load.
+        wait_for(monitor.should_stop, 60, "the monitor to see the cancel")
     assert monitor.reason is StopReason.CANCEL
 
 
@@ -108,10 +113,7 @@ def test_the_monitor_notices_a_run_it_lost(store, run_id):
     with session_scope(store.url) as session:
         claim_run(session, run_id, "someone else")
     with RunMonitor(run_id, "me", store.url, heartbeat_interval=0.1) as monitor:
-        deadline = time.monotonic() + 3
-        while not monitor.should_stop():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for(monitor.should_stop, 60, "the monitor to notice the lost run")
     assert monitor.reason is StopReason.LOST
 
 
