@@ -199,11 +199,14 @@ async def test_streams_check_access_first(
     async with httpx.AsyncClient(base_url=live_server.url, timeout=5) as http:
         path = "/api/experiments/{}/events"
         assert (await http.get(path.format(mine["id"]))).status_code == 401
-        forbidden = await http.get(path.format(other["id"]), params={"token": token})
+        shared = {"Authorization": f"Bearer {token}"}
+        forbidden = await http.get(path.format(other["id"]), headers=shared)
         assert forbidden.status_code == 403
         missing = await http.get(path.format("0" * 32), headers=ADMIN)
         assert missing.status_code == 404
-        async with http.stream("GET", path.format(mine["id"]), params={"token": token}) as ok:
+        by_query = await http.get(path.format(mine["id"]), params={"token": token})
+        assert by_query.status_code == 401  # a token is never taken from the URL
+        async with http.stream("GET", path.format(mine["id"]), headers=shared) as ok:
             assert ok.status_code == 200
 
 

@@ -162,7 +162,7 @@ def test_share_link_opens_a_read_only_page(
     share_input = owner.locator("#share-url")
     expect(share_input).not_to_have_value("")
     share_url = share_input.input_value()
-    assert f"/experiments/{launched.id}?share=" in share_url
+    assert f"/experiments/{launched.id}#share=" in share_url
 
     stranger = browser.new_context(**browser_context_args)  # no admin token anywhere
     try:

@@ -1,9 +1,11 @@
 """The live event stream of an experiment (server-sent events).
 
-Each event carries its store id as the SSE `id`, so a browser's EventSource reconnects with
-`Last-Event-ID` by itself and receives exactly what it missed; a page that has just loaded
-its data can also start from the `last_event_id` that came with it (`?last_event_id=`).
-The header wins over the query, because EventSource keeps the URL it was opened with.
+Each event carries its store id as the SSE `id`, so a client that reconnects with
+`Last-Event-ID` receives exactly what it missed; a page that has just loaded its data starts
+from the `last_event_id` that came with it. The token comes in the `Authorization` header
+like everywhere else, so browsers read the stream with `fetch` (frontend/js/live.js), not
+with EventSource, which cannot send one. `?last_event_id=` is also accepted, for clients
+that cannot set headers at all; the header wins over it.
 
 Events (`event:` name, `data:` JSON):
 * `metrics` — `{"run_id", "series": {NAME: {"step": [...], "wall_time": [...], "value": [...]}}}`
@@ -11,7 +13,7 @@ Events (`event:` name, `data:` JSON):
 * `snapshot` — `{"run_id", "snapshot_id", "step", "kinds"}`
 * `end` — `{"reason"}`, last, when the stream ends for good (experiment deleted, share link
   revoked). A stream the server ends for its own sake (too far behind, shutdown) just stops,
-  and EventSource reconnects with `Last-Event-ID`.
+  and the page reconnects with `Last-Event-ID`.
 A comment line is sent every 15 s when nothing else is, to keep proxies from closing it.
 """
 
