@@ -4,7 +4,7 @@
 // Loading: the experiment and all curves come in two requests (curves downsampled by the API),
 // then the live stream is opened from the event id the experiment came with, so nothing that
 // happens after the page's data was read is missed (points the page already has are skipped).
-// Opened through a share link (`?share=`), the page is read-only: the controls that write are
+// Opened through a share link (`#share=`), the page is read-only: the controls that write are
 // removed, and the API would refuse them anyway.
 
 import { ApiError, credentials, del, download, get, post } from "./api.js";
