@@ -48,7 +48,7 @@ Send `Authorization: Bearer TOKEN` with every request: the admin token (printed 
 def create_app(settings: Settings | None = None, *, frontend_dir: Path | None = None) -> FastAPI:
     """The app for `settings` (default: the process's, from the environment)."""
     settings = settings or get_settings()
-    hub = EventHub(settings.database_url)
+    hub = EventHub(settings.database_url, settings.max_streams_per_client)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

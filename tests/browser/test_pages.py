@@ -41,7 +41,9 @@ class Launched:
 
 def wait_until(page: Page, expression: str, timeout: float = 30_000) -> None:
     """Poll a JavaScript condition (on a timer: the page's animation frames are its own)."""
-    page.wait_for_function(expression, polling=250, timeout=timeout)
+    # As a function: a bare expression would be re-evaluated with `eval`, which the pages'
+    # Content-Security-Policy forbids.
+    page.wait_for_function(f"() => ({expression})", polling=250, timeout=timeout)
 
 
 def fill_field(page: Page, path: str, value: str) -> None:

@@ -75,7 +75,7 @@ def add_point_and_wait(page: Page, server: Server, live: Live, step: int) -> Non
     """A new point reaches the open page through its live stream."""
     with session_scope(server.database_url) as session:
         write_metrics(session, live.run_id, [("train_loss", step, 0.1 * step, 1.0 / step)])
-    page.wait_for_function(f"{POINTS_JS} >= {step}", polling=250, timeout=30_000)
+    page.wait_for_function(f"() => ({POINTS_JS}) >= {step}", polling=250, timeout=30_000)
 
 
 def test_the_admin_token_is_in_the_first_url_only(
@@ -86,7 +86,7 @@ def test_the_admin_token_is_in_the_first_url_only(
     try:
         page, watch = watched(context)
         page.goto(f"/?token={server.token}")
-        page.wait_for_function("localStorage.getItem('kfac-lab.token') !== null")
+        page.wait_for_function("() => localStorage.getItem('kfac-lab.token') !== null")
         assert requests.carrying(server.token) == [requests.urls[0]]
         assert "token" not in page.url
         page.goto("/new")

@@ -23,18 +23,19 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from backend.api.deps import ReaderDep, get_settings, load_experiment
-from backend.api.errors import READ_ERRORS
-from backend.api.live import Subscription, sse_frame
+from backend.api.errors import READ_ERRORS, documented
+from backend.api.live import StreamLimitReached, Subscription, sse_frame
 from backend.store.db import session_scope
 
-router = APIRouter(tags=["events"], responses=READ_ERRORS)
+router = APIRouter(tags=["events"], responses={**READ_ERRORS, **documented(429)})
 
 RECONNECT_MS = 1000
+LIMIT_RETRY_AFTER_S = 10  # a page waits this long before it tries again, past the limit
 KEEPALIVE_S = 15.0
 OPENING = f": stream open\nretry: {RECONNECT_MS}\n\n".encode()
 KEEPALIVE = b": keep-alive\n\n"
@@ -55,7 +56,15 @@ async def subscription(
 ) -> Subscription:
     """A place in the experiment's live feed; the stream leaves it when it ends."""
     await run_in_threadpool(_check_experiment, request, principal, experiment_id)
-    return await request.app.state.event_hub.subscribe(experiment_id, principal)
+    try:
+        return await request.app.state.event_hub.subscribe(experiment_id, principal)
+    except StreamLimitReached as refused:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"Too many open event streams: this token may hold {refused.limit} at once "
+            "(KFAC_MAX_STREAMS_PER_CLIENT). Close some pages, or try again later.",
+            headers={"Retry-After": str(LIMIT_RETRY_AFTER_S)},
+        ) from None
 
 
 def resume_after(
