@@ -216,6 +216,10 @@ def report(r: dict[str, Any]) -> int:
             f"| event: write -> arrival, p50 / p95 / max | {lat['p50_ms']:.0f} / "
             f"{lat['p95_ms']:.0f} / {lat['max_ms']:.0f} ms |"
         )
+    print(
+        f"| events written (one per transaction) | {r['events_written']:,} "
+        f"({r['events_written'] / s['seconds']:.0f}/s) |"
+    )
     print(f"| deliveries (of expected) | {r['deliveries']:,} of {r['deliveries_expected']:,} |")
     print(f"| API CPU while streaming | {100 * r['api_cpu_share']:.0f}% of a core |")
     print(f"| API RSS (peak) | {r['api_rss_mb'][0]:.0f} MB ({r['api_rss_mb'][1]:.0f} MB) |")

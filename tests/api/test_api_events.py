@@ -289,3 +289,20 @@ async def test_a_token_past_its_stream_limit_gets_a_clear_429(
 def test_the_stream_limit_is_a_setting(settings: Settings, broker) -> None:
     settings.max_streams_per_client = 3
     assert create_app(settings).state.event_hub.max_streams_per_client == 3
+
+
+async def test_a_refused_request_keeps_no_place_in_the_feed(
+    live_server: LiveServer, experiment: dict
+) -> None:
+    """A request that joined the feed and was then refused (a bad `Last-Event-ID`: 422)
+    gives its place back, or it would count against the client's limit for good."""
+    hub = live_server.app.state.event_hub
+    hub.max_streams_per_client = 1
+    path = f"/api/experiments/{experiment['id']}/events"
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=10) as http:
+        for _ in range(2):
+            bad = await http.get(path, headers={**ADMIN, "Last-Event-ID": "-1"})
+            assert bad.status_code == 422
+    assert not hub.feeds[experiment["id"]].subscribers and not hub.streams_of
+    async with open_stream(live_server, experiment["id"]):
+        pass

@@ -53,11 +53,13 @@ async def subscription(
     request: Request,
     principal: ReaderDep,
     experiment_id: Annotated[str, Path(max_length=64)],
-) -> Subscription:
-    """A place in the experiment's live feed; the stream leaves it when it ends."""
+) -> AsyncIterator[Subscription]:
+    """A place in the experiment's live feed, given back when the answer is over, however it
+    ends (the body fully sent, the client gone, even before the body began): a place kept
+    by mistake would count against the client's stream limit for good."""
     await run_in_threadpool(_check_experiment, request, principal, experiment_id)
     try:
-        return await request.app.state.event_hub.subscribe(experiment_id, principal)
+        joined = await request.app.state.event_hub.subscribe(experiment_id, principal)
     except StreamLimitReached as refused:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
@@ -65,6 +67,10 @@ async def subscription(
             "(KFAC_MAX_STREAMS_PER_CLIENT). Close some pages, or try again later.",
             headers={"Retry-After": str(LIMIT_RETRY_AFTER_S)},
         ) from None
+    try:
+        yield joined
+    finally:
+        joined.leave()
 
 
 def resume_after(
@@ -102,11 +108,8 @@ async def _frames(joined: Subscription, after: int | None) -> AsyncIterator[byte
     """The stream's bytes: each frame encoded once per feed (`LiveEvent.frame`) and all that
     arrived together written at once; with 50 pages open, per-event work in this loop is
     what the API's CPU goes on."""
-    try:
-        yield OPENING
-        async for batch in joined.batches(after, idle_s=KEEPALIVE_S):
-            yield b"".join(event.frame for event in batch) if batch else KEEPALIVE
-        if not joined.resumable:
-            yield sse_frame("end", json.dumps({"reason": joined.end_reason}))
-    finally:
-        joined.leave()
+    yield OPENING
+    async for batch in joined.batches(after, idle_s=KEEPALIVE_S):
+        yield b"".join(event.frame for event in batch) if batch else KEEPALIVE
+    if not joined.resumable:
+        yield sse_frame("end", json.dumps({"reason": joined.end_reason}))
