@@ -54,6 +54,12 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(
         default=60.0, gt=0, description="A running run whose heartbeat is older is re-queued."
     )
+    max_streams_per_client: int = Field(
+        default=100,
+        ge=1,
+        description="Open event streams one token (the admin's, or one share link's) may hold; "
+        "the next is answered 429.",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Origins allowed by CORS, comma-separated; empty (closed) by default.",

@@ -141,7 +141,12 @@ class Viewers:
     errors: list[str] = field(default_factory=list)
 
 
-async def watch(base: httpx.URL, experiment_id: str, seen: Viewers) -> None:
+async def watch(
+    base: httpx.URL,
+    experiment_id: str,
+    seen: Viewers,
+    authorization: str = HEADERS["Authorization"],
+) -> None:
     """One page's event stream: note when each event has fully arrived (its blank line).
 
     A bare HTTP/1.1 client on a socket, cutting frames out of the raw bytes with `bytes.find`
@@ -152,7 +157,7 @@ async def watch(base: httpx.URL, experiment_id: str, seen: Viewers) -> None:
     reader, writer = await asyncio.open_connection(base.host, base.port)
     request = (
         f"GET /api/experiments/{experiment_id}/events HTTP/1.1\r\nHost: {base.host}\r\n"
-        f"Authorization: {HEADERS['Authorization']}\r\nAccept: text/event-stream\r\n\r\n"
+        f"Authorization: {authorization}\r\nAccept: text/event-stream\r\n\r\n"
     )
     writer.write(request.encode())
     try:

@@ -3,9 +3,10 @@ router repeats (an experiment or a run the caller may read).
 
 Access, and why it looks like this:
 
-* A token comes as `Authorization: Bearer TOKEN`, or as `?token=` for EventSource, which
-  cannot set headers. No token: 401. A token that is neither the admin token nor a live share
-  token: 403.
+* A token comes as `Authorization: Bearer TOKEN` and in no other way: a token in a URL would
+  land in access logs, proxies and browser histories (the pages read their event stream and
+  downloads with `fetch`, which sends the header). No token: 401. A token that is neither the
+  admin token nor a live share token: 403.
 * The admin token is `settings.admin_token` or, when unset, the one generated and stored with
   the data on first use; it is read once per process (it never changes) and compared in
   constant time.
@@ -25,7 +26,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from backend.settings import Settings
@@ -85,9 +86,6 @@ class Principal:
 
 
 _bearer = HTTPBearer(auto_error=False, description="The admin token or a share token")
-_query_token = APIKeyQuery(
-    name="token", auto_error=False, description="The same token, for EventSource"
-)
 
 
 def admin_token(request: Request) -> str:
@@ -106,9 +104,8 @@ def admin_token(request: Request) -> str:
 def get_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    query_token: Annotated[str | None, Depends(_query_token)],
 ) -> Principal:
-    token = credentials.credentials if credentials else query_token
+    token = credentials.credentials if credentials else None
     if not token:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,

@@ -40,6 +40,7 @@ def documented(*codes: int) -> dict[int | str, dict]:
         404: "Unknown id",
         409: "The stored spec no longer validates (made by an older version)",
         413: "Request body too large",
+        429: "Too many open event streams for this token (see `Retry-After`)",
         503: "The database or the broker is unavailable",
     }
     return {code: {"model": ErrorOut, "description": descriptions[code]} for code in codes}

@@ -2,8 +2,8 @@
 
 * Pages have hash-free URLs — `/`, `/new`, `/experiments/{id}` — each served from
   `frontend/<page>.html` when that file exists, else from `frontend/index.html` (the SPA
-  shell, which routes by `location.pathname`). Tokens travel in the query string
-  (`?token=`, `?share=`) and are read by the page's script, not by the server.
+  shell, which routes by `location.pathname`). The start-up URL's `?token=` and a share
+  link's `#share=` are read by the page's script, not by the server (see frontend/js/api.js).
 * `frontend/` is also served under `/static/` (`/static/js/api.js`, `/static/css/app.css`).
   There is no build step, so file names carry no content hash: these answers say
   `Cache-Control: no-cache` and carry an ETag, i.e. the browser keeps them and revalidates

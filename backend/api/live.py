@@ -1,10 +1,11 @@
-"""Live events: one poller per experiment, fanning the store's event log out to every open stream.
+"""Live events: one poller per app, fanning the store's event log out to every open stream.
 
 Workers append to the `events` table (one row per metric batch, status change or snapshot);
 the API is a different process, so it polls. Polling once per *stream* would make 50 open
-pages cost 50 queries every 0.5 s; instead each experiment with open streams has one
-`ExperimentFeed` task that reads new events (one indexed range query per poll), serialises
-each event once, and hands the batch to all its `Subscription`s.
+pages cost 50 queries every 0.5 s, and once per *experiment* 200 watched experiments cost 400
+a second; instead the `EventHub` polls for all of them at once (one query per 100
+experiments, each an indexed range scan per experiment), serialises each event once, and
+each experiment's `ExperimentFeed` hands the batch to all its `Subscription`s.
 
 Exactly-once resume: a subscription records the feed's cursor when it joins (`start`). Every
 event the feed publishes afterwards has a larger id and reaches the subscription's queue;
@@ -12,8 +13,8 @@ everything up to `start` that the client has not seen (ids after its `Last-Event
 from the store directly. The store gives one experiment's event ids in commit order (see
 `backend.store.writes.append_event`), so reading "ids > cursor" never skips a late commit.
 
-Every ~2 s a feed also checks that its experiment still exists and that the share tokens its
-streams were opened with are still live, and ends the streams that lost their access: revoking
+Every ~2 s the hub also checks that the experiments still exist and that the share tokens
+their streams were opened with are still live, and ends the streams that lost their access: revoking
 a link or deleting an experiment takes effect on open pages too.
 """
 
@@ -31,10 +32,10 @@ from anyio import to_thread
 from sqlalchemy import select
 
 from backend.api.deps import Principal
-from backend.store.access import shared_experiment
+from backend.store.access import shared_experiments
 from backend.store.db import session_scope
-from backend.store.models import Experiment
-from backend.store.queries import events_after, last_event_id
+from backend.store.models import Event, Experiment
+from backend.store.queries import events_after, events_after_each, last_event_id
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ ACCESS_CHECK_INTERVAL_S = 2.0
 RETRY_AFTER_ERROR_S = 1.0
 LINGER_S = 5.0  # a feed outlives its last stream a little, so a reconnecting page reuses it
 BATCH = 500
+FEEDS_PER_QUERY = 100  # experiments read by one query (SQLite limits an expression's depth)
 MAX_PENDING = 20_000  # events queued for one stream; a stream this far behind is ended
 
 
@@ -91,7 +93,7 @@ class Subscription:
         self._wakeup.set()
 
     def leave(self) -> None:
-        self.feed.subscribers.discard(self)
+        self.feed.hub.leave(self)
 
     async def batches(
         self, after: int | None, idle_s: float | None = None
@@ -126,103 +128,190 @@ class Subscription:
 
 
 class ExperimentFeed:
-    """The poller of one experiment; runs while it has subscribers (and `LINGER_S` after).
-
-    A feed is in its hub's `feeds` exactly while it runs: it removes itself synchronously
-    (no await between deciding to stop and leaving), so a stream never joins a dead feed.
+    """The open streams of one experiment and how far its events have been published
+    (`cursor`). The hub's poller reads new events for every feed at once and publishes them;
+    a feed without streams stays `LINGER_S` (so a reconnecting page reuses it), then goes.
     """
 
     def __init__(self, hub: EventHub, experiment_id: str, cursor: int):
         self.hub, self.id, self.url = hub, experiment_id, hub.database_url
         self.subscribers: set[Subscription] = set()
         self.cursor = cursor
-        self.task = asyncio.create_task(self._run(), name=f"event feed {experiment_id}")
+        self.idle_since: float | None = None
 
     def join(self, principal: Principal) -> Subscription:
         """Add a stream; synchronous, so `start` and the next published batch cannot race."""
         subscription = Subscription(self, principal, self.cursor)
         self.subscribers.add(subscription)
+        self.idle_since = None
         return subscription
+
+    def publish(self, events: list[LiveEvent]) -> None:
+        self.cursor = events[-1].id
+        for subscription in list(self.subscribers):
+            subscription.push(events)
+
+    def close_all(self, reason: str) -> None:
+        for subscription in list(self.subscribers):
+            subscription.close(reason)
+
+
+class StreamLimitReached(Exception):
+    """A client already holds as many open streams as it may."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"at most {limit} open event streams per token")
+        self.limit = limit
+
+
+class EventHub:
+    """The feeds of one app (one per experiment with open streams) and their one poller.
+
+    Polling is per hub, not per feed: every `POLL_INTERVAL_S` one thread reads the new events
+    of all watched experiments in one query per `FEEDS_PER_QUERY` of them, and every
+    `ACCESS_CHECK_INTERVAL_S` it checks in two queries that the experiments still exist and
+    that the share tokens of their streams are still live. With one poller per feed, 200
+    watched experiments cost 400 thread hops and queries a second, and the queue for the
+    thread pool delayed events past 1 s at p95 (docs/benchmarks.md, "Event streams").
+
+    A client (the admin token, or one share token) may hold `max_streams_per_client` open
+    streams; the next is refused (`StreamLimitReached`), so one page left reloading in a
+    loop, or one link posted widely, cannot take the whole server's streams.
+    """
+
+    def __init__(self, database_url: str, max_streams_per_client: int = 100):
+        self.database_url = database_url
+        self.max_streams_per_client = max_streams_per_client
+        self.feeds: dict[str, ExperimentFeed] = {}
+        self.streams_of: dict[tuple[str, ...], set[Subscription]] = {}
+        self.task: asyncio.Task | None = None
+
+    async def subscribe(self, experiment_id: str, principal: Principal) -> Subscription:
+        """Join the experiment's feed, starting one if needed (raises StreamLimitReached, or
+        the store's error if the store is away)."""
+        self._check_limit(principal)  # before any work: a refused stream costs no query
+        if experiment_id not in self.feeds:
+            cursor = await to_thread.run_sync(_newest_event_id, self.database_url, experiment_id)
+            if experiment_id not in self.feeds:  # nobody started one while we read
+                self.feeds[experiment_id] = ExperimentFeed(self, experiment_id, cursor)
+        self._check_limit(principal)  # again, now without an await before joining
+        subscription = self.feeds[experiment_id].join(principal)
+        self.streams_of.setdefault(_client(principal), set()).add(subscription)
+        if self.task is None:
+            self.task = asyncio.create_task(self._run(), name="event feeds")
+        return subscription
+
+    def leave(self, subscription: Subscription) -> None:
+        subscription.feed.subscribers.discard(subscription)
+        held = self.streams_of.get(_client(subscription.principal), set())
+        held.discard(subscription)
+        if not held:
+            self.streams_of.pop(_client(subscription.principal), None)
+
+    def _check_limit(self, principal: Principal) -> None:
+        if len(self.streams_of.get(_client(principal), ())) >= self.max_streams_per_client:
+            raise StreamLimitReached(self.max_streams_per_client)
+
+    async def close(self) -> None:
+        """Stop the poller (app shutdown); the streams end."""
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
 
     async def _run(self) -> None:
         try:
             await self._poll_until_idle()
         except Exception:
-            log.exception("event feed of experiment %s failed", self.id)
-        finally:
-            if self.hub.feeds.get(self.id) is self:
-                del self.hub.feeds[self.id]
-            for subscription in list(self.subscribers):
-                subscription.close("the server stopped this stream")
+            log.exception("the event feeds failed")
+        finally:  # no await here: a stream that joins from now on starts a new poller
+            self.task = None
+            feeds, self.feeds = list(self.feeds.values()), {}
+            for feed in feeds:
+                feed.close_all("the server stopped this stream")
 
     async def _poll_until_idle(self) -> None:
         next_check = time.monotonic() + ACCESS_CHECK_INTERVAL_S
-        idle_since: float | None = None
-        while True:
+        while self.feeds:
+            feeds = dict(self.feeds)
             try:
-                events = await to_thread.run_sync(fetch_events, self.url, self.id, self.cursor)
+                cursors = {experiment_id: feed.cursor for experiment_id, feed in feeds.items()}
+                batches, full = await to_thread.run_sync(
+                    fetch_new_events, self.database_url, cursors
+                )
                 if time.monotonic() >= next_check:
-                    await self._check_access()
+                    await self._check_access(feeds)
                     next_check = time.monotonic() + ACCESS_CHECK_INTERVAL_S
             except Exception as error:  # the database is away: keep the streams, retry
-                log.warning("event feed of experiment %s: %s", self.id, error)
+                log.warning("event feeds: %s", error)
                 await asyncio.sleep(RETRY_AFTER_ERROR_S)
                 continue
-            if events:
-                self.cursor = events[-1].id
-                for subscription in list(self.subscribers):
-                    subscription.push(events)
-            if self.subscribers:
-                idle_since = None
-            elif idle_since is None:
-                idle_since = time.monotonic()
-            elif time.monotonic() - idle_since > LINGER_S:
-                return
-            if len(events) < BATCH:
+            for experiment_id, events in batches.items():
+                if self.feeds.get(experiment_id) is feeds[experiment_id]:  # not replaced
+                    feeds[experiment_id].publish(events)
+            self._drop_idle_feeds()
+            if not full:
                 await asyncio.sleep(POLL_INTERVAL_S)
 
-    async def _check_access(self) -> None:
-        tokens = {s.principal.token for s in self.subscribers if not s.principal.admin}
-        exists, live = await to_thread.run_sync(_access, self.url, self.id, tokens)
-        for subscription in list(self.subscribers):
-            if not exists:
-                subscription.close("the experiment was deleted")
-            elif not subscription.principal.admin and subscription.principal.token not in live:
-                subscription.close("the share link was revoked")
+    def _drop_idle_feeds(self) -> None:
+        now = time.monotonic()
+        for experiment_id, feed in list(self.feeds.items()):
+            if feed.subscribers:
+                feed.idle_since = None
+            elif feed.idle_since is None:
+                feed.idle_since = now
+            elif now - feed.idle_since > LINGER_S:
+                del self.feeds[experiment_id]
+
+    async def _check_access(self, feeds: dict[str, ExperimentFeed]) -> None:
+        tokens = {
+            s.principal.token
+            for feed in feeds.values()
+            for s in feed.subscribers
+            if not s.principal.admin
+        }
+        existing, opens = await to_thread.run_sync(_access, self.database_url, list(feeds), tokens)
+        for experiment_id, feed in feeds.items():
+            for subscription in list(feed.subscribers):
+                if experiment_id not in existing:
+                    subscription.close("the experiment was deleted")
+                elif not subscription.principal.admin and (
+                    opens.get(subscription.principal.token) != experiment_id
+                ):
+                    subscription.close("the share link was revoked")
 
 
-class EventHub:
-    """The feeds of one app (one per experiment with open streams)."""
-
-    def __init__(self, database_url: str):
-        self.database_url = database_url
-        self.feeds: dict[str, ExperimentFeed] = {}
-
-    async def subscribe(self, experiment_id: str, principal: Principal) -> Subscription:
-        """Join the experiment's feed, starting one if needed (raises if the store is away)."""
-        if experiment_id not in self.feeds:
-            cursor = await to_thread.run_sync(_newest_event_id, self.database_url, experiment_id)
-            if experiment_id not in self.feeds:  # nobody started one while we read
-                self.feeds[experiment_id] = ExperimentFeed(self, experiment_id, cursor)
-        return self.feeds[experiment_id].join(principal)
-
-    async def close(self) -> None:
-        """Stop every feed (app shutdown); their streams end."""
-        feeds = list(self.feeds.values())
-        for feed in feeds:
-            feed.task.cancel()
-        await asyncio.gather(*(feed.task for feed in feeds), return_exceptions=True)
+def _client(principal: Principal) -> tuple[str, ...]:
+    """Whose streams these are, for the per-client limit: the admin, or one share token."""
+    return ("admin",) if principal.admin else ("share", principal.token or "")
 
 
 # --- store access (run in worker threads) --------------------------------------------------
 
 
 def fetch_events(url: str, experiment_id: str, after: int) -> list[LiveEvent]:
+    """One experiment's events after `after` (a resuming stream's backlog)."""
     with session_scope(url) as session:
-        return [
-            LiveEvent(event.id, event.kind, json.dumps(event.payload, separators=(",", ":")))
-            for event in events_after(session, experiment_id, after, limit=BATCH)
-        ]
+        return [_live(event) for event in events_after(session, experiment_id, after, BATCH)]
+
+
+def fetch_new_events(url: str, cursors: dict[str, int]) -> tuple[dict[str, list[LiveEvent]], bool]:
+    """The new events of every watched experiment, by experiment, in one session; and whether
+    a query came back full (more are waiting: poll again at once)."""
+    found: dict[str, list[LiveEvent]] = {}
+    full = False
+    items = list(cursors.items())
+    with session_scope(url) as session:
+        for i in range(0, len(items), FEEDS_PER_QUERY):
+            chunk = dict(items[i : i + FEEDS_PER_QUERY])
+            events = events_after_each(session, chunk, BATCH)
+            full = full or len(events) == BATCH
+            for event in events:
+                found.setdefault(event.experiment_id, []).append(_live(event))
+    return found, full
+
+
+def _live(event: Event) -> LiveEvent:
+    return LiveEvent(event.id, event.kind, json.dumps(event.payload, separators=(",", ":")))
 
 
 def _newest_event_id(url: str, experiment_id: str) -> int:
@@ -230,9 +319,12 @@ def _newest_event_id(url: str, experiment_id: str) -> int:
         return last_event_id(session, experiment_id)
 
 
-def _access(url: str, experiment_id: str, tokens: set[str]) -> tuple[bool, set[str]]:
-    """Whether the experiment still exists, and which of `tokens` still open it."""
+def _access(
+    url: str, experiment_ids: list[str], tokens: set[str]
+) -> tuple[set[str], dict[str, str]]:
+    """Which of the experiments still exist, and the experiment each live token opens."""
     with session_scope(url) as session:
-        exists = session.scalar(select(Experiment.id).where(Experiment.id == experiment_id))
-        live = {t for t in tokens if shared_experiment(session, t) == experiment_id}
-    return exists is not None, live
+        existing = set(
+            session.scalars(select(Experiment.id).where(Experiment.id.in_(experiment_ids)))
+        )
+        return existing, shared_experiments(session, tokens)

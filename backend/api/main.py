@@ -18,8 +18,10 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 
-from backend.api import errors
+from backend.api import errors, security
 from backend.api.cache import VersionedCache
 from backend.api.deps import MAX_BODY_BYTES
 from backend.api.frontend import FRONTEND_DIR, mount_frontend
@@ -46,7 +48,7 @@ Send `Authorization: Bearer TOKEN` with every request: the admin token (printed 
 def create_app(settings: Settings | None = None, *, frontend_dir: Path | None = None) -> FastAPI:
     """The app for `settings` (default: the process's, from the environment)."""
     settings = settings or get_settings()
-    hub = EventHub(settings.database_url)
+    hub = EventHub(settings.database_url, settings.max_streams_per_client)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -59,6 +61,8 @@ def create_app(settings: Settings | None = None, *, frontend_dir: Path | None = 
         description=DESCRIPTION,
         lifespan=lifespan,
         max_body_size=MAX_BODY_BYTES,
+        docs_url=None,  # served below, with a policy for their inline script
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.event_hub = hub
@@ -66,6 +70,7 @@ def create_app(settings: Settings | None = None, *, frontend_dir: Path | None = 
     app.state.response_cache = VersionedCache()
 
     errors.install(app)
+    security.install(app)
     app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES, compresslevel=GZIP_LEVEL)
     if settings.cors_origins:  # closed unless origins are configured
         app.add_middleware(
@@ -77,7 +82,25 @@ def create_app(settings: Settings | None = None, *, frontend_dir: Path | None = 
     app.include_router(api_router)
     app.include_router(health_router)
     mount_frontend(app, frontend_dir or FRONTEND_DIR)
+    _mount_docs(app)
     return app
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """FastAPI's Swagger UI and ReDoc pages, each with the CSP that lets its own inline script
+    and its CDN bundle run (the default policy allows neither)."""
+
+    def with_policy(page: HTMLResponse) -> HTMLResponse:
+        page.headers["Content-Security-Policy"] = security.html_policy(page.body.decode())
+        return page
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger() -> HTMLResponse:
+        return with_policy(get_swagger_ui_html(openapi_url="/openapi.json", title=app.title))
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return with_policy(get_redoc_html(openapi_url="/openapi.json", title=app.title))
 
 
 app = create_app()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterable
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -44,11 +45,22 @@ def revoke_share_links(session: Session, experiment_id: str) -> int:
 
 def shared_experiment(session: Session, token: str) -> str | None:
     """The experiment a live share token opens, or None for an unknown or revoked token."""
-    return session.scalar(
-        select(ShareLink.experiment_id).where(
-            ShareLink.token_hash == hash_token(token), ShareLink.revoked_at.is_(None)
+    return shared_experiments(session, [token]).get(token)
+
+
+def shared_experiments(session: Session, tokens: Iterable[str]) -> dict[str, str]:
+    """For each live share token of `tokens`, the experiment it opens (unknown and revoked
+    tokens are left out); one query, however many tokens (the live feed re-checks the tokens
+    of every open stream this way)."""
+    by_hash = {hash_token(token): token for token in tokens}
+    if not by_hash:
+        return {}
+    rows = session.execute(
+        select(ShareLink.token_hash, ShareLink.experiment_id).where(
+            ShareLink.token_hash.in_(by_hash), ShareLink.revoked_at.is_(None)
         )
     )
+    return {by_hash[token_hash]: experiment_id for token_hash, experiment_id in rows}
 
 
 def get_or_create_admin_token(session: Session) -> str:

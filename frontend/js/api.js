@@ -1,11 +1,16 @@
-// The HTTP API client: credentials, JSON requests, errors, the live event stream's URL.
+// The HTTP API client: credentials, JSON requests, downloads, errors.
 //
-// Credentials. The start-up URL `/?token=ADMIN` hands the admin token to the page, which keeps
-// it in localStorage and drops it from the address bar (as Jupyter does). A share link opens an
-// experiment page with `?share=TOKEN`; that token stays in the address bar (it *is* the link),
-// is used instead of the admin token on that page, and makes the page read-only. Every request
-// sends `Authorization: Bearer …`; EventSource and download links cannot send headers, so
-// their URLs carry `?token=`.
+// Credentials travel in the `Authorization` header only, never in a URL, so that no token
+// reaches a server log, a proxy or a browser history. The start-up URL `/?token=ADMIN` hands
+// the admin token to the page, which keeps it in localStorage and drops it from the address
+// bar at once (as Jupyter does): that first request is the only one to carry it. A share link
+// is `/experiments/ID#share=TOKEN`: the token sits in the fragment, which browsers never send;
+// it is used instead of the admin token on that page and makes the page read-only. An older
+// `?share=TOKEN` link is rewritten into that form on its first load. Downloads are fetched
+// (with the header) and handed to the browser as a blob; the event stream is read with
+// `fetch` too (see live.js), as EventSource cannot send headers.
+
+import { downloadBlob } from "./dom.js";
 
 const STORAGE_KEY = "kfac-lab.token";
 
@@ -15,9 +20,14 @@ function takeCredentials() {
   if (fresh) {
     localStorage.setItem(STORAGE_KEY, fresh);
     url.searchParams.delete("token");
-    history.replaceState(history.state, "", url.pathname + url.search + url.hash);
   }
-  const share = url.searchParams.get("share");
+  const legacyShare = url.searchParams.get("share");
+  if (legacyShare) {
+    url.searchParams.delete("share");
+    url.hash = new URLSearchParams({ share: legacyShare }).toString();
+  }
+  if (fresh || legacyShare) history.replaceState(history.state, "", url.pathname + url.search + url.hash);
+  const share = new URLSearchParams(url.hash.slice(1)).get("share");
   if (share) return { token: share, shared: true };
   return { token: localStorage.getItem(STORAGE_KEY), shared: false };
 }
@@ -27,11 +37,12 @@ export const credentials = takeCredentials();
 
 /** An error answer of the API, with the field errors of a 422 as `fields` ("runs.0.lr" → text). */
 export class ApiError extends Error {
-  constructor(status, message, fields = {}) {
+  constructor(status, message, fields = {}, retryAfterS = null) {
     super(message);
     this.name = "ApiError";
     this.status = status;
     this.fields = fields;
+    this.retryAfterS = retryAfterS; // from `Retry-After` (a 429 or a 503), if given
   }
 }
 
@@ -73,16 +84,28 @@ function withQuery(path, params = {}) {
   return text ? `${path}?${text}` : path;
 }
 
-/** Send a request and return the parsed JSON (or null for an empty answer); throws ApiError. */
-export async function request(method, path, { body, params, signal } = {}) {
-  const headers = { Accept: "application/json" };
-  if (credentials.token) headers.Authorization = `Bearer ${credentials.token}`;
-  if (body !== undefined) headers["Content-Type"] = "application/json";
+async function parsed(response) {
+  const text = await response.text();
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return { detail: text };
+  }
+}
+
+/**
+ * Send a request with the page's credential and return the Response once its status is a
+ * success; throws ApiError otherwise (status 0: the server cannot be reached).
+ */
+export async function send(method, path, { body, params, signal, headers = {} } = {}) {
+  const all = { Accept: "application/json", ...headers };
+  if (credentials.token) all.Authorization = `Bearer ${credentials.token}`;
+  if (body !== undefined) all["Content-Type"] = "application/json";
   let response;
   try {
     response = await fetch(withQuery(path, params), {
       method,
-      headers,
+      headers: all,
       body: body === undefined ? undefined : JSON.stringify(body),
       signal,
     });
@@ -90,27 +113,26 @@ export async function request(method, path, { body, params, signal } = {}) {
     if (error.name === "AbortError") throw error;
     throw new ApiError(0, "The server cannot be reached.");
   }
-  const text = await response.text();
-  let data = null;
-  try {
-    data = text ? JSON.parse(text) : null;
-  } catch {
-    data = { detail: text };
-  }
   if (!response.ok) {
-    throw new ApiError(response.status, describe(response.status, data), fieldErrors(data?.detail));
+    const data = await parsed(response);
+    const retryAfter = Number.parseFloat(response.headers.get("Retry-After"));
+    const message = describe(response.status, data);
+    throw new ApiError(response.status, message, fieldErrors(data?.detail), Number.isFinite(retryAfter) ? retryAfter : null);
   }
-  return data;
+  return response;
+}
+
+/** Send a request and return the parsed JSON (or null for an empty answer); throws ApiError. */
+export async function request(method, path, { body, params, signal } = {}) {
+  return parsed(await send(method, path, { body, params, signal }));
 }
 
 export const get = (path, params, options = {}) => request("GET", path, { ...options, params });
 export const post = (path, body) => request("POST", path, { body });
 export const del = (path) => request("DELETE", path);
 
-/**
- * A URL that carries the token itself (`?token=`), for what cannot send headers: EventSource,
- * download links, a report opened in a new tab.
- */
-export function authorizedUrl(path, params = {}) {
-  return withQuery(path, { ...params, token: credentials.token });
+/** Fetch `path` (CSV, the HTML report, ...) with the page's credential and save it as `filename`. */
+export async function download(path, filename, params = {}) {
+  const response = await send("GET", path, { params, headers: { Accept: "*/*" } });
+  downloadBlob(filename, await response.blob());
 }

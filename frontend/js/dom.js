@@ -127,11 +127,16 @@ export function downloadUrl(url, filename) {
   link.remove();
 }
 
-/** Download `text` as a file. */
-export function downloadText(filename, text, type = "text/csv") {
-  const url = URL.createObjectURL(new Blob([text], { type }));
+/** Save `blob` as a file named `filename`. */
+export function downloadBlob(filename, blob) {
+  const url = URL.createObjectURL(blob);
   downloadUrl(url, filename);
   setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+/** Download `text` as a file. */
+export function downloadText(filename, text, type = "text/csv") {
+  downloadBlob(filename, new Blob([text], { type }));
 }
 
 /** Run a page's start-up; a failure is shown to the user and reported on the console. */

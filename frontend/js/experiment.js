@@ -4,13 +4,13 @@
 // Loading: the experiment and all curves come in two requests (curves downsampled by the API),
 // then the live stream is opened from the event id the experiment came with, so nothing that
 // happens after the page's data was read is missed (points the page already has are skipped).
-// Opened through a share link (`?share=`), the page is read-only: the controls that write are
+// Opened through a share link (`#share=`), the page is read-only: the controls that write are
 // removed, and the API would refuse them anyway.
 
-import { ApiError, authorizedUrl, credentials, del, get, post } from "./api.js";
+import { ApiError, credentials, del, download, get, post } from "./api.js";
 import { CurvaturePanel } from "./curvature.js";
 import { CurveChart } from "./curves.js";
-import { byId, downloadText, downloadUrl, el, formatTime, replace, startPage, statusBadge, toast, whenVisible } from "./dom.js";
+import { byId, downloadText, el, formatTime, replace, startPage, statusBadge, toast, whenVisible } from "./dom.js";
 import { openStream } from "./live.js";
 import { groupRuns } from "./optimizers.js";
 import { isActive, renderRuns } from "./runs.js";
@@ -202,7 +202,7 @@ function renderTable() {
   renderRuns(byId("runs"), state.experiment.runs, state.groups, {
     latest: (run, name) => state.latest.get(run.id)?.[name],
     onCancel: credentials.shared ? null : cancelRun,
-    onExport: (run) => downloadUrl(authorizedUrl(`/api/runs/${encodeURIComponent(run.id)}/export`, { format: "csv" }), `run-${run.id}.csv`),
+    onExport: (run) => act(() => download(`/api/runs/${encodeURIComponent(run.id)}/export`, `run-${run.id}.csv`, { format: "csv" })),
   });
   document.getElementById("cancel-all")?.toggleAttribute("disabled", !state.experiment.runs.some(isActive));
 }
@@ -375,14 +375,14 @@ function setupExports() {
   );
 }
 
-/** Link the self-contained HTML report if this API has one. */
+/** Offer the self-contained HTML report if this API has one (fetched, then saved). */
 async function offerReport() {
   const openapi = await get("/openapi.json");
   const path = "/api/experiments/{experiment_id}/report";
   if (!openapi.paths?.[path]) return;
-  const link = byId("report");
-  link.href = authorizedUrl(apiPath("/report"));
-  link.classList.remove("hidden");
+  const button = byId("report");
+  button.addEventListener("click", () => act(() => download(apiPath("/report"), `kfac-lab-${experimentId}.html`)));
+  button.classList.remove("hidden");
 }
 
 // ---- start -----------------------------------------------------------------------------------

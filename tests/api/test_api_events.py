@@ -14,6 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.api import live
+from backend.api.main import create_app
+from backend.settings import Settings
 from backend.store.db import session_scope
 from backend.store.queries import events_after
 from backend.store.results import write_metrics
@@ -199,11 +201,14 @@ async def test_streams_check_access_first(
     async with httpx.AsyncClient(base_url=live_server.url, timeout=5) as http:
         path = "/api/experiments/{}/events"
         assert (await http.get(path.format(mine["id"]))).status_code == 401
-        forbidden = await http.get(path.format(other["id"]), params={"token": token})
+        shared = {"Authorization": f"Bearer {token}"}
+        forbidden = await http.get(path.format(other["id"]), headers=shared)
         assert forbidden.status_code == 403
         missing = await http.get(path.format("0" * 32), headers=ADMIN)
         assert missing.status_code == 404
-        async with http.stream("GET", path.format(mine["id"]), params={"token": token}) as ok:
+        by_query = await http.get(path.format(mine["id"]), params={"token": token})
+        assert by_query.status_code == 401  # a token is never taken from the URL
+        async with http.stream("GET", path.format(mine["id"]), headers=shared) as ok:
             assert ok.status_code == 200
 
 
@@ -219,3 +224,85 @@ async def test_a_stream_too_far_behind_stops_without_an_end_so_the_page_resumes(
     assert [[e.id for e in batch] async for batch in subscription.batches(after=None)] == [[1]]
     subscription.close("experiment deleted")  # a later reason does not make it final
     assert subscription.resumable
+
+
+async def test_one_poll_reads_every_watched_experiment(
+    live_server: LiveServer, create: Callable[..., dict], db_url: str, monkeypatch
+) -> None:
+    """Streams on five experiments: each poll of the store asks about all five at once (one
+    poller per experiment made 200 watched experiments cost 400 queries a second)."""
+    asked: list[set[str]] = []
+    read = live.events_after_each
+
+    def spy(session, cursors, limit=500):
+        asked.append(set(cursors))
+        return read(session, cursors, limit)
+
+    monkeypatch.setattr(live, "events_after_each", spy)
+    experiments = [create() for _ in range(5)]
+    ids = {experiment["id"] for experiment in experiments}
+    async with AsyncExitStack() as stack:
+        streams = [
+            await stack.enter_async_context(open_stream(live_server, experiment["id"]))
+            for experiment in experiments
+        ]
+        asked.clear()
+        for experiment in experiments:
+            await asyncio.to_thread(write_batch, db_url, experiment["runs"][0]["id"], 1)
+        received = await asyncio.gather(*(stream.next(timeout=10) for stream in streams))
+    assert [json.loads(e["data"])["run_id"] for e in received] == [
+        experiment["runs"][0]["id"] for experiment in experiments
+    ]
+    assert asked and all(cursors == ids for cursors in asked), asked
+
+
+async def test_a_token_past_its_stream_limit_gets_a_clear_429(
+    live_server: LiveServer, create: Callable[..., dict], client: TestClient
+) -> None:
+    hub = live_server.app.state.event_hub
+    hub.max_streams_per_client = 2
+    first, second = create(), create()
+    token = client.post(f"/api/experiments/{first['id']}/share", headers=ADMIN).json()["token"]
+    path = "/api/experiments/{}/events"
+    async with (
+        open_stream(live_server, first["id"]),
+        open_stream(live_server, second["id"]) as admin_stream,
+        httpx.AsyncClient(base_url=live_server.url, timeout=10) as http,
+    ):
+        refused = await http.get(path.format(first["id"]), headers=ADMIN)
+        assert refused.status_code == 429
+        assert int(refused.headers["retry-after"]) > 0
+        detail = refused.json()["detail"]
+        assert "2" in detail and "KFAC_MAX_STREAMS_PER_CLIENT" in detail
+        # Another client (a share token) has a limit of its own.
+        async with open_stream(live_server, first["id"], {"Authorization": f"Bearer {token}"}):
+            pass
+        await admin_stream.response.aclose()  # a page closed: its place is free again
+        for _ in range(100):
+            async with http.stream("GET", path.format(second["id"]), headers=ADMIN) as again:
+                if again.status_code == 200:
+                    break
+            await asyncio.sleep(0.1)
+        assert again.status_code == 200, "the closed stream's place was not given back"
+
+
+def test_the_stream_limit_is_a_setting(settings: Settings, broker) -> None:
+    settings.max_streams_per_client = 3
+    assert create_app(settings).state.event_hub.max_streams_per_client == 3
+
+
+async def test_a_refused_request_keeps_no_place_in_the_feed(
+    live_server: LiveServer, experiment: dict
+) -> None:
+    """A request that joined the feed and was then refused (a bad `Last-Event-ID`: 422)
+    gives its place back, or it would count against the client's limit for good."""
+    hub = live_server.app.state.event_hub
+    hub.max_streams_per_client = 1
+    path = f"/api/experiments/{experiment['id']}/events"
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=10) as http:
+        for _ in range(2):
+            bad = await http.get(path, headers={**ADMIN, "Last-Event-ID": "-1"})
+            assert bad.status_code == 422
+    assert not hub.feeds[experiment["id"]].subscribers and not hub.streams_of
+    async with open_stream(live_server, experiment["id"]):
+        pass

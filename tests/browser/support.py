@@ -56,7 +56,7 @@ def sign_in(context: BrowserContext, server: Server) -> None:
     """What the start-up URL does: the page keeps the token (localStorage) and hides it."""
     page = context.new_page()
     page.goto(f"/?token={server.token}")
-    page.wait_for_function("localStorage.getItem('kfac-lab.token') !== null")
+    page.wait_for_function("() => localStorage.getItem('kfac-lab.token') !== null")
     assert "token=" not in page.url
     page.close()
 

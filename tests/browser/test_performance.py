@@ -125,7 +125,7 @@ def visit(page: Page, experiment_id: str) -> dict:
     """Open the page, wait for its curves; its marks and resource waterfall."""
     page.goto(f"/experiments/{experiment_id}")
     page.wait_for_function(
-        "performance.getEntriesByName('kfac:curves-drawn').length > 0", timeout=30_000
+        "() => performance.getEntriesByName('kfac:curves-drawn').length > 0", timeout=30_000
     )
     return {"marks_ms": page.evaluate(MARKS_JS), "resources": page.evaluate(RESOURCES_JS)}
 
@@ -161,7 +161,7 @@ def test_big_experiment_loads_fast_and_updates_cheaply(
     modules = {r["name"] for r in first["resources"] if r["name"].startswith("/static/js/")}
     assert modules <= set(page.evaluate(PRELOADED_JS)), "modules missing from modulepreload"
     cached = visit(page, experiment_id)  # plotly.js in the browser's cache now
-    page.wait_for_function("document.getElementById('live-text').textContent === 'live'")
+    page.wait_for_function("() => document.getElementById('live-text').textContent === 'live'")
     points_js = (
         "document.getElementById('chart-train_loss').data.reduce((n, t) => n + t.x.length, 0)"
     )
@@ -175,14 +175,14 @@ def test_big_experiment_loads_fast_and_updates_cheaply(
                     session, run_id, [("train_loss", step, step * 0.01, loss(step, index))]
                 )
         time.sleep(0.25)
-    page.wait_for_function(f"({points_js}) > {drawn}")
+    page.wait_for_function(f"() => ({points_js}) > {drawn}")
     time.sleep(1.0)
     updates = timing(page, "kfac:live-update")
 
     snapshot_id = seed_snapshot(server, run_ids[0])
     page.locator("#curvature-panel").scroll_into_view_if_needed()  # it loads once seen
     page.wait_for_function(
-        "performance.getEntriesByName('kfac:snapshot-drawn').length > 0", timeout=60_000
+        "() => performance.getEntriesByName('kfac:snapshot-drawn').length > 0", timeout=60_000
     )
     encodings = {
         encoding: page.evaluate(FETCH_SNAPSHOT_JS, [snapshot_id, encoding])

@@ -36,11 +36,11 @@ def test_a_refused_stream_is_opened_again_and_resumes(context: BrowserContext, s
         page.goto(f"/experiments/{experiment_id}")
         expect(page.locator("#live-text")).to_have_text("live", timeout=30_000)
         assert len(refused) == 1
-        page.wait_for_function(f"{POINTS_JS} === 1")
+        page.wait_for_function(f"() => ({POINTS_JS}) === 1")
 
         with session_scope(server.database_url) as session:
             write_metrics(session, run_id, [("train_loss", 2, 0.2, 1.5)])
-        page.wait_for_function(f"{POINTS_JS} === 2", timeout=30_000)
+        page.wait_for_function(f"() => ({POINTS_JS}) === 2", timeout=30_000)
     finally:
         with session_scope(server.database_url) as session:
             set_status(session, run_id, "succeeded", step=2)

@@ -260,17 +260,19 @@ class ApiServer:
 
 
 class PageStream:
-    """Reads an experiment's event stream on a thread the way the page's EventSource does
-    (frontend/js/live.js): opened once with `?last_event_id=` (where the page's data ends) and
-    `?token=`, it keeps that URL and, when the connection drops, reconnects after the server's
-    `retry` delay with a `Last-Event-ID` header naming the last event received. Like
-    EventSource, it gives up for good on an answer that is not a 200 event stream, and stops at
-    an `end` event (live.js closes the source then).
+    """Reads an experiment's event stream on a thread, as the page does (frontend/js/live.js,
+    EventSource's reconnection with `fetch`): opened once after the event where the page's data
+    ends (`?last_event_id=`; the page sends a `Last-Event-ID` header, which the server reads
+    the same way) with the token in the `Authorization` header, it keeps that URL and, when
+    the connection drops, reconnects after the server's `retry` delay with a `Last-Event-ID`
+    header naming the last event received. It gives up for good on an answer that is not a
+    200 event stream, and stops at an `end` event (live.js closes the stream then).
     """
 
     def __init__(self, base_url: str, experiment_id: str, token: str, last_event_id: int):
         self.url = f"{base_url}/api/experiments/{experiment_id}/events"
-        self.params = {"last_event_id": last_event_id, "token": token}
+        self.params = {"last_event_id": last_event_id}
+        self.auth = {"Authorization": f"Bearer {token}"}
         self.events: list[dict[str, str]] = []  # id, event, data
         self.connections = 0
         self.dropped: list[str] = []  # why each connection ended, for the test's messages
@@ -299,7 +301,9 @@ class PageStream:
         timeout = httpx.Timeout(5.0, read=30.0)  # longer than the server's keep-alive period
         with httpx.Client(timeout=timeout) as client:
             while not self._closed.is_set() and self.failure is None:
-                headers = {} if self._last_id is None else {"Last-Event-ID": self._last_id}
+                headers = dict(self.auth)
+                if self._last_id is not None:
+                    headers["Last-Event-ID"] = self._last_id
                 try:
                     with client.stream("GET", self.url, params=self.params, headers=headers) as r:
                         kind = r.headers.get("content-type", "")

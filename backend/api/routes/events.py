@@ -1,9 +1,11 @@
 """The live event stream of an experiment (server-sent events).
 
-Each event carries its store id as the SSE `id`, so a browser's EventSource reconnects with
-`Last-Event-ID` by itself and receives exactly what it missed; a page that has just loaded
-its data can also start from the `last_event_id` that came with it (`?last_event_id=`).
-The header wins over the query, because EventSource keeps the URL it was opened with.
+Each event carries its store id as the SSE `id`, so a client that reconnects with
+`Last-Event-ID` receives exactly what it missed; a page that has just loaded its data starts
+from the `last_event_id` that came with it. The token comes in the `Authorization` header
+like everywhere else, so browsers read the stream with `fetch` (frontend/js/live.js), not
+with EventSource, which cannot send one. `?last_event_id=` is also accepted, for clients
+that cannot set headers at all; the header wins over it.
 
 Events (`event:` name, `data:` JSON):
 * `metrics` — `{"run_id", "series": {NAME: {"step": [...], "wall_time": [...], "value": [...]}}}`
@@ -11,7 +13,7 @@ Events (`event:` name, `data:` JSON):
 * `snapshot` — `{"run_id", "snapshot_id", "step", "kinds"}`
 * `end` — `{"reason"}`, last, when the stream ends for good (experiment deleted, share link
   revoked). A stream the server ends for its own sake (too far behind, shutdown) just stops,
-  and EventSource reconnects with `Last-Event-ID`.
+  and the page reconnects with `Last-Event-ID`.
 A comment line is sent every 15 s when nothing else is, to keep proxies from closing it.
 """
 
@@ -21,18 +23,19 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from backend.api.deps import ReaderDep, get_settings, load_experiment
-from backend.api.errors import READ_ERRORS
-from backend.api.live import Subscription, sse_frame
+from backend.api.errors import READ_ERRORS, documented
+from backend.api.live import StreamLimitReached, Subscription, sse_frame
 from backend.store.db import session_scope
 
-router = APIRouter(tags=["events"], responses=READ_ERRORS)
+router = APIRouter(tags=["events"], responses={**READ_ERRORS, **documented(429)})
 
 RECONNECT_MS = 1000
+LIMIT_RETRY_AFTER_S = 10  # a page waits this long before it tries again, past the limit
 KEEPALIVE_S = 15.0
 OPENING = f": stream open\nretry: {RECONNECT_MS}\n\n".encode()
 KEEPALIVE = b": keep-alive\n\n"
@@ -50,10 +53,24 @@ async def subscription(
     request: Request,
     principal: ReaderDep,
     experiment_id: Annotated[str, Path(max_length=64)],
-) -> Subscription:
-    """A place in the experiment's live feed; the stream leaves it when it ends."""
+) -> AsyncIterator[Subscription]:
+    """A place in the experiment's live feed, given back when the answer is over, however it
+    ends (the body fully sent, the client gone, even before the body began): a place kept
+    by mistake would count against the client's stream limit for good."""
     await run_in_threadpool(_check_experiment, request, principal, experiment_id)
-    return await request.app.state.event_hub.subscribe(experiment_id, principal)
+    try:
+        joined = await request.app.state.event_hub.subscribe(experiment_id, principal)
+    except StreamLimitReached as refused:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"Too many open event streams: this token may hold {refused.limit} at once "
+            "(KFAC_MAX_STREAMS_PER_CLIENT). Close some pages, or try again later.",
+            headers={"Retry-After": str(LIMIT_RETRY_AFTER_S)},
+        ) from None
+    try:
+        yield joined
+    finally:
+        joined.leave()
 
 
 def resume_after(
@@ -91,11 +108,8 @@ async def _frames(joined: Subscription, after: int | None) -> AsyncIterator[byte
     """The stream's bytes: each frame encoded once per feed (`LiveEvent.frame`) and all that
     arrived together written at once; with 50 pages open, per-event work in this loop is
     what the API's CPU goes on."""
-    try:
-        yield OPENING
-        async for batch in joined.batches(after, idle_s=KEEPALIVE_S):
-            yield b"".join(event.frame for event in batch) if batch else KEEPALIVE
-        if not joined.resumable:
-            yield sse_frame("end", json.dumps({"reason": joined.end_reason}))
-    finally:
-        joined.leave()
+    yield OPENING
+    async for batch in joined.batches(after, idle_s=KEEPALIVE_S):
+        yield b"".join(event.frame for event in batch) if batch else KEEPALIVE
+    if not joined.resumable:
+        yield sse_frame("end", json.dumps({"reason": joined.end_reason}))

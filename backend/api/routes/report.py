@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse
 from backend.api.deps import ReaderDep, SessionDep, load_experiment
 from backend.api.errors import READ_ERRORS
 from backend.api.report import experiment_report
+from backend.api.security import html_policy
 
 router = APIRouter(tags=["experiments"], responses=READ_ERRORS)
 
@@ -22,7 +23,9 @@ def report(
     file with plotly.js inside, downloaded as `kfac-lab-<id>.html`."""
     experiment = load_experiment(session, principal, experiment_id)
     filename = f"kfac-lab-{experiment.id}.html"
-    return HTMLResponse(
-        experiment_report(session, experiment),
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-    )
+    document = experiment_report(session, experiment)
+    headers = {
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        "Content-Security-Policy": html_policy(document),  # its inline scripts, by hash
+    }
+    return HTMLResponse(document, headers=headers)

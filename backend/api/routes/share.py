@@ -21,11 +21,12 @@ def share(
     experiment_id: ExperimentId, request: Request, session: SessionDep, principal: AdminDep
 ) -> ShareLinkOut:
     """A new read-only link (128 random bits, stored hashed) that opens the experiment's page
-    and its read endpoints, and nothing else."""
+    and its read endpoints, and nothing else. The token is in the link's fragment
+    (`#share=`), which browsers never send to a server, so it reaches no log."""
     experiment = load_experiment(session, principal, experiment_id)
     token = create_share_link(session, experiment.id)
     session.commit()
-    url = f"{experiment_url(base_url(request), experiment.id)}?share={token}"
+    url = f"{experiment_url(base_url(request), experiment.id)}#share={token}"
     return ShareLinkOut(token=token, url=url)
 
 
