@@ -11,7 +11,8 @@ from backend.api.cache import cached_json
 from backend.api.deps import ReaderDep, SessionDep, load_experiment
 from backend.api.errors import READ_ERRORS
 from backend.api.schemas import Comparison
-from backend.comparison import experiment_comparison, group_runs
+from backend.comparison import comparison, group_runs
+from backend.comparison_sources import StoreSource
 from backend.store.queries import last_event_id
 
 router = APIRouter(tags=["comparison"], responses=READ_ERRORS)
@@ -46,7 +47,7 @@ def experiment(
     version = last_event_id(session, found.id)
 
     def make() -> dict:
-        return experiment_comparison(session, group_runs(found.runs), metric, criterion, target)
+        return comparison(StoreSource(session), group_runs(found.runs), metric, criterion, target)
 
     return cached_json(request, ("comparison", found.id, metric, target, criterion, version), make)
 
@@ -82,7 +83,7 @@ def experiments(
     def make() -> dict:
         runs = [run for e in found for run in e.runs]
         groups = group_runs(runs, experiment_names={e.id: e.name for e in found})
-        return experiment_comparison(session, groups, metric, criterion, target)
+        return comparison(StoreSource(session), groups, metric, criterion, target)
 
     key = ("comparison", tuple(e.id for e in found), metric, target, criterion, version)
     return cached_json(request, key, make)
