@@ -163,3 +163,22 @@ def test_a_share_link_cannot_compare_experiments(
 def test_unknown_experiment_is_404(client: TestClient, swept: dict) -> None:
     response = client.get("/api/comparison", params={"ids": f"{swept['id']},0"}, headers=ADMIN)
     assert response.status_code == 404
+
+
+def test_a_bad_sweep_is_422_naming_the_value(client: TestClient) -> None:
+    body = {
+        **SWEEP_SPEC,
+        "optimizers": [{"name": "kfac"}, {"name": "sgd_momentum", "sweep": {"lr": [0.1, 1, -1]}}],
+    }
+    response = client.post("/api/experiments", json=body, headers=ADMIN)
+    assert response.status_code == 422
+    locs = [e["loc"] for e in response.json()["detail"]]
+    assert ["body", "optimizers", 1, "sweep", "lr", 2] in locs
+
+
+def test_the_report_uses_the_comparison(client: TestClient, swept: dict) -> None:
+    groups = comparison(client, swept)["groups"]
+    page = client.get(f"/api/experiments/{swept['id']}/report", headers=ADMIN).text
+    assert "sgd_momentum lr=0.05 ★" in page and "sgd_momentum lr=0.01 ★" not in page
+    for group in groups:  # the curves and the table in the groups' colours
+        assert page.count(group["colour"]) >= 2
