@@ -4,6 +4,8 @@ side, and who may read what. Every figure below is worked out by hand from the p
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Callable
 
@@ -182,3 +184,19 @@ def test_the_report_uses_the_comparison(client: TestClient, swept: dict) -> None
     assert "sgd_momentum lr=0.05 ★" in page and "sgd_momentum lr=0.01 ★" not in page
     for group in groups:  # the curves and the table in the groups' colours
         assert page.count(group["colour"]) >= 2
+
+
+def test_the_table_exports_as_csv(client: TestClient, swept: dict) -> None:
+    response = client.get(
+        f"/api/experiments/{swept['id']}/comparison",
+        params={"format": "csv", "target": 5.0},
+        headers=ADMIN,
+    )
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    groups = comparison(client, swept, target=5.0)["groups"]
+    assert [row["group"] for row in rows] == [g["label"] for g in groups]
+    assert [row["colour"] for row in rows] == [g["colour"] for g in groups]
+    assert rows[0]["final_mean"] == "3.5" and rows[0]["steps_to_target_mean"] == "20.0"
+    assert rows[1]["final_sd"] == "" and rows[1]["never_reached"] == "2"
+    assert [row["best_of_optimizer"] for row in rows] == ["True", "False", "True"]
