@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from backend.spec import MAX_RUNS, ExperimentSpec, SGDMomentumSpec
+from backend.spec import MAX_RUNS, ExperimentSpec, KFACSpec, SGDMomentumSpec, expand_preset
 
 BASE = {"dataset": "synthetic", "model": {"name": "mlp", "hidden": [8]}, "steps": 10}
 
@@ -92,3 +92,18 @@ def test_the_api_schema_documents_the_sweep() -> None:
     schema = ExperimentSpec.model_json_schema()
     entry = schema["$defs"]["SweptOptimizer"]
     assert "sweep" in entry["description"] and "oneOf" in entry
+
+
+def test_the_autoencoder_race_preset() -> None:
+    race = expand_preset("autoencoder_race")
+    assert len(race.runs) == (1 + 4 + 4) * 3
+    labels = [run.display_label() for run in race.runs]
+    assert labels[:4] == [
+        "kfac · seed 0",
+        "kfac · seed 1",
+        "kfac · seed 2",
+        "sgd_momentum lr=0.003 · seed 0",
+    ]
+    assert labels[-1] == "adam lr=0.01 · seed 2"
+    assert {run.dataset.name for run in race.runs} == {"digits_offline"}
+    assert race.runs[0].optimizer == KFACSpec()  # K-FAC with its defaults
