@@ -1,0 +1,201 @@
+"""Reads for the comparison of runs (`backend.comparison`): a metric's last and extreme values,
+the points around the first crossing of a target, and samples of a series for its median.
+
+All of them avoid reading whole series (an experiment may hold 100 runs × 10,000 points):
+- the last, lowest and highest values are those of the top rollup level, one row per series
+  (its single bucket spans more steps than a run may take);
+- the first crossing is found in the rollups (the first 256-step bucket whose lowest, or
+  highest, point meets the target, then the first 16-step bucket inside it), then read as the
+  raw points of that bucket and the last point before it, which is all that interpolating the
+  first crossing needs;
+- a median reads at most `max_samples` evenly spread values: the raw points of a short series,
+  else the first point of each bucket of the finest level with at most that many buckets.
+
+Lists of series, ranges or steps go in as a VALUES table joined to the data: one short
+statement whatever their number.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+import numpy as np
+from sqlalchemy import CTE, Integer, and_, column, func, select, values
+from sqlalchemy.orm import Session
+
+from backend.store.models import ROLLUP_LEVELS, MetricPoint, MetricRollup, MetricSeries
+from backend.store.rollups import bucket_width, choose_level
+
+# (steps, wall times, values) of some points of one series, in step order.
+Points = tuple[list[int], list[float], list[float]]
+_COARSE = 4  # the rollup level searched first for a crossing: buckets of 256 steps
+
+
+def _series(session: Session, run_ids: Sequence[str], name: str) -> list[MetricSeries]:
+    return list(
+        session.scalars(
+            select(MetricSeries).where(
+                MetricSeries.run_id.in_(run_ids),
+                MetricSeries.name == name,
+                MetricSeries.n_points > 0,
+            )
+        )
+    )
+
+
+def metric_extremes(
+    session: Session, run_ids: Sequence[str], name: str
+) -> dict[str, tuple[float, float, float]]:
+    """`{run_id: (last, lowest, highest)}` of metric `name`, for the runs that recorded it."""
+    r, s = MetricRollup.__table__.c, MetricSeries.__table__.c
+    rows = session.execute(
+        select(s.run_id, r.bucket, r.last_value, r.low_value, r.high_value)
+        .join_from(MetricRollup.__table__, MetricSeries.__table__, s.id == r.series_id)
+        .where(s.run_id.in_(run_ids), s.name == name, r.level == ROLLUP_LEVELS - 1)
+        .order_by(s.run_id, r.bucket)
+    ).all()
+    out: dict[str, tuple[float, float, float]] = {}
+    for run_id, _, last, low, high in rows:  # buckets in order: the last one's last point wins
+        _, seen_low, seen_high = out.get(run_id, (last, low, high))
+        out[run_id] = (last, min(low, seen_low), max(high, seen_high))
+    return out
+
+
+def crossing_points(
+    session: Session, run_ids: Sequence[str], name: str, target: float, higher: bool
+) -> dict[str, Points]:
+    """For each run whose metric reaches `target` (<=, or >= if `higher`): the points of the
+    first 16-step bucket that reaches it, after the last point before that bucket."""
+    series = {s.id: s.run_id for s in _series(session, run_ids, name)}
+    if not series:
+        return {}
+    r = MetricRollup.__table__.c
+    reaches = r.high_value >= target if higher else r.low_value <= target
+    # The first coarse bucket that reaches the target, then the first fine bucket inside it:
+    # a few dozen rollup rows per series instead of every fine one.
+    coarse = session.execute(
+        select(r.series_id, func.min(r.bucket))
+        .where(r.series_id.in_(list(series)), r.level == _COARSE, reaches)
+        .group_by(r.series_id)
+    ).all()
+    if not coarse:
+        return {}
+    ratio = bucket_width(_COARSE) // bucket_width(0)
+    windows = _plan(
+        ("series", "lo", "hi"), [(i, b * ratio, b * ratio + ratio - 1) for i, b in coarse]
+    )
+    fine = session.execute(
+        select(r.series_id, func.min(r.bucket))
+        .join_from(MetricRollup.__table__, windows, r.series_id == windows.c.series)
+        .where(r.level == 0, r.bucket.between(windows.c.lo, windows.c.hi), reaches)
+        .group_by(r.series_id)
+    ).all()
+    points = _bucket_and_before(session, fine)
+    return {series[series_id]: found for series_id, found in points.items()}
+
+
+def _plan(names: tuple[str, ...], rows: list[tuple]) -> CTE:
+    """Rows of integers as a table to join, `WITH plan(...) AS (VALUES ...)` (one statement
+    whatever their number: a UNION of 100 reads takes PostgreSQL longer to plan than to run;
+    SQLite knows VALUES with column names only in a CTE)."""
+    return values(*(column(name, Integer) for name in names), name="plan").data(rows).cte("plan")
+
+
+def _bucket_and_before(session: Session, buckets: list[tuple[int, int]]) -> dict[int, Points]:
+    """Each (series, fine bucket)'s points, after the last point before the bucket: read with
+    the bucket before it, or, where that one is empty, from the last non-empty one."""
+    p, r = MetricPoint.__table__.c, MetricRollup.__table__.c
+    width = bucket_width(0)
+    ranges = _plan(
+        ("series", "lo", "hi"), [(i, (b - 1) * width, (b + 1) * width - 1) for i, b in buckets]
+    )
+    rows = session.execute(
+        select(p.series_id, p.step, p.wall_time, p.value)
+        .join_from(MetricPoint.__table__, ranges, p.series_id == ranges.c.series)
+        .where(p.step.between(ranges.c.lo, ranges.c.hi))
+        .order_by(p.series_id, p.step)
+    ).all()
+    out: dict[int, Points] = {series_id: ([], [], []) for series_id, _ in buckets}
+    for series_id, step, wall_time, value in rows:
+        steps, times, values_ = out[series_id]
+        steps.append(step), times.append(wall_time), values_.append(value)
+    starts = dict(buckets)
+    gaps = [
+        (series_id, bucket)
+        for series_id, bucket in buckets
+        if bucket > 0 and (not out[series_id][0] or out[series_id][0][0] >= bucket * width)
+    ]
+    if gaps:  # the bucket before is empty: the last point of the last non-empty one
+        plan = _plan(("series", "bucket"), gaps)
+        last = (
+            select(r.series_id, func.max(r.bucket).label("bucket"))
+            .join_from(MetricRollup.__table__, plan, r.series_id == plan.c.series)
+            .where(r.level == 0, r.bucket < plan.c.bucket)
+            .group_by(r.series_id)
+            .subquery()
+        )
+        for series_id, step, wall_time, value in session.execute(
+            select(r.series_id, r.last_step, r.last_time, r.last_value).join_from(
+                MetricRollup.__table__,
+                last,
+                and_(r.series_id == last.c.series_id, r.bucket == last.c.bucket, r.level == 0),
+            )
+        ):
+            steps, times, values_ = out[series_id]
+            steps.insert(0, step), times.insert(0, wall_time), values_.insert(0, value)
+    # Drop what precedes the point before the bucket (the rest of the bucket before it).
+    for series_id, (steps, times, values_) in out.items():
+        first = bisect.bisect_left(steps, starts[series_id] * width)
+        keep = max(first - 1, 0)
+        out[series_id] = (steps[keep:], times[keep:], values_[keep:])
+    return out
+
+
+def values_at(
+    session: Session, steps: dict[str, Sequence[int]], name: str
+) -> dict[str, dict[int, float]]:
+    """`{run_id: {step: value}}` of metric `name` at the given steps of each run (read as the
+    range of each run's steps: they are a few neighbouring ones)."""
+    series = {s.run_id: s.id for s in _series(session, list(steps), name)}
+    ranges = [(series[run], min(at), max(at)) for run, at in steps.items() if run in series and at]
+    if not ranges:
+        return {}
+    p = MetricPoint.__table__.c
+    plan = _plan(("series", "lo", "hi"), ranges)
+    rows = session.execute(
+        select(p.series_id, p.step, p.value)
+        .join_from(MetricPoint.__table__, plan, p.series_id == plan.c.series)
+        .where(p.step.between(plan.c.lo, plan.c.hi))
+    ).all()
+    run_of = {series_id: run_id for run_id, series_id in series.items()}
+    out: dict[str, dict[int, float]] = {}
+    for series_id, step, value in rows:
+        if step in steps[run_of[series_id]]:
+            out.setdefault(run_of[series_id], {})[step] = value
+    return out
+
+
+def value_samples(
+    session: Session, run_ids: Sequence[str], name: str, max_samples: int = 128
+) -> dict[str, np.ndarray]:
+    """Up to `max_samples` values of each run's metric `name`, spread evenly over its steps:
+    one read of the short series' points and one per rollup level of the long ones'."""
+    p, r = MetricPoint.__table__.c, MetricRollup.__table__.c
+    found = _series(session, run_ids, name)
+    short = [s.id for s in found if s.n_points <= max_samples]
+    levels: dict[int, list[int]] = {}
+    for s in found:
+        if s.n_points > max_samples:
+            levels.setdefault(choose_level(s.step_min, s.step_max, max_samples), []).append(s.id)
+    queries = [select(p.series_id, p.value).where(p.series_id.in_(short))] if short else []
+    queries += [
+        select(r.series_id, r.first_value).where(r.series_id.in_(ids), r.level == level)
+        for level, ids in levels.items()
+    ]
+    out: dict[str, list[float]] = {}
+    run_of = {s.id: s.run_id for s in found}
+    for query in queries:
+        for series_id, value in session.execute(query):
+            out.setdefault(run_of[series_id], []).append(value)
+    return {run_id: np.asarray(values_) for run_id, values_ in out.items()}
