@@ -37,6 +37,7 @@ from backend.spec import KFAC_OPTIMIZERS, RunSpec, batch_size_at
 from kfac import KFAC
 from kfac.losses import negative_log_likelihood
 from kfac.schedules import IterateAverage
+from kfac.snapshot import optimizer_damping
 from worker import checkpoints
 from worker.snapshots import curvature_snapshot
 from worker.zoo.datasets import BatchIterator, load_dataset
@@ -328,10 +329,7 @@ class _Run:
         indices = torch.randperm(len(self.train_x), generator=generator)[: probe.examples]
         indices = indices.to(self.device)
         empirical = getattr(self.spec.optimizer, "fisher", "true") == "empirical"
-        damping = self.spec.probe.damping
-        if isinstance(self.optimizer, KFAC):  # show the inverses the optimizer applies
-            group = self.optimizer.param_groups[0]
-            damping = group["damping"] + group["weight_decay"]
+        damping = optimizer_damping(self.optimizer, self.spec.probe.damping)
         return curvature_snapshot(
             self.model,
             self.train_x[indices],
