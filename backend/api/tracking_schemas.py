@@ -20,19 +20,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from backend.spec import MAX_PROBE_PARAMETERS
 from backend.store.snapshots import MAX_SIDE, pooled_side
+from kfac_lab.protocol import MAX_BATCH_POINTS, MAX_STEP, METRIC_NAME_PATTERN
 
-MAX_BATCH_POINTS = 10_000
 MAX_CONFIG_CHARS = 20_000
 MAX_EXTRAS_CHARS = 200_000
 MAX_MATRICES = 6
 MAX_BLOCKS = 64
-MAX_STEP = 2**31 - 1
 # A snapshot of MAX_MATRICES pooled matrices in base64 (4/3 of 4 bytes a value), with room.
 MAX_SNAPSHOT_BODY_BYTES = 12_000_000
 
 RunId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$", description="32 hex digits")]
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$")]
-MetricName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]{0,63}$")]
+MetricName = Annotated[str, Field(pattern=METRIC_NAME_PATTERN)]
 Step = Annotated[int, Field(ge=0, le=MAX_STEP)]
 Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e300, le=1e300)]
 

@@ -84,8 +84,15 @@ def start_run(
     ).first()
     if inserted is None:  # a concurrent retry of the same create won the race
         return start_run(
-            session, run_id=run_id, experiment=experiment, label=label, config=config,
-            optimizer=optimizer, seed=seed, client=client, total_steps=total_steps,
+            session,
+            run_id=run_id,
+            experiment=experiment,
+            label=label,
+            config=config,
+            optimizer=optimizer,
+            seed=seed,
+            client=client,
+            total_steps=total_steps,
         )
     run = claim_run(session, run_id, client)
     assert run is not None, "a queued run without a cancel flag is claimable"

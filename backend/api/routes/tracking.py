@@ -110,9 +110,7 @@ def snapshot(
 
 
 @router.post("/{run_id}/end")
-def end(
-    run_id: RunId, body: Annotated[EndRun, Body()], session: SessionDep, _: AdminDep
-) -> RunOut:
+def end(run_id: RunId, body: Annotated[EndRun, Body()], session: SessionDep, _: AdminDep) -> RunOut:
     """End the run `succeeded`, or `failed` with the reason in `error`; an ended run keeps
     the outcome it has."""
     try:
