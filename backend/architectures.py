@@ -46,10 +46,16 @@ def _scaled(widths: list[int], scale: float) -> list[int]:
     return [max(1, round(w * scale)) for w in widths]
 
 
-class _DenseSpec(_Spec):
-    """Models made of Linear layers only, on flat inputs."""
+class DenseModelSpec(_Spec):
+    """Models made of Linear layers only, on flat inputs.
+
+    Also the base of a plugin's model spec (entry point group `kfac_lab.models`): a subclass
+    with `name: Literal[...]`, its hyper-parameters as fields, `loss` ("cross_entropy", "bce"
+    or "mse"), `layer_dims` and `builder`, the worker function (RunSpec, device) -> nn.Module
+    that builds exactly these Linear layers in this order."""
 
     takes_images: ClassVar[bool] = False
+    builder: ClassVar[str] = "worker.zoo.models:build_dense"
 
     def layer_dims(self, input_dim: int, n_classes: int) -> list[int]:
         raise NotImplementedError
@@ -65,7 +71,7 @@ class _DenseSpec(_Spec):
         return parameter_count(self.layer_dims(input_dim, n_classes))
 
 
-class AutoencoderSpec(_DenseSpec):
+class AutoencoderSpec(DenseModelSpec):
     """The deep autoencoders of paper §13 (after Hinton & Salakhutdinov 2006).
 
     Encoder widths are mirrored into the decoder; the code layer (last encoder width) is linear,
@@ -87,7 +93,7 @@ class AutoencoderSpec(_DenseSpec):
         return [input_dim, *enc, *reversed(enc[:-1]), input_dim]
 
 
-class MLPSpec(_DenseSpec):
+class MLPSpec(DenseModelSpec):
     """A fully-connected classifier: hidden layers with `activation`, then class logits."""
 
     name: Literal["mlp"] = "mlp"
@@ -125,6 +131,7 @@ class ConvNetSpec(_Spec):
     """
 
     name: Literal["convnet"] = "convnet"
+    builder: ClassVar[str] = "worker.zoo.models:build_convnet"
     channels: list[Annotated[int, Field(ge=1, le=1024)]] = Field(
         default_factory=lambda: [32, 32, 64], min_length=1, max_length=8
     )
@@ -195,4 +202,3 @@ class ConvNetSpec(_Spec):
         return sum(shape.parameters for shape in shapes) + norm
 
 
-ModelSpec = Annotated[AutoencoderSpec | MLPSpec | ConvNetSpec, Field(discriminator="name")]

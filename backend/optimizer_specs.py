@@ -1,13 +1,16 @@
 """The optimizer part of the run spec: SGD, Adam, K-FAC and KFC with their hyper-parameters.
 
 `kfac`, `kfac_tridiag`, `kfc` and `kfc_pre` are all `kfac.KFAC`, built from `kfac_kwargs()`;
-the others are torch.optim optimizers. `optimizer_model_error` says which pairs of optimizer
-and model make sense. Re-exported by `backend.spec`; imports neither torch nor FastAPI.
+the others are torch.optim optimizers. Each is registered as an entry point of the group
+`kfac_lab.optimizers` (pyproject.toml; see backend/registry.py), as a plugin's optimizer is,
+and names its worker-side `builder` (worker/builders.py). `optimizer_model_error` says which
+pairs of optimizer and model make sense. Re-exported by `backend.spec`; imports neither torch
+nor FastAPI.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -22,6 +25,7 @@ class _Spec(BaseModel):
 
 
 class _TorchOptimizer(_Spec):
+    builder: ClassVar[str] = "worker.builders:build_sgd"
     lr: float = Field(0.01, gt=0, le=100)
     weight_decay: float = Field(0.0, ge=0, le=1)
 
@@ -37,6 +41,7 @@ class SGDMomentumSpec(_TorchOptimizer):
 
 
 class AdamSpec(_TorchOptimizer):
+    builder: ClassVar[str] = "worker.builders:build_adam"
     name: Literal["adam"] = "adam"
     lr: float = Field(1e-3, gt=0, le=10)
     beta1: float = Field(0.9, ge=0, lt=1)
@@ -46,6 +51,8 @@ class AdamSpec(_TorchOptimizer):
 
 class _KFACBase(_Spec):
     """The hyper-parameters of `kfac.KFAC`; the structure of the inverse comes from the name."""
+
+    builder: ClassVar[str] = "worker.builders:build_kfac"
 
     fisher: Literal["true", "empirical"] = "true"
     lr: float | None = Field(
@@ -137,10 +144,6 @@ class KFCPreSpec(_KFACBase):
 KFAC_OPTIMIZERS = ("kfac", "kfac_tridiag", "kfc", "kfc_pre")
 """The optimizers that are `kfac.KFAC` (built from `kfac_kwargs()`)."""
 
-OptimizerSpec = Annotated[
-    SGDSpec | SGDMomentumSpec | AdamSpec | KFACSpec | KFACTridiagSpec | KFCSpec | KFCPreSpec,
-    Field(discriminator="name"),
-]
 
 
 def optimizer_model_error(optimizer: Any, model: Any) -> str | None:

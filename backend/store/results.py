@@ -76,6 +76,7 @@ def write_snapshot(
     relative_errors: Mapping[str, Any] | None = None,
     block_averages: Mapping[str, Any] | None = None,
     extras: Mapping[str, Any] | None = None,
+    original_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> int:
     """Store a run's curvature snapshot at `step` and return its id.
 
@@ -83,9 +84,10 @@ def write_snapshot(
     parameters, `blocks` the `[start, stop)` parameter range of each layer. Matrices larger
     than 512 x 512 are block-averaged down; everything is stored as compressed float32.
     Idempotent on (run, step): a second write returns the first snapshot's id.
+    `original_shapes`: see `encode_matrices` (for matrices pooled by the sender).
     """
     experiment_id = experiment_of(session, run_id)
-    payload, meta = encode_matrices(matrices)
+    payload, meta = encode_matrices(matrices, original_shapes=original_shapes)
     table = Snapshot.__table__
     statement = (
         dialect_insert(session, table)

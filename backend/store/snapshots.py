@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,11 @@ SIGNIFICANT_DIGITS = 7  # float32 carries about 7 significant decimal digits
 def pool_factor(size: int, max_side: int = MAX_SIDE) -> int:
     """The smallest integer factor that brings `size` down to at most `max_side`."""
     return max(1, math.ceil(size / max_side))
+
+
+def pooled_side(size: int, max_side: int = MAX_SIDE) -> int:
+    """The side that `block_pool` makes of a side of `size` (the last group may be short)."""
+    return math.ceil(size / pool_factor(size, max_side))
 
 
 def block_pool(matrix: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
@@ -55,13 +60,20 @@ def block_pool(matrix: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
 
 
 def encode_matrices(
-    matrices: Mapping[str, np.ndarray], max_side: int = MAX_SIDE
+    matrices: Mapping[str, np.ndarray],
+    max_side: int = MAX_SIDE,
+    original_shapes: Mapping[str, Sequence[int]] | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
-    """Pool and compress `matrices`; returns the payload and a description of each matrix."""
+    """Pool and compress `matrices`; returns the payload and a description of each matrix.
+
+    `original_shapes` gives the size of matrices that were pooled already (`block_pool` with
+    the same `max_side`, as the tracking client does before sending them), so that their
+    description, and the layer boundaries read with it, refer to the full matrices.
+    """
     pooled: dict[str, np.ndarray] = {}
     meta: dict[str, Any] = {}
     for name, matrix in matrices.items():
-        original = np.shape(matrix)
+        original = tuple((original_shapes or {}).get(name, np.shape(matrix)))
         pooled[name] = block_pool(matrix, max_side)
         meta[name] = {
             "shape": list(pooled[name].shape),

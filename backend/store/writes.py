@@ -225,7 +225,7 @@ def set_status(
 
 def stale_runs(session: Session, timeout_s: float | None = None) -> list[str]:
     """Ids of running runs whose heartbeat is older than `timeout_s` (default: settings)."""
-    stale = and_(Run.status == RunStatus.RUNNING, _heartbeat_older_than(utcnow(), timeout_s))
+    stale = _stale(utcnow(), timeout_s)
     return list(session.scalars(select(Run.id).where(stale).order_by(Run.id)))
 
 
@@ -249,7 +249,7 @@ def requeue_stale(
         "error": case((and_(~Run.cancel_requested, give_up), lost), else_=Run.error),
         "finished_at": case((or_(Run.cancel_requested, give_up), now), else_=None),
     }
-    stale = and_(Run.status == RunStatus.RUNNING, _heartbeat_older_than(now, timeout_s))
+    stale = _stale(now, timeout_s)
     return sorted(row.id for row in _transition(session, outcome, stale) if row.status == "queued")
 
 
@@ -316,6 +316,15 @@ def _refresh_experiment_status(session: Session, experiment_id: str) -> str:
         .values(status=status, updated_at=utcnow())
     )
     return status
+
+
+def _stale(now: Any, timeout_s: float | None) -> Any:
+    """Running runs trained by a worker whose heartbeat is older than `timeout_s`. Tracked
+    runs are left out: their script reports when it can (its client spools while the server is
+    away), and no worker could take them over."""
+    return and_(
+        Run.status == RunStatus.RUNNING, ~Run.tracked, _heartbeat_older_than(now, timeout_s)
+    )
 
 
 def _heartbeat_older_than(now: Any, timeout_s: float | None) -> Any:

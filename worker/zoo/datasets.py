@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from backend.spec import DatasetSpec
+from worker import plugins
 from worker.zoo import image_datasets
 
 
@@ -54,7 +55,7 @@ def load_dataset(
 ) -> Dataset:
     """The dataset of `spec` as float32 CPU tensors (cached per process: a worker runs many);
     `images`: inputs shaped (N, C, H, W) as conv nets take them, else flat (N, C·H·W)."""
-    data = _load(spec.name, spec.download, data_dir or default_data_dir())
+    data = plugins.builder("dataset", spec.name)(spec, data_dir or default_data_dir())
     if not images:
         return data
     shape = spec.info.image_shape
@@ -69,6 +70,11 @@ def load_dataset(
 
 def default_data_dir() -> Path:
     return Path(os.environ.get("KFAC_DATA_DIR", Path.home() / ".cache" / "kfac-lab" / "data"))
+
+
+def load_builtin(spec: DatasetSpec, data_dir: Path) -> Dataset:
+    """The builder of the built-in datasets (backend/datasets.py)."""
+    return _load(spec.name, spec.download, data_dir)
 
 
 @functools.lru_cache(maxsize=4)

@@ -17,16 +17,21 @@ from torch import nn
 
 from backend.architectures import POOL_KERNEL, POOL_PADDING, POOL_STRIDE
 from backend.spec import AutoencoderSpec, ConvNetSpec, MLPSpec, RunSpec
+from worker import plugins
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU}
 
 SPARSE_FAN_IN = 15  # Martens (2010): each unit gets 15 non-zero incoming weights
 
 
-def build_model(spec: RunSpec, *, device: torch.device | str = "cpu") -> nn.Sequential:
-    """The model of `spec`, initialised from `spec.seed`, in `spec.dtype` on `device`."""
-    if isinstance(spec.model, ConvNetSpec):
-        return _build_convnet(spec, device)
+def build_model(spec: RunSpec, *, device: torch.device | str = "cpu") -> nn.Module:
+    """The model of `spec`, initialised from `spec.seed`, in `spec.dtype` on `device`, built by
+    the builder its spec names (`build_dense`, `build_convnet`, or a plugin's)."""
+    return plugins.builder("model", spec.model.name)(spec, device)
+
+
+def build_dense(spec: RunSpec, device: torch.device | str) -> nn.Sequential:
+    """An autoencoder or MLP: Linear layers of `spec.layer_dims()` with the activations."""
     dims = spec.layer_dims()
     linear_activation = _hidden_activation_mask(spec.model, len(dims) - 1)
     dtype = getattr(torch, spec.dtype)
@@ -46,7 +51,7 @@ def build_model(spec: RunSpec, *, device: torch.device | str = "cpu") -> nn.Sequ
 POOLS: dict[str, type[nn.Module]] = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 
-def _build_convnet(spec: RunSpec, device: torch.device | str) -> nn.Sequential:
+def build_convnet(spec: RunSpec, device: torch.device | str) -> nn.Sequential:
     """Conv → [BN] → activation → pool stages, then Flatten and Linear layers (ConvNetSpec)."""
     model_spec: ConvNetSpec = spec.model
     info = spec.dataset.info

@@ -12,11 +12,14 @@ from backend.api.routes import (
     runs,
     share,
     snapshots,
+    tracking,
 )
 from backend.api.routes.health import router as health_router
 
 api_router = APIRouter(prefix="/api")
-for module in (experiments, comparison, runs, metrics, snapshots, events, share, presets, report):
+for module in (
+    experiments, comparison, runs, metrics, snapshots, events, share, presets, report, tracking
+):
     api_router.include_router(module.router)
 
 __all__ = ["api_router", "health_router"]

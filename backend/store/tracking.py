@@ -1,0 +1,163 @@
+"""Tracked runs: runs that a user's own training script reports through the `kfac_lab` client.
+
+They live in the same tables as the runs workers train, so every page, the live stream and the
+comparison show them alike; only their life cycle differs:
+
+* the client chooses the run id (a random 128-bit hex string) before it can reach the server,
+  so creating a run is idempotent: a retried create finds the run it made the first time;
+* runs join an experiment by name (`Experiment.tracking_name`, unique): get-or-create, safe
+  when several scripts on several machines start at once;
+* a run starts `running` through `claim_run` (status event, experiment status refreshed, as
+  for a worker's run) with the client's host as its "worker";
+* metric batches and snapshots go through `backend.store.results` (idempotent per
+  (run, metric, step) and (run, step), each logging its event); each batch also renews the
+  run's heartbeat and step;
+* `finish` / `fail` set the outcome through `set_status`, which refuses a finished run.
+
+Like the rest of the store, functions take the caller's `Session` and never commit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from backend.store.db import dialect_insert
+from backend.store.models import Experiment, Run, RunStatus, new_id
+from backend.store.results import write_metrics, write_snapshot
+from backend.store.writes import Control, RunNotFound, claim_run, heartbeat, set_status
+
+TRACKED_SPEC_KIND = "tracked"  # `spec["kind"]` of a tracked experiment or run
+
+
+class NotTracked(ValueError):
+    """The run exists but a worker trains it: the tracking endpoints may not write to it."""
+
+
+def start_run(
+    session: Session,
+    *,
+    run_id: str,
+    experiment: str,
+    label: str,
+    config: dict[str, Any],
+    optimizer: dict[str, Any],
+    seed: int,
+    client: str,
+    total_steps: int | None = None,
+) -> tuple[Run, bool]:
+    """The tracked run `run_id` in the experiment named `experiment`, created `running` if it
+    does not exist yet; returns it and whether it was created now.
+
+    Raises `NotTracked` if `run_id` is a worker's run, `ValueError` if it is a tracked run of
+    another experiment (the client never reuses an id, so that is a mistake, not a retry)."""
+    experiment_id = _experiment_by_name(session, experiment)
+    existing = session.get(Run, run_id)
+    if existing is not None:
+        if not existing.tracked:
+            raise NotTracked(run_id)
+        if existing.experiment_id != experiment_id:
+            raise ValueError(f"run {run_id} belongs to another experiment")
+        return existing, False
+    position = session.scalar(
+        select(func.count()).select_from(Run).where(Run.experiment_id == experiment_id)
+    )
+    inserted = session.execute(
+        dialect_insert(session, Run.__table__)
+        .values(
+            id=run_id,
+            experiment_id=experiment_id,
+            position=position,
+            label=label,
+            optimizer=optimizer,
+            seed=seed,
+            spec={"kind": TRACKED_SPEC_KIND, "config": config},
+            status=RunStatus.QUEUED,
+            total_steps=total_steps,
+            tracked=True,
+        )
+        .on_conflict_do_nothing(index_elements=["id"])
+        .returning(Run.__table__.c.id)
+    ).first()
+    if inserted is None:  # a concurrent retry of the same create won the race
+        return start_run(
+            session,
+            run_id=run_id,
+            experiment=experiment,
+            label=label,
+            config=config,
+            optimizer=optimizer,
+            seed=seed,
+            client=client,
+            total_steps=total_steps,
+        )
+    run = claim_run(session, run_id, client)
+    assert run is not None, "a queued run without a cancel flag is claimable"
+    return run, True
+
+
+def record_metrics(
+    session: Session, run_id: str, points: Sequence[tuple[str, int, float, float]]
+) -> tuple[int, bool]:
+    """Store a tracked run's metric points (name, step, wall_time, value). Returns how many
+    were new and whether a cancel was requested (from the page), which the client reports to
+    the script. Renews the run's heartbeat and step while it runs (the client sends batches in
+    step order, so the last batch's highest step is the run's progress)."""
+    tracked_run(session, run_id)
+    stored = write_metrics(session, run_id, points)
+    step = max((point[1] for point in points), default=None)
+    control = heartbeat(session, run_id, step) if step is not None else None
+    return stored, control is Control.CANCEL
+
+
+def record_snapshot(session: Session, run_id: str, step: int, **payload: Any) -> int:
+    """Store a tracked run's curvature snapshot (`write_snapshot`'s arguments); its id."""
+    tracked_run(session, run_id)
+    return write_snapshot(session, run_id, step, **payload)
+
+
+def end_run(
+    session: Session,
+    run_id: str,
+    status: str,
+    *,
+    error: str | None = None,
+    step: int | None = None,
+    final_metrics: dict[str, float] | None = None,
+) -> Run:
+    """Set a tracked run's outcome (`succeeded` or `failed` with a reason); a run that has
+    already ended keeps its outcome (a retried finish changes nothing). Returns the run."""
+    run = tracked_run(session, run_id)
+    set_status(session, run_id, status, error=error, step=step, final_metrics=final_metrics)
+    session.refresh(run)
+    return run
+
+
+def tracked_run(session: Session, run_id: str) -> Run:
+    """The tracked run `run_id`; raises `RunNotFound` or `NotTracked`."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise RunNotFound(run_id)
+    if not run.tracked:
+        raise NotTracked(run_id)
+    return run
+
+
+def _experiment_by_name(session: Session, name: str) -> str:
+    """The id of the tracked experiment called `name`, created (queued, no runs) if needed."""
+    table = Experiment.__table__
+    session.execute(
+        dialect_insert(session, table)
+        .values(
+            id=new_id(),
+            name=name,
+            tracking_name=name,
+            spec={"kind": TRACKED_SPEC_KIND, "name": name, "description": "", "runs": []},
+            status=RunStatus.QUEUED,
+        )
+        .on_conflict_do_nothing(index_elements=["tracking_name"])
+    )
+    return session.scalar(select(table.c.id).where(table.c.tracking_name == name))

@@ -1,0 +1,2 @@
+"""An example kfac-lab plugin: `specs` (what the API validates; no torch) and `train` (what
+a worker builds; torch)."""

@@ -1,0 +1,40 @@
+"""tracked runs: runs reported by users' own scripts through the tracking client
+
+`experiments.tracking_name` makes get-or-create by name safe when several scripts start at
+once (unique; NULL for experiments launched through the API). `runs.tracked` marks runs that
+no worker trains, so stale-run recovery never re-queues them.
+
+Revision ID: 0004_tracking
+Revises: 0001
+Create Date: 2026-12-05
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0004_tracking"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("experiments") as batch:
+        batch.add_column(sa.Column("tracking_name", sa.String(200), nullable=True))
+        batch.create_unique_constraint(
+            op.f("uq_experiments_tracking_name"), ["tracking_name"]
+        )
+    with op.batch_alter_table("runs") as batch:
+        batch.add_column(
+            sa.Column("tracked", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("runs") as batch:
+        batch.drop_column("tracked")
+    with op.batch_alter_table("experiments") as batch:
+        batch.drop_constraint(op.f("uq_experiments_tracking_name"), type_="unique")
+        batch.drop_column("tracking_name")

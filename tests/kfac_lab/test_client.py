@@ -1,0 +1,161 @@
+"""The tracking client against a real server: a script's metrics, K-FAC internals and
+curvature snapshots reach the pages; nothing is lost while the server is down; nothing raises
+into the training loop."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import kfac_lab
+from kfac import KFAC
+from kfac.snapshot import optimizer_damping, snapshot_payload
+from kfac_lab.sender import Sender
+from tests.kfac_lab.conftest import TOKEN, Server
+
+
+def start(server: Server, spool: Path, experiment: str | None = None, **fields) -> kfac_lab.Run:
+    return kfac_lab.init(
+        experiment=experiment or f"client {uuid.uuid4().hex[:8]}",
+        url=server.url,
+        token=TOKEN,
+        spool_dir=spool,
+        **fields,
+    )
+
+
+def tiny_problem(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    x = torch.randn(64, 6)
+    y = torch.randint(0, 3, (64,))
+    return model, x, y
+
+
+def test_a_script_reports_curves_internals_and_a_snapshot(server: Server, spool: Path):
+    model, x, y = tiny_problem()
+    optimizer = KFAC(model, "cross_entropy", lr=None, damping=1.0, stats_interval=1)
+    run = start(server, spool, label="kfac", config={"optimizer": "kfac", "damping": 1.0})
+    run.watch(optimizer)
+    for step in range(1, 21):
+        loss = optimizer.step(x, y)
+        run.log(step, train_loss=float(loss))
+    run.snapshot(model, x, y, loss="cross_entropy", optimizer=optimizer)
+    expected = snapshot_payload(
+        model, x, y, "cross_entropy", probe=1024, damping=optimizer_damping(optimizer, 0.0)
+    )
+    assert run.finish(timeout=120)
+
+    detail = server.get(f"/api/runs/{run.id}")
+    assert (detail["status"], detail["step"], detail["label"]) == ("succeeded", 20, "kfac")
+    assert detail["optimizer"]["name"] == "kfac"
+    series = server.get(f"/api/runs/{run.id}/metrics")["series"]
+    assert series["train_loss"]["x"] == list(range(1, 21))
+    assert set(optimizer.diagnostics) <= set(series)  # λ, α, μ ... as for a worker's K-FAC run
+    assert detail["final_metrics"]["train_loss"] == pytest.approx(series["train_loss"]["y"][-1])
+
+    (listed,) = server.get(f"/api/runs/{run.id}/snapshots")
+    assert listed["step"] == 20
+    stored = server.get(f"/api/snapshots/{listed['id']}")
+    assert stored["blocks"] == expected["blocks"]
+    for name in ("exact", "kronecker", "kronecker_inverse", "block_diagonal_inverse"):
+        np.testing.assert_allclose(
+            np.array(stored["matrices"][name]), expected["matrices"][name], rtol=1e-4, atol=1e-6
+        )
+
+
+def test_runs_of_one_name_group_together(server: Server, spool: Path):
+    name = f"group {uuid.uuid4().hex[:8]}"
+    runs = [start(server, spool, experiment=name, label=label) for label in ("a", "b")]
+    for run in runs:
+        run.log(1, train_loss=1.0)
+        assert run.finish(timeout=120)
+    experiments = {server.get(f"/api/runs/{run.id}")["experiment_id"] for run in runs}
+    (experiment_id,) = experiments
+    experiment = server.get(f"/api/experiments/{experiment_id}")
+    assert [r["label"] for r in experiment["runs"]] == ["a", "b"]
+    assert experiment["status"] == "succeeded"
+
+
+def test_server_down_then_up_loses_nothing(stopped_server: Server, spool: Path):
+    run = start(stopped_server, spool)
+    for step in range(500):
+        run.log(step, train_loss=1.0 / (step + 1), lr=0.1)
+    sender: Sender = run._sender
+    sender._wake.set()
+    wait_for(lambda: sender.spool.files(), "the spool to receive the records")
+    stopped_server.start()
+    assert run.finish(timeout=120)
+    series = stopped_server.get(f"/api/runs/{run.id}/metrics?max_points=10000")["series"]
+    assert series["train_loss"]["x"] == list(range(500))
+    assert series["lr"]["x"] == list(range(500))
+    assert stopped_server.get(f"/api/runs/{run.id}")["status"] == "succeeded"
+    assert not (spool / run.id).exists()  # sent: the spool is gone
+
+
+def test_sync_sends_what_an_unfinished_wait_left(stopped_server: Server, spool: Path):
+    run = start(stopped_server, spool)
+    run.log(3, train_loss=0.5)
+    assert not run.finish(timeout=0.5)  # the server is down: it all waits on disk
+    assert (spool / run.id).is_dir()
+    stopped_server.start()
+    assert kfac_lab.sync(stopped_server.url, TOKEN, spool) == [run.id]
+    assert stopped_server.get(f"/api/runs/{run.id}")["status"] == "succeeded"
+    assert stopped_server.get(f"/api/runs/{run.id}/metrics")["series"]["train_loss"]["y"] == [0.5]
+
+
+def test_an_exception_fails_the_run_with_its_traceback(server: Server, spool: Path):
+    with pytest.raises(RuntimeError), start(server, spool) as run:
+        run.log(1, train_loss=2.0)
+        raise RuntimeError("out of memory, say")
+    detail = server.get(f"/api/runs/{run.id}")
+    assert detail["status"] == "failed"
+    assert "RuntimeError: out of memory, say" in detail["error"]
+    assert "Traceback" in detail["error"]
+
+
+def test_bad_values_never_raise_and_good_ones_arrive(server: Server, spool: Path):
+    run = start(server, spool)
+    run.log(1, train_loss=float("nan"), note="text", ok=1.0)
+    run.log(2, **{"bad name!": 1.0, "ok": 2.0})
+    run.log(np.int64(3), ok=torch.tensor(3.0))
+    run.log(-1, ok=9.0)
+    run.log("four", ok=9.0)
+    run.snapshot(object(), None, None)  # not a model: logged, not raised
+    assert run.finish(timeout=120)
+    series = server.get(f"/api/runs/{run.id}/metrics")["series"]
+    assert series == {"ok": {"x": [1, 2, 3], "y": [1.0, 2.0, 3.0]}}
+    assert server.get(f"/api/runs/{run.id}")["status"] == "succeeded"
+
+
+def test_importing_the_client_imports_no_torch_web_or_database_library():
+    code = (
+        "import sys, kfac_lab; "
+        "print(sorted(m for m in ('torch', 'fastapi', 'sqlalchemy') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_init_without_a_url_is_a_clear_error(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("KFAC_LAB_URL", raising=False)
+    with pytest.raises(ValueError, match="KFAC_LAB_URL"):
+        kfac_lab.init(experiment="x")
+
+
+def wait_for(condition, what: str, timeout: float = 60.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.05)
