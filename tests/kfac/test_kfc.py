@@ -2,6 +2,7 @@
 invariance, in float64."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -181,4 +182,5 @@ def test_quadratic_model_runs_on_a_batch_norm_conv_net():
     optimizer = KFAC(model, "cross_entropy", damping=1.0)
     for _ in range(6):
         assert torch.isfinite(optimizer.step(x, y))
-    assert optimizer.diagnostics["alpha"] == optimizer.diagnostics["alpha"]
+    # The α it chose is a number; that α is right is tests/kfac/test_adaptive_step.py's job.
+    assert math.isfinite(optimizer.diagnostics["alpha"])
