@@ -18,7 +18,15 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from backend.architectures import Activation as Activation
 from backend.architectures import AutoencoderSpec, LayerShape, ModelSpec, dense_shapes
@@ -342,6 +350,20 @@ class ExperimentSpec(_Spec):
     seeds: list[Annotated[int, Field(ge=0, lt=2**31)]] = Field(
         default_factory=list, max_length=MAX_RUNS
     )
+    _sources: list[tuple[str | int, ...]] | None = PrivateAttr(None)
+
+    def run_sources(self) -> list[tuple[str | int, ...]]:
+        """Where each run came from in the request: `("runs", i)`, or `("optimizers", k)` /
+        `("base",)` for the runs expanded from the comparison form, so that an error found
+        after validation (e.g. a resource limit) names the field the client wrote."""
+        return self._sources or [("runs", i) for i in range(len(self.runs))]
+
+    def __eq__(self, other: object) -> bool:
+        """Specs with equal fields are equal: where the runs came from is not part of the
+        value (the canonical form, runs expanded, equals the comparison form it came from)."""
+        if not isinstance(other, ExperimentSpec):
+            return NotImplemented
+        return dict(self) == dict(other)
 
     @field_validator("optimizers")
     @classmethod
@@ -377,6 +399,12 @@ class ExperimentSpec(_Spec):
                 self.base.model_copy(update={"optimizer": opt, "seed": seed, "label": None})
                 for opt in (self.optimizers or [self.base.optimizer])
                 for seed in (self.seeds or [self.base.seed])
+            ]
+            self._sources = [
+                *(("runs", i) for i in range(len(self.runs))),
+                *(("optimizers", k) if self.optimizers else ("base",)
+                  for k in range(max(1, len(self.optimizers)))
+                  for _ in range(max(1, len(self.seeds)))),
             ]
             object.__setattr__(self, "runs", [*self.runs, *expanded])
             for field, empty in (("base", None), ("optimizers", []), ("seeds", [])):

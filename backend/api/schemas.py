@@ -115,6 +115,9 @@ class RunOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    estimate: RunEstimate | None = Field(
+        None, description="Peak memory and time estimated when the run was queued"
+    )
 
     @classmethod
     def from_run(cls, run: Run, **extra: Any) -> Self:
@@ -142,6 +145,7 @@ class RunOut(BaseModel):
             started_at=run.started_at,
             finished_at=run.finished_at,
             heartbeat_at=run.heartbeat_at,
+            estimate=run.estimate,
             **extra,
         )
 
@@ -316,3 +320,12 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(description="database / broker: `ok` or what went wrong")
+
+
+# --- resources (backend/estimate.py) -------------------------------------------------------
+
+
+class RunEstimate(BaseModel):
+    memory_bytes: int = Field(description="Estimated peak memory of the run's worker process")
+    step_seconds: float = Field(description="Estimated seconds per training step")
+    run_seconds: float = Field(description="Estimated seconds for the whole run")

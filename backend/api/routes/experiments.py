@@ -13,6 +13,7 @@ from backend.api.deps import (
     AdminDep,
     ReaderDep,
     SessionDep,
+    SettingsDep,
     base_url,
     load_experiment,
 )
@@ -56,6 +57,7 @@ def create_experiment(
     body: Annotated[CreateExperiment, Body()],
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     _: AdminDep,
 ) -> ExperimentDetail:
     """Store the experiment with its runs `queued` and send one task per run.
@@ -63,7 +65,7 @@ def create_experiment(
     The body is a full experiment spec, or `{"preset": NAME, "name"?, "overrides"?}`.
     """
     spec, preset = resolve_spec(body)
-    return detail(session, request, launch(session, spec, preset))
+    return detail(session, request, launch(session, settings, spec, preset))
 
 
 @router.get("")
@@ -134,6 +136,7 @@ def clone(
     experiment_id: ExperimentId,
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     principal: AdminDep,
     body: Annotated[CloneRequest | None, Body()] = None,
 ) -> ExperimentDetail:
@@ -145,4 +148,4 @@ def clone(
         raise HTTPException(409, f"The stored spec is no longer valid: {error}") from None
     if body is not None and body.name is not None:
         spec = spec.model_copy(update={"name": body.name})
-    return detail(session, request, launch(session, spec, experiment.preset))
+    return detail(session, request, launch(session, settings, spec, experiment.preset))
