@@ -197,6 +197,14 @@ class RunSpec(_Spec):
     iterate_averaging: float | None = Field(
         None, gt=0, lt=1, description="§13: evaluate θ̄ₖ = ξθ̄ₖ₋₁ + (1−ξ)θₖ, ξ = min(1 − 1/k, this)"
     )
+    queue_timeout_s: float | None = Field(
+        None, gt=0, le=30 * 86400,
+        description="If no worker consumes the run's queue this long after it was queued, "
+        "apply on_queue_timeout; None: wait for a worker forever",
+    )
+    on_queue_timeout: Literal["fail", "cpu"] = Field(
+        "fail", description="fail the run, or train it on the CPU queue instead"
+    )
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -334,7 +342,11 @@ def _total_steps_from(data: dict[str, Any]) -> int | None:
 def queue_for(spec: RunSpec) -> Literal["gpu", "cpu"]:
     """The Celery queue of a run: `gpu` when it asks for CUDA; `auto` runs go to `cpu`, which
     GPU workers may also consume (they then use their GPU)."""
-    return "gpu" if spec.device == "cuda" else "cpu"
+    return queue_for_device(spec.device)
+
+
+def queue_for_device(device: str) -> Literal["gpu", "cpu"]:
+    return "gpu" if device == "cuda" else "cpu"
 
 
 # ---- an experiment --------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from backend.settings import Settings
 from backend.spec import ExperimentSpec, RunSpec, queue_for
 from backend.store.models import Experiment, Run
 from backend.store.queries import get_experiment
+from backend.store.queueing import live_queues
 from backend.store.writes import (
     ACTIVE,
     cancel_experiment,
@@ -173,6 +174,11 @@ def _run_columns(run: RunSpec, settings: Settings) -> dict[str, Any]:
         "spec": run.model_dump(mode="json"),
         "total_steps": run.total_steps(),
     }
+
+
+def consumed_queues(session: Session, settings: Settings) -> set[str]:
+    """The queues that live workers consume now (for the runs' `status_detail`)."""
+    return live_queues(session, settings.heartbeat_timeout_s)
 
 
 def stored_spec(experiment: Experiment) -> ExperimentSpec:

@@ -232,6 +232,12 @@ def release_run(session: Session, run_id: str) -> bool:
     return bool(_transition(session, values, running))
 
 
+def fail_queued(session: Session, run_id: str, reason: str) -> bool:
+    """Fail a run that is still queued (no worker took it in time); False if it was not."""
+    queued = and_(Run.id == run_id, Run.status == RunStatus.QUEUED)
+    return bool(_transition(session, {"status": RunStatus.FAILED, "error": reason}, queued))
+
+
 def stale_runs(session: Session, timeout_s: float | None = None) -> list[str]:
     """Ids of running runs whose heartbeat is older than `timeout_s` (default: settings)."""
     stale = and_(Run.status == RunStatus.RUNNING, _heartbeat_older_than(utcnow(), timeout_s))

@@ -9,6 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.settings import Settings
+from backend.store.db import session_scope
+from backend.store.queueing import beat_worker, forget_worker
 from tests.api.conftest import ADMIN, ADMIN_TOKEN, SMALL_SPEC, FakeBroker
 
 MEMORY_LIMIT = 2 * 10**9
@@ -97,3 +99,27 @@ def test_every_run_shows_its_estimate(client: TestClient, broker: FakeBroker) ->
     assert by_name["kfac"]["run_seconds"] == pytest.approx(20 * by_name["kfac"]["step_seconds"])
     run = client.get(f"/api/runs/{runs[0]['id']}", headers=ADMIN).json()
     assert run["estimate"] == runs[0]["estimate"]
+
+
+def test_a_run_on_a_queue_nobody_consumes_says_so(
+    client: TestClient, broker: FakeBroker, db_url: str
+) -> None:
+    body = {"runs": [{**SMALL_SPEC["base"], "device": "cuda", "queue_timeout_s": 600}]}
+    created = client.post("/api/experiments", json=body, headers=ADMIN)
+    assert created.status_code == 201, created.text
+    experiment = created.json()
+    run_id = experiment["runs"][0]["id"]
+    waiting = "waiting for a worker on queue gpu; fails after 600 s"
+    assert experiment["runs"][0]["status_detail"] == waiting
+    assert client.get(f"/api/runs/{run_id}", headers=ADMIN).json()["status_detail"] == waiting
+    with session_scope(db_url) as session:
+        beat_worker(session, "gpu-box:1", ["gpu"])
+    try:
+        experiment = client.get(f"/api/experiments/{experiment['id']}", headers=ADMIN).json()
+        assert experiment["runs"][0]["status_detail"] is None
+        listed = client.get("/api/experiments", headers=ADMIN).json()["items"]
+        (mine,) = [e for e in listed if e["id"] == experiment["id"]]
+        assert mine["runs"][0]["status_detail"] is None
+    finally:
+        with session_scope(db_url) as session:
+            forget_worker(session, "gpu-box:1")

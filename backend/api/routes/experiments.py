@@ -15,6 +15,7 @@ from backend.api.deps import (
     SessionDep,
     SettingsDep,
     base_url,
+    get_settings,
     load_experiment,
 )
 from backend.api.errors import READ_ERRORS, WRITE_ERRORS, documented
@@ -28,6 +29,7 @@ from backend.api.schemas import (
 )
 from backend.api.service import (
     cancel_all,
+    consumed_queues,
     launch,
     remove,
     resolve_spec,
@@ -47,6 +49,7 @@ def detail(session: Session, request: Request, experiment: Experiment) -> Experi
     return ExperimentDetail.from_experiment(
         experiment,
         base_url(request),
+        consumed_queues(session, get_settings(request)),
         spec=experiment.spec,
         last_event_id=last_event_id(session, experiment.id),
     )
@@ -86,9 +89,9 @@ def list_all(
     experiments, total = list_experiments(
         session, limit=limit, offset=offset, status=status, name=name
     )
-    url = base_url(request)
+    url, live = base_url(request), consumed_queues(session, get_settings(request))
     return ExperimentPage(
-        items=[ExperimentOut.from_experiment(e, url) for e in experiments],
+        items=[ExperimentOut.from_experiment(e, url, live) for e in experiments],
         total=total,
         limit=limit,
         offset=offset,
