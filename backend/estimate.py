@@ -15,24 +15,27 @@ magnitude, checked against measured peaks within 2× (tests/worker/test_estimate
   with their damped inverses (§4.2, §6.3), the previous update (§7), and for `kfac_tridiag`
   the off-diagonal factors Ā_{i,i+1}, G_{i,i+1}, the conditional covariances Σ_{i|i+1} and the
   generalised eigenbases of their Kronecker-difference inverses (§4.3, Appendix B);
-* activations at the largest batch: every layer's input, output and post-activation kept for
-  backward, and their gradients; K-FAC's statistics pass keeps ā and g again, and for conv
-  layers (KFC, Grosse & Martens 2016 §3.1) the unfolded patches ⟦A⟧ of T·|patch| rows per example;
+* activations at the largest batch: what each layer keeps for backward (a Linear layer's
+  output and activation, a conv stage's maps), the gradients of one layer at a time, and
+  K-FAC's captured g and ĝ, with one conv layer's unfolded patches ⟦A⟧ (KFC, Grosse & Martens
+  2016 §3.1) of T·|patch| entries per example;
 * a checkpoint copy of parameters and optimizer state (written by a background thread);
 * the curvature probe of a snapshot (P probe parameters): E per-example gradients of P
   entries and the P×P matrices F, F̃, (F̃+λI)⁻¹, F̌⁻¹, F̂⁻¹ with their temporaries, in float64.
 
-Time: floating-point operations per step, divided by the worker's throughput
-(`KFAC_WORKER_FLOPS`). A forward pass costs 2·B·T·d_in·d_out per layer (T spatial positions of
-a conv layer, 1 for Linear) and backward twice that; K-FAC adds, amortised, the statistics
-pass (a second backward, the factor products, §5), the inverses (~10·n³ per n×n factor every
-T₃ steps, §8), the two extra passes of the quadratic model for α, μ (§7) and applying the
-inverse (G⁻¹ V Ā⁻¹). Evaluation (a forward pass over the test set every `eval_interval`
-steps) and snapshots (per-example gradients and P×P inverses) are amortised over the steps.
+Time: floating-point operations per step at the run's mean batch size, divided by the
+worker's throughput (`KFAC_WORKER_FLOPS`). A forward pass costs 2·B·T·d_in·d_out per layer
+(T spatial positions of a conv layer, 1 for Linear) and backward twice that; K-FAC adds,
+amortised, the statistics pass (a second backward, the factor products, §5), the inverses
+(~10·n³ per n×n factor every T₃ steps, §8), the two extra passes of the quadratic model for
+α, μ (§7) and applying the inverse (G⁻¹ V Ā⁻¹). Evaluation (a forward pass over the test set
+every `eval_interval` steps) and snapshots (per-example gradients and P×P inverses) are
+amortised over the steps.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from backend.architectures import ConvNetSpec, LayerShape
@@ -88,17 +91,19 @@ def resource_errors(
         cost = estimate(run, flops_per_second)
         name = f"run {run.display_label()!r}"
         if cost.memory_bytes > memory_limit:
-            problems.append((location, (
+            message = (
                 f"{name} needs about {_bytes(cost.memory_bytes)} of memory, more than the "
                 f"worker's {_bytes(memory_limit)} (KFAC_WORKER_MEMORY_BYTES); use a smaller "
                 "batch, model or probe"
-            )))
+            )
+            problems.append((location, message))
         if cost.run_seconds > time_limit_s:
-            problems.append((location, (
+            message = (
                 f"{name} would train for about {_duration(cost.run_seconds)} "
                 f"({cost.step_seconds:.3g} s per step × {run.total_steps():,} steps), more than "
                 f"the limit of {_duration(time_limit_s)} (KFAC_RUN_TIME_LIMIT_S)"
-            )))
+            )
+            problems.append((location, message))
     return problems
 
 
@@ -106,11 +111,12 @@ def resource_errors(
 
 
 def memory_bytes(spec: RunSpec) -> int:
+    """The run's estimated peak memory in bytes (see the module doc)."""
     item = 8 if spec.dtype == "float64" else 4
     layers = _layers(spec)
     info = spec.dataset.info
-    examples = info.n_train + info.n_test
-    data = examples * info.input_dim * (4 + (item if item != 4 else 0))
+    copy = item if spec.dtype == "float64" else 0  # float32 tensors are used as they are
+    data = (info.n_train + info.n_test) * info.input_dim * (4 + copy)
     parameters = spec.parameter_count()
     state = _optimizer_state(spec, layers, parameters)
     checkpoint = (parameters + state) if spec.checkpoint_interval else 0
@@ -174,7 +180,7 @@ def _probe_bytes(spec: RunSpec) -> int:
 def step_flops(spec: RunSpec) -> float:
     """Floating-point operations of an average step, amortised (see the module doc)."""
     layers = _layers(spec)
-    batch = _largest_batch(spec)
+    batch = _mean_batch(spec)
     forward = sum(2 * layer.positions * layer.shape.parameters for layer in layers)
     total = 3.0 * forward * batch  # forward + backward
     opt = spec.optimizer
@@ -223,6 +229,19 @@ def _layers(spec: RunSpec) -> list[_Layer]:
 def _largest_batch(spec: RunSpec) -> int:
     """A growing batch (§13) is largest at the last step."""
     return batch_size_at(spec.batch_size, spec.total_steps(), spec.dataset.info.n_train)
+
+
+def _mean_batch(spec: RunSpec) -> float:
+    """The mean batch size over the run. A growing batch (§13) m_k = m₁·e^((k−1)/b) sums to
+    m₁·(e^(K/b) − 1)/(e^(1/b) − 1) over its first K steps, then stays at its cap."""
+    batch, n_train, total = spec.batch_size, spec.dataset.info.n_train, spec.total_steps()
+    if isinstance(batch, int):
+        return float(batch_size_at(batch, 1, n_train))
+    cap = batch_size_at(batch, total, n_train)
+    growing = min(total, max(0, math.ceil(1 + batch.growth * math.log(cap / batch.initial))))
+    ratio = math.expm1(1 / batch.growth)
+    summed = batch.initial * math.expm1(growing / batch.growth) / ratio
+    return (min(summed, cap * growing) + cap * (total - growing)) / total
 
 
 def _bytes(count: float) -> str:

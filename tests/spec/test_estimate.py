@@ -82,3 +82,11 @@ def test_resource_errors_name_the_run_where_the_request_wrote_it() -> None:
     too_long = resource_errors(experiment, kfac_memory, 1e-6, 1e9)
     assert [location for location, _ in too_long] == [("runs", 0), ("optimizers", 0),
                                                        ("optimizers", 1)]
+
+
+def test_a_growing_batch_costs_its_mean_size_per_step() -> None:
+    growing = {"kind": "exponential", "initial": 10, "growth": 5.0, "maximum": 100}
+    run = spec(batch_size=growing)
+    sizes = [run.batch_size.size_at(k, 4000) for k in range(1, 51)]
+    mean = sum(sizes) / len(sizes)
+    assert step_flops(run) / step_flops(spec(batch_size=1)) == pytest.approx(mean, rel=0.02)
