@@ -26,12 +26,24 @@ STUCK = "slow 3600 from 3"  # two steps, then a step of an hour
 TIME_LIMIT_S = 6
 
 
+def slow_worker(the_lab: Lab, **env: str) -> None:
+    path = os.pathsep.join([str(HOOKS), str(REPO), os.environ.get("PYTHONPATH", "")])
+    the_lab.start_worker(PYTHONPATH=path, **env)
+
+
 @pytest.fixture(scope="module")
 def slow_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    """One worker whose slow runs sleep, with a time limit of a few seconds per run."""
+    """One worker whose slow runs sleep (with the default time limit of a day)."""
     with lab(tmp_path_factory.mktemp("slow")) as the_lab:
-        path = os.pathsep.join([str(HOOKS), str(REPO), os.environ.get("PYTHONPATH", "")])
-        the_lab.start_worker(PYTHONPATH=path, KFAC_RUN_TIME_LIMIT_S=str(TIME_LIMIT_S))
+        slow_worker(the_lab)
+        yield the_lab
+
+
+@pytest.fixture
+def limited_lab(tmp_path: Path) -> Iterator[Lab]:
+    """The same with a time limit of a few seconds per run."""
+    with lab(tmp_path) as the_lab:
+        slow_worker(the_lab, KFAC_RUN_TIME_LIMIT_S=str(TIME_LIMIT_S))
         yield the_lab
 
 
@@ -61,19 +73,20 @@ def test_a_cancel_does_not_wait_for_a_long_step(slow_lab: Lab) -> None:
     assert (run.status, run.attempts) == ("cancelled", 1)
 
 
-def test_a_run_over_its_time_limit_fails_with_the_reason(slow_lab: Lab) -> None:
-    paced = slow_lab.create(run_spec(label="slow 0.2 from 1", steps=10_000))[0]
-    stuck = slow_lab.create(run_spec(label="slow 3600 from 1", steps=10))[0]
-    slow_lab.send(paced, stuck)
-    runs = slow_lab.wait(paced, stuck, timeout=120)
+def test_a_run_over_its_time_limit_fails_with_the_reason(limited_lab: Lab) -> None:
+    paced = limited_lab.create(run_spec(label="slow 0.2 from 1", steps=10_000))[0]
+    stuck = limited_lab.create(run_spec(label="slow 3600 from 1", steps=10))[0]
+    limited_lab.send(paced, stuck)
+    runs = limited_lab.wait(paced, stuck, timeout=120)
     for run in runs:
         assert run.status == "failed", (run.status, run.error)
         match = re.fullmatch(rf"time limit of {TIME_LIMIT_S} s exceeded at step (\d+)", run.error)
         assert match and int(match[1]) == run.step, run.error
     assert runs[0].step < 10_000
-    assert [step for step, _ in slow_lab.points(paced)][-1] == runs[0].step
+    steps = [step for step, _ in limited_lab.points(paced)]  # none if it failed at step 0
+    assert steps[-1:] == ([runs[0].step] if runs[0].step else [])
     assert runs[1].step == 0  # its first step never ended
-    assert checkpoints(slow_lab, paced) == checkpoints(slow_lab, stuck) == []
+    assert checkpoints(limited_lab, paced) == checkpoints(limited_lab, stuck) == []
 
 
 def test_deleting_an_experiment_while_its_run_trains_leaves_nothing_on_disk(
