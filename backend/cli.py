@@ -68,6 +68,15 @@ def serve(
     start_worker = not settings.broker_url if worker is None else worker
     _stop_on_signals()
     supervisor: _WorkerSupervisor | None = None
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            """uvicorn's signal handler: also start stopping the worker now, so that it hands
+            its runs back while the API closes its connections, not after."""
+            if supervisor is not None:
+                supervisor.stop_soon()
+            super().handle_exit(sig, frame)
+
     try:
         upgrade(settings.database_url)
         token = settings.admin_token or _stored_admin_token()
@@ -81,12 +90,13 @@ def serve(
             # Open event streams never end by themselves: stop waiting for them after a while.
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
-        server = uvicorn.Server(config)
+        server = Server(config)
         threading.Thread(target=_announce, args=(server, host, port, token), daemon=True).start()
         server.run()  # handles SIGINT / SIGTERM itself, then re-raises them to our handlers
     except (_Stop, KeyboardInterrupt):
         pass
     finally:
+        _ignore_signals()  # a second Ctrl-C or SIGTERM must not break off the cleanup
         if supervisor is not None:
             console.print("Stopping the worker…")
             supervisor.stop()
@@ -120,6 +130,14 @@ def _announce(server: Any, host: str, port: int, token: str) -> None:
 def _stop_on_signals() -> None:
     def handler(signum: int, _frame: object) -> None:
         raise _Stop(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _ignore_signals() -> None:
+    def handler(signum: int, _frame: object) -> None:
+        errors.print(f"{signal.Signals(signum).name}: already stopping")
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
@@ -159,12 +177,19 @@ class _WorkerSupervisor:
             if self._stopping.wait(2.0):
                 return
 
+    def stop_soon(self) -> None:
+        """Start `stop` on a thread of its own (called from a signal handler)."""
+        threading.Thread(target=self.stop, name="worker-stop", daemon=True).start()
+
     def stop(self) -> None:
+        """SIGTERM the worker, SIGKILL what is left after `STOP_TIMEOUT_S`; wait for it. Safe to
+        call twice, also at once from two threads."""
         with self._lock:
             self._stopping.set()
             process = self._process
-        if process is not None and process.poll() is None:
-            process.terminate()
+        if process is not None:
+            if process.poll() is None:
+                process.terminate()
             try:
                 process.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:

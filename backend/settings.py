@@ -11,6 +11,7 @@ Paths that default to places inside `home` are filled in after validation, so th
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -60,6 +61,24 @@ class Settings(BaseSettings):
         description="Open event streams one token (the admin's, or one share link's) may hold; "
         "the next is answered 429.",
     )
+    worker_memory_bytes: int = Field(
+        default_factory=lambda: physical_memory_bytes() // 2,
+        gt=0,
+        description="The memory one run may use; a run estimated to need more is refused. "
+        "Default: half of this machine's physical memory.",
+    )
+    run_time_limit_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="A run estimated to train longer is refused; one that still overruns it "
+        "is stopped and fails.",
+    )
+    worker_flops: float = Field(
+        default=2e10,
+        gt=0,
+        description="Floating-point operations per second a worker sustains, which turns the "
+        "estimated cost of a step into seconds (default: two CPU cores, float32).",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Origins allowed by CORS, comma-separated; empty (closed) by default.",
@@ -89,6 +108,14 @@ class Settings(BaseSettings):
         if self.data_dir is None:
             self.data_dir = self.home / "data"
         return self
+
+
+def physical_memory_bytes() -> int:
+    """This machine's physical memory, from sysconf (no psutil); 8 GB where it cannot say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 8 * 1024**3
 
 
 @lru_cache(maxsize=1)

@@ -25,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -184,6 +185,14 @@ class RunSpec(_Spec):
         description="the swept hyper-parameters of this run's grid point (set by a sweep); "
         "labels and comparison groups read them from here",
     )
+    queue_timeout_s: float | None = Field(
+        None, gt=0, le=30 * 86400,
+        description="If no worker consumes the run's queue this long after it was queued, "
+        "apply on_queue_timeout; None: wait for a worker forever",
+    )
+    on_queue_timeout: Literal["fail", "cpu"] = Field(
+        "fail", description="fail the run, or train it on the CPU queue instead"
+    )
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -323,7 +332,11 @@ def _total_steps_from(data: dict[str, Any]) -> int | None:
 def queue_for(spec: RunSpec) -> Literal["gpu", "cpu"]:
     """The Celery queue of a run: `gpu` when it asks for CUDA; `auto` runs go to `cpu`, which
     GPU workers may also consume (they then use their GPU)."""
-    return "gpu" if spec.device == "cuda" else "cpu"
+    return queue_for_device(spec.device)
+
+
+def queue_for_device(device: str) -> Literal["gpu", "cpu"]:
+    return "gpu" if device == "cuda" else "cpu"
 
 
 # ---- an experiment --------------------------------------------------------------------------
@@ -341,6 +354,20 @@ class ExperimentSpec(_Spec):
     seeds: list[Annotated[int, Field(ge=0, lt=2**31)]] = Field(
         default_factory=list, max_length=MAX_RUNS
     )
+    _sources: list[tuple[str | int, ...]] | None = PrivateAttr(None)
+
+    def run_sources(self) -> list[tuple[str | int, ...]]:
+        """Where each run came from in the request: `("runs", i)`, or `("optimizers", k)` /
+        `("base",)` for the runs expanded from the comparison form, so that an error found
+        after validation (e.g. a resource limit) names the field the client wrote."""
+        return self._sources or [("runs", i) for i in range(len(self.runs))]
+
+    def __eq__(self, other: object) -> bool:
+        """Specs with equal fields are equal: where the runs came from is not part of the
+        value (the canonical form, runs expanded, equals the comparison form it came from)."""
+        if not isinstance(other, ExperimentSpec):
+            return NotImplemented
+        return dict(self) == dict(other)
 
     @field_validator("optimizers")
     @classmethod
@@ -371,6 +398,12 @@ class ExperimentSpec(_Spec):
                 for entry in entries
                 for optimizer, config in entry.points()
                 for seed in seeds
+            ]
+            self._sources = [
+                *(("runs", i) for i in range(len(self.runs))),
+                *(("optimizers", k) if self.optimizers else ("base",)
+                  for k, size in enumerate(sizes)
+                  for _ in range(size * len(seeds))),
             ]
             object.__setattr__(self, "runs", [*self.runs, *expanded])
             for field, empty in (("base", None), ("optimizers", []), ("seeds", [])):

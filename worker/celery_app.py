@@ -22,6 +22,7 @@ Start a worker with `kfac-lab worker` (or `celery -A worker.celery_app worker -Q
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 
@@ -32,13 +33,14 @@ from celery import signals  # noqa: E402
 from backend.queue import celery_app  # noqa: E402
 from backend.settings import get_settings  # noqa: E402
 from worker import tasks  # noqa: E402 - registers the training task
-from worker.recovery import start_reaper  # noqa: E402
+from worker.recovery import Reaper, start_reaper  # noqa: E402
 
 MAX_TASKS_PER_CHILD = 20
 PRELOAD = ("torch._dynamo", "sklearn.datasets", "mlxtend.data")
 
 for _module in PRELOAD:
     importlib.import_module(_module)
+gc.freeze()
 
 app = celery_app()
 app.conf.update(
@@ -73,9 +75,22 @@ def _configure_child(**_: object) -> None:
         torch.set_num_threads(max(1, (cores or 1) // children))
 
 
+_reaper: Reaper | None = None
+
+
 @signals.worker_ready.connect
 def _start_recovery(**_: object) -> None:
-    start_reaper(get_settings())
+    """Recovery, and this worker's entry in the store's registry with the queues it consumes
+    (so that a run waiting on a queue nobody consumes can say so)."""
+    global _reaper
+    queues = tuple(sorted(app.amqp.queues.consume_from or ()))
+    _reaper = start_reaper(get_settings(), tasks.worker_id(), queues)
+
+
+@signals.worker_shutdown.connect
+def _stop_recovery(**_: object) -> None:
+    if _reaper is not None:
+        _reaper.stop()
 
 
 @signals.worker_shutting_down.connect

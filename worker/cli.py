@@ -96,6 +96,7 @@ def run(
 ) -> None:
     """Run one experiment here in the foreground, with a progress bar; no server needed."""
     experiment = _load_experiment(spec, preset, override)
+    _refuse_unaffordable(experiment)
     from worker.foreground import run_experiment
 
     raise typer.Exit(run_experiment(experiment, console))
@@ -133,6 +134,24 @@ def _load_experiment(spec: Path | None, preset: str | None, override: str | None
             table.add_row(".".join(map(str, problem["loc"])) or "(spec)", problem["msg"])
         errors.print(table)
         raise typer.Exit(2) from None
+
+
+def _refuse_unaffordable(experiment: Any) -> None:
+    """Exit 2 naming every run that exceeds this machine's memory budget or the time limit,
+    as the API refuses them (backend/estimate.py)."""
+    from backend.estimate import resource_errors
+    from backend.settings import get_settings
+
+    settings = get_settings()
+    problems = resource_errors(
+        experiment, settings.worker_memory_bytes, settings.run_time_limit_s, settings.worker_flops
+    )
+    if problems:
+        table = Table("run", "error", title="Too big for this machine", title_justify="left")
+        for location, message in problems:
+            table.add_row(".".join(map(str, location)), message)
+        errors.print(table)
+        raise typer.Exit(2)
 
 
 def _usage_error(message: str) -> None:

@@ -94,7 +94,11 @@ def run_experiment(experiment: ExperimentSpec, console: Console) -> int:
             progress.start_task(task)
             recorder = ConsoleRecorder(progress, task)
             result = train(
-                spec, recorder, should_stop=lambda: interrupted.flag, data_dir=settings.data_dir
+                spec,
+                recorder,
+                should_stop=lambda: interrupted.flag,
+                data_dir=settings.data_dir,
+                time_limit_s=settings.run_time_limit_s,
             )
             progress.update(task, completed=result.step, info=result.status)
             progress.stop_task(task)

@@ -14,7 +14,11 @@ Both work on background threads so that the training loop never waits for the da
   and reads the cancel flag twice a second, so `should_stop()` is an in-memory read that costs
   the training loop nothing, and a database hiccup delays a cancel instead of stalling training.
   It also notices when the run is no longer this worker's (re-queued after a stall, or deleted)
-  and when the worker itself is shutting down.
+  and when the worker itself is shutting down. The training loop polls `should_stop()` between
+  steps, so one long step (a K-FAC inverse of a wide layer can take minutes) would delay any of
+  these until it ends: when the loop has not stopped `grace_s` after a stop signal, or
+  `grace_s` after the run's time limit, the monitor calls `on_stuck(reason)`, which ends the
+  run without waiting for the step (worker/tasks.py: it stores the outcome and exits).
 
 Neither imports torch: the payloads they pass on are plain Python and numpy.
 """
@@ -48,6 +52,7 @@ MAX_BATCH_POINTS = 50_000  # one transaction; a backlog after an outage is writt
 RETRY_FIRST_S, RETRY_MAX_S = 0.2, 5.0
 SYNC_TIMEOUT_S = 60.0
 POLL_S = 0.5  # how often the cancel flag is read
+STEP_GRACE_S = 2.0  # how long a stop waits for the step in progress before `on_stuck`
 
 
 def is_transient(error: BaseException) -> bool:
@@ -221,14 +226,16 @@ class StopReason(StrEnum):
     CANCEL = "cancel"  # a cancel was requested: the run ends `cancelled`
     LOST = "lost"  # the run is no longer this worker's: leave it alone
     SHUTDOWN = "shutdown"  # the worker is stopping: hand the run back to the queue
+    TIME_LIMIT = "time limit"  # trained past KFAC_RUN_TIME_LIMIT_S: the run fails
 
 
 @dataclass
 class RunMonitor:
     """Heartbeat, progress and stop signals of one running run, on a daemon thread.
 
-    Use as a context manager around the training; `should_stop` is its `should_stop`.
-    `worker_stopping` tells whether the worker process is shutting down.
+    Use as a context manager around the training; `should_stop` is its `should_stop`, and
+    `training_over()` is called as soon as it returns. `worker_stopping` tells whether the
+    worker process is shutting down; `on_stuck` and `time_limit_s`: see the module doc.
     """
 
     run_id: str
@@ -236,15 +243,24 @@ class RunMonitor:
     database_url: str
     heartbeat_interval: float
     worker_stopping: Callable[[], bool] = lambda: False
+    time_limit_s: float | None = None
+    on_stuck: Callable[[StopReason], None] | None = None
+    grace_s: float = STEP_GRACE_S
     step: int = 0
     reason: StopReason | None = None
+    _stopped_at: float = field(default=0.0, init=False, repr=False)
+    _training: bool = field(default=True, init=False, repr=False)
     _done: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
 
     def should_stop(self) -> bool:
         if self.reason is None and self.worker_stopping():
-            self.reason = StopReason.SHUTDOWN
+            self._stop(StopReason.SHUTDOWN)
         return self.reason is not None
+
+    def training_over(self) -> None:
+        """The loop has returned: from now on nothing is stuck, whatever takes time."""
+        self._training = False
 
     def __enter__(self) -> RunMonitor:
         self._thread = threading.Thread(
@@ -259,8 +275,11 @@ class RunMonitor:
             self._thread.join(5.0)
 
     def _loop(self) -> None:
-        last_beat = time.monotonic()
+        started = last_beat = time.monotonic()
         while not self._done.wait(min(POLL_S, self.heartbeat_interval)):
+            self.should_stop()  # notices a shutdown while a step runs
+            if self._stuck(time.monotonic() - started):
+                return
             try:
                 if time.monotonic() - last_beat >= self.heartbeat_interval:
                     with session_scope(self.database_url) as session:
@@ -277,7 +296,23 @@ class RunMonitor:
             except Exception as error:  # noqa: BLE001 - the next tick tries again
                 logger.warning("run %s: heartbeat / cancel check failed: %s", self.run_id, error)
 
+    def _stuck(self, elapsed: float) -> bool:
+        """Call `on_stuck` if the loop has outlived a stop or the time limit by `grace_s`."""
+        if self.on_stuck is None or not self._training:
+            return False
+        now = time.monotonic()
+        if self.reason is not None and now - self._stopped_at >= self.grace_s:
+            reason = self.reason
+        elif self.time_limit_s is not None and elapsed >= self.time_limit_s + self.grace_s:
+            reason = StopReason.TIME_LIMIT
+        else:
+            return False
+        logger.warning("run %s: the step in progress outlived the stop (%s)", self.run_id, reason)
+        self.on_stuck(reason)
+        return True
+
     def _stop(self, reason: StopReason) -> None:
         if self.reason is None:
             logger.info("run %s: stopping (%s)", self.run_id, reason)
+            self._stopped_at = time.monotonic()
             self.reason = reason

@@ -22,9 +22,14 @@ delay of one period, never a run trained twice. A queued run's `heartbeat_at` re
 message was last sent; claiming that moment with a conditional update makes one reaper out of
 many re-send a given run, and only once per timeout.
 
-`requeue_stale_runs(settings)` does one pass of both; every worker runs it periodically on a
-daemon thread (`start_reaper`). This module imports neither torch nor the training code, so the
-API process may import it too.
+3. Nobody consumes its queue (a run asking for `cuda` where no GPU worker listens). Workers
+   record their queues and a heartbeat in the store on every pass (backend/store/queueing.py);
+   a run whose spec sets `queue_timeout_s` and that has waited that long on a queue with no
+   live worker is failed, or moved to the CPU queue (`on_queue_timeout: cpu`).
+
+`requeue_stale_runs(settings)` does one pass of all three; every worker runs it periodically on
+a daemon thread (`start_reaper`), which also renews the worker's own entry. This module imports
+neither torch nor the training code, so the API process may import it too.
 """
 
 from __future__ import annotations
@@ -35,14 +40,21 @@ from collections import defaultdict
 from datetime import datetime, timedelta
 
 from pydantic import ValidationError
-from sqlalchemy import func, select, update
 
 from backend import queue as broker
 from backend.settings import Settings
 from backend.spec import RunSpec, queue_for
 from backend.store.db import session_scope
-from backend.store.models import Run, RunStatus, utcnow
-from backend.store.writes import requeue_stale, set_task_id
+from backend.store.models import utcnow
+from backend.store.queueing import (
+    beat_worker,
+    forget_worker,
+    live_queues,
+    move_to_cpu,
+    queued_runs,
+    take_for_sending,
+)
+from backend.store.writes import fail_queued, requeue_stale, set_task_id
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +68,34 @@ def requeue_stale_runs(settings: Settings) -> list[str]:
     if stale:
         logger.warning("re-queueing runs whose worker stopped beating: %s", stale)
     sent = [run_id for run_id in stale if send_again(settings, run_id)]
-    return sent + resend_lost_messages(settings)
+    return sent + resend_lost_messages(settings) + apply_queue_timeouts(settings)
+
+
+def apply_queue_timeouts(settings: Settings) -> list[str]:
+    """Fail, or move to the CPU queue (and send), every queued run that has waited its spec's
+    `queue_timeout_s` on a queue no live worker consumes; returns the ids of the runs sent."""
+    with session_scope(settings.database_url) as session:
+        live = live_queues(session, settings.heartbeat_timeout_s)
+        waiting = queued_runs(session)
+    now, sent = utcnow(), []
+    for run_id, raw, _, created_at in waiting:
+        spec = _spec_of(raw)
+        if spec is None or spec.queue_timeout_s is None or queue_for(spec) in live:
+            continue
+        if created_at > now - timedelta(seconds=spec.queue_timeout_s):
+            continue
+        queue = queue_for(spec)
+        with session_scope(settings.database_url) as session:
+            if spec.on_queue_timeout == "fail":
+                reason = f"no worker consumed queue {queue} within {spec.queue_timeout_s:g} s"
+                fail_queued(session, run_id, reason)
+                continue
+            moved = move_to_cpu(session, run_id)
+        if moved:
+            logger.warning("run %s: nobody consumes queue %s; moved to queue cpu", run_id, queue)
+            if send_again(settings, run_id):
+                sent.append(run_id)
+    return sent
 
 
 def resend_lost_messages(settings: Settings) -> list[str]:
@@ -82,7 +121,7 @@ def send_again(settings: Settings, run_id: str, waited_before: datetime | None =
     """Send a queued run's task again; False if it is not queued (any more), or was sent by
     someone else after `waited_before`, or the broker is unreachable (a later pass retries)."""
     with session_scope(settings.database_url) as session:
-        spec = _take_for_sending(session, run_id, waited_before)
+        spec = take_for_sending(session, run_id, waited_before)
     if spec is None:
         return False
     try:
@@ -104,11 +143,19 @@ def queue_depths(queues: list[str]) -> dict[str, int]:
 
 
 class Reaper:
-    """Runs `requeue_stale_runs` every `interval` seconds on a daemon thread."""
+    """Runs `requeue_stale_runs` every `interval` seconds on a daemon thread; with a
+    `worker_id`, first records that worker and its `queues` as alive (and forgets it on stop)."""
 
-    def __init__(self, settings: Settings, interval: float | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        interval: float | None = None,
+        worker_id: str | None = None,
+        queues: tuple[str, ...] = (),
+    ):
         self.settings = settings
         self.interval = interval or reaper_interval(settings)
+        self.worker_id, self.queues = worker_id, queues
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kfac-reaper", daemon=True)
 
@@ -119,10 +166,19 @@ class Reaper:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5.0)
+        if self.worker_id is not None:
+            try:
+                with session_scope(self.settings.database_url) as session:
+                    forget_worker(session, self.worker_id)
+            except Exception as error:  # noqa: BLE001 - its entry goes stale by itself
+                logger.warning("could not unregister worker %s: %s", self.worker_id, error)
 
     def _loop(self) -> None:
         while True:
             try:
+                if self.worker_id is not None:
+                    with session_scope(self.settings.database_url) as session:
+                        beat_worker(session, self.worker_id, self.queues)
                 requeue_stale_runs(self.settings)
             except Exception as error:  # noqa: BLE001 - database or broker down: next pass
                 logger.warning("recovery pass failed: %s", error)
@@ -135,8 +191,8 @@ def reaper_interval(settings: Settings) -> float:
     return min(10.0, max(0.5, settings.heartbeat_timeout_s / 2))
 
 
-def start_reaper(settings: Settings) -> Reaper:
-    return Reaper(settings).start()
+def start_reaper(settings: Settings, worker_id: str, queues: tuple[str, ...]) -> Reaper:
+    return Reaper(settings, worker_id=worker_id, queues=queues).start()
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -144,34 +200,21 @@ def start_reaper(settings: Settings) -> Reaper:
 
 def _queued_runs(settings: Settings) -> dict[str, list[tuple[str, datetime]]]:
     """The queued runs by queue, each with the time since which it has been waiting."""
-    since = func.coalesce(Run.heartbeat_at, Run.created_at)
     with session_scope(settings.database_url) as session:
-        rows = session.execute(
-            select(Run.id, Run.spec, since)
-            .where(Run.status == RunStatus.QUEUED, ~Run.cancel_requested)
-            .order_by(Run.created_at)
-        ).all()
+        rows = queued_runs(session)
     waiting: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
-    for run_id, spec, waiting_since in rows:
+    for run_id, spec, waiting_since, _ in rows:
         waiting[_queue_of(spec)].append((run_id, waiting_since))
     return waiting
 
 
-def _take_for_sending(session, run_id: str, waited_before: datetime | None) -> dict | None:
-    """Mark a queued run as sent now and return its spec; None if it is not queued, or (with
-    `waited_before`) was sent after that time — by another reaper, most likely."""
-    conditions = [Run.id == run_id, Run.status == RunStatus.QUEUED, ~Run.cancel_requested]
-    if waited_before is not None:
-        conditions.append(func.coalesce(Run.heartbeat_at, Run.created_at) < waited_before)
-    table = Run.__table__
-    row = session.execute(
-        update(table).where(*conditions).values(heartbeat_at=utcnow()).returning(table.c.spec)
-    ).first()
-    return None if row is None else row.spec
+def _spec_of(spec: dict) -> RunSpec | None:
+    try:
+        return RunSpec.model_validate(spec)
+    except ValidationError:
+        return None  # the task will fail it with the validation error
 
 
 def _queue_of(spec: dict) -> str:
-    try:
-        return queue_for(RunSpec.model_validate(spec))
-    except ValidationError:
-        return "cpu"  # the task will fail it with the validation error
+    validated = _spec_of(spec)
+    return "cpu" if validated is None else queue_for(validated)

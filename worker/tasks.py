@@ -11,7 +11,16 @@
    checkpoints in `settings.artifacts_dir / run_id` so that a later attempt resumes;
 4. store the outcome: `succeeded`, `diverged` or `failed` (with the step and the reason) or
    `cancelled`, and delete the checkpoints. If the run was taken away from this worker
-   (re-queued while it stalled, or deleted), nothing is written.
+   (re-queued while it stalled), nothing is written; if it was deleted, its checkpoints go too.
+
+A run that trains past `KFAC_RUN_TIME_LIMIT_S` fails with the reason. A cancel, the time limit,
+a lost run or a shutdown do not wait for a long step to end: if the loop has not stopped a
+couple of seconds later, the monitor's `on_stuck` stores what was recorded and the outcome
+(`cancelled`; `failed` at the time limit; `queued` again at a shutdown), removes the
+checkpoints of a run that is finished or deleted, and ends this pool process (`os._exit`).
+Celery then replaces the process and, the task being acked late with `reject_on_worker_lost`,
+puts its message back in the queue — where the next worker finds the run finished and drops it
+(or, after a shutdown, resumes it), so a terminated run is never trained again.
 
 When the worker shuts down (SIGTERM, Ctrl-C), a running run stops within a second and is handed
 back: `queued` again (the attempt not counted) and its message rejected back into the queue, so
@@ -32,10 +41,11 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from celery.exceptions import Reject
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.queue import TRAIN_TASK, celery_app
@@ -43,16 +53,19 @@ from backend.settings import Settings, get_settings
 from backend.spec import RunSpec
 from backend.store.db import session_scope
 from backend.store.models import Run, RunStatus
-from backend.store.writes import claim_run, set_status
+from backend.store.queries import run_exists
+from backend.store.writes import claim_run, release_run, set_status
 from worker.recording import RunMonitor, StopReason, StoreRecorder, is_transient
 from worker.recovery import requeue_stale_runs
-from worker.training import RunResult, train
+from worker.training import CANCELLED_REASON, RunResult, time_limit_reason, train
 
 __all__ = ["execute_run", "requeue_stale_runs", "train_run"]
 
 logger = logging.getLogger(__name__)
 
 FINAL_WRITE_TIMEOUT_S = 120.0  # how long the last points and the outcome are retried
+ABANDON_WRITE_TIMEOUT_S = 10.0  # the same when a stuck step is abandoned (a cancel is waiting)
+ABANDONED_EXIT_CODE = 75  # the pool process ended a run without waiting for its step
 HANDED_BACK = "handed back"
 
 # Set by the worker's main process when it starts shutting down (worker/celery_app.py). Shared
@@ -133,24 +146,37 @@ def _train_claimed(run: Run, settings: Settings, worker: str, stopping: Callable
     url = settings.database_url
     checkpoint_dir = settings.artifacts_dir / run.id
     beat = min(2.0, settings.heartbeat_timeout_s / 4)
-    with RunMonitor(run.id, worker, url, beat, worker_stopping=stopping) as monitor:
+    limit = settings.run_time_limit_s
+    with RunMonitor(
+        run.id, worker, url, beat, worker_stopping=stopping, time_limit_s=limit
+    ) as monitor:
         recorder = StoreRecorder(run.id, url, monitor)
+
+        def abandon(reason: StopReason) -> None:
+            _abandon(settings, run.id, worker, recorder, monitor.step, checkpoint_dir, reason)
+
+        monitor.on_stuck = abandon
         result = train(
             spec,
             recorder,
             checkpoint_dir=checkpoint_dir,
             should_stop=monitor.should_stop,
             data_dir=settings.data_dir,
+            time_limit_s=limit,
         )
+        monitor.training_over()
         stored = recorder.close(FINAL_WRITE_TIMEOUT_S)
+        if _deleted(settings, run.id):
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            return "deleted"
         if monitor.reason is StopReason.LOST:
-            return "lost"  # another worker owns it now, or it was deleted
+            return "lost"  # another worker owns it now and resumes from the checkpoints
         if not stored:
             # Points after the last checkpoint are not all stored: leave the run `running`.
             # Its heartbeat stops with the monitor, so it is re-queued and redone from there.
             return "not stored"
         if monitor.reason is StopReason.SHUTDOWN and result.status == "cancelled":
-            released = _as_owner(settings, run.id, worker, _release, timeout=10.0)
+            released = _as_owner(settings, run.id, worker, release_run, timeout=10.0)
             return HANDED_BACK if released else "not handed back"
         if not _store_outcome(settings, run.id, worker, result):
             return "not stored"
@@ -159,23 +185,61 @@ def _train_claimed(run: Run, settings: Settings, worker: str, stopping: Callable
     return result.status
 
 
-def _store_outcome(settings: Settings, run_id: str, worker: str, result: RunResult) -> bool:
+def _abandon(
+    settings: Settings,
+    run_id: str,
+    worker: str,
+    recorder: StoreRecorder,
+    step: int,
+    checkpoint_dir: Path,
+    reason: StopReason,
+) -> None:
+    """End a run whose step outlived a stop, then this process (see the module doc). Called
+    on the monitor's thread while the training thread is still inside the step."""
+    recorder.close(ABANDON_WRITE_TIMEOUT_S)
+    outcomes = {
+        StopReason.CANCEL: RunResult("cancelled", step, CANCELLED_REASON),
+        StopReason.TIME_LIMIT: RunResult(
+            "failed", step, time_limit_reason(settings.run_time_limit_s, step)
+        ),
+    }
+    finished = False
+    if reason in outcomes:
+        outcome = outcomes[reason]
+        finished = _store_outcome(settings, run_id, worker, outcome, ABANDON_WRITE_TIMEOUT_S)
+    elif reason is StopReason.SHUTDOWN:
+        _as_owner(settings, run_id, worker, release_run, timeout=ABANDON_WRITE_TIMEOUT_S)
+    if finished or _deleted(settings, run_id):
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    logger.warning("run %s: ended at step %d (%s), its step abandoned", run_id, step, reason)
+    logging.shutdown()
+    os._exit(ABANDONED_EXIT_CODE)
+
+
+def _deleted(settings: Settings, run_id: str) -> bool:
+    """True if the run is gone from the store; False also when the store cannot say."""
+    try:
+        with session_scope(settings.database_url) as session:
+            return not run_exists(session, run_id)
+    except Exception as error:  # noqa: BLE001 - keep the checkpoints; the run may resume
+        logger.warning("run %s: could not check whether it still exists: %s", run_id, error)
+        return False
+
+
+def _store_outcome(
+    settings: Settings,
+    run_id: str,
+    worker: str,
+    result: RunResult,
+    timeout: float = FINAL_WRITE_TIMEOUT_S,
+) -> bool:
     """Store a run's outcome with its step, reason and final metrics."""
 
     def finish(session: Session, run_id: str) -> bool:
         fields = {"error": result.reason, "step": result.step, "final_metrics": result.final}
         return set_status(session, run_id, result.status, **fields)
 
-    return _as_owner(settings, run_id, worker, finish)
-
-
-def _release(session: Session, run_id: str) -> bool:
-    """Back to `queued`; a hand-back is not a failed attempt, so the claim's count is undone
-    (the store fails a run whose worker died `MAX_ATTEMPTS` times)."""
-    table = Run.__table__
-    running = (table.c.id == run_id, table.c.status == RunStatus.RUNNING)
-    session.execute(update(table).where(*running).values(attempts=table.c.attempts - 1))
-    return set_status(session, run_id, RunStatus.QUEUED)
+    return _as_owner(settings, run_id, worker, finish, timeout)
 
 
 def _as_owner(

@@ -12,7 +12,10 @@ console one of the CLI both plug in. It owns the three things that make a run sa
   from the latest one and continues the identical trajectory, re-sending the points after
   it, which the recorder stores idempotently per (run, name, step);
 - outcomes: a non-finite loss ends the run `diverged`, an exception `failed`, `should_stop()`
-  (polled a few times a second) `cancelled` — always with the step and a reason.
+  (polled a few times a second) `cancelled`, and training past `time_limit_s` (wall-clock
+  time of this attempt) `failed` — always with the step and a reason. A single step longer
+  than the time left is not interrupted here: the worker's monitor ends such a run
+  (worker/tasks.py).
 
 Timing: `wall_time` is the cumulative time of the training steps alone; evaluation, curvature
 snapshots, checkpoints and recording are left out, so time axes compare optimizers fairly. The
@@ -48,6 +51,7 @@ logger = logging.getLogger(__name__)
 MetricPoint = tuple[str, int, float, float]  # (name, step, wall_time, value)
 Status = Literal["succeeded", "failed", "diverged", "cancelled"]
 
+CANCELLED_REASON = "cancelled on request"
 FLUSH_SECONDS = 1.0
 STOP_CHECK_SECONDS = 0.25
 EVAL_CHUNK = 1000
@@ -120,9 +124,11 @@ def train(
     should_stop: Callable[[], bool] = lambda: False,
     resume: bool = True,
     data_dir: Path | None = None,
+    time_limit_s: float | None = None,
 ) -> RunResult:
     """Run `spec` to completion (or divergence, failure, cancellation) and say how it ended."""
     run: _Run | None = None
+    started = time.monotonic()
     try:
         run = _Run(spec, recorder, data_dir)
         if checkpoint_dir is not None:
@@ -131,7 +137,7 @@ def train(
             else:
                 checkpoints.clear(checkpoint_dir)
         recorder.info(run.details())
-        return run.loop(checkpoint_dir, should_stop)
+        return run.loop(checkpoint_dir, should_stop, started, time_limit_s)
     except Exception as error:
         logger.exception("run failed")
         step = 0
@@ -142,6 +148,11 @@ def train(
             except Exception:
                 logger.exception("could not flush the metrics of a failed run")
         return RunResult("failed", step, f"{type(error).__name__}: {error}")
+
+
+def time_limit_reason(limit_s: float, step: int) -> str:
+    """Why a run that trained too long failed (KFAC_RUN_TIME_LIMIT_S)."""
+    return f"time limit of {limit_s:g} s exceeded at step {step}"
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -197,7 +208,13 @@ class _Run:
         }
 
     # -- the loop --
-    def loop(self, checkpoint_dir: Path | None, should_stop: Callable[[], bool]) -> RunResult:
+    def loop(
+        self,
+        checkpoint_dir: Path | None,
+        should_stop: Callable[[], bool],
+        started: float,
+        time_limit_s: float | None,
+    ) -> RunResult:
         spec = self.spec
         self.saver = checkpoints.BackgroundSaver(checkpoint_dir) if checkpoint_dir else None
         if self.step == 0 and spec.eval_interval:
@@ -207,7 +224,9 @@ class _Run:
             if time.monotonic() - last_stop_check >= STOP_CHECK_SECONDS:
                 last_stop_check = time.monotonic()
                 if should_stop():
-                    return self.finish("cancelled", "cancelled on request")
+                    return self.finish("cancelled", CANCELLED_REASON)
+                if time_limit_s is not None and last_stop_check - started > time_limit_s:
+                    return self.finish("failed", time_limit_reason(time_limit_s, self.step))
             start = time.perf_counter()
             indices = self.batches.next().to(self.device)
             loss = self.step_fn(self.train_x[indices], self.train_y[indices]).item()

@@ -20,6 +20,7 @@ from pydantic_core import PydanticCustomError
 
 from backend.spec import ExperimentSpec
 from backend.store.models import Experiment, Run
+from backend.store.queueing import status_detail
 
 RunStatusName = Literal["queued", "running", "succeeded", "failed", "diverged", "cancelled"]
 
@@ -115,9 +116,17 @@ class RunOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    estimate: RunEstimate | None = Field(
+        None, description="Peak memory and time estimated when the run was queued"
+    )
+    status_detail: str | None = Field(
+        None, description="What a queued run waits for, e.g. `waiting for a worker on queue gpu`"
+    )
 
     @classmethod
-    def from_run(cls, run: Run, **extra: Any) -> Self:
+    def from_run(cls, run: Run, live_queues: set[str] | None = None, **extra: Any) -> Self:
+        """`live_queues`: the queues live workers consume (store.queueing.live_queues); a
+        queued run on another queue gets a `status_detail`."""
         progress = None
         if run.total_steps:
             progress = min(1.0, max(0.0, run.step / run.total_steps))
@@ -142,6 +151,10 @@ class RunOut(BaseModel):
             started_at=run.started_at,
             finished_at=run.finished_at,
             heartbeat_at=run.heartbeat_at,
+            estimate=run.estimate,
+            status_detail=(
+                None if live_queues is None else status_detail(run.status, run.spec, live_queues)
+            ),
             **extra,
         )
 
@@ -170,7 +183,13 @@ class ExperimentOut(BaseModel):
     runs: list[RunOut]
 
     @classmethod
-    def from_experiment(cls, experiment: Experiment, base_url: str, **extra: Any) -> Self:
+    def from_experiment(
+        cls,
+        experiment: Experiment,
+        base_url: str,
+        live_queues: set[str] | None = None,
+        **extra: Any,
+    ) -> Self:
         return cls(
             id=experiment.id,
             name=experiment.name,
@@ -180,7 +199,7 @@ class ExperimentOut(BaseModel):
             url=experiment_url(base_url, experiment.id),
             created_at=experiment.created_at,
             updated_at=experiment.updated_at,
-            runs=[RunOut.from_run(run) for run in experiment.runs],
+            runs=[RunOut.from_run(run, live_queues) for run in experiment.runs],
             **extra,
         )
 
@@ -372,3 +391,12 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(description="database / broker: `ok` or what went wrong")
+
+
+# --- resources (backend/estimate.py) -------------------------------------------------------
+
+
+class RunEstimate(BaseModel):
+    memory_bytes: int = Field(description="Estimated peak memory of the run's worker process")
+    step_seconds: float = Field(description="Estimated seconds per training step")
+    run_seconds: float = Field(description="Estimated seconds for the whole run")

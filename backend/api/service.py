@@ -22,9 +22,12 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from backend.api.schemas import PresetRequest
+from backend.estimate import estimate, resource_errors
+from backend.settings import Settings
 from backend.spec import ExperimentSpec, RunSpec, queue_for
 from backend.store.models import Experiment, Run
 from backend.store.queries import get_experiment
+from backend.store.queueing import live_queues
 from backend.store.writes import (
     ACTIVE,
     cancel_experiment,
@@ -110,12 +113,17 @@ def with_new_seeds(spec: ExperimentSpec) -> ExperimentSpec:
 # --- launching -----------------------------------------------------------------------------
 
 
-def launch(session: Session, spec: ExperimentSpec, preset: str | None = None) -> Experiment:
+def launch(
+    session: Session, settings: Settings, spec: ExperimentSpec, preset: str | None = None
+) -> Experiment:
     """Store the experiment with its runs queued, send one task per run; returns it reloaded.
 
-    Raises `BrokerUnavailable` (after undoing the experiment) if a task cannot be sent.
+    Raises `RequestValidationError` (422) naming every run that would not fit a worker or its
+    time limit (`refuse_unaffordable`), and `BrokerUnavailable` (after undoing the experiment)
+    if a task cannot be sent.
     """
-    runs = [_run_columns(run) for run in spec.runs]
+    refuse_unaffordable(settings, spec, from_preset=preset is not None)
+    runs = [_run_columns(run, settings) for run in spec.runs]
     experiment = create_experiment(
         session, name=spec.name, spec=spec.model_dump(mode="json"), runs=runs, preset=preset
     )
@@ -138,14 +146,39 @@ def launch(session: Session, spec: ExperimentSpec, preset: str | None = None) ->
     return get_experiment(session, experiment_id)
 
 
-def _run_columns(run: RunSpec) -> dict[str, Any]:
+def refuse_unaffordable(settings: Settings, spec: ExperimentSpec, from_preset: bool) -> None:
+    """422 for the runs whose estimated memory or time exceeds the worker's limits, each
+    located where the request wrote it (a preset's comparison runs come from `overrides`)."""
+    problems = resource_errors(
+        spec, settings.worker_memory_bytes, settings.run_time_limit_s, settings.worker_flops
+    )
+    if problems:
+        raise RequestValidationError([
+            {"type": "value_error", "loc": ("body", *_preset_loc(loc, from_preset)),
+             "msg": message, "input": None}
+            for loc, message in problems
+        ])
+
+
+def _preset_loc(loc: tuple, from_preset: bool) -> tuple:
+    """A preset's runs are its comparison made too big by the request's `overrides`."""
+    return ("overrides",) if from_preset and loc[0] in ("base", "optimizers") else loc
+
+
+def _run_columns(run: RunSpec, settings: Settings) -> dict[str, Any]:
     return {
+        "estimate": estimate(run, settings.worker_flops).as_json(),
         "label": run.display_label(),
         "optimizer": run.optimizer.model_dump(mode="json"),
         "seed": run.seed,
         "spec": run.model_dump(mode="json"),
         "total_steps": run.total_steps(),
     }
+
+
+def consumed_queues(session: Session, settings: Settings) -> set[str]:
+    """The queues that live workers consume now (for the runs' `status_detail`)."""
+    return live_queues(session, settings.heartbeat_timeout_s)
 
 
 def stored_spec(experiment: Experiment) -> ExperimentSpec:

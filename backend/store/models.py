@@ -14,6 +14,7 @@ Tables, and why they look the way they do:
 * `snapshots` — curvature matrices, float32, compressed, pooled to at most 512 x 512.
 * tracked runs (`runs.tracked`) come from users' own training scripts through the `kfac_lab`
   client; their experiments are found by `tracking_name`.
+* `workers` — each worker's queues and heartbeat, so a run can tell nobody consumes its queue.
 * `share_links`, `app_secrets` — read-only links (token hashes only) and the embedded admin token.
 * `events` — an append-only log per experiment that the API's live stream reads by id, so a page
   that reconnects with `Last-Event-ID` gets exactly what it missed.
@@ -180,6 +181,8 @@ class Run(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     final_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # {"memory_bytes", "step_seconds", "run_seconds"} when queued (backend/estimate.py)
+    estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
 
@@ -290,6 +293,18 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(16))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Worker(Base):
+    """A worker process, the queues it consumes and its heartbeat (renewed by its recovery
+    pass): a queue no worker has beaten for within the heartbeat timeout has nobody on it."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class AppSecret(Base):

@@ -72,6 +72,10 @@ def get_run(session: Session, run_id: str) -> Run | None:
     return session.get(Run, run_id)
 
 
+def run_exists(session: Session, run_id: str) -> bool:
+    return session.scalar(select(Run.id).where(Run.id == run_id)) is not None
+
+
 def list_runs(session: Session, experiment_id: str) -> list[Run]:
     return list(
         session.scalars(

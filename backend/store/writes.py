@@ -223,6 +223,21 @@ def set_status(
     return bool(_transition(session, values, Run.id == run_id, Run.status.in_(ACTIVE)))
 
 
+def release_run(session: Session, run_id: str) -> bool:
+    """A running run handed back by its worker (shutting down): `queued` again, and the claim's
+    attempt undone, since a hand-back is not a failed attempt (`requeue_stale` fails a run
+    whose worker died `max_attempts` times); False if it was not running."""
+    values = {"status": RunStatus.QUEUED, "attempts": Run.attempts - 1, "error": None}
+    running = and_(Run.id == run_id, Run.status == RunStatus.RUNNING)
+    return bool(_transition(session, values, running))
+
+
+def fail_queued(session: Session, run_id: str, reason: str) -> bool:
+    """Fail a run that is still queued (no worker took it in time); False if it was not."""
+    queued = and_(Run.id == run_id, Run.status == RunStatus.QUEUED)
+    return bool(_transition(session, {"status": RunStatus.FAILED, "error": reason}, queued))
+
+
 def stale_runs(session: Session, timeout_s: float | None = None) -> list[str]:
     """Ids of running runs whose heartbeat is older than `timeout_s` (default: settings)."""
     stale = _stale(utcnow(), timeout_s)

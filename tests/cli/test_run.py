@@ -84,3 +84,22 @@ def test_a_bad_spec_file_names_the_field(home, tmp_path):
     path.write_text("{not json")
     result = runner.invoke(app, ["run", str(path)])
     assert result.exit_code == 2 and "invalid JSON" in result.output
+
+
+def test_a_run_over_the_machine_s_limits_is_refused(tmp_path):
+    """The limits of the API (backend/estimate.py), from the same settings."""
+    wide = {"name": "mlp", "hidden": [4000]}  # K-FAC inverts 4001² factors
+    long_run = {**TINY_RUN, "model": wide, "optimizer": {"name": "kfac"}, "steps": 100_000}
+    spec = {"runs": [TINY_RUN, long_run]}
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    limits = {"KFAC_HOME": str(tmp_path), "KFAC_RUN_TIME_LIMIT_S": "60"}
+    with kfac_environment(limits):
+        result = runner.invoke(app, ["run", str(path)])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "runs.1" in output and "runs.0" not in output
+    assert "100,000 steps" in output and "KFAC_RUN_TIME_LIMIT_S" in output
+    with kfac_environment({**limits, "KFAC_WORKER_MEMORY_BYTES": "1000"}):
+        result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2 and "KFAC_WORKER_MEMORY_BYTES" in result.output

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from backend.store.db import session_scope
+from backend.store.models import Run
 from tests.worker.labs import REPO, TINY_RUN
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -92,3 +95,58 @@ def _wait_for_url(log: Path, serve: subprocess.Popen, timeout: float = 120) -> s
         assert serve.poll() is None, f"serve exited:\n{text}"
         assert time.monotonic() < deadline, f"no URL printed:\n{text}"
         time.sleep(0.1)
+
+
+def test_one_ctrl_c_stops_serve_with_a_run_training_and_a_page_streaming(tmp_path):
+    """One SIGINT stops everything cleanly (the run handed back to the queue); a second signal
+    during the cleanup is acknowledged, not a traceback."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KFAC_")}
+    log = (tmp_path / "serve.log").open("w+")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
+        cwd=REPO,
+        env={**env, "KFAC_HOME": str(tmp_path), "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        token = _wait_for_url(tmp_path / "serve.log", serve).split("token=")[1]
+        headers = {"Authorization": f"Bearer {token}"}
+        base = f"http://127.0.0.1:{port}"
+        client = httpx.Client(base_url=base, headers=headers)
+        endless = {**TINY_RUN, "steps": 100_000, "checkpoint_interval": None}
+        experiment = client.post("/api/experiments", json={"name": "t", "runs": [endless]})
+        assert experiment.status_code == 201, experiment.text
+        experiment_id = experiment.json()["id"]
+        deadline = time.monotonic() + 120
+        while client.get(f"/api/experiments/{experiment_id}").json()["status"] != "running":
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.2)
+        stream = httpx.stream(
+            "GET", f"{base}/api/experiments/{experiment_id}/events", headers=headers, timeout=60
+        )
+        with stream as events:
+            assert events.status_code == 200
+            serve.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + 60
+            while "Stopping the worker" not in (tmp_path / "serve.log").read_text():
+                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                time.sleep(0.05)
+            serve.send_signal(signal.SIGTERM)  # an impatient second signal
+            assert serve.wait(60) == 0, (tmp_path / "serve.log").read_text()
+        text = (tmp_path / "serve.log").read_text()
+        assert "_Stop" not in text and "SIGTERM: already stopping" in text, text
+        deadline = time.monotonic() + 10
+        while processes_using(tmp_path):
+            assert time.monotonic() < deadline, "the worker outlived serve"
+            time.sleep(0.1)
+        with session_scope(f"sqlite:///{tmp_path / 'kfac.db'}") as session:
+            (run,) = session.scalars(select(Run)).all()
+            assert (run.status, run.attempts) == ("queued", 0), text  # handed back
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+        for pid in processes_using(tmp_path):
+            os.kill(pid, signal.SIGKILL)

@@ -13,7 +13,9 @@ from backend.api.deps import (
     AdminDep,
     ReaderDep,
     SessionDep,
+    SettingsDep,
     base_url,
+    get_settings,
     load_experiment,
 )
 from backend.api.errors import READ_ERRORS, WRITE_ERRORS, documented
@@ -27,6 +29,7 @@ from backend.api.schemas import (
 )
 from backend.api.service import (
     cancel_all,
+    consumed_queues,
     launch,
     remove,
     resolve_spec,
@@ -46,6 +49,7 @@ def detail(session: Session, request: Request, experiment: Experiment) -> Experi
     return ExperimentDetail.from_experiment(
         experiment,
         base_url(request),
+        consumed_queues(session, get_settings(request)),
         spec=experiment.spec,
         last_event_id=last_event_id(session, experiment.id),
     )
@@ -56,6 +60,7 @@ def create_experiment(
     body: Annotated[CreateExperiment, Body()],
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     _: AdminDep,
 ) -> ExperimentDetail:
     """Store the experiment with its runs `queued` and send one task per run.
@@ -63,7 +68,7 @@ def create_experiment(
     The body is a full experiment spec, or `{"preset": NAME, "name"?, "overrides"?}`.
     """
     spec, preset = resolve_spec(body)
-    return detail(session, request, launch(session, spec, preset))
+    return detail(session, request, launch(session, settings, spec, preset))
 
 
 @router.get("")
@@ -84,9 +89,9 @@ def list_all(
     experiments, total = list_experiments(
         session, limit=limit, offset=offset, status=status, name=name
     )
-    url = base_url(request)
+    url, live = base_url(request), consumed_queues(session, get_settings(request))
     return ExperimentPage(
-        items=[ExperimentOut.from_experiment(e, url) for e in experiments],
+        items=[ExperimentOut.from_experiment(e, url, live) for e in experiments],
         total=total,
         limit=limit,
         offset=offset,
@@ -134,6 +139,7 @@ def clone(
     experiment_id: ExperimentId,
     request: Request,
     session: SessionDep,
+    settings: SettingsDep,
     principal: AdminDep,
     body: Annotated[CloneRequest | None, Body()] = None,
 ) -> ExperimentDetail:
@@ -145,4 +151,4 @@ def clone(
         raise HTTPException(409, f"The stored spec is no longer valid: {error}") from None
     if body is not None and body.name is not None:
         spec = spec.model_copy(update={"name": body.name})
-    return detail(session, request, launch(session, spec, experiment.preset))
+    return detail(session, request, launch(session, settings, spec, experiment.preset))
