@@ -4,8 +4,8 @@
 once (unique; NULL for experiments launched through the API). `runs.tracked` marks runs that
 no worker trains, so stale-run recovery never re-queues them.
 
-Revision ID: 0004_tracking
-Revises: 0001
+Revision ID: 0003_tracking
+Revises: 0002_workers
 Create Date: 2026-12-05
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_tracking"
-down_revision: str | None = "0001"
+revision: str = "0003_tracking"
+down_revision: str | None = "0002_workers"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
