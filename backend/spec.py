@@ -387,7 +387,7 @@ class ExperimentSpec(_Spec):
         if not self.runs and self.base is None:
             raise ValueError("an experiment needs `runs` or a `base` to compare optimizers on")
         if self.base is not None:
-            entries = self.optimizers or [SweptOptimizer(optimizer=self.base.optimizer)]
+            entries = self.optimizers or [SweptOptimizer.model_validate(self.base.optimizer)]
             seeds = self.seeds or [self.base.seed]
             sizes = [len(entry.grid()) for entry in entries]
             check_expansion_size(len(self.runs), sizes, len(seeds))
