@@ -33,6 +33,7 @@ from backend.optimizer_specs import KFCPreSpec as KFCPreSpec
 from backend.optimizer_specs import KFCSpec as KFCSpec
 from backend.optimizer_specs import SGDMomentumSpec as SGDMomentumSpec
 from backend.optimizer_specs import SGDSpec as SGDSpec
+from backend.spec_base import SpecModel
 
 # ---- limits: a single request must not be able to exhaust a worker -------------------------
 MAX_STEPS = 100_000
@@ -42,10 +43,6 @@ MAX_LAYER_WIDTH = 8192  # K-FAC inverts (width+1)² factors
 MAX_PROBE_PARAMETERS = 4096  # exact F over the probe is P × P
 MAX_SNAPSHOTS = 200
 MAX_BATCH_SIZE = 60_000
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # ---- datasets -------------------------------------------------------------------------------
@@ -92,7 +89,7 @@ DATASETS: dict[str, DatasetInfo] = {
 DatasetName = Literal["digits_offline", "mnist", "digits8x8", "synthetic", "cifar10", "svhn"]
 
 
-class DatasetSpec(_Spec):
+class DatasetSpec(SpecModel):
     name: DatasetName = "digits_offline"
     download: bool = Field(
         False,
@@ -106,7 +103,7 @@ class DatasetSpec(_Spec):
 
 
 # ---- batch size, probe ----------------------------------------------------------------------
-class ExponentialBatchSchedule(_Spec):
+class ExponentialBatchSchedule(SpecModel):
     """Paper §13: m_k = min(m₁·exp((k − 1)/b), |S|), growing to the full training set."""
 
     kind: Literal["exponential"] = "exponential"
@@ -134,7 +131,7 @@ def probe_units(width: int, units: int) -> list[int]:
     return [round(i * (width - 1) / (units - 1)) for i in range(units)] if units > 1 else [0]
 
 
-class ProbeSpec(_Spec):
+class ProbeSpec(SpecModel):
     """Which parameters a curvature snapshot covers (the paper's Fig. 2 shows the middle 4
     layers of its MNIST autoencoder with a subset of units): of each K-FAC layer `layers`
     (Linear and Conv2d in model order, 0-based; default: the middle 4), `units` evenly spaced
@@ -168,7 +165,7 @@ class ProbeSpec(_Spec):
 
 
 # ---- a run ----------------------------------------------------------------------------------
-class RunSpec(_Spec):
+class RunSpec(SpecModel):
     """One training run. Field order matters: validators read the fields above them."""
 
     label: str | None = Field(None, max_length=120)
@@ -330,9 +327,28 @@ def queue_for(spec: RunSpec) -> Literal["gpu", "cpu"]:
 
 
 # ---- an experiment --------------------------------------------------------------------------
-class ExperimentSpec(_Spec):
+# `_runs_from_comparison`'s rule in the published JSON schema, so that the OpenAPI document
+# refuses what the server refuses (e.g. `{}`): a `base` run, or `runs` and nothing to expand.
+_RUNS_OR_BASE = {
+    "anyOf": [
+        {"required": ["base"], "properties": {"base": {"type": "object"}}},
+        {
+            "required": ["runs"],
+            "properties": {
+                "runs": {"minItems": 1},
+                "optimizers": {"maxItems": 0},
+                "seeds": {"maxItems": 0},
+            },
+        },
+    ]
+}
+
+
+class ExperimentSpec(SpecModel):
     """A set of runs. Either listed in `runs`, or in the compact comparison form: `base` (a run
     spec) × `optimizers` × `seeds`, which validation expands into `runs` (then cleared)."""
+
+    model_config = ConfigDict(json_schema_extra=_RUNS_OR_BASE)
 
     name: str = Field("experiment", min_length=1, max_length=120)
     description: str = Field("", max_length=2000)
