@@ -187,9 +187,10 @@ class RunSpec(SpecModel):
         None, gt=0, lt=1, description="§13: evaluate θ̄ₖ = ξθ̄ₖ₋₁ + (1−ξ)θₖ, ξ = min(1 − 1/k, this)"
     )
 
-    @field_validator("dataset", mode="before")
+    @field_validator("dataset", mode="before", json_schema_input_type=DatasetSpec | DatasetName)
     @classmethod
     def _dataset_by_name(cls, value: Any) -> Any:
+        """`"dataset": "mnist"` is short for `{"name": "mnist"}` (published as such)."""
         return {"name": value} if isinstance(value, str) else value
 
     @field_validator("model")
