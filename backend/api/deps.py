@@ -11,8 +11,9 @@ Access, and why it looks like this:
   constant time.
 * A share token is looked up (by hash) on every request, so revoking it takes effect at once.
   It reads one experiment and nothing else; every write needs the admin token.
-* Lookups check the share token's experiment before touching the database, so a share token
-  cannot even learn whether another experiment exists.
+* Lookups never tell a share token whether an id outside its experiment exists: an
+  experiment is checked before the database is read (403 for any other id), and a run or a
+  snapshot of another experiment answers exactly as a missing one (404).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from sqlalchemy.orm import Session
 from backend.settings import Settings
 from backend.store.access import get_or_create_admin_token, shared_experiment
 from backend.store.db import get_session_factory, session_scope
-from backend.store.models import Experiment, Run
+from backend.store.models import Experiment, Run, Snapshot
 from backend.store.queries import get_experiment, get_run
 
 # Limits of one request (the body limit is the app's `max_body_size`).
@@ -126,7 +127,9 @@ def get_principal(
 
 def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     if not principal.admin:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "A share link is read-only.")
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "A share link reads its one experiment and nothing else."
+        )
     return principal
 
 
@@ -151,12 +154,23 @@ def load_experiment(session: Session, principal: Principal, experiment_id: str) 
 
 
 def load_run(session: Session, principal: Principal, run_id: str) -> Run:
-    """The run, if it exists and the caller may read its experiment."""
+    """The run, if it exists and the caller may read its experiment. A run of another
+    experiment answers exactly as a missing one (404), so that a share token cannot learn
+    which run ids exist."""
     run = get_run(session, run_id) if _ID.fullmatch(run_id) else None
-    if run is None:
+    if run is None or not principal.may_read(run.experiment_id):
         raise not_found("run")
-    principal.check_read(run.experiment_id)
     return run
+
+
+def load_snapshot(session: Session, principal: Principal, snapshot_id: int) -> Snapshot:
+    """The snapshot, if it exists and the caller may read its run's experiment; else 404,
+    whichever it is (snapshot ids are sequential: a 403 would tell how many exist)."""
+    snapshot = session.get(Snapshot, snapshot_id)
+    run = get_run(session, snapshot.run_id) if snapshot is not None else None
+    if run is None or not principal.may_read(run.experiment_id):
+        raise not_found("snapshot")
+    return snapshot
 
 
 def base_url(request: Request) -> str:
