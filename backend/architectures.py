@@ -128,7 +128,7 @@ class ConvNetSpec(TaggedSpec):
     )
     kernel_size: int = Field(5, ge=1, le=11)
     pooling: list[Literal["max", "avg", "none"]] = Field(
-        default_factory=lambda: ["max", "avg", "avg"], max_length=8
+        default_factory=lambda: ["max", "avg", "avg"], max_length=8, validate_default=True
     )
     batch_norm: bool = False
     hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, max_length=4)

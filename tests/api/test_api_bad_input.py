@@ -203,3 +203,15 @@ def test_errors_of_the_html_report_are_documented_as_json(client: TestClient) ->
     missing = client.get(f"/api/experiments/{'0' * 32}/report", headers=ADMIN)
     assert missing.status_code == 404 and missing.headers["content-type"] == "application/json"
     assert missing.json() == {"detail": "No such experiment."}
+
+
+def test_the_published_preset_names_are_the_accepted_ones(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    names = document["components"]["schemas"]["PresetRequest"]["properties"]["preset"]["enum"]
+    assert "smoke" in names
+    for name in names:
+        body = {"preset": name, "overrides": {"steps": 0}}  # refused, after the name is found
+        answer = client.post("/api/experiments", json=body, headers=ADMIN)
+        assert error_locs(answer) == {"body.overrides.steps"}, name
+    unknown = client.post("/api/experiments", json={"preset": "nope"}, headers=ADMIN)
+    assert error_locs(unknown) == {"body.preset"} and "nope" not in names
