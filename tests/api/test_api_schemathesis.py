@@ -1,11 +1,18 @@
-"""Property-based tests of the whole API from its own OpenAPI document (schemathesis): for
-generated requests, valid and invalid, no answer is a 5xx, and every answer's status, content
-type and body match what `/openapi.json` documents.
+"""Property-based tests of the whole API from its own OpenAPI document (schemathesis) with
+every check it has (the CLI's `--checks all`, less response times): for generated requests,
+valid and invalid (examples, coverage and fuzzing phases, derandomized), no answer is a 5xx;
+every answer's status, content type, headers and body match what `/openapi.json` documents;
+schema-valid requests are accepted and invalid ones refused (`positive_data_acceptance`,
+`negative_data_rejection`; the one allowance is in `positive_data_acceptance` below); 405
+lists the allowed methods; a missing or wrong token is refused (`ignored_auth`). A stateful
+run (`Workflow`) follows the links schemathesis infers between operations, for
+`use_after_free` and `ensure_resource_availability`.
 
-Generated ids would almost never exist, so path ids are swapped for those of a seeded
+Generated ids would almost never exist, so valid path ids are swapped for those of a seeded
 experiment (with runs, metrics and a snapshot) and the generated query strings and bodies
-are tried against real data. Deleting is left with its generated ids (it would remove the
-seed). The event stream never ends by design and is tested on its own (test_api_events).
+are tried against real data; ids generated invalid on purpose are sent as they are. Deleting
+is left with its generated ids (it would remove the seed). The event stream never ends by
+design and is tested on its own (test_api_events).
 """
 
 from __future__ import annotations
