@@ -86,7 +86,8 @@ def json_safe(value: Any) -> Any:
         return {str(key): json_safe(item) for key, item in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [json_safe(item) for item in value]
-    return jsonable_encoder(value)
+    encoded = jsonable_encoder(value)  # e.g. a model echoed as input: a dict of its fields
+    return json_safe(encoded) if isinstance(encoded, dict | list) else encoded
 
 
 async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:

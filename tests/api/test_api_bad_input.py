@@ -5,6 +5,7 @@ wrong type; 405 names every allowed method; the OpenAPI document says what the s
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable
 
@@ -215,3 +216,21 @@ def test_the_published_preset_names_are_the_accepted_ones(client: TestClient) ->
         assert error_locs(answer) == {"body.overrides.steps"}, name
     unknown = client.post("/api/experiments", json={"preset": "nope"}, headers=ADMIN)
     assert error_locs(unknown) == {"body.preset"} and "nope" not in names
+
+
+def test_echoed_input_is_always_plain_json() -> None:
+    """Whatever a validation error echoes (a model given as input, a validator's exception in
+    `ctx`, non-finite numbers at any depth) is written as standard JSON."""
+    from pydantic import BaseModel
+
+    from backend.api.errors import json_safe
+
+    class Echoed(BaseModel):
+        x: float
+
+    errors = [{"input": Echoed(x=math.nan), "ctx": {"error": ValueError("too big")},
+               "loc": ("body", 0), "more": (math.inf, [-math.inf])}]  # fmt: skip
+    text = json.dumps(json_safe(errors), allow_nan=False)
+    expected = {"input": {"x": "NaN"}, "ctx": {"error": "too big"}, "loc": ["body", 0],
+                "more": ["Infinity", ["-Infinity"]]}  # fmt: skip
+    assert strict_json(text) == [expected]
