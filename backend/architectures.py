@@ -10,13 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
+
+from backend.spec_base import TaggedSpec
 
 Activation = Literal["sigmoid", "tanh", "relu"]
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class LayerShape(NamedTuple):
@@ -46,7 +44,7 @@ def _scaled(widths: list[int], scale: float) -> list[int]:
     return [max(1, round(w * scale)) for w in widths]
 
 
-class DenseModelSpec(_Spec):
+class DenseModelSpec(TaggedSpec):
     """Models made of Linear layers only, on flat inputs.
 
     Also the base of a plugin's model spec (entry point group `kfac_lab.models`): a subclass
@@ -118,7 +116,7 @@ def _pooled(size: int) -> int:
     return (size + 2 * POOL_PADDING - POOL_KERNEL) // POOL_STRIDE + 1
 
 
-class ConvNetSpec(_Spec):
+class ConvNetSpec(TaggedSpec):
     """A conv net of the kind trained in the KFC paper (Grosse & Martens 2016, §6).
 
     Each stage is Conv2d(k×k, stride 1, zero padding k//2, so the size is kept) → [BatchNorm2d]
@@ -137,7 +135,7 @@ class ConvNetSpec(_Spec):
     )
     kernel_size: int = Field(5, ge=1, le=11)
     pooling: list[Literal["max", "avg", "none"]] = Field(
-        default_factory=lambda: ["max", "avg", "avg"], max_length=8
+        default_factory=lambda: ["max", "avg", "avg"], max_length=8, validate_default=True
     )
     batch_norm: bool = False
     hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list, max_length=4)

@@ -12,19 +12,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from backend.architectures import ConvNetSpec
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+from backend.spec_base import TaggedSpec
 
 # ---- optimizers -----------------------------------------------------------------------------
 
 
-class _TorchOptimizer(_Spec):
+class _TorchOptimizer(TaggedSpec):
     builder: ClassVar[str] = "worker.builders:build_sgd"
     lr: float = Field(0.01, gt=0, le=100)
     weight_decay: float = Field(0.0, ge=0, le=1)
@@ -49,7 +45,7 @@ class AdamSpec(_TorchOptimizer):
     eps: float = Field(1e-8, gt=0, le=1)
 
 
-class _KFACBase(_Spec):
+class _KFACBase(TaggedSpec):
     """The hyper-parameters of `kfac.KFAC`; the structure of the inverse comes from the name."""
 
     builder: ClassVar[str] = "worker.builders:build_kfac"

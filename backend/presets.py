@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from backend.spec import ExperimentSpec
+from backend.spec import ExperimentSpec, RunSpec
 
 
 class Preset(BaseModel):
@@ -241,6 +241,8 @@ PRESETS: dict[str, Preset] = {
 }
 
 _EXPERIMENT_KEYS = {"name", "description", "optimizers", "seeds"}
+OVERRIDE_KEYS = sorted(_EXPERIMENT_KEYS | set(RunSpec.model_fields))
+"""The keys `expand_preset` takes (published in the OpenAPI document)."""
 
 
 def expand_preset(name: str, overrides: dict[str, Any] | None = None) -> ExperimentSpec:

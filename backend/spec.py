@@ -23,7 +23,6 @@ import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -48,6 +47,7 @@ from backend.optimizer_specs import KFCPreSpec as KFCPreSpec
 from backend.optimizer_specs import KFCSpec as KFCSpec
 from backend.optimizer_specs import SGDMomentumSpec as SGDMomentumSpec
 from backend.optimizer_specs import SGDSpec as SGDSpec
+from backend.spec_base import SpecModel
 from backend.sweeps import MAX_RUNS as MAX_RUNS
 from backend.sweeps import SweepValue, SweptOptimizer, check_expansion_size, config_label
 
@@ -58,10 +58,6 @@ MAX_LAYER_WIDTH = 8192  # K-FAC inverts (width+1)² factors
 MAX_PROBE_PARAMETERS = 4096  # exact F over the probe is P × P
 MAX_SNAPSHOTS = 200
 MAX_BATCH_SIZE = 60_000
-
-
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # ---- the registry: every dataset, model and optimizer a spec may name -------------------------
@@ -84,7 +80,7 @@ DatasetName = Annotated[
 ]
 
 
-class DatasetSpec(_Spec):
+class DatasetSpec(SpecModel):
     name: DatasetName = "digits_offline"
     download: bool = Field(
         False,
@@ -98,7 +94,7 @@ class DatasetSpec(_Spec):
 
 
 # ---- batch size, probe ----------------------------------------------------------------------
-class ExponentialBatchSchedule(_Spec):
+class ExponentialBatchSchedule(SpecModel):
     """Paper §13: m_k = min(m₁·exp((k − 1)/b), |S|), growing to the full training set."""
 
     kind: Literal["exponential"] = "exponential"
@@ -126,7 +122,7 @@ def probe_units(width: int, units: int) -> list[int]:
     return [round(i * (width - 1) / (units - 1)) for i in range(units)] if units > 1 else [0]
 
 
-class ProbeSpec(_Spec):
+class ProbeSpec(SpecModel):
     """Which parameters a curvature snapshot covers (the paper's Fig. 2 shows the middle 4
     layers of its MNIST autoencoder with a subset of units): of each K-FAC layer `layers`
     (Linear and Conv2d in model order, 0-based; default: the middle 4), `units` evenly spaced
@@ -160,7 +156,7 @@ class ProbeSpec(_Spec):
 
 
 # ---- a run ----------------------------------------------------------------------------------
-class RunSpec(_Spec):
+class RunSpec(SpecModel):
     """One training run. Field order matters: validators read the fields above them."""
 
     label: str | None = Field(None, max_length=120)
@@ -196,9 +192,10 @@ class RunSpec(_Spec):
         "fail", description="fail the run, or train it on the CPU queue instead"
     )
 
-    @field_validator("dataset", mode="before")
+    @field_validator("dataset", mode="before", json_schema_input_type=DatasetSpec | DatasetName)
     @classmethod
     def _dataset_by_name(cls, value: Any) -> Any:
+        """`"dataset": "mnist"` is short for `{"name": "mnist"}` (published as such)."""
         return {"name": value} if isinstance(value, str) else value
 
     @field_validator("model")
@@ -342,11 +339,30 @@ def queue_for_device(device: str) -> Literal["gpu", "cpu"]:
 
 
 # ---- an experiment --------------------------------------------------------------------------
-class ExperimentSpec(_Spec):
+# `_runs_from_comparison`'s rule in the published JSON schema, so that the OpenAPI document
+# refuses what the server refuses (e.g. `{}`): a `base` run, or `runs` and nothing to expand.
+_RUNS_OR_BASE = {
+    "anyOf": [
+        {"required": ["base"], "properties": {"base": {"type": "object"}}},
+        {
+            "required": ["runs"],
+            "properties": {
+                "runs": {"minItems": 1},
+                "optimizers": {"maxItems": 0},
+                "seeds": {"maxItems": 0},
+            },
+        },
+    ]
+}
+
+
+class ExperimentSpec(SpecModel):
     """A set of runs. Either listed in `runs`, or in the compact comparison form: `base` (a run
     spec) × `optimizers` (each maybe with a `sweep`) × `seeds`, which validation expands into
     `runs` (then cleared): every optimizer, every point of its grid, every seed, in that order.
     Each expanded run keeps its grid point in `config`."""
+
+    model_config = ConfigDict(json_schema_extra=_RUNS_OR_BASE)
 
     name: str = Field("experiment", min_length=1, max_length=120)
     description: str = Field("", max_length=2000)

@@ -15,10 +15,11 @@ import math
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, Field, TypeAdapter, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from backend import registry
+from backend.spec_base import SpecModel
 
 MAX_RUNS = 48  # runs of one experiment; a grid is never larger
 
@@ -36,10 +37,8 @@ _SWEEP: TypeAdapter[dict[str, list[SweepValue]]] = TypeAdapter(
 )
 
 
-class SweptOptimizer(BaseModel):
+class SweptOptimizer(SpecModel):
     """An optimizer spec and the grid swept over its fields (empty: one point, as given)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     optimizer: OptimizerSpec
     sweep: dict[str, list[SweepValue]] = Field(default_factory=dict)

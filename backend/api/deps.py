@@ -12,8 +12,9 @@ Access, and why it looks like this:
   constant time.
 * A share token is looked up (by hash) on every request, so revoking it takes effect at once.
   It reads one experiment and nothing else; every write needs the admin token.
-* Lookups check the share token's experiment before touching the database, so a share token
-  cannot even learn whether another experiment exists.
+* Lookups never tell a share token whether an id outside its experiment exists: an
+  experiment is checked before the database is read (403 for any other id), and a run or a
+  snapshot of another experiment answers exactly as a missing one (404).
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request, status
-from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field
 from sqlalchemy.orm import Session
 
 from backend.settings import Settings
 from backend.store.access import get_or_create_admin_token, shared_experiment
 from backend.store.db import get_session_factory, session_scope
-from backend.store.models import Experiment, Run
+from backend.store.models import Experiment, Run, Snapshot
 from backend.store.queries import get_experiment, get_run
 
 # Limits of one request (the body limit is the app's `max_body_size`).
@@ -123,7 +124,9 @@ def get_principal(
 
 def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     if not principal.admin:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "A share link is read-only.")
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, "A share link reads its one experiment and nothing else."
+        )
     return principal
 
 
@@ -148,12 +151,23 @@ def load_experiment(session: Session, principal: Principal, experiment_id: str) 
 
 
 def load_run(session: Session, principal: Principal, run_id: str) -> Run:
-    """The run, if it exists and the caller may read its experiment."""
+    """The run, if it exists and the caller may read its experiment. A run of another
+    experiment answers exactly as a missing one (404), so that a share token cannot learn
+    which run ids exist."""
     run = get_run(session, run_id) if _ID.fullmatch(run_id) else None
-    if run is None:
+    if run is None or not principal.may_read(run.experiment_id):
         raise not_found("run")
-    principal.check_read(run.experiment_id)
     return run
+
+
+def load_snapshot(session: Session, principal: Principal, snapshot_id: int) -> Snapshot:
+    """The snapshot, if it exists and the caller may read its run's experiment; else 404,
+    whichever it is (snapshot ids are sequential: a 403 would tell how many exist)."""
+    snapshot = session.get(Snapshot, snapshot_id)
+    run = get_run(session, snapshot.run_id) if snapshot is not None else None
+    if run is None or not principal.may_read(run.experiment_id):
+        raise not_found("snapshot")
+    return snapshot
 
 
 def base_url(request: Request) -> str:
@@ -164,26 +178,30 @@ def base_url(request: Request) -> str:
 # --- query parameters shared by the metric endpoints ---------------------------------------
 
 
+MAX_NAME_LENGTH = 64
+# One value of `names`: up to MAX_METRIC_NAMES comma-separated names of up to MAX_NAME_LENGTH
+# characters, no NUL (PostgreSQL cannot compare with one). Published as the items' `pattern`,
+# and the one rule the server applies, so the OpenAPI document says exactly what is accepted.
+_NAME = rf"[^,\x00]{{0,{MAX_NAME_LENGTH}}}"
+NAMES_PATTERN = rf"^{_NAME}(?:,{_NAME}){{0,{MAX_METRIC_NAMES - 1}}}$"
+
+
 def requested_names(
     names: Annotated[
-        list[str] | None,
+        list[Annotated[str, Field(pattern=NAMES_PATTERN)]] | None,
         Query(
-            description="Metric names, repeated (`names=a&names=b`) or comma-separated; "
-            "default: every metric recorded",
+            description=f"Metric names, repeated (`names=a&names=b`) or comma-separated: at "
+            f"most {MAX_METRIC_NAMES} values of at most {MAX_METRIC_NAMES} names each, a name "
+            f"at most {MAX_NAME_LENGTH} characters; default: every metric recorded",
             max_length=MAX_METRIC_NAMES,
         ),
     ] = None,
 ) -> list[str] | None:
+    """The distinct names asked for, in order (blank ones dropped), or None for all."""
     if not names:
         return None
-    wanted = list(dict.fromkeys(n.strip() for item in names for n in item.split(",")))
-    wanted = [name for name in wanted if name]
-    for name in wanted:
-        if len(name) > 64 or "\x00" in name:
-            raise _query_error("names", f"not a metric name: {name[:80]!r}")
-    if len(wanted) > MAX_METRIC_NAMES:
-        raise _query_error("names", f"at most {MAX_METRIC_NAMES} names")
-    return wanted or None
+    wanted = dict.fromkeys(n.strip() for item in names for n in item.split(","))
+    return [name for name in wanted if name] or None
 
 
 MetricNamesDep = Annotated[list[str] | None, Depends(requested_names)]
@@ -193,9 +211,3 @@ MaxPoints = Annotated[
 ]
 # Finite and well inside any integer column's range, so a query can never overflow.
 XBound = Annotated[float | None, Query(allow_inf_nan=False, ge=-1e12, le=1e12)]
-
-
-def _query_error(field: str, message: str) -> RequestValidationError:
-    return RequestValidationError(
-        [{"type": "value_error", "loc": ("query", field), "msg": message, "input": None}]
-    )

@@ -1,8 +1,13 @@
 """How failures become answers: always JSON with a `detail`, never a traceback.
 
 * Validation (request bodies, query and path parameters): FastAPI's 422,
-  `{"detail": [{"loc": ["body", "runs", 0, "steps"], "msg": ..., "type": ...}]}`; a body that
-  is not even text (invalid UTF-8) is FastAPI's 400.
+  `{"detail": [{"loc": ["body", "runs", 0, "steps"], "msg": ..., "type": ..., "input": ...}]}`;
+  a body that is not even text (invalid UTF-8) is FastAPI's 400. The echoed `input` and `ctx`
+  are made JSON-safe first: Python's JSON parser reads `NaN`, `Infinity` and `1e999999`, and
+  echoing them back raised inside FastAPI's own handler (a 500 that also closed the
+  keep-alive connection).
+* 405: `Allow` lists the methods of every route at that path (Starlette names only those of
+  the first route that matched the path, e.g. `POST` for `GET`/`POST /api/experiments`).
 * The database or the broker is unreachable: 503 with `Retry-After`, so clients and load
   balancers wait and retry instead of reporting a bug. SQLAlchemy raises `OperationalError`
   for a refused or dropped connection and `TimeoutError` when the pool has none free.
@@ -14,12 +19,19 @@
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from backend.api.service import BrokerUnavailable
 
@@ -40,7 +52,7 @@ def documented(*codes: int) -> dict[int | str, dict]:
         400: "The body cannot be decoded (not UTF-8 text)",
         401: "No token",
         403: "The token may not do this (a share link is read-only and opens one experiment)",
-        404: "Unknown id",
+        404: "Unknown id, or one the token may not read",
         409: "The stored spec no longer validates (made by an older version)",
         413: "Request body too large",
         429: "Too many open event streams for this token (see `Retry-After`)",
@@ -61,6 +73,47 @@ def unavailable(what: str) -> JSONResponse:
         status_code=503,
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
+
+
+def json_safe(value: Any) -> Any:
+    """`value` as plain JSON: non-finite floats as their JSON5 spelling ("NaN", "Infinity",
+    "-Infinity"), exceptions (pydantic puts the ValueError of a validator in `ctx`) as their
+    message, anything else as FastAPI would encode it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, BaseException):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(item) for item in value]
+    encoded = jsonable_encoder(value)  # e.g. a model echoed as input: a dict of its fields
+    return json_safe(encoded) if isinstance(encoded, dict | list) else encoded
+
+
+async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"detail": json_safe(error.errors())}, status_code=422)
+
+
+async def _http_error(request: Request, error: HTTPException) -> Response:
+    # Starlette's routing 405 carries `Allow`, with the methods of one route only.
+    if error.status_code == 405 and "Allow" in (error.headers or {}):
+        error.headers = {**error.headers, "Allow": ", ".join(allowed_methods(request))}
+    return await http_exception_handler(request, error)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route answers at the request's path. Each method is tried on the
+    whole routing table (FastAPI nests included routers, so the table is not a flat list)."""
+
+    def answers(method: str) -> bool:
+        scope = {**request.scope, "method": method}
+        return any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes)
+
+    return [method for method in _METHODS if answers(method)]
 
 
 async def _database_down(request: Request, error: Exception) -> JSONResponse:
@@ -84,6 +137,8 @@ async def _unexpected(request: Request, error: Exception) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(HTTPException, _http_error)
     for error in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(error, _database_down)
     app.add_exception_handler(BrokerUnavailable, _broker_down)

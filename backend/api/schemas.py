@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator
 from pydantic_core import PydanticCustomError
 
+from backend.presets import OVERRIDE_KEYS, PRESETS
 from backend.spec import ExperimentSpec
 from backend.store.models import Experiment, Run
 from backend.store.queueing import status_detail
@@ -33,13 +34,18 @@ class PresetRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    preset: str = Field(max_length=64, examples=["smoke"])
+    # The names are published as an enum (the OpenAPI document says which are accepted), and
+    # checked by `service.resolve_spec`, whose error lists them.
+    preset: str = Field(
+        max_length=64, examples=["smoke"], json_schema_extra={"enum": sorted(PRESETS)}
+    )
     name: str | None = Field(None, min_length=1, max_length=120)
     overrides: dict[str, Any] | None = Field(
         None,
         description="`name`, `description`, `optimizers`, `seeds`, or any run field, deep-merged "
         'into the preset\'s base run, e.g. `{"steps": 50}`.',
         examples=[{"steps": 50}],
+        json_schema_extra={"propertyNames": {"enum": OVERRIDE_KEYS}},
     )
 
 

@@ -29,6 +29,15 @@ function variantsOf(schema) {
   return schema.oneOf ?? schema.anyOf ?? null;
 }
 
+/** An object with a string shorthand (`anyOf: [{object}, {type: string}]`, e.g. a dataset
+ * by name) → the object: the form always writes the full form. Anything else → null. */
+function shorthandObject(root, schema) {
+  const variants = (variantsOf(schema) ?? []).map((variant) => resolve(root, variant));
+  const objects = variants.filter((variant) => variant.type === "object");
+  const strings = variants.filter((variant) => variant.type === "string");
+  return objects.length === 1 && objects.length + strings.length === variants.length ? objects[0] : null;
+}
+
 /** A nullable scalar (`anyOf: [X, {type: null}]`) → X; anything else → null. */
 function nullableInner(root, schema) {
   const variants = variantsOf(schema);
@@ -109,7 +118,8 @@ export class SchemaForm {
 
   /** One field (or a group of fields) for the value at `path`. */
   field(schema, path, name) {
-    const resolved = resolve(this.root, schema);
+    const plain = resolve(this.root, schema);
+    const resolved = shorthandObject(this.root, plain) ?? plain;
     const inner = nullableInner(this.root, resolved);
     const variants = inner ? null : variantsOf(resolved);
     if (variants) return this.unionField(resolved, variants, path, name);

@@ -50,7 +50,6 @@ def test_a_share_token_reads_its_experiment_only(
         f"/api/runs/{run_id}/metrics",
         f"/api/runs/{run_id}/snapshots",
         f"/api/runs/{run_id}/export",
-        "/api/presets",
     ):
         assert client.get(path, headers=shared).status_code == 200, path
     assert client.get(f"/api/runs/{run_id}", params={"token": token}).status_code == 401
@@ -58,11 +57,12 @@ def test_a_share_token_reads_its_experiment_only(
     for path in (
         f"/api/experiments/{other['id']}",
         f"/api/experiments/{other['id']}/metrics",
-        f"/api/runs/{other_run}",
-        f"/api/runs/{other_run}/metrics",
         "/api/experiments",
+        "/api/presets",
     ):
         assert client.get(path, headers=shared).status_code == 403, path
+    for path in (f"/api/runs/{other_run}", f"/api/runs/{other_run}/metrics"):
+        assert client.get(path, headers=shared).status_code == 404, path  # as a missing run
 
     for method, path in (
         ("POST", "/api/experiments"),

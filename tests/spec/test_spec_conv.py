@@ -51,7 +51,10 @@ def test_probe_counts_output_channels_and_patch_coordinates():
         ({"dataset": "synthetic", "model": conv()}, ("model",)),  # no image shape
         ({"model": conv(kernel_size=4)}, ("model", "convnet", "kernel_size")),
         ({"model": conv(pooling=["max"])}, ("model", "convnet", "pooling")),
-        ({"model": conv(channels=[1024, 1024])}, ("model",)),  # factor side 1024·25 + 1
+        # the default pooling (3 stages) does not fit 2 conv layers: said, not a zip() error
+        ({"model": {"name": "convnet", "channels": [8, 8]}}, ("model", "convnet", "pooling")),
+        # factor side 1024·25 + 1
+        ({"model": conv(channels=[1024, 1024], pooling=["max", "avg"])}, ("model",)),
         ({"model": conv(), "optimizer": {"name": "kfac_tridiag"}}, ("optimizer",)),
         ({"model": {"name": "mlp"}, "optimizer": {"name": "kfc"}}, ("optimizer",)),
         ({"optimizer": {"name": "kfc_pre"}}, ("optimizer",)),  # the default autoencoder

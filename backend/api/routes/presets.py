@@ -6,7 +6,7 @@ from functools import lru_cache
 
 from fastapi import APIRouter
 
-from backend.api.deps import ReaderDep
+from backend.api.deps import AdminDep
 from backend.api.errors import documented
 from backend.api.schemas import PresetOut
 
@@ -30,5 +30,7 @@ def _presets() -> tuple[PresetOut, ...]:
 
 
 @router.get("/presets")
-def presets(_: ReaderDep) -> list[PresetOut]:
+def presets(_: AdminDep) -> list[PresetOut]:
+    """The named presets, for creating experiments (admin only: a share link reads its one
+    experiment and nothing else)."""
     return list(_presets())

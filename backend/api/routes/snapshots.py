@@ -7,10 +7,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from backend.api.cache import cached_json
-from backend.api.deps import ReaderDep, SessionDep, load_run, not_found
+from backend.api.deps import ReaderDep, SessionDep, load_run, load_snapshot
 from backend.api.errors import READ_ERRORS
 from backend.api.schemas import SnapshotOut, SnapshotSummary
-from backend.store.models import Snapshot
 from backend.store.queries import list_snapshots, read_snapshot
 from backend.store.snapshots import decode_matrices, to_base64_matrix
 
@@ -47,10 +46,7 @@ def snapshot(
     """The matrices (2-D arrays, at most 512 x 512, ready for a heatmap), layer boundaries,
     block averages, spectra and relative errors of one snapshot. A snapshot never changes
     once written, so its answer is cached and revalidated by ETag."""
-    stored = session.get(Snapshot, snapshot_id)
-    if stored is None:
-        raise not_found("snapshot")
-    load_run(session, principal, stored.run_id)  # may the caller read its experiment?
+    stored = load_snapshot(session, principal, snapshot_id)
     key = ("snapshot", snapshot_id, tuple(names or ()), encoding)
 
     def answer() -> dict[str, Any] | None:
