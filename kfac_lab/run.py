@@ -145,19 +145,31 @@ class Run:
         except Exception:  # noqa: BLE001 - never into the training loop
             logger.exception("kfac_lab: snapshot failed")
 
+    def record_snapshot(self, step: int, payload: dict[str, Any]) -> None:
+        """Record a snapshot made already by `kfac.snapshot.snapshot_payload` (as `kfac-lab
+        run` does with its workers' snapshot code) at `step`."""
+        try:
+            from kfac_lab.snapshots import payload_body
+
+            self._queue.append(Request(run_path(self.id, "snapshots"), payload_body(payload, step)))
+        except Exception:  # noqa: BLE001 - never into the training loop
+            logger.exception("kfac_lab: snapshot failed")
+
     # -- the end --
     def finish(self, timeout: float = FINISH_TIMEOUT_S) -> bool:
         """End the run `succeeded`, after sending everything; True if the server has it all
         (otherwise it waits on disk for `kfac_lab.sync()`)."""
-        return self._end({"status": "succeeded"}, timeout)
+        return self.end("succeeded", timeout=timeout)
 
     def fail(self, reason: str, timeout: float = FINISH_TIMEOUT_S) -> bool:
         """End the run `failed` with `reason` (shown on its page)."""
-        return self._end(
-            {"status": "failed", "error": str(reason).replace("\x00", "")[:20_000]}, timeout
-        )
+        return self.end("failed", reason, timeout=timeout)
 
-    def _end(self, body: dict[str, Any], timeout: float) -> bool:
+    def end(
+        self, status: str, reason: str | None = None, *, timeout: float = FINISH_TIMEOUT_S
+    ) -> bool:
+        """End the run with `status` (succeeded, failed, diverged or cancelled) and `reason`;
+        the first end counts. Sends everything first, as `finish` does."""
         if self._ended:
             return False
         self._ended = True
@@ -167,7 +179,9 @@ class Run:
                 for name, value in self._final.items()
                 if METRIC_NAME.fullmatch(name) and _finite_number(value)
             }
-            body = {**body, "step": as_step(self._last_step) or 0, "final_metrics": final}
+            body = {"status": status, "step": as_step(self._last_step) or 0, "final_metrics": final}
+            if reason is not None:
+                body["error"] = str(reason).replace("\x00", "")[:20_000]
             self._queue.append(Request(run_path(self.id, "end"), body))
             return self._sender.close(timeout)
         except Exception:  # noqa: BLE001 - never into the training loop

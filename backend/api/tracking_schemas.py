@@ -166,7 +166,7 @@ class SnapshotIn(_Body):
 
 
 class EndRun(_Body):
-    status: Literal["succeeded", "failed"] = "succeeded"
+    status: Literal["succeeded", "failed", "diverged", "cancelled"] = "succeeded"
     error: str | None = Field(None, max_length=20_000, pattern=r"^[^\x00]*$")
     step: Step | None = None
     final_metrics: dict[MetricName, Finite] | None = Field(None, max_length=1000)
