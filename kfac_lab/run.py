@@ -8,6 +8,7 @@ before training starts.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -55,7 +56,7 @@ def init(
         "id": run_id,
         "experiment": experiment,
         "label": label,
-        "config": config or {},
+        "config": _plain_json(config or {}),
         "seed": seed,
         "total_steps": total_steps,
         "client": f"{socket.gethostname()}:{os.getpid()}"[:150],
@@ -201,6 +202,12 @@ class Run:
             self.finish()
         else:
             self.fail("".join(traceback.format_exception(kind, error, trace)).strip())
+
+
+def _plain_json(config: dict[str, Any]) -> Any:
+    """`config` as the server takes it: objects it cannot encode as their `str`, NaN and
+    infinities as null (JSON has neither)."""
+    return json.loads(json.dumps(config, default=str), parse_constant=lambda _: None)
 
 
 def _finite_number(value: Any) -> bool:

@@ -122,7 +122,7 @@ def test_an_exception_fails_the_run_with_its_traceback(server: Server, spool: Pa
 
 
 def test_bad_values_never_raise_and_good_ones_arrive(server: Server, spool: Path):
-    run = start(server, spool)
+    run = start(server, spool, config={"lr": float("nan"), "path": Path("/data")})
     run.log(1, train_loss=float("nan"), note="text", ok=1.0)
     run.log(2, **{"bad name!": 1.0, "ok": 2.0})
     run.log(np.int64(3), ok=torch.tensor(3.0))
@@ -132,7 +132,9 @@ def test_bad_values_never_raise_and_good_ones_arrive(server: Server, spool: Path
     assert run.finish(timeout=120)
     series = server.get(f"/api/runs/{run.id}/metrics")["series"]
     assert series == {"ok": {"x": [1, 2, 3], "y": [1.0, 2.0, 3.0]}}
-    assert server.get(f"/api/runs/{run.id}")["status"] == "succeeded"
+    detail = server.get(f"/api/runs/{run.id}")
+    assert detail["status"] == "succeeded"
+    assert detail["spec"]["config"] == {"lr": None, "path": "/data"}
 
 
 def test_importing_the_client_imports_no_torch_web_or_database_library():
