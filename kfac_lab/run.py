@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from kfac_lab.protocol import METRIC_NAME, RUNS_PATH, as_step, run_path
+from kfac_lab.provenance import provenance
 from kfac_lab.sender import Connection, Request, Sender
 from kfac_lab.spool import Spool, default_root
 
@@ -60,6 +61,7 @@ def init(
         "seed": seed,
         "total_steps": total_steps,
         "client": f"{socket.gethostname()}:{os.getpid()}"[:150],
+        "provenance": provenance(),
     }
     sender.queue.append(Request(RUNS_PATH, body))
     return Run(run_id, sender.start())

@@ -37,6 +37,7 @@ from backend.spec import RunSpec, batch_size_at
 from kfac.losses import negative_log_likelihood
 from kfac.schedules import IterateAverage
 from kfac.snapshot import optimizer_damping
+from kfac_lab.provenance import provenance
 from worker import checkpoints, plugins
 from worker.builders import StepFn
 from worker.snapshots import curvature_snapshot
@@ -194,6 +195,7 @@ class _Run:
             "device": str(self.device),
             "total_steps": self.total_steps,
             "resumed_from": self.resumed_from,
+            "provenance": provenance(str(self.device)),
         }
 
     # -- the loop --

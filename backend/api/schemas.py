@@ -115,6 +115,9 @@ class RunOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    provenance: dict[str, Any] | None = Field(
+        None, description="Versions, git commit, host and device where it ran"
+    )
 
     @classmethod
     def from_run(cls, run: Run, **extra: Any) -> Self:
@@ -142,6 +145,7 @@ class RunOut(BaseModel):
             started_at=run.started_at,
             finished_at=run.finished_at,
             heartbeat_at=run.heartbeat_at,
+            provenance=run.provenance,
             **extra,
         )
 

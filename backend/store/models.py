@@ -180,6 +180,8 @@ class Run(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     final_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Versions, git commit, host and device where it ran (kfac_lab.provenance).
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
 

@@ -195,3 +195,20 @@ def test_a_tracked_experiment_reads_like_any_other(client: TestClient):
     clone = client.post(f"/api/experiments/{experiment_id}/clone", headers=ADMIN)
     assert clone.status_code == 409, clone.text
     assert "reported by scripts" in clone.json()["detail"]
+
+
+def test_the_report_says_where_each_run_ran(client: TestClient):
+    provenance = {
+        "kfac_lab": "0.1.0",
+        "git_commit": "0123456789abcdef",
+        "python": "3.11.7",
+        "torch": "2.13.0",
+        "host": "gpu-box-7",
+        "device": "cuda:0",
+        "plugins": {},
+    }
+    created = new_run(client, f"report {uuid.uuid4().hex[:6]}", provenance=provenance)
+    run = client.get(f"/api/runs/{created['run_id']}", headers=ADMIN).json()
+    assert run["provenance"] == provenance
+    report = client.get(f"/api/experiments/{created['experiment_id']}/report", headers=ADMIN)
+    assert "gpu-box-7 · cuda:0 · kfac-lab 0.1.0 (git 0123456789ab) · torch 2.13.0" in report.text

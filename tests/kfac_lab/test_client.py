@@ -161,3 +161,11 @@ def wait_for(condition, what: str, timeout: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
         time.sleep(0.05)
+
+
+def test_a_tracked_run_records_where_it_ran(server: Server, spool: Path):
+    run = start(server, spool)
+    assert run.finish(timeout=120)
+    provenance = server.get(f"/api/runs/{run.id}")["provenance"]
+    assert provenance["python"] and provenance["host"] and provenance["kfac_lab"]
+    assert provenance["torch"] == torch.__version__  # loaded here, so it is recorded

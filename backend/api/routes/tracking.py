@@ -59,6 +59,7 @@ def start(
             seed=body.seed,
             client=body.client,
             total_steps=body.total_steps,
+            provenance=body.provenance,
         )
     except (tracking.NotTracked, ValueError) as error:
         raise _refused(error) from None
