@@ -196,6 +196,8 @@ function renderHeader() {
       .join(" · "),
   );
   byId("experiment-description").textContent = experiment.description ?? "";
+  // A tracked experiment's runs come from scripts: it has no spec that the lab could run.
+  byId("export-spec").toggleAttribute("hidden", experiment.spec?.kind === "tracked");
 }
 
 function renderTable() {
@@ -366,6 +368,9 @@ function exportCsv() {
 
 function setupExports() {
   byId("export-csv").addEventListener("click", exportCsv);
+  byId("export-spec").addEventListener("click", () =>
+    downloadText(`${state.experiment.name.replace(/[^\w.-]+/g, "_")}-spec.json`, `${JSON.stringify(state.experiment.spec, null, 2)}\n`),
+  );
   byId("export-png").addEventListener("click", () =>
     act(() => {
       const chart = state.charts.get("train_loss");

@@ -7,18 +7,23 @@ import json
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from backend import queue
+from backend.api.main import create_app
 from backend.settings import Settings
 from backend.store.db import session_scope
 from backend.store.models import Experiment, Run, Snapshot
 from backend.store.queries import read_metrics
+from tests.api.conftest import FakeBroker
 from tests.kfac_lab.conftest import TOKEN, Server, free_port
 from tests.worker.labs import TINY_RUN, kfac_environment
 from worker.cli import app
 
 runner = CliRunner()
+ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 SPEC = {
     "name": "cli recorded",
     "base": {**TINY_RUN, "steps": 12, "snapshot_interval": 6, "probe": {"units": 4}},
@@ -90,3 +95,22 @@ def test_with_kfac_lab_url_the_runs_go_to_that_server(sqlite_url: str, tmp_path:
             assert [s["step"] for s in server.get(f"/api/runs/{run_id}/snapshots")] == [6, 12]
     finally:
         server.stop()
+
+
+def test_the_spec_an_experiment_page_offers_runs_as_it_is(
+    tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The page's "Spec" button downloads `spec` of GET /api/experiments/{id}."""
+    broker = FakeBroker()
+    monkeypatch.setattr(queue, "send_run", broker.send_run)
+    app_ = create_app(Settings(home=tmp_path, database_url=sqlite_url, admin_token=TOKEN))
+    spec = {"name": "to download", "base": {**TINY_RUN, "steps": 5}, "seeds": [0, 1]}
+    with TestClient(app_) as client:
+        created = client.post("/api/experiments", json=spec, headers=ADMIN).json()
+        downloaded = client.get(f"/api/experiments/{created['id']}", headers=ADMIN).json()["spec"]
+    path = tmp_path / "downloaded.json"
+    path.write_text(json.dumps(downloaded))
+    with kfac_environment({"KFAC_HOME": str(tmp_path)}):
+        result = runner.invoke(app, ["run", "--no-record", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "to download: 2 runs" in result.output and result.output.count("succeeded") >= 2
