@@ -75,7 +75,7 @@ class Run:
         self.id = run_id
         self._sender = sender
         self._queue = sender.queue
-        self._start = time.perf_counter()
+        self._start = sender.started
         self._last_step = 0
         self._final: dict[str, float] = {}
         self._watched: Any = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ from torch import nn
 import kfac_lab
 from kfac import KFAC
 from kfac.snapshot import optimizer_damping, snapshot_payload
+from kfac_lab import sender as sender_module
 from kfac_lab.sender import Sender
+from kfac_lab.system import SystemSampler
 from tests.kfac_lab.conftest import TOKEN, Server
 
 
@@ -169,3 +172,16 @@ def test_a_tracked_run_records_where_it_ran(server: Server, spool: Path):
     provenance = server.get(f"/api/runs/{run.id}")["provenance"]
     assert provenance["python"] and provenance["host"] and provenance["kfac_lab"]
     assert provenance["torch"] == torch.__version__  # loaded here, so it is recorded
+
+
+def test_system_metrics_go_with_the_latest_step(
+    server: Server, spool: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(sender_module, "SystemSampler", partial(SystemSampler, interval=0.0))
+    run = start(server, spool)
+    for step in range(1, 4):
+        run.log(step, train_loss=1.0)
+        wait_for(lambda s=step: run._sender._last_step == s, f"step {step} to be drained")
+    assert run.finish(timeout=120)
+    series = server.get(f"/api/runs/{run.id}/metrics")["series"]
+    assert set(series["cpu_percent"]["x"]) <= {1, 2, 3} and series["rss_mb"]["y"][0] > 1
