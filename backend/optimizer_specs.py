@@ -141,8 +141,6 @@ class KFCPreSpec(_KFACBase):
     kl_clip: float | None = Field(1e-3, gt=0, description="κ; None: no KL clipping")
 
 
-KFAC_OPTIMIZERS = ("kfac", "kfac_tridiag", "kfc", "kfc_pre")
-"""The optimizers that are `kfac.KFAC` (built from `kfac_kwargs()`)."""
 
 
 
