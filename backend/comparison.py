@@ -50,7 +50,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
-from backend.optimizer_specs import KFAC_OPTIMIZERS
+from backend.optimizer_specs import is_kfac
 from backend.sweeps import config_label
 
 Criterion = Literal["final", "best"]
@@ -276,7 +276,7 @@ def default_target(
     means = [
         final["mean"]
         for group in groups
-        if group.optimizer not in KFAC_OPTIMIZERS
+        if not is_kfac(group.optimizer)
         and (final := statistic([_usable(r, outcomes).final for r in _kept(group)]))["n"]
     ]
     if not means:

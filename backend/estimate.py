@@ -39,7 +39,8 @@ import math
 from dataclasses import dataclass
 
 from backend.architectures import ConvNetSpec, LayerShape
-from backend.spec import KFAC_OPTIMIZERS, ExperimentSpec, RunSpec, batch_size_at
+from backend.optimizer_specs import is_kfac
+from backend.spec import ExperimentSpec, RunSpec, batch_size_at
 
 FACTOR_INVERSION_FLOPS = 10.0  # × n³: a Cholesky, a triangular solve against I, the product
 PROBE_MATRICES = 8  # F, F̃, (F̃+λI)⁻¹, F̌⁻¹, F̂⁻¹ and the temporaries of their inverses
@@ -131,7 +132,7 @@ def _optimizer_state(spec: RunSpec, layers: list[_Layer], parameters: int) -> in
         return 2 * parameters
     if name == "sgd_momentum":
         return parameters
-    if name not in KFAC_OPTIMIZERS:
+    if not is_kfac(name):
         return 0
     factors = sum(2 * (layer.side_a**2 + layer.side_g**2) for layer in layers)
     if name == "kfac_tridiag":
@@ -150,7 +151,7 @@ def _activations(spec: RunSpec, layers: list[_Layer]) -> int:
     kept = layers[0].positions * layers[0].shape.inputs // area  # the input of the first layer
     kept += sum(layer.positions * layer.shape.outputs * _maps(layer) for layer in layers)
     kept += 2 * max(layer.positions * (layer.side_a + layer.side_g) for layer in layers)
-    if spec.optimizer.name in KFAC_OPTIMIZERS:
+    if is_kfac(spec.optimizer.name):
         outputs = sum(layer.positions * layer.side_g for layer in layers)
         patches = max(
             (layer.positions * layer.side_a for layer in layers if layer.positions > 1), default=0
@@ -184,7 +185,7 @@ def step_flops(spec: RunSpec) -> float:
     forward = sum(2 * layer.positions * layer.shape.parameters for layer in layers)
     total = 3.0 * forward * batch  # forward + backward
     opt = spec.optimizer
-    if opt.name in KFAC_OPTIMIZERS:
+    if is_kfac(opt.name):
         stats_batch = opt.stats_fraction * batch
         products = sum(
             2 * layer.positions * (layer.side_a**2 + layer.side_g**2) for layer in layers

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
+from backend import registry
 from backend.architectures import ConvNetSpec
 from backend.spec_base import TaggedSpec
 
@@ -45,10 +46,20 @@ class AdamSpec(_TorchOptimizer):
     eps: float = Field(1e-8, gt=0, le=1)
 
 
+KFAC_BUILDER = "worker.builders:build_kfac"
+
+
+def is_kfac(name: str) -> bool:
+    """Whether the optimizer named `name` trains with `kfac.KFAC` (K-FAC, KFC, KFC-pre, or a
+    plugin's spec built the same way): said once, by its builder in the registry."""
+    entry = registry.entries("optimizer").get(name)
+    return entry is not None and entry.builder == KFAC_BUILDER
+
+
 class _KFACBase(TaggedSpec):
     """The hyper-parameters of `kfac.KFAC`; the structure of the inverse comes from the name."""
 
-    builder: ClassVar[str] = "worker.builders:build_kfac"
+    builder: ClassVar[str] = KFAC_BUILDER
 
     fisher: Literal["true", "empirical"] = "true"
     lr: float | None = Field(
@@ -137,8 +148,6 @@ class KFCPreSpec(_KFACBase):
     kl_clip: float | None = Field(1e-3, gt=0, description="κ; None: no KL clipping")
 
 
-KFAC_OPTIMIZERS = ("kfac", "kfac_tridiag", "kfc", "kfc_pre")
-"""The optimizers that are `kfac.KFAC` (built from `kfac_kwargs()`)."""
 
 
 

@@ -103,8 +103,9 @@ def unknown(kind: str, name: Any) -> str:
 
 
 def _known_name(kind: str, value: Any) -> Any:
-    if isinstance(value, dict) and "name" in value and value["name"] not in entries(kind):
-        raise ValueError(unknown(kind, value["name"]))
+    name = value.get("name") if isinstance(value, dict) else None
+    if isinstance(name, str) and name not in entries(kind):  # other types: pydantic says why
+        raise ValueError(unknown(kind, name))
     return value
 
 

@@ -39,7 +39,6 @@ from backend.architectures import ConvNetSpec as ConvNetSpec
 from backend.architectures import MLPSpec as MLPSpec
 from backend.architectures import parameter_count as parameter_count
 from backend.datasets import DatasetInfo
-from backend.optimizer_specs import KFAC_OPTIMIZERS as KFAC_OPTIMIZERS
 from backend.optimizer_specs import AdamSpec as AdamSpec
 from backend.optimizer_specs import KFACSpec, optimizer_model_error
 from backend.optimizer_specs import KFACTridiagSpec as KFACTridiagSpec

@@ -8,6 +8,7 @@ before training starts.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -19,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from kfac_lab.protocol import METRIC_NAME, RUNS_PATH, as_step, run_path
+from kfac_lab.provenance import provenance
 from kfac_lab.sender import Connection, Request, Sender
 from kfac_lab.spool import Spool, default_root
 
@@ -55,10 +57,11 @@ def init(
         "id": run_id,
         "experiment": experiment,
         "label": label,
-        "config": config or {},
+        "config": _plain_json(config or {}),
         "seed": seed,
         "total_steps": total_steps,
         "client": f"{socket.gethostname()}:{os.getpid()}"[:150],
+        "provenance": provenance(),
     }
     sender.queue.append(Request(RUNS_PATH, body))
     return Run(run_id, sender.start())
@@ -72,7 +75,7 @@ class Run:
         self.id = run_id
         self._sender = sender
         self._queue = sender.queue
-        self._start = time.perf_counter()
+        self._start = sender.started
         self._last_step = 0
         self._final: dict[str, float] = {}
         self._watched: Any = None
@@ -145,19 +148,31 @@ class Run:
         except Exception:  # noqa: BLE001 - never into the training loop
             logger.exception("kfac_lab: snapshot failed")
 
+    def record_snapshot(self, step: int, payload: dict[str, Any]) -> None:
+        """Record a snapshot made already by `kfac.snapshot.snapshot_payload` (as `kfac-lab
+        run` does with its workers' snapshot code) at `step`."""
+        try:
+            from kfac_lab.snapshots import payload_body
+
+            self._queue.append(Request(run_path(self.id, "snapshots"), payload_body(payload, step)))
+        except Exception:  # noqa: BLE001 - never into the training loop
+            logger.exception("kfac_lab: snapshot failed")
+
     # -- the end --
     def finish(self, timeout: float = FINISH_TIMEOUT_S) -> bool:
         """End the run `succeeded`, after sending everything; True if the server has it all
         (otherwise it waits on disk for `kfac_lab.sync()`)."""
-        return self._end({"status": "succeeded"}, timeout)
+        return self.end("succeeded", timeout=timeout)
 
     def fail(self, reason: str, timeout: float = FINISH_TIMEOUT_S) -> bool:
         """End the run `failed` with `reason` (shown on its page)."""
-        return self._end(
-            {"status": "failed", "error": str(reason).replace("\x00", "")[:20_000]}, timeout
-        )
+        return self.end("failed", reason, timeout=timeout)
 
-    def _end(self, body: dict[str, Any], timeout: float) -> bool:
+    def end(
+        self, status: str, reason: str | None = None, *, timeout: float = FINISH_TIMEOUT_S
+    ) -> bool:
+        """End the run with `status` (succeeded, failed, diverged or cancelled) and `reason`;
+        the first end counts. Sends everything first, as `finish` does."""
         if self._ended:
             return False
         self._ended = True
@@ -167,7 +182,9 @@ class Run:
                 for name, value in self._final.items()
                 if METRIC_NAME.fullmatch(name) and _finite_number(value)
             }
-            body = {**body, "step": as_step(self._last_step) or 0, "final_metrics": final}
+            body = {"status": status, "step": as_step(self._last_step) or 0, "final_metrics": final}
+            if reason is not None:
+                body["error"] = str(reason).replace("\x00", "")[:20_000]
             self._queue.append(Request(run_path(self.id, "end"), body))
             return self._sender.close(timeout)
         except Exception:  # noqa: BLE001 - never into the training loop
@@ -187,6 +204,12 @@ class Run:
             self.finish()
         else:
             self.fail("".join(traceback.format_exception(kind, error, trace)).strip())
+
+
+def _plain_json(config: dict[str, Any]) -> Any:
+    """`config` as the server takes it: objects it cannot encode as their `str`, NaN and
+    infinities as null (JSON has neither)."""
+    return json.loads(json.dumps(config, default=str), parse_constant=lambda _: None)
 
 
 def _finite_number(value: Any) -> bool:

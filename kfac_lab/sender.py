@@ -27,6 +27,7 @@ from typing import Any
 
 from kfac_lab.protocol import MAX_BATCH_POINTS, METRIC_NAME, as_step, run_path
 from kfac_lab.spool import Spool
+from kfac_lab.system import SystemSampler
 
 logger = logging.getLogger("kfac_lab")
 
@@ -92,6 +93,9 @@ class Sender:
         self.spool = spool
         self.connection = connection
         self.queue: deque[tuple[int, float, dict[str, Any]] | Request] = deque()
+        self.system = SystemSampler()  # this thread lives in the script's process: sample it
+        self.started = time.perf_counter()  # wall times are seconds since then
+        self._last_step: int | None = None  # of the latest log call, which samples go with
         self.cancel_requested = False
         self._wake = threading.Event()
         self._closing = False
@@ -142,12 +146,20 @@ class Sender:
             self._wake.clear()
             try:
                 self._drain()
+                self._sample_system()
                 drained = self._send_all()
             except Exception:  # noqa: BLE001 - the thread must survive anything
                 logger.exception("kfac_lab: sender error")
                 drained = False
             if self._closing and drained and not self.queue:
                 return
+
+    def _sample_system(self) -> None:
+        """CPU %, RSS (kfac_lab.system) at the latest logged step, at the sampler's rate."""
+        if self._closing:  # the run has ended (and sampling now would never let it drain)
+            return
+        if self._last_step is not None and (values := self.system.sample()):
+            self.queue.append((self._last_step, time.perf_counter() - self.started, values))
 
     def _drain(self) -> None:
         """Move everything queued to the spool, in order; log entries become batches."""
@@ -164,6 +176,8 @@ class Sender:
                 self._put(item.path, item.body)
             else:
                 points.extend(_points(*item))
+                if (step := as_step(item[0])) is not None:
+                    self._last_step = step
         self._spool_points(points)
 
     def _spool_points(self, points: list[list[Any]]) -> None:

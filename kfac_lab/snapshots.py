@@ -42,6 +42,11 @@ def snapshot_body(
         probe=probe,
         damping=optimizer_damping(optimizer, damping),
     )
+    return payload_body(payload, step)
+
+
+def payload_body(payload: dict[str, Any], step: int) -> dict[str, Any]:
+    """The request body of a `snapshot_payload` at `step`: matrices pooled, base64."""
     matrices, notes = {}, list(payload["extras"]["notes"])
     for name, matrix in payload["matrices"].items():
         if not np.isfinite(matrix).all():

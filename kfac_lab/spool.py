@@ -52,8 +52,13 @@ class Spool:
         (self.directory / "owner").unlink(missing_ok=True)
 
     def put(self, path: str, body: Any) -> bool:
-        """Append a request; False (and nothing written) if the spool would exceed its bound."""
-        data = json.dumps({"path": path, "body": body}, allow_nan=False).encode()
+        """Append a request; False (and nothing written) if the spool would exceed its bound
+        or the body is not JSON."""
+        try:
+            data = json.dumps({"path": path, "body": body}, allow_nan=False).encode()
+        except (TypeError, ValueError) as error:
+            logger.warning("kfac_lab: a record for %s is not JSON (%s); dropped", path, error)
+            return False
         if self._bytes + len(data) > self.max_bytes:
             return False
         name = f"{self._next:012d}"

@@ -93,13 +93,20 @@ def run(
             "replace the experiment's."
         ),
     ] = None,
+    record: Annotated[
+        bool,
+        typer.Option(
+            help="Record the runs for the dashboard: in this machine's store, or on the server "
+            "at KFAC_LAB_URL (token KFAC_LAB_TOKEN) when it is set."
+        ),
+    ] = True,
 ) -> None:
     """Run one experiment here in the foreground, with a progress bar; no server needed."""
     experiment = _load_experiment(spec, preset, override)
     _refuse_unaffordable(experiment)
     from worker.foreground import run_experiment
 
-    raise typer.Exit(run_experiment(experiment, console))
+    raise typer.Exit(run_experiment(experiment, console, record=record))
 
 
 def _load_experiment(spec: Path | None, preset: str | None, override: str | None) -> Any:

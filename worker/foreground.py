@@ -3,10 +3,11 @@
 The same training loop as the worker (`worker.training.train`) with a `ConsoleRecorder` that
 drives one rich progress bar per run and keeps the series the final tables need: one row per
 run, then the comparison of the groups (`backend.comparison`: the same groups, labels, colours
-and statistics over seeds as the experiment page). Nothing is stored and no checkpoints are
-written: this is for trying a spec or a preset quickly. The first Ctrl-C ends the current run
-as `cancelled` and skips the rest (the tables are still printed); a second one interrupts at
-once.
+and statistics over seeds as the experiment page). By default every run is also recorded, as a
+tracked run of the experiment's name, in this machine's store or, with `KFAC_LAB_URL` set, on
+that server (worker/reporting.py), so the dashboard shows it; `--no-record` keeps it on the
+console. No checkpoints are written. The first Ctrl-C ends the current run as `cancelled` and
+skips the rest (the tables are still printed); a second one interrupts at once.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from backend.comparison import Points, comparison, group_runs
 from backend.comparison_sources import SeriesSource
 from backend.settings import get_settings
 from backend.spec import ExperimentSpec
-from worker.training import MetricPoint, RunResult, train
+from worker.reporting import Tee, report_for
+from worker.training import MetricPoint, Recorder, RunResult, train
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -65,8 +67,9 @@ class ConsoleRecorder:
         return True
 
 
-def run_experiment(experiment: ExperimentSpec, console: Console) -> int:
-    """Train every run of `experiment` in turn; print a table; return the exit code."""
+def run_experiment(experiment: ExperimentSpec, console: Console, *, record: bool = True) -> int:
+    """Train every run of `experiment` in turn; print a table; return the exit code. With
+    `record`, each run is also reported (worker/reporting.py) so the dashboard shows it."""
     settings = get_settings()
     interrupted = _FirstInterrupt()
     results: list[tuple[str, RunResult | None]] = []
@@ -92,7 +95,10 @@ def run_experiment(experiment: ExperimentSpec, console: Console) -> int:
                 progress.update(task, info="skipped")
                 continue
             progress.start_task(task)
-            recorder = ConsoleRecorder(progress, task)
+            recorder: Recorder = ConsoleRecorder(progress, task)
+            report = report_for(settings, experiment.name, spec) if record else None
+            if report is not None:
+                recorder = Tee(recorder, report)
             result = train(
                 spec,
                 recorder,
@@ -100,6 +106,8 @@ def run_experiment(experiment: ExperimentSpec, console: Console) -> int:
                 data_dir=settings.data_dir,
                 time_limit_s=settings.run_time_limit_s,
             )
+            if report is not None and not report.end(result):
+                console.print(f"[yellow]{spec.display_label()}: not everything was recorded")
             progress.update(task, completed=result.step, info=result.status)
             progress.stop_task(task)
             results.append((spec.display_label(), result))

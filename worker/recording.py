@@ -92,7 +92,7 @@ class StoreRecorder:
         logger.info("run %s starts: %s", self.run_id, details)
         fields = {
             key: details[key]
-            for key in ("device", "data_source", "total_steps")
+            for key in ("device", "data_source", "total_steps", "provenance")
             if details.get(key) is not None
         }
         if fields:

@@ -40,6 +40,8 @@ from backend.spec import RunSpec, batch_size_at
 from kfac.losses import negative_log_likelihood
 from kfac.schedules import IterateAverage
 from kfac.snapshot import optimizer_damping
+from kfac_lab.provenance import provenance
+from kfac_lab.system import SystemSampler
 from worker import checkpoints, plugins
 from worker.builders import StepFn
 from worker.snapshots import curvature_snapshot
@@ -196,6 +198,7 @@ class _Run:
         self.step, self.wall_time, self.examples_seen = 0, 0.0, 0
         self.resumed_from: int | None = None
         self.buffer: list[MetricPoint] = []
+        self.system = SystemSampler(cuda=self.device.type == "cuda")
         self.final: dict[str, float] = {}
 
     def details(self) -> dict[str, Any]:
@@ -205,6 +208,7 @@ class _Run:
             "device": str(self.device),
             "total_steps": self.total_steps,
             "resumed_from": self.resumed_from,
+            "provenance": provenance(str(self.device)),
         }
 
     # -- the loop --
@@ -283,6 +287,8 @@ class _Run:
         for name, value in getattr(self.optimizer, "diagnostics", {}).items():
             if math.isfinite(value):
                 self.emit(name, value)
+        for name, value in self.system.sample().items():
+            self.emit(name, value)
 
     # -- evaluation and snapshots, off the clock --
     @torch.no_grad()

@@ -53,7 +53,8 @@ def documented(*codes: int) -> dict[int | str, dict]:
         401: "No token",
         403: "The token may not do this (a share link is read-only and opens one experiment)",
         404: "Unknown id, or one the token may not read",
-        409: "The stored spec no longer validates (made by an older version)",
+        409: "Conflict: the stored spec no longer validates (made by an older version), an "
+        "experiment of tracked runs cannot be re-run, or a write names a run it may not change",
         413: "Request body too large",
         429: "Too many open event streams for this token (see `Retry-After`)",
         503: "The database or the broker is unavailable",

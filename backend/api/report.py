@@ -187,7 +187,7 @@ def _reached(stat: dict) -> str:
 def _runs_table(groups: list[Group]) -> str:
     header = (
         "<tr><th>run</th><th>configuration</th><th>seed</th><th>status</th><th>step</th>"
-        "<th>final metrics</th><th>reason</th></tr>"
+        "<th>final metrics</th><th>reason</th><th>ran on</th></tr>"
     )
     rows = []
     for group, run in ((g, run) for g in groups for run in g.runs):
@@ -203,6 +203,19 @@ def _runs_table(groups: list[Group]) -> str:
             run.step,
             final,
             run.error or "",
+            _ran_on(run.provenance),
         ]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return f"<h2>Runs</h2><table>{header}{''.join(rows)}</table>"
+
+
+def _ran_on(provenance: dict | None) -> str:
+    """Host, device and versions of a run's provenance (kfac_lab/provenance.py), on one line."""
+    if not provenance:
+        return ""
+    commit = provenance.get("git_commit")
+    code = f"kfac-lab {provenance.get('kfac_lab')}" + (f" (git {commit[:12]})" if commit else "")
+    plugins = [f"{name} {version}" for name, version in (provenance.get("plugins") or {}).items()]
+    torch = provenance.get("torch")
+    parts = [provenance.get("host"), provenance.get("device"), code, torch and f"torch {torch}"]
+    return " · ".join(str(part) for part in [*parts, *plugins] if part)

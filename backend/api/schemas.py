@@ -128,6 +128,9 @@ class RunOut(BaseModel):
     status_detail: str | None = Field(
         None, description="What a queued run waits for, e.g. `waiting for a worker on queue gpu`"
     )
+    provenance: dict[str, Any] | None = Field(
+        None, description="Versions, git commit, host and device where it ran"
+    )
 
     @classmethod
     def from_run(cls, run: Run, live_queues: set[str] | None = None, **extra: Any) -> Self:
@@ -161,6 +164,7 @@ class RunOut(BaseModel):
             status_detail=(
                 None if live_queues is None else status_detail(run.status, run.spec, live_queues)
             ),
+            provenance=run.provenance,
             **extra,
         )
 

@@ -63,11 +63,14 @@ class StartRun(_Body):
     seed: int = Field(0, ge=0, lt=2**31)
     total_steps: int | None = Field(None, ge=1, le=MAX_STEP)
     client: str = Field("client", max_length=150, pattern=r"^[^\x00]*$")
+    provenance: dict[str, Any] | None = Field(
+        None, description="Versions, git commit, host and device (kfac_lab.provenance)"
+    )
 
-    @field_validator("config")
+    @field_validator("config", "provenance")
     @classmethod
-    def _config_is_small_json(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return _json_chars(config, MAX_CONFIG_CHARS, "config")
+    def _small_json(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if value is None else _json_chars(value, MAX_CONFIG_CHARS, "the value")
 
     def optimizer(self) -> dict[str, Any]:
         """The run's optimizer as the pages show it: `config["optimizer"]` when it is a name
@@ -166,7 +169,7 @@ class SnapshotIn(_Body):
 
 
 class EndRun(_Body):
-    status: Literal["succeeded", "failed"] = "succeeded"
+    status: Literal["succeeded", "failed", "diverged", "cancelled"] = "succeeded"
     error: str | None = Field(None, max_length=20_000, pattern=r"^[^\x00]*$")
     step: Step | None = None
     final_metrics: dict[MetricName, Finite] | None = Field(None, max_length=1000)

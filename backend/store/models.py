@@ -183,6 +183,8 @@ class Run(Base):
     final_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # {"memory_bytes", "step_seconds", "run_seconds"} when queued (backend/estimate.py)
     estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Versions, git commit, host and device where it ran (kfac_lab.provenance).
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
 

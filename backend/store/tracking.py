@@ -48,6 +48,7 @@ def start_run(
     seed: int,
     client: str,
     total_steps: int | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> tuple[Run, bool]:
     """The tracked run `run_id` in the experiment named `experiment`, created `running` if it
     does not exist yet; returns it and whether it was created now.
@@ -77,23 +78,14 @@ def start_run(
             spec={"kind": TRACKED_SPEC_KIND, "config": config},
             status=RunStatus.QUEUED,
             total_steps=total_steps,
+            provenance=provenance,
             tracked=True,
         )
         .on_conflict_do_nothing(index_elements=["id"])
         .returning(Run.__table__.c.id)
     ).first()
     if inserted is None:  # a concurrent retry of the same create won the race
-        return start_run(
-            session,
-            run_id=run_id,
-            experiment=experiment,
-            label=label,
-            config=config,
-            optimizer=optimizer,
-            seed=seed,
-            client=client,
-            total_steps=total_steps,
-        )
+        return session.get(Run, run_id, populate_existing=True), False
     run = claim_run(session, run_id, client)
     assert run is not None, "a queued run without a cancel flag is claimable"
     return run, True

@@ -169,8 +169,9 @@ def claim_run(
 
 
 def set_run_info(session: Session, run_id: str, **fields: Any) -> None:
-    """Record facts the worker learns while starting: `device`, `data_source`, `total_steps`."""
-    allowed = {"device", "data_source", "total_steps"}
+    """Record facts the worker learns while starting: `device`, `data_source`, `total_steps`,
+    `provenance`."""
+    allowed = {"device", "data_source", "total_steps", "provenance"}
     if not fields.keys() <= allowed:
         raise TypeError(f"set_run_info accepts only {sorted(allowed)}, not {sorted(fields)}")
     session.execute(sql_update(Run.__table__).where(Run.id == run_id).values(**fields))

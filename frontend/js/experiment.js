@@ -30,9 +30,15 @@ const INTERNALS = [
   { metric: "rho", title: "Reduction ratio ρ", logY: false },
   { metric: "update_norm", title: "Update norm ‖δ‖", logY: true },
 ];
+const SYSTEM = [
+  { metric: "cpu_percent", title: "Process CPU %", logY: false },
+  { metric: "rss_mb", title: "Resident memory (MB)", logY: false },
+  { metric: "gpu_memory_mb", title: "GPU memory (MB)", logY: false },
+  { metric: "gpu_percent", title: "GPU utilisation %", logY: false },
+];
 const AXES = { step: "step", time: "training time (s)", examples: "examples seen" };
 const EXAMPLES = "examples_seen";
-const CURVE_METRICS = [...CURVES, ...INTERNALS].map(({ metric }) => metric).concat(EXAMPLES);
+const CURVE_METRICS = [...CURVES, ...INTERNALS, ...SYSTEM].map(({ metric }) => metric).concat(EXAMPLES);
 
 const experimentId = decodeURIComponent(window.location.pathname.split("/").filter(Boolean).at(-1) ?? "");
 const state = {
@@ -102,8 +108,9 @@ function updateVisibility() {
       if (!hidden) chart.resize(); // it was drawn while hidden, at no size
     }
   }
-  const internals = INTERNALS.some(({ metric }) => state.charts.get(metric).hasData());
-  byId("internals-panel").classList.toggle("hidden", !internals);
+  for (const [charts, panel] of [[INTERNALS, "internals-panel"], [SYSTEM, "system-panel"]]) {
+    byId(panel).classList.toggle("hidden", !charts.some(({ metric }) => state.charts.get(metric).hasData()));
+  }
 }
 
 /** Fetch `metrics` of every run on the current axis (all of it, or the x range `range`). */
@@ -196,6 +203,8 @@ function renderHeader() {
       .join(" · "),
   );
   byId("experiment-description").textContent = experiment.description ?? "";
+  // A tracked experiment's runs come from scripts: it has no spec that the lab could run.
+  byId("export-spec").toggleAttribute("hidden", experiment.spec?.kind === "tracked");
 }
 
 function renderTable() {
@@ -366,6 +375,9 @@ function exportCsv() {
 
 function setupExports() {
   byId("export-csv").addEventListener("click", exportCsv);
+  byId("export-spec").addEventListener("click", () =>
+    downloadText(`${state.experiment.name.replace(/[^\w.-]+/g, "_")}-spec.json`, `${JSON.stringify(state.experiment.spec, null, 2)}\n`),
+  );
   byId("export-png").addEventListener("click", () =>
     act(() => {
       const chart = state.charts.get("train_loss");
@@ -429,6 +441,7 @@ async function main() {
   renderTable();
   makeCharts(CURVES, byId("curve-charts"));
   makeCharts(INTERNALS, byId("internal-charts"));
+  makeCharts(SYSTEM, byId("system-charts"));
   state.curvature = new CurvaturePanel(experiment.runs);
 
   await loadAllCurves(curves);

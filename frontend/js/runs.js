@@ -1,5 +1,6 @@
 // The runs table of the experiment page: status (with the failure or divergence reason),
-// device, steps, time, final (or latest) metrics, hyper-parameters, cancel and raw export.
+// device (where it ran, in its tooltip), steps, time, final (or latest) metrics,
+// hyper-parameters, cancel and raw export.
 
 import { el, formatDuration, formatNumber, replace, statusBadge } from "./dom.js";
 import { hyperText } from "./optimizers.js";
@@ -8,6 +9,21 @@ const ACTIVE = new Set(["queued", "running"]);
 
 export function isActive(run) {
   return ACTIVE.has(run.status);
+}
+
+/** Where a run ran, for the device cell's tooltip: versions, git commit, host, plugins. */
+export function provenanceText(provenance) {
+  if (!provenance) return null;
+  const plugins = Object.entries(provenance.plugins ?? {}).map(([name, version]) => `${name} ${version}`);
+  return [
+    `kfac-lab ${provenance.kfac_lab ?? "?"}${provenance.git_commit ? ` (git ${provenance.git_commit.slice(0, 12)})` : ""}`,
+    `Python ${provenance.python}`,
+    provenance.torch ? `torch ${provenance.torch}${provenance.cuda ? `, CUDA ${provenance.cuda}` : ""}` : null,
+    `host ${provenance.host}`,
+    plugins.length ? `plugins: ${plugins.join(", ")}` : null,
+  ]
+    .filter(Boolean)
+    .join("\n");
 }
 
 function elapsedSeconds(run) {
@@ -37,7 +53,7 @@ export function renderRuns(tbody, runs, groups, { latest, onCancel, onExport }) 
         cancelRequested ? el("div", { class: "muted" }, "cancelling…") : null,
         run.error ? el("div", { class: "error-text" }, run.error) : null,
       ),
-      el("td", { class: "hide-narrow" }, run.device ?? "–"),
+      el("td", { class: "hide-narrow", title: provenanceText(run.provenance) }, run.device ?? "–", run.provenance ? el("div", { class: "muted" }, run.provenance.host) : null),
       el("td", { class: "mono" }, progress),
       el("td", { class: "num" }, formatDuration(elapsedSeconds(run))),
       el("td", { class: "num" }, formatNumber(metric(run, "train_loss"))),

@@ -1,8 +1,10 @@
-"""tracked runs: runs reported by users' own scripts through the tracking client
+"""tracked runs (runs reported by users' own scripts through the tracking client) and the
+provenance of every run
 
 `experiments.tracking_name` makes get-or-create by name safe when several scripts start at
 once (unique; NULL for experiments launched through the API). `runs.tracked` marks runs that
-no worker trains, so stale-run recovery never re-queues them.
+no worker trains, so stale-run recovery never re-queues them. `runs.provenance` holds where a
+run ran (versions, git commit, host, device; kfac_lab/provenance.py).
 
 Revision ID: 0003_tracking
 Revises: 0002_workers
@@ -30,10 +32,12 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("tracked", sa.Boolean(), nullable=False, server_default=sa.false())
         )
+        batch.add_column(sa.Column("provenance", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("runs") as batch:
+        batch.drop_column("provenance")
         batch.drop_column("tracked")
     with op.batch_alter_table("experiments") as batch:
         batch.drop_constraint(op.f("uq_experiments_tracking_name"), type_="unique")

@@ -171,3 +171,44 @@ def test_stale_recovery_leaves_tracked_runs_alone(client: TestClient, db_url: st
         assert run_id not in stale_runs(session, timeout_s=0.0)
         assert run_id not in requeue_stale(session, timeout_s=0.0)
     assert client.get(f"/api/runs/{run_id}", headers=ADMIN).json()["status"] == "running"
+
+
+def test_a_tracked_experiment_reads_like_any_other(client: TestClient):
+    """Every page's data, the report and a clone attempt answer without a server error."""
+    created = new_run(client, f"pages {uuid.uuid4().hex[:6]}", config={"optimizer": "adam"})
+    run_id, experiment_id = created["run_id"], created["experiment_id"]
+    points = [["train_loss", step, 0.1 * step, 1.0 / (step + 1)] for step in range(20)]
+    client.post(f"{BASE}/{run_id}/metrics", json={"points": points}, headers=ADMIN)
+    snapshot = {"step": 5, "blocks": [[0, 4]], "matrices": {"exact": matrix(np.eye(4))}}
+    client.post(f"{BASE}/{run_id}/snapshots", json=snapshot, headers=ADMIN)
+    client.post(f"{BASE}/{run_id}/end", json={}, headers=ADMIN)
+    for path in (
+        f"/api/experiments/{experiment_id}",
+        f"/api/experiments/{experiment_id}/metrics?names=train_loss",
+        f"/api/experiments/{experiment_id}/aggregate?name=train_loss",
+        f"/api/experiments/{experiment_id}/report",
+        f"/api/runs/{run_id}/snapshots",
+        "/api/experiments?name=pages",
+    ):
+        response = client.get(path, headers=ADMIN)
+        assert response.status_code == 200, (path, response.text)
+    clone = client.post(f"/api/experiments/{experiment_id}/clone", headers=ADMIN)
+    assert clone.status_code == 409, clone.text
+    assert "reported by scripts" in clone.json()["detail"]
+
+
+def test_the_report_says_where_each_run_ran(client: TestClient):
+    provenance = {
+        "kfac_lab": "0.1.0",
+        "git_commit": "0123456789abcdef",
+        "python": "3.11.7",
+        "torch": "2.13.0",
+        "host": "gpu-box-7",
+        "device": "cuda:0",
+        "plugins": {},
+    }
+    created = new_run(client, f"report {uuid.uuid4().hex[:6]}", provenance=provenance)
+    run = client.get(f"/api/runs/{created['run_id']}", headers=ADMIN).json()
+    assert run["provenance"] == provenance
+    report = client.get(f"/api/experiments/{created['experiment_id']}/report", headers=ADMIN)
+    assert "gpu-box-7 · cuda:0 · kfac-lab 0.1.0 (git 0123456789ab) · torch 2.13.0" in report.text

@@ -82,3 +82,18 @@ def test_strings_never_become_markup(page: Page) -> None:
     assert escaped == "&lt;img src=x onerror=alert(1)&gt;"
     assert text == "&lt;img src=x onerror=alert(1)&gt;"  # a text node, shown as typed
     assert refused
+
+
+def test_a_runs_provenance_reads_as_lines(page: Page) -> None:
+    text = run_module(
+        page,
+        "runs.js",
+        """m => [m.provenanceText({kfac_lab: "0.1.0", git_commit: "0123456789abcdef+dirty",
+          python: "3.11.7", torch: "2.13.0", cuda: null, host: "gpu-3",
+          plugins: {"kfac-lab-example-plugin": "0.1.0"}}), m.provenanceText(null)]""",
+    )
+    assert text == [
+        "kfac-lab 0.1.0 (git 0123456789ab)\nPython 3.11.7\ntorch 2.13.0\nhost gpu-3\n"
+        "plugins: kfac-lab-example-plugin 0.1.0",
+        None,
+    ]

@@ -8,12 +8,15 @@ file stays within a few minutes on two cores.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+from backend.spec import ExperimentSpec
 from tests.browser.support import PageWatch, Screenshots, Server, sign_in
 
 pytestmark = pytest.mark.browser
@@ -96,6 +99,16 @@ def test_launched_page_shows_the_name_as_text(launched: Launched) -> None:
     assert page.locator("#experiment-name img").count() == 0
     expect(page.locator("#runs tr")).to_have_count(2)
     assert page.title().startswith(XSS_NAME)
+    launched.watch.assert_clean()
+
+
+def test_the_spec_downloads_as_the_json_kfac_lab_run_takes(launched: Launched) -> None:
+    page = launched.page
+    with page.expect_download() as download:
+        page.click("#export-spec")
+    spec = json.loads(Path(download.value.path()).read_text())
+    assert spec["name"] == XSS_NAME and len(spec["runs"]) == 2
+    ExperimentSpec.model_validate(spec)  # what `kfac-lab run` validates it with
     launched.watch.assert_clean()
 
 

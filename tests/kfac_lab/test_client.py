@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ from torch import nn
 import kfac_lab
 from kfac import KFAC
 from kfac.snapshot import optimizer_damping, snapshot_payload
+from kfac_lab import sender as sender_module
 from kfac_lab.sender import Sender
+from kfac_lab.system import SystemSampler
 from tests.kfac_lab.conftest import TOKEN, Server
 
 
@@ -122,7 +125,7 @@ def test_an_exception_fails_the_run_with_its_traceback(server: Server, spool: Pa
 
 
 def test_bad_values_never_raise_and_good_ones_arrive(server: Server, spool: Path):
-    run = start(server, spool)
+    run = start(server, spool, config={"lr": float("nan"), "path": Path("/data")})
     run.log(1, train_loss=float("nan"), note="text", ok=1.0)
     run.log(2, **{"bad name!": 1.0, "ok": 2.0})
     run.log(np.int64(3), ok=torch.tensor(3.0))
@@ -132,7 +135,9 @@ def test_bad_values_never_raise_and_good_ones_arrive(server: Server, spool: Path
     assert run.finish(timeout=120)
     series = server.get(f"/api/runs/{run.id}/metrics")["series"]
     assert series == {"ok": {"x": [1, 2, 3], "y": [1.0, 2.0, 3.0]}}
-    assert server.get(f"/api/runs/{run.id}")["status"] == "succeeded"
+    detail = server.get(f"/api/runs/{run.id}")
+    assert detail["status"] == "succeeded"
+    assert detail["spec"]["config"] == {"lr": None, "path": "/data"}
 
 
 def test_importing_the_client_imports_no_torch_web_or_database_library():
@@ -159,3 +164,24 @@ def wait_for(condition, what: str, timeout: float = 60.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
         time.sleep(0.05)
+
+
+def test_a_tracked_run_records_where_it_ran(server: Server, spool: Path):
+    run = start(server, spool)
+    assert run.finish(timeout=120)
+    provenance = server.get(f"/api/runs/{run.id}")["provenance"]
+    assert provenance["python"] and provenance["host"] and provenance["kfac_lab"]
+    assert provenance["torch"] == torch.__version__  # loaded here, so it is recorded
+
+
+def test_system_metrics_go_with_the_latest_step(
+    server: Server, spool: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(sender_module, "SystemSampler", partial(SystemSampler, interval=0.0))
+    run = start(server, spool)
+    for step in range(1, 4):
+        run.log(step, train_loss=1.0)
+        wait_for(lambda s=step: run._sender._last_step == s, f"step {step} to be drained")
+    assert run.finish(timeout=120)
+    series = server.get(f"/api/runs/{run.id}/metrics")["series"]
+    assert set(series["cpu_percent"]["x"]) <= {1, 2, 3} and series["rss_mb"]["y"][0] > 1

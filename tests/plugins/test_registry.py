@@ -82,3 +82,9 @@ def test_an_installed_plugin_is_found(plugin_on_path: Path):
         assert entry.distribution == "kfac-lab-example-plugin"
         assert callable(plugins.builder(kind, name))
     assert registry.names("optimizer")[-1] == "diag_fisher"  # built-ins first
+
+
+@pytest.mark.parametrize("name", [{}, [], 3, None])
+def test_a_name_of_the_wrong_type_is_a_validation_error(name):
+    with pytest.raises(ValidationError):
+        RunSpec.model_validate({"optimizer": {"name": name}})

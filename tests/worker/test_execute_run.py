@@ -76,3 +76,11 @@ def test_a_run_taken_over_meanwhile_is_not_overwritten(store):
     assert execute_run(run_id, store.settings, worker_id="w", stopping=taken_over) == "lost"
     run = store.run(run_id)
     assert (run.status, run.worker_id) == ("running", "other")
+
+
+def test_a_run_records_where_it_ran(store):
+    (run_id,) = store.create(run_spec(steps=2))
+    assert execute_run(run_id, store.settings, worker_id="w") == "succeeded"
+    provenance = store.run(run_id).provenance
+    assert provenance["device"] == "cpu" and provenance["python"] and provenance["torch"]
+    assert provenance["kfac_lab"] and provenance["host"]

@@ -1,5 +1,6 @@
 """The training loop on tiny models: metrics, snapshots, checkpoints and resume, outcomes."""
 
+import functools
 import math
 
 import pytest
@@ -195,3 +196,12 @@ def test_a_background_checkpoint_holds_the_state_at_its_step(tmp_path):
     assert torch.equal(stored["weights"], torch.ones(3))
     assert torch.equal(stored["nested"][0], torch.zeros(2))
     assert stored["step"] == 1
+
+
+def test_system_metrics_are_recorded_beside_the_loss(monkeypatch: pytest.MonkeyPatch):
+    every_step = functools.partial(training.SystemSampler, interval=0.0)
+    monkeypatch.setattr(training, "SystemSampler", every_step)
+    recorder = MemoryRecorder()
+    assert train(tiny(metric_interval=5), recorder).status == "succeeded"
+    assert sorted(recorder.series["cpu_percent"]) == [5, 10, 15, 20, 24]
+    assert all(value > 1 for value in recorder.series["rss_mb"].values())

@@ -145,6 +145,8 @@ def clone(
 ) -> ExperimentDetail:
     """Run it again: the same spec with new seeds (runs that shared a seed share the new one)."""
     experiment = load_experiment(session, principal, experiment_id)
+    if experiment.tracking_name is not None:
+        raise HTTPException(409, "Its runs were reported by scripts; the lab cannot re-run them.")
     try:
         spec = with_new_seeds(stored_spec(experiment))
     except ValidationError as error:  # stored by an older version with other limits

@@ -59,6 +59,7 @@ def start(
             seed=body.seed,
             client=body.client,
             total_steps=body.total_steps,
+            provenance=body.provenance,
         )
     except (tracking.NotTracked, ValueError) as error:
         raise _refused(error) from None
@@ -111,8 +112,8 @@ def snapshot(
 
 @router.post("/{run_id}/end")
 def end(run_id: RunId, body: Annotated[EndRun, Body()], session: SessionDep, _: AdminDep) -> RunOut:
-    """End the run `succeeded`, or `failed` with the reason in `error`; an ended run keeps
-    the outcome it has."""
+    """End the run `succeeded`, or `failed` / `diverged` / `cancelled` with the reason in
+    `error`; an ended run keeps the outcome it has."""
     try:
         run = tracking.end_run(
             session,
