@@ -1,7 +1,7 @@
 """Serving the frontend from the API's own origin: the pages, their static files, and plotly.js.
 
-* Pages have hash-free URLs — `/`, `/new`, `/experiments/{id}` — each served from
-  `frontend/<page>.html` when that file exists, else from `frontend/index.html` (the SPA
+* Pages have hash-free URLs — `/`, `/new`, `/experiments/{id}`, `/compare?ids=A,B` — each
+  served from `frontend/<page>.html` when that file exists, else from `frontend/index.html` (the SPA
   shell, which routes by `location.pathname`). Tokens travel in the query string
   (`?token=`, `?share=`) and are read by the page's script, not by the server.
 * `frontend/` is also served under `/static/` (`/static/js/api.js`, `/static/css/app.css`).
@@ -107,6 +107,10 @@ def mount_frontend(app: FastAPI, frontend_dir: Path = FRONTEND_DIR) -> None:
     @app.get("/new", include_in_schema=False)
     def new_page(request: Request) -> Response:
         return page(request, "new")
+
+    @app.get("/compare", include_in_schema=False)
+    def compare_page(request: Request) -> Response:
+        return page(request, "compare")
 
     @app.get("/experiments/{experiment_id}", include_in_schema=False)
     def experiment_page(request: Request, experiment_id: str) -> Response:

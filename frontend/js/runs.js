@@ -2,12 +2,19 @@
 // device, steps, time, final (or latest) metrics, hyper-parameters, cancel and raw export.
 
 import { el, formatDuration, formatNumber, replace, statusBadge } from "./dom.js";
-import { hyperText } from "./optimizers.js";
 
 const ACTIVE = new Set(["queued", "running"]);
 
 export function isActive(run) {
   return ACTIVE.has(run.status);
+}
+
+/** The optimizer's hyper-parameters, without its name, as "lr=0.01 momentum=0.9". */
+function hyperText(optimizer) {
+  return Object.entries(optimizer ?? {})
+    .filter(([key, value]) => key !== "name" && value !== null)
+    .map(([key, value]) => `${key}=${value}`)
+    .join(" ");
 }
 
 function elapsedSeconds(run) {
@@ -17,11 +24,12 @@ function elapsedSeconds(run) {
 }
 
 /**
- * Render the table body. `latest(run, name)` gives the newest value of a metric drawn on the
+ * Render the table body; `groups` are the comparison endpoint's (a run takes its group's
+ * colour). `latest(run, name)` gives the newest value of a metric drawn on the
  * page (shown while a run has no final metrics yet); `onCancel` is null on a read-only page.
  */
 export function renderRuns(tbody, runs, groups, { latest, onCancel, onExport }) {
-  const colourOf = new Map(groups.flatMap((group) => group.runs.map((run) => [run.id, group.colour])));
+  const colourOf = new Map(groups.flatMap((group) => group.runs.map((id) => [id, group.colour])));
   const metric = (run, name) => run.final_metrics?.[name] ?? latest(run, name);
   const rows = runs.map((run) => {
     const progress = run.total_steps ? `${run.step} / ${run.total_steps}` : String(run.step);
@@ -29,7 +37,7 @@ export function renderRuns(tbody, runs, groups, { latest, onCancel, onExport }) 
     return el(
       "tr",
       { dataset: { runId: run.id } },
-      el("td", {}, el("span", { class: "swatch", style: `background: ${colourOf.get(run.id)}` }), run.label, el("div", { class: "muted" }, `seed ${run.seed}`)),
+      el("td", {}, el("span", { class: "swatch", style: `background: ${colourOf.get(run.id) ?? "transparent"}` }), run.label, el("div", { class: "muted" }, `seed ${run.seed}`)),
       el(
         "td",
         {},
