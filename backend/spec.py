@@ -33,10 +33,11 @@ from backend.optimizer_specs import KFCPreSpec as KFCPreSpec
 from backend.optimizer_specs import KFCSpec as KFCSpec
 from backend.optimizer_specs import SGDMomentumSpec as SGDMomentumSpec
 from backend.optimizer_specs import SGDSpec as SGDSpec
+from backend.sweeps import MAX_RUNS as MAX_RUNS
+from backend.sweeps import SweepValue, SweptOptimizer, check_expansion_size, config_label
 
 # ---- limits: a single request must not be able to exhaust a worker -------------------------
 MAX_STEPS = 100_000
-MAX_RUNS = 48
 MAX_PARAMETERS = 20_000_000
 MAX_LAYER_WIDTH = 8192  # K-FAC inverts (width+1)² factors
 MAX_PROBE_PARAMETERS = 4096  # exact F over the probe is P × P
@@ -189,6 +190,12 @@ class RunSpec(_Spec):
     iterate_averaging: float | None = Field(
         None, gt=0, lt=1, description="§13: evaluate θ̄ₖ = ξθ̄ₖ₋₁ + (1−ξ)θₖ, ξ = min(1 − 1/k, this)"
     )
+    config: dict[str, SweepValue] = Field(
+        default_factory=dict,
+        max_length=16,
+        description="the swept hyper-parameters of this run's grid point (set by a sweep); "
+        "labels and comparison groups read them from here",
+    )
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -283,7 +290,9 @@ class RunSpec(_Spec):
         return total
 
     def display_label(self) -> str:
-        return self.label or f"{self.optimizer.name} seed {self.seed}"
+        """The run's label, by default "optimizer [swept values] · seed N"."""
+        return self.label or f"{config_label(self.optimizer.name, self.config)} · seed {self.seed}"
+
 
 
 def _shape_args(info: DatasetInfo) -> tuple[int, int, tuple[int, int, int] | None]:
@@ -332,13 +341,15 @@ def queue_for(spec: RunSpec) -> Literal["gpu", "cpu"]:
 # ---- an experiment --------------------------------------------------------------------------
 class ExperimentSpec(_Spec):
     """A set of runs. Either listed in `runs`, or in the compact comparison form: `base` (a run
-    spec) × `optimizers` × `seeds`, which validation expands into `runs` (then cleared)."""
+    spec) × `optimizers` (each maybe with a `sweep`) × `seeds`, which validation expands into
+    `runs` (then cleared): every optimizer, every point of its grid, every seed, in that order.
+    Each expanded run keeps its grid point in `config`."""
 
     name: str = Field("experiment", min_length=1, max_length=120)
     description: str = Field("", max_length=2000)
     runs: list[RunSpec] = Field(default_factory=list, max_length=MAX_RUNS)
     base: RunSpec | None = None
-    optimizers: list[OptimizerSpec] = Field(default_factory=list, max_length=MAX_RUNS)
+    optimizers: list[SweptOptimizer] = Field(default_factory=list, max_length=MAX_RUNS)
     seeds: list[Annotated[int, Field(ge=0, lt=2**31)]] = Field(
         default_factory=list, max_length=MAX_RUNS
     )
@@ -349,22 +360,10 @@ class ExperimentSpec(_Spec):
         """The expansion copies `base` without re-validating it, so check here what RunSpec
         checks between optimizer and model."""
         base = info.data.get("base")
-        for i, optimizer in enumerate(optimizers if base is not None else []):
-            if error := optimizer_model_error(optimizer, base.model):
+        for i, entry in enumerate(optimizers if base is not None else []):
+            if error := optimizer_model_error(entry.optimizer, base.model):
                 raise ValueError(f"optimizers[{i}]: {error}")
         return optimizers
-
-    @field_validator("seeds")
-    @classmethod
-    def _expand(cls, seeds: list[int], info: ValidationInfo) -> list[int]:
-        """Check the expansion's size here, so the error names the field that makes it big."""
-        base, optimizers = info.data.get("base"), info.data.get("optimizers")
-        if base is None or optimizers is None:
-            return seeds
-        total = len(info.data.get("runs") or []) + max(1, len(optimizers)) * max(1, len(seeds))
-        if total > MAX_RUNS:
-            raise ValueError(f"the experiment would have {total} runs > {MAX_RUNS}")
-        return seeds
 
     @model_validator(mode="after")
     def _runs_from_comparison(self) -> ExperimentSpec:
@@ -373,10 +372,17 @@ class ExperimentSpec(_Spec):
         if not self.runs and self.base is None:
             raise ValueError("an experiment needs `runs` or a `base` to compare optimizers on")
         if self.base is not None:
+            entries = self.optimizers or [SweptOptimizer(optimizer=self.base.optimizer)]
+            seeds = self.seeds or [self.base.seed]
+            sizes = [len(entry.grid()) for entry in entries]
+            check_expansion_size(len(self.runs), sizes, len(seeds))
             expanded = [
-                self.base.model_copy(update={"optimizer": opt, "seed": seed, "label": None})
-                for opt in (self.optimizers or [self.base.optimizer])
-                for seed in (self.seeds or [self.base.seed])
+                self.base.model_copy(
+                    update={"optimizer": optimizer, "config": config, "seed": seed, "label": None}
+                )
+                for entry in entries
+                for optimizer, config in entry.points()
+                for seed in seeds
             ]
             object.__setattr__(self, "runs", [*self.runs, *expanded])
             for field, empty in (("base", None), ("optimizers", []), ("seeds", [])):

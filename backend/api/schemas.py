@@ -244,6 +244,59 @@ class Aggregate(BaseModel):
     groups: list[AggregateGroup]
 
 
+# --- comparison ----------------------------------------------------------------------------
+
+
+class Statistic(BaseModel):
+    """A quantity over the runs of a group (see `backend.comparison`)."""
+
+    mean: float | None
+    sd: float | None = Field(description="Sample standard deviation (n − 1); None for n < 2")
+    ci95: float | None = Field(description="Student-t 95% half-width; None for n < 2")
+    n: int = Field(description="How many runs contributed")
+
+
+class OutcomeStatistic(Statistic):
+    excluded: int = Field(description="Runs left out: diverged, failed, or without the metric")
+
+
+class TargetStatistic(Statistic):
+    never: int = Field(description="Runs that have not reached the target (counted, not dropped)")
+    running: int = Field(description="Of those, runs still queued or running")
+
+
+class SeedCount(BaseModel):
+    count: int
+    finished: int = Field(description="Runs that have ended (any final status)")
+
+
+class ComparisonGroup(BaseModel):
+    """One optimizer configuration: the runs that differ only by seed."""
+
+    key: str = Field(description="Stable id of the group (hash of the shared spec)")
+    experiment_id: str
+    optimizer: str
+    config: dict[str, Any] = Field(description="The swept values (or the differing settings)")
+    label: str
+    colour: str = Field(description="#RRGGBB: the optimizer's hue, shaded within a sweep")
+    runs: list[str]
+    seeds: SeedCount
+    final: OutcomeStatistic
+    best: OutcomeStatistic
+    steps_to_target: TargetStatistic
+    seconds_to_target: TargetStatistic
+    examples_to_target: TargetStatistic
+    step_time_ms: float | None = Field(description="Median training step, ms")
+    best_of_optimizer: bool = Field(description="Wins its optimizer's sweep by the criterion")
+
+
+class Comparison(BaseModel):
+    metric: str
+    target: float | None = Field(description="As given, or the best final mean of the baselines")
+    criterion: Literal["final", "best"]
+    groups: list[ComparisonGroup]
+
+
 # --- snapshots -----------------------------------------------------------------------------
 
 

@@ -51,7 +51,7 @@ def test_a_preset_with_overrides_runs_from_the_console_script(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "smoke: 2 runs" in result.stdout
     table = result.stdout[result.stdout.index("train loss") :]
-    assert table.count("succeeded") == 2 and "kfac seed 0" in table
+    assert table.count("succeeded") == 2 and "kfac · seed 0" in table
 
 
 @pytest.mark.parametrize(

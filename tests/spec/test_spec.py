@@ -119,7 +119,7 @@ def test_comparison_form_expands_to_runs():
     )
     assert len(exp.runs) == 6 and exp.base is None and exp.optimizers == []
     labels = [r.display_label() for r in exp.runs[:2]]
-    assert labels == ["sgd_momentum seed 1", "sgd_momentum seed 2"]
+    assert labels == ["sgd_momentum · seed 1", "sgd_momentum · seed 2"]
     assert all(r.steps == 20 and r.model.name == "mlp" for r in exp.runs)
     # the canonical form round-trips
     assert ExperimentSpec.model_validate_json(exp.model_dump_json()) == exp

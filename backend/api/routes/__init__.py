@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from backend.api.routes import (
+    comparison,
     events,
     experiments,
     metrics,
@@ -15,7 +16,7 @@ from backend.api.routes import (
 from backend.api.routes.health import router as health_router
 
 api_router = APIRouter(prefix="/api")
-for module in (experiments, runs, metrics, snapshots, events, share, presets, report):
+for module in (experiments, comparison, runs, metrics, snapshots, events, share, presets, report):
     api_router.include_router(module.router)
 
 __all__ = ["api_router", "health_router"]

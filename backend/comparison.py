@@ -1,0 +1,396 @@
+"""The comparison of an experiment's optimizers: the one place that decides groups, labels,
+colours and the statistics over seeds that the page, the report, the exports and the CLI show.
+
+Groups. Runs whose specs differ only in `seed` and `label` form a group (one optimizer
+configuration), in the order of their first run. A group's `config` is its run spec's `config`
+(the grid point of a sweep, see `backend.sweeps`); runs without one (listed by hand, or recorded
+by a tracking script) get the optimizer fields that differ between the groups of the same
+optimizer. The label is the optimizer with its config ("sgd_momentum lr=0.01"); groups that
+would still share a label get " #2", " #3", ... Colours: one base colour per optimizer name
+(Okabe–Ito, colour-blind safe), and within an optimizer's groups shades from darker to lighter.
+
+Direction. A metric is better when lower unless its name says accuracy (`higher_is_better`).
+
+Per run, of the chosen metric:
+- final: the last recorded value; best: the lowest (highest, if higher is better) recorded;
+- time to target, by *first crossing with linear interpolation*: the first recorded point
+  (s₁, v₁) at or beyond the target V; if a recorded point (s₀, v₀) precedes it, the crossing
+  is at s₀ + (V − v₀)/(v₁ − v₀)·(s₁ − s₀) and its seconds (training time, from the points'
+  wall times) and examples seen (from the `examples_seen` series) are interpolated with the
+  same fraction; if the first point already meets V, the crossing is that point.
+
+Runs and their status:
+- diverged and failed runs are left out of final and best (counted in `excluded`) and never
+  reach the target (even if they crossed it before diverging: they did not deliver it);
+- queued, running and cancelled runs contribute their latest values (`seeds.finished` says how
+  many runs of the group have ended); a run without a point of the metric is `excluded`;
+- runs that have not reached the target are counted in `never`, not dropped.
+
+Statistics over the runs of a group: `mean`, sample standard deviation `sd` (n − 1), and the
+95% confidence half-width `ci95` = t₀.₉₇₅,ₙ₋₁ · sd / √n with Student's t (both None for n < 2;
+everything None for n = 0). `step_time_ms`: the median of the runs' median training step.
+
+Winner (`best_of_optimizer`): per optimizer name, the group with the best mean of the
+criterion (final or best); ties go to fewer mean steps to the target (none counts as
+infinitely many), then to the earlier group; groups without a value never win.
+
+Default target: the best final mean of the baseline groups (optimizers that are not K-FAC),
+i.e. "how long does K-FAC take to reach the tuned baseline's result".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from backend.optimizer_specs import KFAC_OPTIMIZERS
+from backend.store.comparison_reads import (
+    crossing_points,
+    metric_extremes,
+    value_samples,
+    values_at,
+)
+from backend.sweeps import config_label
+
+Criterion = Literal["final", "best"]
+ENDED = ("succeeded", "failed", "diverged", "cancelled")
+BROKEN = ("failed", "diverged")  # left out of final / best, never reach the target
+
+# The pages' colours per optimizer (Okabe–Ito); other names take the rest in turn.
+BASE_COLOURS = {
+    "kfac": "#0072B2",
+    "kfac_tridiag": "#56B4E9",
+    "sgd_momentum": "#E69F00",
+    "adam": "#009E73",
+    "sgd": "#CC79A7",
+    "kfc": "#D55E00",
+    "kfc_pre": "#000000",
+}
+SPARE_COLOURS = ("#F0E442", "#7F7F7F", "#8C564B", "#17BECF")
+_NOT_COMPARED = ("seed", "label")  # run-spec fields that do not make another configuration
+
+
+def higher_is_better(metric: str) -> bool:
+    """The one rule for a metric's direction: accuracies grow, everything else (losses,
+    errors, times) should shrink."""
+    return "accuracy" in metric
+
+
+# --- groups ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Group:
+    """Runs that differ only by seed."""
+
+    key: str
+    optimizer: str
+    config: dict[str, Any]
+    runs: list[Any]  # store Run rows (or anything with id, spec, optimizer, status)
+    label: str = ""
+    colour: str = ""
+    experiment: str | None = None  # the experiment's name, when several are compared
+
+
+def group_runs(
+    runs: Sequence[Any], experiment_names: Mapping[str, str] | None = None
+) -> list[Group]:
+    """The runs' groups with their labels and colours, in order of first appearance. With
+    `experiment_names` (experiment id to name) the runs may come from several experiments:
+    groups never span two, and labels start with the experiment's name."""
+    groups: dict[str, Group] = {}
+    for run in runs:
+        key = setting_key(run)
+        experiment = None
+        if experiment_names is not None:
+            experiment = experiment_names[run.experiment_id]
+            key = f"{run.experiment_id}:{key}"
+        if key not in groups:
+            name = (run.optimizer or {}).get("name", "run")
+            config = dict((run.spec or {}).get("config") or {})
+            groups[key] = Group(key, name, config, [], experiment=experiment)
+        groups[key].runs.append(run)
+    found = list(groups.values())
+    _label(found)
+    return found
+
+
+def setting_key(run: Any) -> str:
+    setting = {k: v for k, v in (run.spec or {}).items() if k not in _NOT_COMPARED}
+    if not setting:  # a run stored without its spec: compare what the row says
+        setting = {"optimizer": run.optimizer}
+    text = json.dumps(setting, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _label(groups: Sequence[Group]) -> None:
+    """Set config (where no sweep gave one), label and colour of every group, together: a
+    group's label and shade depend on its optimizer's other groups."""
+    settings = [group.runs[0].optimizer or {} for group in groups]
+    for group, mine in zip(groups, settings, strict=True):
+        if not group.config:
+            rivals = [s for s in settings if s.get("name") == mine.get("name")]
+            differing = sorted(
+                k for k in mine if k != "name" and any(r.get(k) != mine[k] for r in rivals)
+            )
+            group.config = {k: mine[k] for k in differing}
+        label = config_label(group.optimizer, group.config)
+        group.label = f"{group.experiment}: {label}" if group.experiment else label
+    counts, seen = Counter(g.label for g in groups), Counter[str]()
+    for group in groups:
+        if counts[group.label] > 1:
+            seen[group.label] += 1
+            group.label = f"{group.label} #{seen[group.label]}"
+    _colour(groups)
+
+
+def _colour(groups: Sequence[Group]) -> None:
+    spare = iter(SPARE_COLOURS * (1 + len(groups)))
+    base: dict[str, str] = {}
+    for group in groups:
+        if group.optimizer not in base:
+            base[group.optimizer] = BASE_COLOURS.get(group.optimizer) or next(spare)
+    members = Counter(g.optimizer for g in groups)
+    index: Counter[str] = Counter()
+    for group in groups:
+        count = members[group.optimizer]
+        # From 40% towards black to 50% towards white: distinct shades of one hue.
+        shade = 0.0 if count == 1 else -0.4 + 0.9 * index[group.optimizer] / (count - 1)
+        index[group.optimizer] += 1
+        group.colour = shade_colour(base[group.optimizer], shade)
+
+
+def shade_colour(colour: str, shade: float) -> str:
+    """`colour` mixed towards white (shade > 0) or black (shade < 0) by |shade|."""
+    rgb = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+    target = 255 if shade > 0 else 0
+    mixed = [round(c + (target - c) * abs(shade)) for c in rgb]
+    return "#" + "".join(f"{c:02X}" for c in mixed)
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+
+def statistic(values: Sequence[float]) -> dict[str, float | int | None]:
+    """mean, sample sd, Student-t 95% half-width and n of the finite `values`."""
+    data = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    n = len(data)
+    if n == 0:
+        return {"mean": None, "sd": None, "ci95": None, "n": 0}
+    sd = float(data.std(ddof=1)) if n > 1 else None
+    ci95 = t_quantile(0.975, n - 1) * sd / math.sqrt(n) if sd is not None else None
+    return {"mean": float(data.mean()), "sd": sd, "ci95": ci95, "n": n}
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile (p > 1/2) of Student's t with integer `df`, by bisection on the exact
+    CDF of Abramowitz & Stegun 26.7.3–26.7.4."""
+    lo, hi = 0.0, 1.0
+    while _t_central(hi, df) < 2 * p - 1:
+        hi *= 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if _t_central(mid, df) < 2 * p - 1 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _t_central(t: float, df: int) -> float:
+    """P(|T| < t) for T ~ Student's t with `df` degrees of freedom (A&S 26.7.3–4)."""
+    theta = math.atan(t / math.sqrt(df))
+    c2 = math.cos(theta) ** 2
+    if df % 2:  # odd: (2/π)(θ + sinθ cosθ (1 + 2/3 c² + 2·4/(3·5) c⁴ + ... up to c^{ν−3}))
+        term, total = 1.0, 1.0 if df > 1 else 0.0
+        for k in range(1, (df - 1) // 2):
+            term *= c2 * (2 * k) / (2 * k + 1)
+            total += term
+        return 2 / math.pi * (theta + math.sin(theta) * math.cos(theta) * total)
+    term, total = 1.0, 1.0  # even: sinθ (1 + 1/2 c² + 1·3/(2·4) c⁴ + ... up to c^{ν−2})
+    for k in range(1, df // 2):
+        term *= c2 * (2 * k - 1) / (2 * k)
+        total += term
+    return math.sin(theta) * total
+
+
+# --- per run ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Crossing:
+    step: float
+    seconds: float | None
+    examples: float | None
+
+
+def first_crossing(
+    steps: Sequence[float],
+    times: Sequence[float],
+    values: Sequence[float],
+    target: float,
+    higher: bool,
+    examples: Sequence[float | None] | None = None,
+) -> Crossing | None:
+    """Where a series first reaches `target` (see the module docstring), or None. `examples`
+    are the examples seen at `steps` (None where unknown)."""
+    sign = -1.0 if higher else 1.0
+    for i, value in enumerate(values):
+        if sign * value <= sign * target:
+            if i == 0:
+                return Crossing(float(steps[0]), times[0], examples[0] if examples else None)
+            fraction = (target - values[i - 1]) / (value - values[i - 1])
+            return Crossing(
+                steps[i - 1] + fraction * (steps[i] - steps[i - 1]),
+                _between(times[i - 1], times[i], fraction),
+                _between(examples[i - 1], examples[i], fraction) if examples else None,
+            )
+    return None
+
+
+def _between(a: float | None, b: float | None, fraction: float) -> float | None:
+    return None if a is None or b is None else a + fraction * (b - a)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What the store says of one run's metric (None: not recorded)."""
+
+    final: float | None = None
+    best: float | None = None
+    crossing: Crossing | None = None
+    step_time: float | None = None  # median seconds per training step
+
+
+# --- the comparison --------------------------------------------------------------------------
+
+
+def default_target(
+    groups: Sequence[Group], outcomes: Mapping[str, RunOutcome], metric: str
+) -> float | None:
+    """The best final mean of the baseline groups (not K-FAC), or None without baselines."""
+    means = [
+        final["mean"]
+        for group in groups
+        if group.optimizer not in KFAC_OPTIMIZERS
+        and (final := statistic([_usable(r, outcomes).final for r in _kept(group)]))["n"]
+    ]
+    if not means:
+        return None
+    return max(means) if higher_is_better(metric) else min(means)
+
+
+def compare(
+    groups: Sequence[Group],
+    outcomes: Mapping[str, RunOutcome],
+    metric: str,
+    criterion: Criterion,
+    target: float | None,
+) -> dict[str, Any]:
+    """The comparison answer: `{"metric", "target", "criterion", "groups": [...]}`."""
+    rows = [_group_row(group, outcomes) for group in groups]
+    _mark_winners(rows, criterion, higher_is_better(metric))
+    return {"metric": metric, "target": target, "criterion": criterion, "groups": rows}
+
+
+def _kept(group: Group) -> list[Any]:
+    return [run for run in group.runs if run.status not in BROKEN]
+
+
+def _usable(run: Any, outcomes: Mapping[str, RunOutcome]) -> RunOutcome:
+    return outcomes.get(run.id) or RunOutcome()
+
+
+def _group_row(group: Group, outcomes: Mapping[str, RunOutcome]) -> dict[str, Any]:
+    kept = [_usable(run, outcomes) for run in _kept(group)]
+    excluded = len(group.runs) - sum(o.final is not None for o in kept)
+    crossings = [o.crossing for o in kept if o.crossing is not None]
+    never = len(group.runs) - len(crossings)
+    running = sum(
+        run.status not in ENDED and _usable(run, outcomes).crossing is None for run in group.runs
+    )
+
+    def reached(values: list[float | None]) -> dict[str, Any]:
+        return {**statistic(values), "never": never, "running": running}
+
+    step_times = [o.step_time for o in (_usable(r, outcomes) for r in group.runs) if o.step_time]
+    return {
+        "key": group.key,
+        "experiment_id": group.runs[0].experiment_id,
+        "optimizer": group.optimizer,
+        "config": group.config,
+        "label": group.label,
+        "colour": group.colour,
+        "runs": [run.id for run in group.runs],
+        "seeds": {
+            "count": len(group.runs),
+            "finished": sum(run.status in ENDED for run in group.runs),
+        },
+        "final": {**statistic([o.final for o in kept]), "excluded": excluded},
+        "best": {**statistic([o.best for o in kept]), "excluded": excluded},
+        "steps_to_target": reached([c.step for c in crossings]),
+        "seconds_to_target": reached([c.seconds for c in crossings]),
+        "examples_to_target": reached([c.examples for c in crossings]),
+        "step_time_ms": 1000 * float(np.median(step_times)) if step_times else None,
+        "best_of_optimizer": False,
+    }
+
+
+def _mark_winners(rows: list[dict[str, Any]], criterion: Criterion, higher: bool) -> None:
+    sign = -1.0 if higher else 1.0
+    winners: dict[str, tuple[tuple[float, float, int], dict[str, Any]]] = {}
+    for order, row in enumerate(rows):
+        mean = row[criterion]["mean"]
+        if mean is None:
+            continue
+        steps = row["steps_to_target"]["mean"]
+        rank = (sign * mean, math.inf if steps is None else steps, order)
+        if row["optimizer"] not in winners or rank < winners[row["optimizer"]][0]:
+            winners[row["optimizer"]] = (rank, row)
+    for _, row in winners.values():
+        row["best_of_optimizer"] = True
+
+
+# --- from the store --------------------------------------------------------------------------
+
+
+def experiment_comparison(
+    session: Session,
+    groups: Sequence[Group],
+    metric: str,
+    criterion: Criterion = "final",
+    target: float | None = None,
+) -> dict[str, Any]:
+    """`compare` over what the store holds of the groups' runs (target: given or default)."""
+    runs = [run for group in groups for run in group.runs]
+    run_ids, higher = [run.id for run in runs], higher_is_better(metric)
+    extremes = metric_extremes(session, run_ids, metric)
+    samples = value_samples(session, run_ids, "step_time")
+    outcomes = {
+        run_id: RunOutcome(
+            final=last,
+            best=high if higher else low,
+            step_time=float(np.median(samples[run_id])) if len(samples.get(run_id, [])) else None,
+        )
+        for run_id, (last, low, high) in extremes.items()
+    }
+    if target is None:
+        target = default_target(groups, outcomes, metric)
+    if target is not None:
+        healthy = [run.id for run in runs if run.status not in BROKEN]
+        points = crossing_points(session, healthy, metric, target, higher)
+        examples = values_at(
+            session, {run: steps for run, (steps, _, _) in points.items()}, "examples_seen"
+        )
+        for run_id, (steps, times, values) in points.items():
+            seen = examples.get(run_id, {})
+            crossing = first_crossing(
+                steps, times, values, target, higher, [seen.get(step) for step in steps]
+            )
+            outcomes[run_id] = replace(outcomes[run_id], crossing=crossing)
+    return compare(groups, outcomes, metric, criterion, target)
