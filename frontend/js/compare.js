@@ -39,9 +39,8 @@ async function main() {
   data.catch(() => {});
   const answer = comparison.load(comparison.params());
   try {
-    const first = await answer;
-    showExperiments(first.experiments ?? ids.map((id) => ({ id, name: id })));
-    await comparison.refresh(answer);
+    await comparison.refresh(answer); // first: a share link is refused here, with the reason
+    showExperiments(await Promise.all(ids.map((id) => get(`/api/experiments/${encodeURIComponent(id)}`))));
   } catch (error) {
     byId("compare-title").textContent = "Cannot compare these experiments";
     byId("compare-experiments").textContent = error.message;

@@ -113,10 +113,10 @@ export function chartGroups(comparison, winnersOnly) {
     .map((group) => ({ key: group.runs[0], label: group.label, colour: group.colour, runIds: group.runs }));
 }
 
-/** Whether a comparison sweeps anything: some optimizer has more than one configuration. */
+/** Whether a comparison sweeps anything: some configuration has swept values (experiments
+ * side by side without sweeps repeat optimizers, but each is one configuration). */
 function swept(comparison) {
-  const names = comparison.groups.map((group) => group.optimizer);
-  return new Set(names).size < names.length;
+  return comparison.groups.some((group) => Object.keys(group.config ?? {}).length > 0);
 }
 
 export class ComparisonPanel {

@@ -89,7 +89,7 @@ export class CurveChart {
   /** The groups drawn (e.g. only the winners): the next render draws just these. */
   setGroups(groups) {
     this.setGroupList(groups);
-    if (this.isDrawn()) this.render();
+    this.render(); // also a first draw: points may have come while no group was chosen
   }
 
   setGroupList(groups) {

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from backend.store.db import session_scope
 from backend.store.results import write_metrics
@@ -44,9 +45,20 @@ class Launched:
     context: BrowserContext
 
 
-def wait_until(page: Page, expression: str, timeout: float = 30_000) -> None:
-    """Poll a JavaScript condition (on a timer: the page's animation frames are its own)."""
-    page.wait_for_function(expression, polling=250, timeout=timeout)
+def wait_until(page: Page, expression: str, timeout: float = 60_000, show: str = "null") -> None:
+    """Poll a JavaScript condition (on a timer: the page's animation frames are its own); on
+    timeout, fail with what the JavaScript expression `show` gives then."""
+    try:
+        page.wait_for_function(expression, polling=250, timeout=timeout)
+    except PlaywrightTimeout:
+        pytest.fail(f"not true after {timeout / 1000:.0f} s: {expression}\n{page.evaluate(show)}")
+
+
+def wait_for_legend(page: Page, count: int) -> list[str]:
+    """The training-loss chart's legend once it has `count` entries."""
+    legend = f"({LEGEND_JS})('chart-train_loss')"
+    wait_until(page, f"{legend}.length === {count}", show=legend)
+    return page.evaluate(LEGEND_JS, "chart-train_loss")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +109,11 @@ def test_sweep_shows_the_table_winners_and_sensitivity(
 
     # The sensitivity chart of lr: one line (SGD-m, K-FAC sweeps nothing) over both values,
     # on a log axis.
-    wait_until(page, "document.getElementById('sensitivity-lr')?.data?.[0]?.x.length === 2")
+    wait_until(
+        page,
+        "document.getElementById('sensitivity-lr')?.data?.[0]?.x.length === 2",
+        show="document.getElementById('sensitivity')?.innerHTML.slice(0, 500)",
+    )
     chart = page.evaluate(
         """() => { const node = document.getElementById('sensitivity-lr');
           return [node.data.map((t) => [t.name, t.x]), node.layout.xaxis.type]; }"""
@@ -107,10 +123,9 @@ def test_sweep_shows_the_table_winners_and_sensitivity(
     # A sweep draws each optimizer's winner first; the switch shows every configuration.
     switch = page.locator("#winners-only")
     expect(switch).to_be_checked()
-    wait_until(page, f"({LEGEND_JS})('chart-train_loss').length === 2")
+    wait_for_legend(page, 2)
     switch.uncheck()
-    wait_until(page, f"({LEGEND_JS})('chart-train_loss').length === 3")
-    names = page.evaluate(LEGEND_JS, "chart-train_loss")
+    names = wait_for_legend(page, 3)
     assert sorted(names) == sorted(labels), names
     screenshots.save("comparison-sweep", page.locator("#comparison-panel"))
     swept.watch.assert_clean()
@@ -198,8 +213,7 @@ def test_two_experiments_overlay_side_by_side(
     assert sum(label.startswith(second_name) for label in labels) == 2, labels
     expect(page.locator("#compare-experiments a")).to_have_count(2)
     # Every group's curve, named with its experiment (no sweep: all groups, no winners filter).
-    wait_until(page, f"({LEGEND_JS})('chart-train_loss').length === 4")
-    names = page.evaluate(LEGEND_JS, "chart-train_loss")
+    names = wait_for_legend(page, 4)
     assert sum(first_name in name for name in names) == 2, names
     assert sum(second_name in name for name in names) == 2, names
     screenshots.save("compare", page)
