@@ -6,7 +6,7 @@
 
 import { get } from "./api.js";
 import { ComparisonPanel } from "./comparison.js";
-import { CURVES, CurvesPanel } from "./curvespanel.js";
+import { CurvesPanel } from "./curvespanel.js";
 import { byId, el, replace, startPage } from "./dom.js";
 
 const ids = (new URLSearchParams(window.location.search).get("ids") ?? "").split(",").filter(Boolean);
@@ -17,8 +17,9 @@ async function loadCurves(params) {
   return { runs: answers.flatMap((answer) => answer.runs) };
 }
 
-const curves = new CurvesPanel({ sections: [{ definitions: CURVES, container: byId("curve-charts") }], groups: [], load: loadCurves });
+const curves = new CurvesPanel({ panel: byId("curves-panel"), groups: [], load: loadCurves });
 const comparison = new ComparisonPanel({
+  container: byId("comparison-panel"),
   load: (params) => get("/api/comparison", { ...params, ids: ids.join(",") }),
   onGroups: (groups) => curves.setGroups(groups),
 });

@@ -119,12 +119,40 @@ function swept(comparison) {
   return comparison.groups.some((group) => Object.keys(group.config ?? {}).length > 0);
 }
 
+/** The panel's content: settings, the table, what it means, the sensitivity charts. */
+function panelContent() {
+  const select = (id, options) => el("select", { id }, ...options.map(([value, text]) => el("option", { value }, text)));
+  return [
+    el("div", { class: "panel-head" }, el("h2", {}, "Comparison"), el("span", { class: "muted", id: "comparison-note" })),
+    el(
+      "div",
+      { class: "toolbar" },
+      el("label", {}, "metric ", select("comparison-metric", [["train_loss", "training loss"], ["test_loss", "test loss"]])),
+      el("label", {}, "winner by ", select("criterion", [["final", "final"], ["best", "best"]])),
+      el("label", {}, "target ", el("input", { type: "number", id: "target", step: "any", "aria-label": "target value of the metric" })),
+      el("label", {}, el("input", { type: "checkbox", id: "winners-only" }), " winners only"),
+    ),
+    el("div", { class: "table-wrap" }, el("table", { class: "comparison" }, el("thead", { id: "comparison-head" }), el("tbody", { id: "comparison-rows" }))),
+    el(
+      "p",
+      { class: "legend-note" },
+      "One row per configuration (runs that differ only in seed): mean ± sd over seeds, the 95% confidence interval on hover. ",
+      "★ marks each optimizer's best configuration by the criterion. Time to target: the first crossing of the target, ",
+      "interpolated linearly between recorded points (left empty: the best final mean of the baselines); runs that never ",
+      "reach it, failed and diverged ones included, are counted below the mean. Cost per step: median step time as a ratio ",
+      "to the fastest configuration.",
+    ),
+    el("div", { class: "chart-grid", id: "sensitivity" }),
+  ];
+}
+
 export class ComparisonPanel {
   /**
-   * `load(params)` answers like the comparison endpoint for `{metric, criterion, target}`;
-   * `onGroups(groups)` is told the curves' groups when they change (winners only or not).
+   * Fills `container`. `load(params)` answers like the comparison endpoint for `{metric,
+   * criterion, target}`; `onGroups(groups)` is told the curves' groups when they change.
    */
-  constructor({ load, onGroups }) {
+  constructor({ container, load, onGroups }) {
+    replace(container, ...panelContent());
     this.load = load;
     this.onGroups = onGroups;
     this.comparison = null;

@@ -5,25 +5,64 @@
 
 import { AXES, EXAMPLES, XAxis } from "./axes.js";
 import { CurveChart } from "./curves.js";
-import { byId, el, plotlyLoaded, toast } from "./dom.js";
+import { byId, el, plotlyLoaded, replace, toast } from "./dom.js";
 
 const MAX_POINTS = 600; // per series: min/max-preserving, about one per pixel of a chart
 
 /** The loss (and accuracy) charts of every page with curves. */
-export const CURVES = [
+const CURVES = [
   { metric: "train_loss", title: "Training loss", logY: true },
   { metric: "test_loss", title: "Test loss", logY: true, markers: true },
   { metric: "test_loss_avg", title: "Test loss of the averaged iterate", logY: true, markers: true },
   { metric: "test_accuracy", title: "Test accuracy", logY: false, markers: true },
 ];
 
+/** The loss-curve panel's content: its title, the toolbar, the charts' grid, what they mean. */
+function panelContent() {
+  const axes = Object.entries({ step: "step", time: "wall time", examples: "examples" }).map(([axis, text], i) =>
+    el("button", { type: "button", dataset: { axis }, "aria-pressed": String(i === 0) }, text),
+  );
+  return [
+    el("div", { class: "panel-head" }, el("h2", {}, "Loss curves")),
+    el(
+      "div",
+      { class: "toolbar" },
+      el("span", {}, "x axis ", el("span", { class: "segmented", id: "x-axis", role: "group", "aria-label": "x axis" }, ...axes)),
+      el("label", {}, el("input", { type: "checkbox", id: "log-y", checked: true }), " log y"),
+      el(
+        "label",
+        {},
+        "smoothing ",
+        el("input", { type: "range", id: "smoothing", min: "0", max: "0.99", step: "0.01", value: "0" }),
+        el("span", { id: "smoothing-value", class: "mono" }, "0"),
+      ),
+      el(
+        "label",
+        {},
+        "band ",
+        el("select", { id: "band" }, el("option", { value: "minmax" }, "min–max of seeds"), el("option", { value: "sd" }, "mean ± 1 sd")),
+      ),
+    ),
+    el("div", { class: "chart-grid", id: "curve-charts" }),
+    el(
+      "p",
+      { class: "legend-note" },
+      "Colours and labels as in the comparison table; runs that differ only in seed are drawn as their mean with a band, ",
+      "both only over the steps every seed reached; a dotted line goes on where fewer seeds have points (hover: how many). ",
+      "Drag to zoom: finer data is fetched for the visible range; double-click to zoom out.",
+    ),
+  ];
+}
+
 export class CurvesPanel {
   /**
-   * `sections`: `[{definitions: [{metric, title, logY, markers}], container, panel?}]` — a
-   * section's `panel` is hidden while none of its charts has data; `groups` as CurveChart takes
-   * them.
+   * Fills `panel` (the loss curves: CURVES) and adds `extra` sections: `[{definitions:
+   * [{metric, title, logY, markers}], container, panel}]`, a section's `panel` hidden while
+   * none of its charts has data. `groups` as CurveChart takes them.
    */
-  constructor({ sections, groups, load }) {
+  constructor({ panel, extra = [], groups, load }) {
+    replace(panel, ...panelContent());
+    const sections = [{ definitions: CURVES, container: byId("curve-charts") }, ...extra];
     this.sections = sections;
     this.load = load;
     this.axis = new XAxis();

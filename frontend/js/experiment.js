@@ -13,7 +13,7 @@
 import { ApiError, authorizedUrl, credentials, get, post } from "./api.js";
 import { ComparisonPanel } from "./comparison.js";
 import { CurvaturePanel } from "./curvature.js";
-import { CURVES, CurvesPanel } from "./curvespanel.js";
+import { CurvesPanel } from "./curvespanel.js";
 import { byId, downloadUrl, formatTime, replace, startPage, statusBadge, toast, whenVisible } from "./dom.js";
 import { offerReport, setupExports } from "./exports.js";
 import { openStream } from "./live.js";
@@ -35,14 +35,13 @@ const apiPath = (suffix = "") => `/api/experiments/${encodeURIComponent(experime
 const page = {
   experiment: null,
   curves: new CurvesPanel({
-    sections: [
-      { definitions: CURVES, container: byId("curve-charts") },
-      { definitions: INTERNALS, container: byId("internal-charts"), panel: byId("internals-panel") },
-    ],
+    panel: byId("curves-panel"),
+    extra: [{ definitions: INTERNALS, container: byId("internal-charts"), panel: byId("internals-panel") }],
     groups: [],
     load: (params) => get(apiPath("/metrics"), params),
   }),
   comparison: new ComparisonPanel({
+    container: byId("comparison-panel"),
     load: (params) => get(apiPath("/comparison"), params),
     onGroups: (groups) => page.curves.setGroups(groups),
   }),
