@@ -19,6 +19,7 @@
 import { escapeHtml } from "./dom.js";
 import { coverage, meanBand, smooth } from "./series.js";
 
+const MEAN_POINTS = 800; // at most, per mean of seeds: about one per pixel of a chart
 const PLOT_CONFIG = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
 
 /** "#RRGGBB" → "rgba(r, g, b, alpha)". */
@@ -113,7 +114,7 @@ export class CurveChart {
       .map((series) => ({ x: series.x.slice(), y: smooth(series.y, this.smoothing) }));
     if (!curves.length) return null;
     if (group.runIds.length === 1) return curves;
-    const band = meanBand(curves);
+    const band = meanBand(curves, MEAN_POINTS);
     const { full: [from, to], partial } = coverage(band, group.runIds.length);
     const x = band.x.slice(from, to);
     const mean = band.mean.slice(from, to);
@@ -124,7 +125,8 @@ export class CurveChart {
     return [
       { x: [...x, ...x.slice().reverse()], y: [...upper, ...lower.reverse()] },
       { x, y: mean },
-      { x: band.x, y: partial, customdata: band.n },
+      // Empty while every seed covers every step: nothing for Plotly to draw.
+      partial.some((value) => value !== null) ? { x: band.x, y: partial, customdata: band.n } : { x: [], y: [] },
     ];
   }
 

@@ -25,10 +25,12 @@ export function smooth(ys, weight) {
  * own x range and left out outside it. Returns `{x, mean, sd, lower, upper, n}`: `lower` and
  * `upper` the lowest and highest curve (a band that stays positive on a log axis), `sd` the
  * sample standard deviation √(Σ(y − ȳ)² / (n − 1)) (0 where n = 1), and `n` how many curves
- * contributed at each x.
+ * contributed at each x. With `maxPoints`, a longer union is thinned to that many evenly spaced
+ * of its x values, its ends kept (seeds downsampled at different steps would otherwise give a
+ * mean of up to seeds × their points, and Plotly's redraw costs per point).
  */
-export function meanBand(curves) {
-  const grid = unionSorted(curves.map((c) => c.x));
+export function meanBand(curves, maxPoints = Infinity) {
+  const grid = thin(unionSorted(curves.map((c) => c.x)), maxPoints);
   const sum = new Float64Array(grid.length);
   const squares = new Float64Array(grid.length);
   const lower = new Array(grid.length).fill(Infinity);
@@ -75,6 +77,12 @@ export function coverage(band, seeds) {
     return outside || joins ? value : null;
   });
   return { full: full.length ? [first, last + 1] : [0, 0], partial };
+}
+
+function thin(values, count) {
+  if (values.length <= count) return values;
+  const step = (values.length - 1) / (count - 1);
+  return Array.from({ length: count }, (_, i) => values[Math.round(i * step)]);
 }
 
 function unionSorted(arrays) {

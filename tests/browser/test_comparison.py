@@ -157,6 +157,20 @@ def test_every_column_sorts_both_ways(swept: Launched) -> None:
     swept.watch.assert_clean()
 
 
+def test_a_bad_value_in_a_sweep_is_named_at_its_field(owner_page: tuple[Page, PageWatch]) -> None:
+    page, watch = owner_page
+    page.goto("/new")
+    expect(page.locator('.preset[data-name="smoke"]')).to_have_attribute("aria-pressed", "true")
+    page.locator('[name="optimizers.1.lr"]').fill("0.01, -0.03")
+    expect(page.locator("#run-count")).to_have_text("3 runs in all (3 configurations × 1 seed).")
+    page.click("#launch")
+    # The API names `optimizers.1.sweep.lr.1`; the form puts it by the lr field it came from.
+    error = page.locator('.field[data-path="optimizers.1.lr"] .field-error')
+    expect(error).to_contain_text("greater than 0")
+    assert page.url.endswith("/new")
+    watch.errors[:] = [e for e in watch.errors if "422" not in e]  # the refusal just asked for
+
+
 # ---- side by side ----------------------------------------------------------------------------
 
 

@@ -107,6 +107,8 @@ def test_big_sweep_draws_table_and_winners_and_updates_live(
     assert sorted(winners) == sorted(f"{name} lr=0.01" for name in OPTIMIZERS), winners
     assert sorted(name.split(" (")[0] for name in page.evaluate(LEGEND_JS)) == sorted(winners)
     page.wait_for_function("document.getElementById('live-text').textContent === 'live'")
+    # Below the 25-row table; a chart out of sight keeps its live points until it is seen.
+    page.locator("#chart-train_loss").scroll_into_view_if_needed()
     drawn = page.evaluate(POINTS_JS)
 
     for batch in range(LIVE_BATCHES):  # one new point per run, as the workers' flushes would
