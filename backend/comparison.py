@@ -40,27 +40,21 @@ i.e. "how long does K-FAC take to reach the tuned baseline's result".
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
+import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
-
-import numpy as np
-from sqlalchemy.orm import Session
+from typing import Any, Literal, Protocol
 
 from backend.optimizer_specs import KFAC_OPTIMIZERS
-from backend.store.comparison_reads import (
-    crossing_points,
-    metric_extremes,
-    value_samples,
-    values_at,
-)
 from backend.sweeps import config_label
 
 Criterion = Literal["final", "best"]
+Points = tuple[list[int], list[float], list[float]]  # steps, seconds, values of one series
 ENDED = ("succeeded", "failed", "diverged", "cancelled")
 BROKEN = ("failed", "diverged")  # left out of final / best, never reach the target
 
@@ -179,20 +173,25 @@ def shade_colour(colour: str, shade: float) -> str:
 # --- statistics ------------------------------------------------------------------------------
 
 
-def statistic(values: Sequence[float]) -> dict[str, float | int | None]:
-    """mean, sample sd, Student-t 95% half-width and n of the finite `values`."""
-    data = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+def statistic(values: Sequence[float | None]) -> dict[str, float | int | None]:
+    """mean, sample sd, Student-t 95% half-width and n of the finite `values` (plain floats:
+    a group has a few seeds, for which numpy's per-call cost would dominate)."""
+    data = [float(v) for v in values if v is not None and math.isfinite(v)]
     n = len(data)
     if n == 0:
         return {"mean": None, "sd": None, "ci95": None, "n": 0}
-    sd = float(data.std(ddof=1)) if n > 1 else None
-    ci95 = t_quantile(0.975, n - 1) * sd / math.sqrt(n) if sd is not None else None
-    return {"mean": float(data.mean()), "sd": sd, "ci95": ci95, "n": n}
+    mean = math.fsum(data) / n
+    if n == 1:
+        return {"mean": mean, "sd": None, "ci95": None, "n": 1}
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in data) / (n - 1))
+    return {"mean": mean, "sd": sd, "ci95": t_quantile(0.975, n - 1) * sd / math.sqrt(n), "n": n}
 
 
+@functools.lru_cache(maxsize=1024)
 def t_quantile(p: float, df: int) -> float:
     """The p-quantile (p > 1/2) of Student's t with integer `df`, by bisection on the exact
-    CDF of Abramowitz & Stegun 26.7.3–26.7.4."""
+    CDF of Abramowitz & Stegun 26.7.3–26.7.4 (0.3 ms; kept, as a comparison asks for the same
+    few degrees of freedom over and over)."""
     lo, hi = 0.0, 1.0
     while _t_central(hi, df) < 2 * p - 1:
         hi *= 2
@@ -336,7 +335,7 @@ def _group_row(group: Group, outcomes: Mapping[str, RunOutcome]) -> dict[str, An
         "steps_to_target": reached([c.step for c in crossings]),
         "seconds_to_target": reached([c.seconds for c in crossings]),
         "examples_to_target": reached([c.examples for c in crossings]),
-        "step_time_ms": 1000 * float(np.median(step_times)) if step_times else None,
+        "step_time_ms": 1000 * statistics.median(step_times) if step_times else None,
         "best_of_optimizer": False,
     }
 
@@ -356,37 +355,52 @@ def _mark_winners(rows: list[dict[str, Any]], criterion: Criterion, higher: bool
         row["best_of_optimizer"] = True
 
 
-# --- from the store --------------------------------------------------------------------------
+# --- the flow, over any source of the runs' data ----------------------------------------------
 
 
-def experiment_comparison(
-    session: Session,
+class Source(Protocol):
+    """Where a comparison reads the runs' metrics: the store (`StoreSource`) or the series a
+    process holds (`SeriesSource`, the CLI's). Run ids without data are left out."""
+
+    def extremes(self, run_ids: list[str], metric: str) -> dict[str, tuple[float, float, float]]:
+        """`{run_id: (last, lowest, highest)}` of the metric."""
+
+    def step_times(self, run_ids: list[str]) -> dict[str, float]:
+        """`{run_id: median seconds of a training step}`."""
+
+    def around_crossing(
+        self, run_ids: list[str], metric: str, target: float, higher: bool
+    ) -> dict[str, Points]:
+        """Points of each run's metric that hold its first crossing of `target` and the point
+        before it (the whole series will do)."""
+
+    def examples_at(self, steps: dict[str, list[int]]) -> dict[str, dict[int, float]]:
+        """`examples_seen` of each run at the given steps."""
+
+
+def comparison(
+    source: Source,
     groups: Sequence[Group],
     metric: str,
     criterion: Criterion = "final",
     target: float | None = None,
 ) -> dict[str, Any]:
-    """`compare` over what the store holds of the groups' runs (target: given or default)."""
+    """The comparison of `groups` on `metric`; the target is given, or the default one."""
     runs = [run for group in groups for run in group.runs]
     run_ids, higher = [run.id for run in runs], higher_is_better(metric)
-    extremes = metric_extremes(session, run_ids, metric)
-    samples = value_samples(session, run_ids, "step_time")
+    step_times = source.step_times(run_ids)
     outcomes = {
         run_id: RunOutcome(
-            final=last,
-            best=high if higher else low,
-            step_time=float(np.median(samples[run_id])) if len(samples.get(run_id, [])) else None,
+            final=last, best=high if higher else low, step_time=step_times.get(run_id)
         )
-        for run_id, (last, low, high) in extremes.items()
+        for run_id, (last, low, high) in source.extremes(run_ids, metric).items()
     }
     if target is None:
         target = default_target(groups, outcomes, metric)
     if target is not None:
         healthy = [run.id for run in runs if run.status not in BROKEN]
-        points = crossing_points(session, healthy, metric, target, higher)
-        examples = values_at(
-            session, {run: steps for run, (steps, _, _) in points.items()}, "examples_seen"
-        )
+        points = source.around_crossing(healthy, metric, target, higher)
+        examples = source.examples_at({run: steps for run, (steps, _, _) in points.items()})
         for run_id, (steps, times, values) in points.items():
             seen = examples.get(run_id, {})
             crossing = first_crossing(

@@ -1,22 +1,27 @@
 """`kfac-lab run`: an experiment trained in this process, one run after another, on the console.
 
 The same training loop as the worker (`worker.training.train`) with a `ConsoleRecorder` that
-drives one rich progress bar per run and keeps the latest values for the final table. Nothing
-is stored and no checkpoints are written: this is for trying a spec or a preset quickly. The
-first Ctrl-C ends the current run as `cancelled` and skips the rest (the table is still
-printed); a second one interrupts at once.
+drives one rich progress bar per run and keeps the series the final tables need: one row per
+run, then the comparison of the groups (`backend.comparison`: the same groups, labels, colours
+and statistics over seeds as the experiment page). Nothing is stored and no checkpoints are
+written: this is for trying a spec or a preset quickly. The first Ctrl-C ends the current run
+as `cancelled` and skips the rest (the tables are still printed); a second one interrupts at
+once.
 """
 
 from __future__ import annotations
 
 import math
 import signal
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from backend.comparison import Points, comparison, group_runs
+from backend.comparison_sources import SeriesSource
 from backend.settings import get_settings
 from backend.spec import ExperimentSpec
 from worker.training import MetricPoint, RunResult, train
@@ -24,20 +29,29 @@ from worker.training import MetricPoint, RunResult, train
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
 
+COMPARED = "train_loss"  # the metric of the comparison table
+KEPT = (COMPARED, "step_time", "examples_seen")  # the series the comparison reads
+
+
 class ConsoleRecorder:
-    """A `Recorder` that shows a run's progress and keeps the last value of each metric."""
+    """A `Recorder` that shows a run's progress, keeps the last value of each metric and the
+    series of the `KEPT` ones."""
 
     def __init__(self, bars: Progress, task: Any):
         self.bars, self.task = bars, task
         self.latest: dict[str, float] = {}
+        self.series: dict[str, Points] = {name: ([], [], []) for name in KEPT}
         self.snapshots = 0
 
     def info(self, details: dict[str, Any]) -> None:
         self.bars.update(self.task, total=details["total_steps"], info=details["device"])
 
     def metrics(self, points: list[MetricPoint]) -> None:
-        for name, _, _, value in points:
+        for name, step, wall_time, value in points:
             self.latest[name] = value
+            if name in self.series:
+                for column, item in zip(self.series[name], (step, wall_time, value), strict=True):
+                    column.append(item)
         if "train_loss" in self.latest:
             self.bars.update(self.task, info=f"loss {self.latest['train_loss']:.4g}")
 
@@ -56,6 +70,7 @@ def run_experiment(experiment: ExperimentSpec, console: Console) -> int:
     settings = get_settings()
     interrupted = _FirstInterrupt()
     results: list[tuple[str, RunResult | None]] = []
+    series: dict[str, dict[str, Points]] = {}
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -84,7 +99,9 @@ def run_experiment(experiment: ExperimentSpec, console: Console) -> int:
             progress.update(task, completed=result.step, info=result.status)
             progress.stop_task(task)
             results.append((spec.display_label(), result))
+            series[str(len(results) - 1)] = recorder.series
     console.print(_table(results))
+    console.print(_comparison_table(experiment, results, series))
     if interrupted.flag:
         return EXIT_INTERRUPTED
     failed = any(result is None or result.status == "failed" for _, result in results)
@@ -108,6 +125,59 @@ def _table(results: list[tuple[str, RunResult | None]]) -> Table:
             result.reason or "",
         )
     return table
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A run as `backend.comparison.group_runs` reads it (ids are positions here)."""
+
+    id: str
+    spec: dict[str, Any]
+    optimizer: dict[str, Any]
+    status: str
+    experiment_id: str = ""
+
+
+def _comparison_table(
+    experiment: ExperimentSpec,
+    results: list[tuple[str, RunResult | None]],
+    series: dict[str, dict[str, Points]],
+) -> Table:
+    runs = [
+        _Run(
+            str(i),
+            spec.model_dump(mode="json"),
+            spec.optimizer.model_dump(mode="json"),
+            "queued" if result is None else result.status,
+        )
+        for i, (spec, (_, result)) in enumerate(zip(experiment.runs, results, strict=True))
+    ]
+    answer = comparison(SeriesSource(series), group_runs(runs), COMPARED)
+    target = "none" if answer["target"] is None else f"{answer['target']:.4g}"
+    table = Table(
+        "configuration", "seeds", "final", "best", "steps to target", "step (ms)",
+        title=f"{COMPARED}: mean ± sd over seeds; target {target}; ★ best of its optimizer",
+    )  # fmt: skip
+    for group in answer["groups"]:
+        star = " ★" if group["best_of_optimizer"] else ""
+        steps = group["steps_to_target"]
+        never = f"{steps['never']} never" if steps["never"] else ""
+        table.add_row(
+            f"[{group['colour']}]■[/] {group['label']}{star}",
+            f"{group['seeds']['finished']}/{group['seeds']['count']}",
+            _mean_sd(group["final"]),
+            _mean_sd(group["best"]),
+            "; ".join(part for part in (_mean_sd(steps, ".3g"), never) if part),
+            "" if group["step_time_ms"] is None else f"{group['step_time_ms']:.3g}",
+        )
+    return table
+
+
+def _mean_sd(stat: dict[str, Any], form: str = ".4f") -> str:
+    if stat["mean"] is None:
+        return ""
+    sd = "" if stat["sd"] is None else f" ± {stat['sd']:{form}}"
+    return f"{stat['mean']:{form}}{sd}"
 
 
 def _number(value: float | None) -> str:

@@ -1,9 +1,11 @@
 """A self-contained HTML report of one experiment, made with the `plotly` Python package.
 
-The report embeds plotly.js itself, so it opens offline and can be mailed or archived: the loss
-curves of every run, each run's latest curvature snapshot as the paper's heatmaps (Fig. 2 and 3:
-|F|, |F̃|, |F − F̃| and the three inverses, with layer boundaries), and the runs table.  Every
-string from the store is HTML-escaped.  Plotly's Python package needs no torch.
+The report embeds plotly.js itself, so it opens offline and can be mailed or archived: the
+comparison table (`backend.comparison`, on the training loss), the loss curves of every run,
+each run's latest curvature snapshot as the paper's heatmaps (Fig. 2 and 3: |F|, |F̃|, |F − F̃|
+and the three inverses, with layer boundaries), and the runs table. Groups, labels and colours
+are the comparison's, as on the page. Every string from the store is HTML-escaped. Plotly's
+Python package needs no torch.
 """
 
 from __future__ import annotations
@@ -14,15 +16,14 @@ from datetime import datetime
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.store.models import Experiment, Snapshot
-from backend.store.queries import list_runs, read_metrics
+from backend.comparison import Group, comparison, group_runs
+from backend.comparison_sources import StoreSource
+from backend.store.models import Experiment
+from backend.store.queries import latest_snapshot, list_runs, read_metrics
 from backend.store.snapshots import block_pool, decode_matrices
 
-# Okabe–Ito: distinguishable with the common colour-vision deficiencies (the page uses it too).
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 HEATMAPS = [
     ("|F|", "exact"),
     ("|F̃|", "kronecker"),
@@ -36,10 +37,9 @@ REPORT_SIDE = 160  # heatmap cells per side in the report, to keep the file smal
 
 def experiment_report(session: Session, experiment: Experiment) -> str:
     runs = list_runs(session, experiment.id)
-    colours = {}
-    for run in runs:
-        colours.setdefault(run.optimizer.get("name", "?"), PALETTE[len(colours) % len(PALETTE)])
-    figures = [_curves(session, runs, colours)]
+    groups = group_runs(runs)
+    table = comparison(StoreSource(session), groups, "train_loss")
+    figures = [_curves(session, groups)]
     for run in runs:
         figure = _latest_heatmaps(session, run)
         if figure is not None:
@@ -57,15 +57,16 @@ def experiment_report(session: Session, experiment: Experiment) -> str:
         "text-align:left}</style></head><body>"
         f"<h1>{title}</h1><p>{html.escape(str(experiment.spec.get('description') or ''))}</p>"
         f"<p>Report made {datetime.now().isoformat(timespec='seconds')} by kfac-lab.</p>"
-        f"{_runs_table(runs)}{''.join(parts)}</body></html>"
+        f"{_comparison_table(table)}{_runs_table(groups)}{''.join(parts)}</body></html>"
     )
 
 
-def _curves(session: Session, runs, colours) -> go.Figure:
+def _curves(session: Session, groups: list[Group]) -> go.Figure:
     names = ["train_loss", "test_loss"]
-    series = read_metrics(session, [r.id for r in runs], names, max_points=2000)
+    runs = [(group, run) for group in groups for run in group.runs]
+    series = read_metrics(session, [run.id for _, run in runs], names, max_points=2000)
     figure = make_subplots(rows=1, cols=2, subplot_titles=["training loss", "test loss"])
-    for run in runs:
+    for group, run in runs:
         for col, name in enumerate(names, start=1):
             points = series.get(run.id, {}).get(name)
             if not points or not points["x"]:
@@ -78,7 +79,7 @@ def _curves(session: Session, runs, colours) -> go.Figure:
                     name=run.label,
                     legendgroup=run.id,
                     showlegend=col == 1,
-                    line={"color": colours[run.optimizer.get("name", "?")]},
+                    line={"color": group.colour},
                 ),
                 row=1,
                 col=col,
@@ -90,9 +91,7 @@ def _curves(session: Session, runs, colours) -> go.Figure:
 
 
 def _latest_heatmaps(session: Session, run) -> go.Figure | None:
-    snapshot = session.scalars(
-        select(Snapshot).where(Snapshot.run_id == run.id).order_by(Snapshot.step.desc()).limit(1)
-    ).first()
+    snapshot = latest_snapshot(session, run.id)
     if snapshot is None:
         return None
     matrices = decode_matrices(snapshot.payload)
@@ -139,20 +138,66 @@ def _boundary(axis: str, position: float, size: int) -> dict:
     return {"y0": position, "y1": position, "x0": -0.5, "x1": size - 0.5}
 
 
-def _runs_table(runs) -> str:
+def _comparison_table(comparison: dict) -> str:
+    """One row per group: final and best training loss over seeds, time to the target."""
+    target = comparison["target"]
     header = (
-        "<tr><th>run</th><th>optimizer</th><th>seed</th><th>status</th><th>step</th>"
+        "<tr><th>configuration</th><th>seeds (ended)</th><th>final (mean ± sd)</th>"
+        "<th>best (mean ± sd)</th><th>steps to target</th><th>seconds to target</th>"
+        "<th>median step (ms)</th></tr>"
+    )
+    rows = []
+    for group in comparison["groups"]:
+        winner = " ★" if group["best_of_optimizer"] else ""
+        seeds = group["seeds"]
+        cells = [
+            f"{group['label']}{winner}",
+            f"{seeds['count']} ({seeds['finished']})",
+            _mean_sd(group["final"]),
+            _mean_sd(group["best"]),
+            _reached(group["steps_to_target"]),
+            _reached(group["seconds_to_target"]),
+            "" if group["step_time_ms"] is None else f"{group['step_time_ms']:.3g}",
+        ]
+        swatch = f"<span style='color:{group['colour']}'>■</span> "
+        rows.append(
+            f"<tr><td>{swatch}{html.escape(cells[0])}</td>"
+            + "".join(f"<td>{html.escape(c)}</td>" for c in cells[1:])
+            + "</tr>"
+        )
+    aim = "none" if target is None else f"{target:.4g}"
+    return (
+        f"<h2>Comparison (training loss; target {aim}, ★ best of its optimizer)</h2>"
+        f"<table>{header}{''.join(rows)}</table>"
+    )
+
+
+def _mean_sd(stat: dict) -> str:
+    if stat["mean"] is None:
+        return "–"
+    sd = "" if stat["sd"] is None else f" ± {stat['sd']:.3g}"
+    return f"{stat['mean']:.4g}{sd} (n={stat['n']})"
+
+
+def _reached(stat: dict) -> str:
+    never = f", {stat['never']} never" if stat["never"] else ""
+    return f"{_mean_sd(stat)}{never}"
+
+
+def _runs_table(groups: list[Group]) -> str:
+    header = (
+        "<tr><th>run</th><th>configuration</th><th>seed</th><th>status</th><th>step</th>"
         "<th>final metrics</th><th>reason</th></tr>"
     )
     rows = []
-    for run in runs:
+    for group, run in ((g, run) for g in groups for run in g.runs):
         final = ", ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
             for k, v in (run.final_metrics or {}).items()
         )
         cells = [
             run.label,
-            run.optimizer.get("name", "?"),
+            group.label,
             run.seed,
             run.status,
             run.step,

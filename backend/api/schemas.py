@@ -228,8 +228,11 @@ class AggregateGroup(BaseModel):
 
     key: str = Field(description="Stable id of the group (hash of the shared spec)")
     label: str
+    colour: str = Field(description="The comparison's colour of the group (#RRGGBB)")
+    config: dict[str, Any] = Field(description="The swept values (or the differing settings)")
     optimizer: OptimizerInfo
-    run_ids: list[str]
+    seeds: int = Field(description="Runs in the group; where `n` is smaller, fewer seeds count")
+    run_ids: list[str] = Field(description="The group's runs that have the metric")
     step: list[int]
     mean: list[float]
     std: list[float]

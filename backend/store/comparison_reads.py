@@ -4,20 +4,27 @@ the points around the first crossing of a target, and samples of a series for it
 All of them avoid reading whole series (an experiment may hold 100 runs × 10,000 points):
 - the last, lowest and highest values are those of the top rollup level, one row per series
   (its single bucket spans more steps than a run may take);
-- the first crossing is found in the finest rollup level (the first 16-step bucket whose
-  lowest, or highest, point meets the target), then read as the raw points of that bucket and
-  the last point before it (the previous bucket's last point), which is all that
-  interpolating the first crossing needs;
-- a median reads at most `max_samples` evenly spread values: the raw points of a short series,
-  else the first point of each bucket of the finest level with at most that many buckets.
+- the first crossing is found in the rollups (the first 256-step bucket whose lowest, or
+  highest, point meets the target, then the first 16-step bucket inside it), then read as the
+  raw points of that bucket and the last point before it, which is all that interpolating the
+  first crossing needs;
+- a median is taken over at most `max_samples` evenly spread values: the raw points of a short
+  series, else the first point of each bucket of the finest level with at most that many
+  buckets (in the database, on PostgreSQL).
+
+Lists of series, ranges or steps go in as a VALUES table joined to the data: one short
+statement whatever their number.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import bisect
+import itertools
+from collections.abc import Iterable, Sequence
 
 import numpy as np
-from sqlalchemy import and_, func, or_, select, union_all
+from sqlalchemy import FromClause, Integer, and_, bindparam, column, func, select, values
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from backend.store.models import ROLLUP_LEVELS, MetricPoint, MetricRollup, MetricSeries
@@ -25,7 +32,7 @@ from backend.store.rollups import bucket_width, choose_level
 
 # (steps, wall times, values) of some points of one series, in step order.
 Points = tuple[list[int], list[float], list[float]]
-_CHUNK = 100  # series per statement (SQLite allows 500 terms in a compound select)
+_COARSE = 4  # the rollup level searched first for a crossing: buckets of 256 steps
 
 
 def _series(session: Session, run_ids: Sequence[str], name: str) -> list[MetricSeries]:
@@ -61,94 +68,158 @@ def metric_extremes(
 def crossing_points(
     session: Session, run_ids: Sequence[str], name: str, target: float, higher: bool
 ) -> dict[str, Points]:
-    """For each run whose metric reaches `target` (<=, or >= if `higher`): the last point
-    before the first 16-step bucket that reaches it, then that bucket's points."""
+    """For each run whose metric reaches `target` (<=, or >= if `higher`): the points of the
+    first 16-step bucket that reaches it, after the last point before that bucket."""
     series = {s.id: s.run_id for s in _series(session, run_ids, name)}
     if not series:
         return {}
     r = MetricRollup.__table__.c
     reaches = r.high_value >= target if higher else r.low_value <= target
-    first = dict(
-        session.execute(
-            select(r.series_id, func.min(r.bucket))
-            .where(r.series_id.in_(list(series)), r.level == 0, reaches)
-            .group_by(r.series_id)
-        ).all()
-    )
-    out: dict[str, Points] = {}
-    items = list(first.items())
-    for start in range(0, len(items), _CHUNK):
-        for series_id, points in _bucket_and_before(session, items[start : start + _CHUNK]).items():
-            out[series[series_id]] = points
-    return out
+    # The first coarse bucket that reaches the target, then the first fine bucket inside it:
+    # a few dozen rollup rows per series instead of every fine one.
+    coarse = session.execute(
+        select(r.series_id, func.min(r.bucket))
+        .where(r.series_id.in_(list(series)), r.level == _COARSE, reaches)
+        .group_by(r.series_id)
+    ).all()
+    if not coarse:
+        return {}
+    ratio = bucket_width(_COARSE) // bucket_width(0)
+    first = [(i, b * ratio, b * ratio + ratio - 1) for i, b in coarse]
+    windows = _plan(session, ("series", "lo", "hi"), first)
+    fine = session.execute(
+        select(r.series_id, func.min(r.bucket))
+        .join_from(MetricRollup.__table__, windows, r.series_id == windows.c.series)
+        .where(r.level == 0, r.bucket.between(windows.c.lo, windows.c.hi), reaches)
+        .group_by(r.series_id)
+    ).all()
+    points = _bucket_and_before(session, fine)
+    return {series[series_id]: found for series_id, found in points.items()}
+
+
+def _plan(session: Session, names: tuple[str, ...], rows: list[tuple]) -> FromClause:
+    """Rows of integers as a table named `plan` to join: one statement whatever their number
+    (a UNION of 100 reads takes PostgreSQL longer to plan than to run). On PostgreSQL one
+    array per column, unnested, so the statement's text is the same for any rows and compiled
+    once; elsewhere a VALUES list in a CTE (SQLite names VALUES columns only there)."""
+    if session.get_bind().dialect.name == "postgresql":
+        arrays = [
+            bindparam(f"plan_{name}", list(column_), type_=ARRAY(Integer))
+            for name, column_ in zip(names, zip(*rows, strict=True), strict=True)
+        ]
+        return func.unnest(*arrays).table_valued(*names).render_derived("plan")
+    return values(*(column(name, Integer) for name in names), name="plan").data(rows).cte("plan")
 
 
 def _bucket_and_before(session: Session, buckets: list[tuple[int, int]]) -> dict[int, Points]:
+    """Each (series, fine bucket)'s points, after the last point before the bucket: read with
+    the bucket before it, or, where that one is empty, from the last non-empty one."""
     p, r = MetricPoint.__table__.c, MetricRollup.__table__.c
     width = bucket_width(0)
-    branches = []
-    for series_id, bucket in buckets:
-        branches.append(
-            select(p.series_id, p.step, p.wall_time, p.value).where(
-                p.series_id == series_id, p.step.between(bucket * width, (bucket + 1) * width - 1)
-            )
-        )
-        before = (
-            select(r.series_id, r.last_step, r.last_time, r.last_value)
-            .where(r.series_id == series_id, r.level == 0, r.bucket < bucket)
-            .order_by(r.bucket.desc())
-            .limit(1)
-        )
-        branches.append(select(before.subquery()))
+    around = [(i, (b - 1) * width, (b + 1) * width - 1) for i, b in buckets]
+    ranges = _plan(session, ("series", "lo", "hi"), around)
+    rows = session.execute(
+        select(p.series_id, p.step, p.wall_time, p.value)
+        .join_from(MetricPoint.__table__, ranges, p.series_id == ranges.c.series)
+        .where(p.step.between(ranges.c.lo, ranges.c.hi))
+        .order_by(p.series_id, p.step)
+    ).all()
     out: dict[int, Points] = {series_id: ([], [], []) for series_id, _ in buckets}
-    for series_id, step, wall_time, value in session.execute(union_all(*branches)).all():
-        steps, times, values = out[series_id]
-        steps.append(step), times.append(wall_time), values.append(value)
-    for series_id, (steps, times, values) in out.items():
-        order = np.argsort(steps, kind="stable")
-        out[series_id] = tuple([column[i] for i in order] for column in (steps, times, values))
+    for series_id, step, wall_time, value in rows:
+        steps, times, values_ = out[series_id]
+        steps.append(step), times.append(wall_time), values_.append(value)
+    starts = dict(buckets)
+    gaps = [
+        (series_id, bucket)
+        for series_id, bucket in buckets
+        if bucket > 0 and (not out[series_id][0] or out[series_id][0][0] >= bucket * width)
+    ]
+    if gaps:  # the bucket before is empty: the last point of the last non-empty one
+        plan = _plan(session, ("series", "bucket"), gaps)
+        last = (
+            select(r.series_id, func.max(r.bucket).label("bucket"))
+            .join_from(MetricRollup.__table__, plan, r.series_id == plan.c.series)
+            .where(r.level == 0, r.bucket < plan.c.bucket)
+            .group_by(r.series_id)
+            .subquery()
+        )
+        for series_id, step, wall_time, value in session.execute(
+            select(r.series_id, r.last_step, r.last_time, r.last_value).join_from(
+                MetricRollup.__table__,
+                last,
+                and_(r.series_id == last.c.series_id, r.bucket == last.c.bucket, r.level == 0),
+            )
+        ):
+            steps, times, values_ = out[series_id]
+            steps.insert(0, step), times.insert(0, wall_time), values_.insert(0, value)
+    # Drop what precedes the point before the bucket (the rest of the bucket before it).
+    for series_id, (steps, times, values_) in out.items():
+        first = bisect.bisect_left(steps, starts[series_id] * width)
+        keep = max(first - 1, 0)
+        out[series_id] = (steps[keep:], times[keep:], values_[keep:])
     return out
 
 
 def values_at(
     session: Session, steps: dict[str, Sequence[int]], name: str
 ) -> dict[str, dict[int, float]]:
-    """`{run_id: {step: value}}` of metric `name` at the given steps of each run."""
-    if not steps:
+    """`{run_id: {step: value}}` of metric `name` at the given steps of each run (read as the
+    range of each run's steps: they are a few neighbouring ones)."""
+    series = {s.run_id: s.id for s in _series(session, list(steps), name)}
+    ranges = [(series[run], min(at), max(at)) for run, at in steps.items() if run in series and at]
+    if not ranges:
         return {}
-    p, s = MetricPoint.__table__.c, MetricSeries.__table__.c
-    wanted = [and_(s.run_id == run_id, p.step.in_(list(at))) for run_id, at in steps.items() if at]
-    if not wanted:
-        return {}
+    p = MetricPoint.__table__.c
+    plan = _plan(session, ("series", "lo", "hi"), ranges)
     rows = session.execute(
-        select(s.run_id, p.step, p.value)
-        .join_from(MetricPoint.__table__, MetricSeries.__table__, s.id == p.series_id)
-        .where(s.name == name, or_(*wanted))
+        select(p.series_id, p.step, p.value)
+        .join_from(MetricPoint.__table__, plan, p.series_id == plan.c.series)
+        .where(p.step.between(plan.c.lo, plan.c.hi))
     ).all()
+    run_of = {series_id: run_id for run_id, series_id in series.items()}
     out: dict[str, dict[int, float]] = {}
-    for run_id, step, value in rows:
-        out.setdefault(run_id, {})[step] = value
+    for series_id, step, value in rows:
+        if step in steps[run_of[series_id]]:
+            out.setdefault(run_of[series_id], {})[step] = value
     return out
 
 
-def value_samples(
-    session: Session, run_ids: Sequence[str], name: str, max_samples: int = 512
-) -> dict[str, np.ndarray]:
-    """Up to `max_samples` values of each run's metric `name`, spread evenly over its steps."""
+def median_values(
+    session: Session, run_ids: Sequence[str], name: str, max_samples: int = 128
+) -> dict[str, float]:
+    """The median of each run's metric `name` over up to `max_samples` values spread evenly
+    over its steps: all the points of a short series, else the first point of each bucket of
+    the finest rollup level with at most that many buckets. PostgreSQL takes the medians
+    (`percentile_cont(0.5)`: the mean of the middle two for an even count, like numpy's);
+    elsewhere numpy does, on the samples."""
     p, r = MetricPoint.__table__.c, MetricRollup.__table__.c
-    branches = []
     found = _series(session, run_ids, name)
-    for series in found:
-        if series.n_points <= max_samples:
-            branches.append(select(p.series_id, p.value).where(p.series_id == series.id))
+    short = [s.id for s in found if s.n_points <= max_samples]
+    levels: dict[int, list[int]] = {}
+    for s in found:
+        if s.n_points > max_samples:
+            levels.setdefault(choose_level(s.step_min, s.step_max, max_samples), []).append(s.id)
+    sources = [(p.series_id, p.value, p.series_id.in_(short))] if short else []
+    sources += [
+        (r.series_id, r.first_value, and_(r.series_id.in_(ids), r.level == level))
+        for level, ids in levels.items()
+    ]
+    medians: dict[int, float] = {}
+    for series_id, value, condition in sources:
+        if session.get_bind().dialect.name == "postgresql":
+            median = func.percentile_cont(0.5).within_group(value)
+            query = select(series_id, median).where(condition).group_by(series_id)
+            medians.update(session.execute(query).all())
         else:
-            level = choose_level(series.step_min, series.step_max, max_samples)
-            branches.append(
-                select(r.series_id, r.first_value).where(r.series_id == series.id, r.level == level)
-            )
-    out: dict[str, list[float]] = {}
-    run_of = {series.id: series.run_id for series in found}
-    for start in range(0, len(branches), _CHUNK):
-        for series_id, value in session.execute(union_all(*branches[start : start + _CHUNK])):
-            out.setdefault(run_of[series_id], []).append(value)
-    return {run_id: np.asarray(values) for run_id, values in out.items()}
+            medians.update(_medians(session.execute(select(series_id, value).where(condition))))
+    return {s.run_id: medians[s.id] for s in found if s.id in medians}
+
+
+def _medians(rows: Iterable[tuple[int, float]]) -> dict[int, float]:
+    """{series: median} of (series, value) rows (read into numpy without Row objects: a list
+    of Rows takes numpy 50 times longer than the query)."""
+    table = np.fromiter(itertools.chain.from_iterable(rows), np.float64).reshape(-1, 2)
+    table = table[np.argsort(table[:, 0], kind="stable")]
+    series_ids, starts = np.unique(table[:, 0], return_index=True)
+    parts = np.split(table[:, 1], starts[1:])
+    return {int(i): float(np.median(part)) for i, part in zip(series_ids, parts, strict=True)}

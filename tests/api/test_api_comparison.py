@@ -4,6 +4,8 @@ side, and who may read what. Every figure below is worked out by hand from the p
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from collections.abc import Callable
 
@@ -163,3 +165,55 @@ def test_a_share_link_cannot_compare_experiments(
 def test_unknown_experiment_is_404(client: TestClient, swept: dict) -> None:
     response = client.get("/api/comparison", params={"ids": f"{swept['id']},0"}, headers=ADMIN)
     assert response.status_code == 404
+
+
+def test_a_bad_sweep_is_422_naming_the_value(client: TestClient) -> None:
+    body = {
+        **SWEEP_SPEC,
+        "optimizers": [{"name": "kfac"}, {"name": "sgd_momentum", "sweep": {"lr": [0.1, 1, -1]}}],
+    }
+    response = client.post("/api/experiments", json=body, headers=ADMIN)
+    assert response.status_code == 422
+    locs = [e["loc"] for e in response.json()["detail"]]
+    assert ["body", "optimizers", 1, "sweep", "lr", 2] in locs
+
+
+def test_the_report_uses_the_comparison(client: TestClient, swept: dict) -> None:
+    groups = comparison(client, swept)["groups"]
+    page = client.get(f"/api/experiments/{swept['id']}/report", headers=ADMIN).text
+    assert "sgd_momentum lr=0.05 ★" in page and "sgd_momentum lr=0.01 ★" not in page
+    for group in groups:  # the curves and the table in the groups' colours
+        assert page.count(group["colour"]) >= 2
+
+
+def test_the_table_exports_as_csv(client: TestClient, swept: dict) -> None:
+    response = client.get(
+        f"/api/experiments/{swept['id']}/comparison",
+        params={"format": "csv", "target": 5.0},
+        headers=ADMIN,
+    )
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    groups = comparison(client, swept, target=5.0)["groups"]
+    assert [row["group"] for row in rows] == [g["label"] for g in groups]
+    assert [row["colour"] for row in rows] == [g["colour"] for g in groups]
+    assert rows[0]["final_mean"] == "3.5" and rows[0]["steps_to_target_mean"] == "20.0"
+    assert rows[1]["final_sd"] == "" and rows[1]["never_reached"] == "2"
+    assert [row["best_of_optimizer"] for row in rows] == ["True", "False", "True"]
+
+
+def test_the_aggregate_takes_groups_from_the_comparison(client: TestClient, swept: dict) -> None:
+    groups = comparison(client, swept)["groups"]
+    body = client.get(
+        f"/api/experiments/{swept['id']}/aggregate", params={"name": "train_loss"}, headers=ADMIN
+    ).json()
+    for summary, group in zip(body["groups"], groups, strict=True):
+        assert (summary["key"], summary["label"], summary["colour"]) == (
+            group["key"],
+            group["label"],
+            group["colour"],
+        )
+        assert summary["config"] == group["config"] and summary["seeds"] == 2
+    # K-FAC's seed 0 stops at step 30, seed 1 at 40: the mean at step 40 is one seed's.
+    kfac = body["groups"][0]
+    assert kfac["step"][-1] == 40 and kfac["n"][-1] == 1 and kfac["n"][0] == 2

@@ -23,18 +23,24 @@ def home(tmp_path) -> Iterator[str]:
         yield str(tmp_path)
 
 
-def test_a_spec_file_runs_to_a_table(home, tmp_path):
+def test_a_spec_file_with_a_sweep_runs_to_the_comparison_table(home, tmp_path):
     spec = {
         "name": "tiny",
         "base": {**TINY_RUN, "steps": 10},
-        "optimizers": [{"name": "adam"}, {"name": "sgd"}],
+        "optimizers": [{"name": "adam"}, {"name": "sgd", "sweep": {"lr": [0.01, 0.1]}}],
+        "seeds": [0, 1],
     }
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
-    result = runner.invoke(app, ["run", str(path)])
+    result = runner.invoke(app, ["run", str(path)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "tiny: 2 runs" in result.output and "train loss" in result.output
-    assert result.output.count("succeeded") >= 2
+    assert "tiny: 6 runs" in result.output and "train loss" in result.output
+    assert result.output.count("succeeded") >= 6 and "sgd lr=0.1 · seed 1" in result.output
+    comparison = result.output[result.output.index("best of its optimizer") :]
+    rows = [line for line in comparison.splitlines() if "adam" in line or "sgd" in line]
+    assert [row.split("│")[1].strip("■ ★") for row in rows] == ["adam", "sgd lr=0.01", "sgd lr=0.1"]
+    assert sum("★" in row for row in rows) == 2  # adam's only setting, and one of sgd's
+    assert all(" 2/2 " in row for row in rows)  # both seeds of every setting ended
 
 
 @pytest.mark.slow

@@ -1,9 +1,14 @@
 """The comparison of an experiment's optimizer configurations, or of several experiments'
-(`backend.comparison` computes it; answers are cached until the next event)."""
+(`backend.comparison` computes it; answers are cached until the next event), as JSON or as the
+CSV table that exports it (one row per group)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import csv
+import io
+import json
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
@@ -11,7 +16,8 @@ from backend.api.cache import cached_json
 from backend.api.deps import ReaderDep, SessionDep, load_experiment
 from backend.api.errors import READ_ERRORS
 from backend.api.schemas import Comparison
-from backend.comparison import experiment_comparison, group_runs
+from backend.comparison import comparison, group_runs
+from backend.comparison_sources import StoreSource
 from backend.store.queries import last_event_id
 
 router = APIRouter(tags=["comparison"], responses=READ_ERRORS)
@@ -27,9 +33,18 @@ Target = Annotated[
 CriterionQuery = Annotated[
     Literal["final", "best"], Query(description="What picks each optimizer's best configuration")
 ]
+Format = Annotated[Literal["json", "csv"], Query(description="csv: the table, one row a group")]
+ANSWERS = {
+    200: {
+        "description": "The comparison (JSON), or its table as CSV",
+        "content": {"text/csv": {}},
+    }
+}
+STATISTICS = ("final", "best", "steps_to_target", "seconds_to_target", "examples_to_target")
+COLUMNS = ("mean", "sd", "ci95", "n")
 
 
-@router.get("/experiments/{experiment_id}/comparison", response_model=Comparison)
+@router.get("/experiments/{experiment_id}/comparison", response_model=Comparison, responses=ANSWERS)
 def experiment(
     experiment_id: Annotated[str, Path(max_length=64)],
     request: Request,
@@ -38,6 +53,7 @@ def experiment(
     metric: Metric = "train_loss",
     target: Target = None,
     criterion: CriterionQuery = "final",
+    format: Format = "json",
 ) -> Response:
     """One row per optimizer configuration (runs that differ only by seed): final and best
     value, steps / seconds / examples to the target, median step time, each optimizer's
@@ -46,12 +62,13 @@ def experiment(
     version = last_event_id(session, found.id)
 
     def make() -> dict:
-        return experiment_comparison(session, group_runs(found.runs), metric, criterion, target)
+        return comparison(StoreSource(session), group_runs(found.runs), metric, criterion, target)
 
-    return cached_json(request, ("comparison", found.id, metric, target, criterion, version), make)
+    key = ("comparison", found.id, metric, target, criterion, version)
+    return _answer(request, key, make, format, found.name)
 
 
-@router.get("/comparison", response_model=Comparison)
+@router.get("/comparison", response_model=Comparison, responses=ANSWERS)
 def experiments(
     request: Request,
     session: SessionDep,
@@ -67,6 +84,7 @@ def experiments(
     metric: Metric = "train_loss",
     target: Target = None,
     criterion: CriterionQuery = "final",
+    format: Format = "json",
 ) -> Response:
     """Several experiments side by side: their groups, each label starting with the
     experiment's name, colours decided over all of them (admin only: a share link opens one
@@ -82,7 +100,40 @@ def experiments(
     def make() -> dict:
         runs = [run for e in found for run in e.runs]
         groups = group_runs(runs, experiment_names={e.id: e.name for e in found})
-        return experiment_comparison(session, groups, metric, criterion, target)
+        return comparison(StoreSource(session), groups, metric, criterion, target)
 
     key = ("comparison", tuple(e.id for e in found), metric, target, criterion, version)
-    return cached_json(request, key, make)
+    return _answer(request, key, make, format, "comparison")
+
+
+def _answer(
+    request: Request, key: tuple, make: Callable[[], dict], format: str, name: str
+) -> Response:
+    if format == "json":
+        return cached_json(request, key, make)
+    filename = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) + "-comparison.csv"
+    return Response(
+        table_csv(make()),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def table_csv(answer: dict[str, Any]) -> str:
+    """The comparison as a table: one row per group, each statistic in four columns."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    head = ["metric", "target", "criterion", "experiment_id", "group", "optimizer", "config"]
+    head += ["colour", "seeds", "finished"]
+    head += [f"{stat}_{column}" for stat in STATISTICS for column in COLUMNS]
+    head += ["never_reached", "step_time_ms", "best_of_optimizer"]
+    writer.writerow(head)
+    for group in answer["groups"]:
+        row = [answer["metric"], answer["target"], answer["criterion"], group["experiment_id"]]
+        row += [group["label"], group["optimizer"], json.dumps(group["config"]), group["colour"]]
+        row += [group["seeds"]["count"], group["seeds"]["finished"]]
+        row += [group[stat][column] for stat in STATISTICS for column in COLUMNS]
+        row += [group["steps_to_target"]["never"], group["step_time_ms"]]
+        row += [group["best_of_optimizer"]]
+        writer.writerow(["" if value is None else value for value in row])
+    return buffer.getvalue()
