@@ -234,3 +234,28 @@ def test_echoed_input_is_always_plain_json() -> None:
     expected = {"input": {"x": "NaN"}, "ctx": {"error": "too big"}, "loc": ["body", 0],
                 "more": ["Infinity", ["-Infinity"]]}  # fmt: skip
     assert strict_json(text) == [expected]
+
+
+@pytest.mark.parametrize("name", [{}, [], ["kfac"], 3, None])
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [
+        ("optimizers", "body.optimizers.0"),
+        ("base.optimizer", "body.base.optimizer"),
+        ("base.model", "body.base.model"),
+    ],
+)
+def test_a_name_that_is_not_a_string_is_422(
+    client: TestClient, name: object, where: str, field: str
+) -> None:
+    """A model's or optimizer's `name` of any JSON type is refused at its field (a dict or a
+    list once reached the registry's lookup and could not be hashed: a 500)."""
+    body = {"base": {"dataset": "synthetic", "model": {"name": "mlp", "hidden": [8]}}}
+    entry = {"name": name}
+    if where == "optimizers":
+        body["optimizers"] = [entry]
+    else:
+        body["base"][where.split(".")[1]] = entry
+    response = client.post("/api/experiments", json=body, headers=ADMIN)
+    assert response.status_code == 422, response.text
+    assert any(loc.startswith(field) for loc in error_locs(response)), response.text
