@@ -103,8 +103,11 @@ def unknown(kind: str, name: Any) -> str:
 
 
 def _known_name(kind: str, value: Any) -> Any:
+    # Only a string can name an entry; any other `name` (a number, {}, []) is left to the
+    # discriminator, whose own 422 says it is not one of the tags (a dict or list would not
+    # even hash for the lookup here).
     name = value.get("name") if isinstance(value, dict) else None
-    if isinstance(name, str) and name not in entries(kind):  # other types: pydantic says why
+    if isinstance(name, str) and name not in entries(kind):
         raise ValueError(unknown(kind, name))
     return value
 

@@ -56,9 +56,9 @@ class SweptOptimizer(SpecModel):
         optimizer = _OPTIMIZER.validate_python(entry)
         try:
             sweep = _SWEEP.validate_python(sweep)
-        except ValidationError as error:
-            problems = [(("sweep", *e["loc"]), e["msg"], e["input"]) for e in error.errors()]
-            raise _errors(problems) from None
+        except ValidationError as error:  # a type error keeps its own type, under `sweep`
+            details = [{**e, "loc": ("sweep", *e["loc"])} for e in error.errors()]
+            raise ValidationError.from_exception_data("sweep", details) from None
         _check_grid(optimizer, sweep)
         return handler({"optimizer": optimizer, "sweep": sweep})
 
@@ -140,11 +140,14 @@ def _check_grid(optimizer: Any, sweep: dict[str, list[SweepValue]]) -> None:
 
 
 def _errors(problems: list[tuple[tuple, str, Any]]) -> ValidationError:
+    """Errors of a rule the JSON schema cannot state (a field the optimizer lacks, a point its
+    model refuses, the runs over MAX_RUNS), typed `value_error` like the spec's other rules
+    between fields, so a client tells them from type errors the same way everywhere."""
     return ValidationError.from_exception_data(
         "sweep",
         [
             InitErrorDetails(
-                type=PydanticCustomError("sweep", "{message}", {"message": message}),
+                type=PydanticCustomError("value_error", "{message}", {"message": message}),
                 loc=loc,
                 input=value,
             )

@@ -15,6 +15,12 @@ Access, and why it looks like this:
 * Lookups never tell a share token whether an id outside its experiment exists: an
   experiment is checked before the database is read (403 for any other id), and a run or a
   snapshot of another experiment answers exactly as a missing one (404).
+
+Query strings are read as strictly as bodies: a parameter the route does not declare is a 422
+naming it (`extra_forbidden`, as for an unknown field of a body), after authentication, so a
+request without a token is a 401 whatever its query. A misspelt `max_point=` would otherwise
+be ignored without a word, and the OpenAPI document (whose parameters are a closed set) would
+not say what the server does.
 """
 
 from __future__ import annotations
@@ -25,7 +31,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Query, Request, status
+from fastapi import Depends, HTTPException, Query, Request, params, status
+from fastapi.dependencies.utils import get_flat_params
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import Field
 from sqlalchemy.orm import Session
@@ -132,6 +141,37 @@ def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Pr
 
 ReaderDep = Annotated[Principal, Depends(get_principal)]
 AdminDep = Annotated[Principal, Depends(require_admin)]
+
+
+def _declared_query(route: APIRoute) -> set[str]:
+    """The query parameters `route` and its dependencies declare (by the name sent); a walk
+    over a few dependencies (routes do not hash, so it is not cached)."""
+    fields = get_flat_params(route.dependant)
+    return {f.alias for f in fields if isinstance(f.field_info, params.Query)}
+
+
+def known_query(request: Request) -> None:
+    """Refuse query parameters the route does not declare: 422, one error per name."""
+    route = request.scope.get("route")
+    declared = _declared_query(route) if isinstance(route, APIRoute) else set()
+    unknown = [name for name in dict.fromkeys(request.query_params) if name not in declared]
+    if unknown:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ("query", name),
+                    "msg": "Extra inputs are not permitted",
+                    "input": request.query_params[name],
+                }
+                for name in unknown
+            ]
+        )
+
+
+def known_query_after_auth(request: Request, _: ReaderDep) -> None:
+    """`known_query` for routes that need a token, checked once the token is (401 first)."""
+    known_query(request)
 
 
 # --- lookups -------------------------------------------------------------------------------

@@ -65,6 +65,17 @@ def documented(*codes: int) -> dict[int | str, dict]:
 
 # The error answers of the API's routers, for the OpenAPI document.
 READ_ERRORS = documented(401, 403, 404, 503)
+# Every route refuses query parameters it does not declare (backend.api.deps.known_query), so
+# every route may answer 422, those without parameters of their own too (FastAPI documents
+# its 422 only for routes with parameters).
+UNKNOWN_QUERY_ERROR = {
+    422: {
+        "description": "Validation Error (e.g. a query parameter the route does not declare)",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+        },
+    }
+}
 WRITE_ERRORS = documented(400, 401, 403, 404, 413, 503)
 
 

@@ -6,6 +6,13 @@ Matrices travel as `{"dtype": "float32", "shape": [r, c], "data": base64, "origi
 [R, C]}` (the encoding of `backend.store.snapshots.to_base64_matrix`), already block-pooled
 by the client to at most `MAX_SIDE` per side exactly as the store would pool them, so a
 snapshot of a 4096-parameter probe is a few MB rather than hundreds.
+
+Bodies parse as the run spec does (`backend.spec_base.SpecModel`: strict types, finite
+numbers, JSON's 10.0 is the integer 10, unknown fields refused), so a request is accepted
+exactly when it matches the published schema, or else breaks a rule stated in a field's
+description (shapes, base64, sizes). Mappings keyed by a pattern publish
+`additionalProperties: false` as well: pydantic's schema gives only `patternProperties`, which
+would let any other key through, while the server refuses it.
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ import json
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, Strict, field_validator, model_validator
 
 from backend.spec import MAX_PROBE_PARAMETERS
+from backend.spec_base import SpecModel
 from backend.store.snapshots import MAX_SIDE, pooled_side
 from kfac_lab.protocol import MAX_BATCH_POINTS, MAX_STEP, METRIC_NAME_PATTERN
 
@@ -34,10 +42,14 @@ Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00]*$")
 MetricName = Annotated[str, Field(pattern=METRIC_NAME_PATTERN)]
 Step = Annotated[int, Field(ge=0, le=MAX_STEP)]
 Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e300, le=1e300)]
+# Strict mode takes only a Python tuple, and a JSON array arrives as a list: the tuple itself
+# is lax, its items stay strict.
+LAX_TUPLE = Strict(False)
+ONLY_PATTERN_KEYS = {"additionalProperties": False}
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Body(SpecModel):
+    """A request body of the tracking API, parsed by the spec's rules (module docstring)."""
 
 
 def _json_chars(value: Any, limit: int, what: str) -> Any:
@@ -94,7 +106,9 @@ class TrackedRunOut(BaseModel):
 class MetricBatch(_Body):
     """Points `[name, step, wall_time, value]`; a (name, step) already stored keeps its value."""
 
-    points: list[tuple[MetricName, Step, Finite, Finite]] = Field(max_length=MAX_BATCH_POINTS)
+    points: list[Annotated[tuple[MetricName, Step, Finite, Finite], LAX_TUPLE]] = Field(
+        max_length=MAX_BATCH_POINTS
+    )
 
 
 class MetricsStored(BaseModel):
@@ -104,10 +118,18 @@ class MetricsStored(BaseModel):
 
 class Matrix(_Body):
     dtype: Literal["float32"] = "float32"
-    shape: tuple[Annotated[int, Field(ge=1, le=MAX_SIDE)], Annotated[int, Field(ge=1, le=MAX_SIDE)]]
-    original_shape: tuple[
-        Annotated[int, Field(ge=1, le=MAX_PROBE_PARAMETERS)],
-        Annotated[int, Field(ge=1, le=MAX_PROBE_PARAMETERS)],
+    shape: Annotated[
+        tuple[Annotated[int, Field(ge=1, le=MAX_SIDE)], Annotated[int, Field(ge=1, le=MAX_SIDE)]],
+        LAX_TUPLE,
+        Field(description=f"original_shape pooled to at most {MAX_SIDE} per side"),
+    ]
+    original_shape: Annotated[
+        tuple[
+            Annotated[int, Field(ge=1, le=MAX_PROBE_PARAMETERS)],
+            Annotated[int, Field(ge=1, le=MAX_PROBE_PARAMETERS)],
+        ],
+        LAX_TUPLE,
+        Field(description="square: the probed parameters on both sides"),
     ]
     data: str = Field(description="little-endian float32 values, row-major, in base64")
 
@@ -142,8 +164,17 @@ class SnapshotIn(_Body):
     """A curvature snapshot, as `kfac.snapshot.snapshot_payload` makes it."""
 
     step: Step
-    blocks: list[tuple[Step, Step]] = Field(min_length=1, max_length=MAX_BLOCKS)
-    matrices: dict[MatrixName, Matrix] = Field(min_length=1, max_length=MAX_MATRICES)
+    blocks: list[Annotated[tuple[Step, Step], LAX_TUPLE]] = Field(
+        min_length=1,
+        max_length=MAX_BLOCKS,
+        description="increasing [start, stop) ranges within the matrices' original side",
+    )
+    matrices: dict[MatrixName, Matrix] = Field(
+        min_length=1,
+        max_length=MAX_MATRICES,
+        json_schema_extra=ONLY_PATTERN_KEYS,
+        description="all over the same parameters (one original side)",
+    )
     spectra: dict[str, Any] | None = None
     relative_errors: dict[str, Any] | None = None
     block_averages: dict[str, Any] | None = None
@@ -172,4 +203,9 @@ class EndRun(_Body):
     status: Literal["succeeded", "failed", "diverged", "cancelled"] = "succeeded"
     error: str | None = Field(None, max_length=20_000, pattern=r"^[^\x00]*$")
     step: Step | None = None
-    final_metrics: dict[MetricName, Finite] | None = Field(None, max_length=1000)
+    final_metrics: (
+        Annotated[
+            dict[MetricName, Finite], Field(max_length=1000, json_schema_extra=ONLY_PATTERN_KEYS)
+        ]
+        | None
+    ) = None

@@ -234,3 +234,57 @@ def test_echoed_input_is_always_plain_json() -> None:
     expected = {"input": {"x": "NaN"}, "ctx": {"error": "too big"}, "loc": ["body", 0],
                 "more": ["Infinity", ["-Infinity"]]}  # fmt: skip
     assert strict_json(text) == [expected]
+
+
+@pytest.mark.parametrize("name", [{}, [], ["kfac"], 3, None])
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [
+        ("optimizers", "body.optimizers.0"),
+        ("base.optimizer", "body.base.optimizer"),
+        ("base.model", "body.base.model"),
+    ],
+)
+def test_a_name_that_is_not_a_string_is_422(
+    client: TestClient, name: object, where: str, field: str
+) -> None:
+    """A model's or optimizer's `name` of any JSON type is refused at its field (a dict or a
+    list once reached the registry's lookup and could not be hashed: a 500)."""
+    body = {"base": {"dataset": "synthetic", "model": {"name": "mlp", "hidden": [8]}}}
+    entry = {"name": name}
+    if where == "optimizers":
+        body["optimizers"] = [entry]
+    else:
+        body["base"][where.split(".")[1]] = entry
+    response = client.post("/api/experiments", json=body, headers=ADMIN)
+    assert response.status_code == 422, response.text
+    assert any(loc.startswith(field) for loc in error_locs(response)), response.text
+
+
+@pytest.mark.parametrize(
+    ("template", "declared"),
+    [
+        ("/api/experiments", {"limit": 5}),
+        ("/api/presets", {}),
+        ("/api/comparison", {"metric": "train_loss"}),
+        ("/healthz", {}),
+        ("/api/experiments/{experiment_id}/metrics", {"names": "train_loss", "max_points": 4}),
+        ("/api/experiments/{experiment_id}", {}),
+    ],
+)
+def test_an_unknown_query_parameter_is_422_naming_it(
+    client: TestClient, create: Callable[..., dict], template: str, declared: dict
+) -> None:
+    """Query strings are read as strictly as bodies (the published parameters are a closed
+    set): one the route does not declare is refused by name, after the token is checked;
+    declared ones, a dependency's included (`names`), are taken as before."""
+    path = template.format(experiment_id=create()["id"])
+    assert client.get(path, params=declared, headers=ADMIN).status_code == 200
+    answer = client.get(path, params={**declared, "max_point": 4, "zz": ""}, headers=ADMIN)
+    assert answer.status_code == 422, answer.text
+    assert error_locs(answer) == {"query.max_point", "query.zz"}, answer.text
+    assert {error["type"] for error in answer.json()["detail"]} == {"extra_forbidden"}
+    if template.startswith("/api/"):
+        assert client.get(path, params={"zz": 1}).status_code == 401
+    responses = client.get("/openapi.json").json()["paths"][template]["get"]["responses"]
+    assert "422" in responses, template

@@ -217,3 +217,12 @@ def test_the_aggregate_takes_groups_from_the_comparison(client: TestClient, swep
     # K-FAC's seed 0 stops at step 30, seed 1 at 40: the mean at step 40 is one seed's.
     kfac = body["groups"][0]
     assert kfac["step"][-1] == 40 and kfac["n"][-1] == 1 and kfac["n"][0] == 2
+
+
+def test_a_comparison_of_no_experiments_is_empty(client: TestClient) -> None:
+    """Without `ids` the admin gets a comparison of no groups (as a JSON answer and as a CSV
+    of the header row); the share check comes before the query is read (scoping tests)."""
+    answer = client.get("/api/comparison", headers=ADMIN)
+    assert answer.status_code == 200 and answer.json()["groups"] == [], answer.text
+    table = client.get("/api/comparison", params={"format": "csv"}, headers=ADMIN)
+    assert table.status_code == 200 and table.text.count("\n") == 1, table.text

@@ -110,6 +110,13 @@ def test_snapshot_round_trip_with_pooling(client: TestClient):
         ("metrics", {"points": [["loss", 1, 0.0, 1.0]] * 10_001}, "points"),
         ("end", {"status": "exploded"}, "status"),
         ("end", {"final_metrics": {"loss": "Infinity"}}, "final_metrics"),
+        # Strict types, as the published schema says (lax parsing took "1" and true as 1).
+        ("metrics", {"points": [["loss", "1", 0.0, 1.0]]}, "points"),
+        ("metrics", {"points": [["loss", True, 0.0, 1.0]]}, "points"),
+        ("metrics", {"points": [["loss", 1, 0.0, "1.5"]]}, "points"),
+        ("end", {"step": "3"}, "step"),
+        ("end", {"final_metrics": {"loss": True}}, "final_metrics"),
+        ("end", {"final_metrics": {"bad name!": 1.0}}, "final_metrics"),
     ],
 )
 def test_bad_writes_are_422_naming_the_field(client: TestClient, path, body, field):
@@ -133,6 +140,9 @@ def bad_snapshots() -> list[tuple[dict, str]]:
         ({"step": 1, "blocks": blocks, "matrices": {"exact": too_big}}, "matrices"),
         ({"step": 1, "blocks": [[0, 5]], "matrices": {"exact": good}}, "body"),
         ({"step": 1, "blocks": blocks, "matrices": {"exact": {**good, "data": "!!"}}}, "matrices"),
+        ({"step": 1, "blocks": blocks, "matrices": {"Exact!": good}}, "matrices"),
+        ({"step": "1", "blocks": blocks, "matrices": {"exact": good}}, "step"),
+        ({"step": 1, "blocks": [[0, True]], "matrices": {"exact": good}}, "blocks"),
     ]
 
 
@@ -149,9 +159,36 @@ def test_bad_creates_are_422(client: TestClient):
         {"id": "not-hex", "experiment": "x"},
         {"id": uuid.uuid4().hex, "experiment": ""},
         {"id": uuid.uuid4().hex, "experiment": "x", "config": {"v": "x" * 30_000}},
+        {"id": uuid.uuid4().hex, "experiment": "x", "seed": False},
+        {"id": uuid.uuid4().hex, "experiment": "x", "seed": "1"},
+        {"id": uuid.uuid4().hex, "experiment": "x", "total_steps": True},
     ):
         response = client.post(BASE, json=body, headers=ADMIN)
         assert response.status_code == 422, (body, response.text)
+
+
+def test_json_integers_written_as_floats_are_integers(client: TestClient):
+    """JSON Schema's integer takes 10.0, so the server does too (as it does for specs)."""
+    run_id = new_run(client, f"floats {uuid.uuid4().hex[:6]}", seed=3.0)["run_id"]
+    points = {"points": [["loss", 2.0, 0.5, 1.0]]}
+    answer = client.post(f"{BASE}/{run_id}/metrics", json=points, headers=ADMIN)
+    assert answer.status_code == 200 and answer.json()["stored"] == 1, answer.text
+    snapshot = {"step": 4.0, "blocks": [[0.0, 4.0]], "matrices": {"exact": matrix(np.eye(4))}}
+    snapshot["matrices"]["exact"]["shape"] = [4.0, 4.0]
+    answer = client.post(f"{BASE}/{run_id}/snapshots", json=snapshot, headers=ADMIN)
+    assert answer.status_code == 200, answer.text
+    answer = client.post(f"{BASE}/{run_id}/end", json={"step": 9.0}, headers=ADMIN)
+    assert answer.status_code == 200, answer.text
+
+
+def test_named_mappings_publish_that_other_keys_are_refused(client: TestClient):
+    """A mapping keyed by a pattern refuses other keys, and its published schema says so
+    (`patternProperties` alone would allow them)."""
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    matrices = schemas["SnapshotIn"]["properties"]["matrices"]
+    final_metrics = schemas["EndRun"]["properties"]["final_metrics"]["anyOf"][0]
+    for mapping in (matrices, final_metrics):
+        assert mapping["patternProperties"] and mapping["additionalProperties"] is False
 
 
 def test_writes_need_the_admin_token_and_a_tracked_run(client: TestClient, create):

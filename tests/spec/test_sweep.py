@@ -89,6 +89,25 @@ def test_too_many_runs_names_the_sweep_or_the_seeds() -> None:
     experiment({"name": "kfac"}, grid, seeds=[0, 1, 2])  # 3 + 36 runs: fits
 
 
+@pytest.mark.parametrize(
+    ("entry", "seeds", "kind"),
+    [
+        ({"sweep": {"lr": [0.1, -1]}}, [0], "value_error"),  # a point the model refuses
+        ({"sweep": {"betas": [0.1]}}, [0], "value_error"),  # a field sgd lacks
+        ({"sweep": {"lr": [0.1] * 7, "momentum": [0.5] * 7}}, [0], "value_error"),  # 49 points
+        ({}, list(range(MAX_RUNS)), "value_error"),  # 2 × 48 runs
+        ({"sweep": {"lr": []}}, [0], "too_short"),  # what the published schema states
+        ({"sweep": [0.1]}, [0], "dict_type"),
+    ],
+)
+def test_rules_beyond_the_schema_are_value_errors(entry: dict, seeds: list, kind: str) -> None:
+    """A sweep's rules between fields are `value_error`s like the spec's other such rules (the
+    API's schema check allows exactly those); a type error keeps its own type."""
+    with pytest.raises(ValidationError) as info:
+        experiment({"name": "kfac"}, {"name": "sgd_momentum", **entry}, seeds=seeds)
+    assert {e["type"] for e in info.value.errors()} == {kind}, info.value
+
+
 def test_the_api_schema_documents_the_sweep() -> None:
     schema = ExperimentSpec.model_json_schema()
     entry = schema["$defs"]["SweptOptimizer"]

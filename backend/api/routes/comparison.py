@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
 from backend.api.cache import cached_json
-from backend.api.deps import ReaderDep, SessionDep, load_experiment
+from backend.api.deps import AdminDep, ReaderDep, SessionDep, load_experiment
 from backend.api.errors import READ_ERRORS
 from backend.api.schemas import Comparison
 from backend.comparison import comparison, group_runs
@@ -72,15 +72,16 @@ def experiment(
 def experiments(
     request: Request,
     session: SessionDep,
-    principal: ReaderDep,
+    principal: AdminDep,  # a dependency: refused (403) before the query is validated
     ids: Annotated[
-        str,
+        str | None,
         Query(
             max_length=MAX_EXPERIMENTS * 65,
             pattern=r"^[^,\x00]+(,[^,\x00]+)*$",
-            description=f"Comma-separated experiment ids (at most {MAX_EXPERIMENTS})",
+            description=f"Comma-separated experiment ids (at most {MAX_EXPERIMENTS}); "
+            "none: a comparison of no groups",
         ),
-    ],
+    ] = None,
     metric: Metric = "train_loss",
     target: Target = None,
     criterion: CriterionQuery = "final",
@@ -89,9 +90,7 @@ def experiments(
     """Several experiments side by side: their groups, each label starting with the
     experiment's name, colours decided over all of them (admin only: a share link opens one
     experiment)."""
-    if not principal.admin:
-        raise HTTPException(403, "A share link opens one experiment only.")
-    wanted = list(dict.fromkeys(ids.split(",")))
+    wanted = list(dict.fromkeys(ids.split(","))) if ids else []
     if len(wanted) > MAX_EXPERIMENTS:
         raise HTTPException(422, f"ids: at most {MAX_EXPERIMENTS} experiments")
     found = [load_experiment(session, principal, experiment_id) for experiment_id in wanted]
