@@ -95,10 +95,11 @@ def run_experiment(experiment: ExperimentSpec, console: Console, *, record: bool
                 progress.update(task, info="skipped")
                 continue
             progress.start_task(task)
-            recorder: Recorder = ConsoleRecorder(progress, task)
+            console_recorder = ConsoleRecorder(progress, task)
+            recorder: Recorder = console_recorder
             report = report_for(settings, experiment.name, spec) if record else None
             if report is not None:
-                recorder = Tee(recorder, report)
+                recorder = Tee(console_recorder, report)
             result = train(
                 spec,
                 recorder,
@@ -111,7 +112,7 @@ def run_experiment(experiment: ExperimentSpec, console: Console, *, record: bool
             progress.update(task, completed=result.step, info=result.status)
             progress.stop_task(task)
             results.append((spec.display_label(), result))
-            series[str(len(results) - 1)] = recorder.series
+            series[str(len(results) - 1)] = console_recorder.series
     console.print(_table(results))
     console.print(_comparison_table(experiment, results, series))
     if interrupted.flag:
