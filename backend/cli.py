@@ -100,6 +100,10 @@ def serve(
         if supervisor is not None:
             console.print("Stopping the worker…")
             supervisor.stop()
+        # Done. Python resets its own handlers to the default (terminate) while the interpreter
+        # exits, so a late second signal would turn a clean exit into "killed by SIGTERM".
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _stored_admin_token() -> str:

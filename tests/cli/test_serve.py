@@ -98,8 +98,8 @@ def _wait_for_url(log: Path, serve: subprocess.Popen, timeout: float = 120) -> s
 
 
 def test_one_ctrl_c_stops_serve_with_a_run_training_and_a_page_streaming(tmp_path):
-    """One SIGINT stops everything cleanly (the run handed back to the queue); a second signal
-    during the cleanup is acknowledged, not a traceback."""
+    """One SIGINT stops everything cleanly (the run handed back to the queue); an impatient
+    second signal changes nothing: exit status 0, no traceback."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KFAC_")}
     log = (tmp_path / "serve.log").open("w+")
@@ -137,7 +137,10 @@ def test_one_ctrl_c_stops_serve_with_a_run_training_and_a_page_streaming(tmp_pat
             serve.send_signal(signal.SIGTERM)  # an impatient second signal
             assert serve.wait(60) == 0, (tmp_path / "serve.log").read_text()
         text = (tmp_path / "serve.log").read_text()
-        assert "_Stop" not in text and "SIGTERM: already stopping" in text, text
+        # The second signal lands during the cleanup (acknowledged) or after it (ignored; the
+        # worker may already be gone when the open stream has held the API its 3 s): either way
+        # a clean exit, never a traceback.
+        assert "_Stop" not in text and "Traceback" not in text.split("Stopping the worker")[-1]
         deadline = time.monotonic() + 10
         while processes_using(tmp_path):
             assert time.monotonic() < deadline, "the worker outlived serve"
