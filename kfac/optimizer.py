@@ -164,70 +164,31 @@ class KFAC(torch.optim.Optimizer):
         group = self.param_groups[0]
         self.counters["step"] += 1
         step = self.counters["step"]
-        record = (step - 1) % group["stats_interval"] == 0
-        self.zero_grad(set_to_none=True)
-        batch = inputs.shape[0]
-        # The per-example product needs this step's activations, and no ℓ2 term in ∇h.
-        per_example = self._per_example_layers(batch) if group["weight_decay"] == 0 else set()
-        with self.capture.record(enabled=record or bool(per_example)):
-            outputs = self.model(inputs)
-            loss = negative_log_likelihood(outputs, targets, self.family).mean()
-            if not torch.isfinite(loss):
-                return self._skip_non_finite(loss, step)
-            if record:
-                self._update_factors(outputs, targets)
-            if per_example:  # again, with this pass's rows per example
-                per_example = self._per_example_layers(batch)
-            if per_example:
-                self.capture.keep_output_gradients()
-        loss.backward()
-        params = self.param_groups[0]["params"]
+        loss, per_example = self._forward_backward(inputs, targets, step)
+        if not torch.isfinite(loss):
+            return self._skip_non_finite(loss, step)
+        params = group["params"]
         eta = group["weight_decay"]
+        lm_due = group["adapt_damping"] and step % group["damping_interval"] == 0
         with torch.no_grad():
             gradient = [self._objective_gradient(p, eta) for p in params]
             notes = Notes()
-            adaptive = group["lr"] is None
             if (step - 1) % group["inverse_interval"] == 0:
-                search = (
-                    adaptive
-                    and group["gamma_search"]
-                    and step > 1
-                    and ((step - 1) % group["gamma_interval"] == 0)
-                )
-                if search:
-                    self._search_gamma(inputs, gradient, notes)
-                else:
-                    if not group["gamma_search"]:
-                        self.counters["gamma"] = math.sqrt(group["damping"] + eta)
-                    self.preconditioner.update_inverses(self.counters["gamma"], notes)
-            per_example = self._per_example_rows(per_example)
-            preconditioned = self._precondition(gradient, per_example)
+                self._update_inverses(step, inputs, gradient, notes)
+            preconditioned = self._precondition(gradient, self._per_example_rows(per_example))
             previous = [self.state[p].get("previous_update") for p in params]
-            has_previous = previous[0] is not None
-            lm_due = group["adapt_damping"] and step % group["damping_interval"] == 0
+            adaptive = group["lr"] is None
             if adaptive:
-                # Solved over F̆⁻¹∇h = −Δ itself, so its coefficient is −α: saves negating Δ.
-                directions = [preconditioned, previous] if has_previous else [preconditioned]
-                coefficients = solve_step_coefficients(
-                    *self._quadratic_model(inputs, gradient, directions)
-                )
-                update = self._combine(
-                    coefficients.alpha, preconditioned, coefficients.mu, previous
-                )
-                alpha, mu, predicted = (
-                    -coefficients.alpha,
-                    coefficients.mu,
-                    coefficients.predicted_change,
+                scale, mu, predicted = self._adaptive_coefficients(
+                    inputs, gradient, preconditioned, previous
                 )
             else:
-                alpha = -group["lr"] * self._kl_scale(preconditioned, gradient)
-                mu = group["momentum"] if has_previous else 0.0
-                update = self._combine(alpha, preconditioned, mu, previous)
-                predicted = math.nan
-                if lm_due:  # M at δ itself: coefficient 1 on the one direction δ
-                    curvature, _, linear = self._quadratic_model(inputs, gradient, [update])
-                    predicted = float(model_change(curvature, linear, linear.new_ones(1)))
-                alpha = -alpha
+                scale = -group["lr"] * self._kl_scale(preconditioned, gradient)
+                mu, predicted = (group["momentum"] if previous[0] is not None else 0.0), math.nan
+            update = self._combine(scale, preconditioned, mu, previous)
+            if lm_due and not adaptive:  # M at δ itself: coefficient 1 on the one direction δ
+                curvature, _, linear = self._quadratic_model(inputs, gradient, [update])
+                predicted = float(model_change(curvature, linear, linear.new_ones(1)))
             if lm_due:
                 objective_before = float(loss) + 0.5 * eta * self._squared_norm(params)
             for p, u in zip(params, update, strict=True):
@@ -235,17 +196,13 @@ class KFAC(torch.optim.Optimizer):
                 self.state[p]["previous_update"] = u
             rho = math.nan
             if lm_due:
-                with running_statistics_frozen(self.model):
-                    after = self.model(inputs)
-                after = negative_log_likelihood(after, targets, self.family).mean()
-                objective_after = float(after) + 0.5 * eta * self._squared_norm(params)
-                rho = self.damping.adapt(objective_after - objective_before, predicted)
+                rho = self._adapt_damping(inputs, targets, objective_before, predicted)
         self.capture.clear()
         self.notes.extend(notes.messages)
         self.diagnostics = {
             "damping": group["damping"],
             "gamma": self.counters["gamma"],
-            "alpha": alpha,
+            "alpha": -scale,  # the coefficient of Δ = −F̆⁻¹∇h
             "mu": mu,
             "rho": rho,
             "quadratic_model": predicted,
@@ -255,6 +212,64 @@ class KFAC(torch.optim.Optimizer):
             "numerical_fallbacks": float(len(notes.messages)),
         }
         return loss.detach()
+
+    def _forward_backward(self, inputs, targets, step: int) -> tuple[torch.Tensor, set[str]]:
+        """The mean NLL and its gradient in .grad; on statistics steps also the factors' update
+        (§5). Returns the loss and the layers that precondition per example (their output
+        gradients are kept)."""
+        group = self.param_groups[0]
+        record = (step - 1) % group["stats_interval"] == 0
+        self.zero_grad(set_to_none=True)
+        batch = inputs.shape[0]
+        # The per-example product needs this step's activations, and no ℓ2 term in ∇h.
+        per_example = self._per_example_layers(batch) if group["weight_decay"] == 0 else set()
+        with self.capture.record(enabled=record or bool(per_example)):
+            outputs = self.model(inputs)
+            loss = negative_log_likelihood(outputs, targets, self.family).mean()
+            if not torch.isfinite(loss):
+                return loss, set()
+            if record:
+                self._update_factors(outputs, targets)
+            if per_example:  # again, with this pass's rows per example
+                per_example = self._per_example_layers(batch)
+            if per_example:
+                self.capture.keep_output_gradients()
+        loss.backward()
+        return loss, per_example
+
+    def _update_inverses(self, step: int, inputs, gradient, notes: Notes) -> None:
+        """Re-invert the damped factors at γ = sqrt(λ + η), or at the γ chosen by the
+        quadratic model every `gamma_interval` steps (§6.6)."""
+        group = self.param_groups[0]
+        search = (
+            group["lr"] is None
+            and group["gamma_search"]
+            and step > 1
+            and (step - 1) % group["gamma_interval"] == 0
+        )
+        if search:
+            self._search_gamma(inputs, gradient, notes)
+            return
+        if not group["gamma_search"]:
+            self.counters["gamma"] = math.sqrt(group["damping"] + group["weight_decay"])
+        self.preconditioner.update_inverses(self.counters["gamma"], notes)
+
+    def _adaptive_coefficients(self, inputs, gradient, preconditioned, previous):
+        """(c, μ, M(δ) − M(0)) of δ = c·F̆⁻¹∇h + μδ₀ minimising the quadratic model (§7);
+        c = −α, as the model is solved over F̆⁻¹∇h = −Δ itself."""
+        directions = [preconditioned] if previous[0] is None else [preconditioned, previous]
+        solved = solve_step_coefficients(*self._quadratic_model(inputs, gradient, directions))
+        return solved.alpha, solved.mu, solved.predicted_change
+
+    def _adapt_damping(self, inputs, targets, objective_before: float, predicted: float) -> float:
+        """ρ = (h(θ+δ) − h(θ)) / (M(δ) − M(0)) on this mini-batch, and λ's update (§6.5)."""
+        eta = self.param_groups[0]["weight_decay"]
+        with running_statistics_frozen(self.model):
+            after = self.model(inputs)
+        after = negative_log_likelihood(after, targets, self.family).mean()
+        params = self.param_groups[0]["params"]
+        objective_after = float(after) + 0.5 * eta * self._squared_norm(params)
+        return self.damping.adapt(objective_after - objective_before, predicted)
 
     def _skip_non_finite(self, loss: torch.Tensor, step: int) -> torch.Tensor:
         """A model that has blown up: no statistics (sampling targets from NaN or infinite
