@@ -13,6 +13,10 @@ One call of `step(inputs, targets)` is one iteration of the paper's algorithm:
 6. every `damping_interval` steps λ moves by the Levenberg–Marquardt rule (§6.5).
 
 Parameters outside nn.Linear layers get the damped identity as their curvature.
+
+Data parallelism: with a `kfac.distributed.ProcessGroupCommunicator` each rank calls `step`
+with its shard of the global batch (`communicator.shard`) and the optimizer reduces the batch
+means, shares the inverse work and keeps every rank's state identical (see kfac.distributed).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torch import nn
 
 from kfac.capture import ActivationCapture
 from kfac.damping import DampingController
+from kfac.distributed import Communicator
 from kfac.enums import FisherType, InverseStructure, LossFamily
 from kfac.inverses import Notes
 from kfac.layers import find_blocks
@@ -64,6 +69,8 @@ class KFAC(torch.optim.Optimizer):
         kl_clip: with a fixed lr, scale steps so that lr²·Δᵀ∇h <= kl_clip.
         layers: names of the layers to precondition (default: all supported ones).
         seed: seeds the generator of the sampled targets (saved in the state dict).
+        communicator: the ranks of a data-parallel run (kfac.distributed); None is one
+            process.  The ranks' parameters are made equal (rank 0's) at construction.
     """
 
     def __init__(
@@ -90,6 +97,7 @@ class KFAC(torch.optim.Optimizer):
         kl_clip: float | None = None,
         layers: list[str] | None = None,
         seed: int = 0,
+        communicator: Communicator | None = None,
     ):
         for name, value in [
             ("damping_interval", damping_interval),
@@ -145,8 +153,13 @@ class KFAC(torch.optim.Optimizer):
             kl_clip=kl_clip,
         )
         super().__init__(params, defaults)
+        self.communicator = communicator or Communicator()
+        self.communicator.synchronise(params)
+        self.batch_size = 0  # the global batch of the current step (all ranks' examples)
         self.capture = ActivationCapture(self.blocks)
-        self.preconditioner = KroneckerPreconditioner(self.blocks, structure, self.block_state)
+        self.preconditioner = KroneckerPreconditioner(
+            self.blocks, structure, self.block_state, self.communicator
+        )
         self.names = {p: name for name, p in model.named_parameters()}
         block_params = {id(p) for b in self.blocks for p in b.parameters()}
         self.other_params = [p for p in params if id(p) not in block_params]
@@ -210,6 +223,7 @@ class KFAC(torch.optim.Optimizer):
                 torch.linalg.vector_norm(torch.stack(torch._foreach_norm(update)))
             ),
             "numerical_fallbacks": float(len(notes.messages)),
+            **{f"communication_{k}": v for k, v in self.communicator.take_traffic().items()},
         }
         return loss.detach()
 
@@ -225,7 +239,9 @@ class KFAC(torch.optim.Optimizer):
         per_example = self._per_example_layers(batch) if group["weight_decay"] == 0 else set()
         with self.capture.record(enabled=record or bool(per_example)):
             outputs = self.model(inputs)
-            loss = negative_log_likelihood(outputs, targets, self.family).mean()
+            local_loss = negative_log_likelihood(outputs, targets, self.family).mean()
+            # Reduced first, so that every rank agrees on skipping a non-finite step.
+            (loss,), self.batch_size = self.communicator.average([local_loss.detach()], batch)
             if not torch.isfinite(loss):
                 return loss, set()
             if record:
@@ -234,8 +250,18 @@ class KFAC(torch.optim.Optimizer):
                 per_example = self._per_example_layers(batch)
             if per_example:
                 self.capture.keep_output_gradients()
-        loss.backward()
+        local_loss.backward()
+        self._average_gradients(batch)
         return loss, per_example
+
+    def _average_gradients(self, batch: int) -> None:
+        """The gradient of the global batch's mean NLL in every .grad (one all-reduce)."""
+        params = [p for p in self.param_groups[0]["params"] if p.grad is not None]
+        if self.communicator.world_size == 1 or not params:
+            return
+        grads, _ = self.communicator.average([p.grad for p in params], batch)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
 
     def _update_inverses(self, step: int, inputs, gradient, notes: Notes) -> None:
         """Re-invert the damped factors at γ = sqrt(λ + η), or at the γ chosen by the
@@ -267,6 +293,7 @@ class KFAC(torch.optim.Optimizer):
         with running_statistics_frozen(self.model):
             after = self.model(inputs)
         after = negative_log_likelihood(after, targets, self.family).mean()
+        (after,), _ = self.communicator.average([after], inputs.shape[0])
         params = self.param_groups[0]["params"]
         objective_after = float(after) + 0.5 * eta * self._squared_norm(params)
         return self.damping.adapt(objective_after - objective_before, predicted)
@@ -286,9 +313,12 @@ class KFAC(torch.optim.Optimizer):
     def _update_factors(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         """Sample targets (true Fisher) and fold this batch's factors into the averages (§5)."""
         group = self.param_groups[0]
-        used = max(1, round(group["stats_fraction"] * outputs.shape[0]))
+        used, share = self._subset(group["stats_fraction"])
         if self.fisher is FisherType.TRUE:
-            stat_targets = sample_targets(outputs[:used], self.family, self.generator)
+            positions = self.communicator.positions(used)
+            stat_targets = sample_targets(
+                outputs[:used], self.family, self.generator, positions, share
+            )
         else:
             stat_targets = targets[:used]
         # The sum (not the mean) over examples, so that each row of Ds is a per-example g.
@@ -300,9 +330,16 @@ class KFAC(torch.optim.Optimizer):
             self.preconditioner.update_factors(
                 [self.capture.inputs[b.name][:used] for b in self.blocks],
                 [g[:used] for g in output_grads],
+                used,
                 self.counters["stat_updates"],
                 group["factor_decay"],
             )
+
+    def _subset(self, fraction: float) -> tuple[int, int]:
+        """The global batch's first max(1, round(fraction·B)) examples, the share of the
+        statistics and of the quadratic model: (how many are this rank's, how many in all)."""
+        share = max(1, round(fraction * self.batch_size))
+        return self.communicator.prefix(share), share
 
     def block_state(self, block) -> dict:
         """The state of one K-FAC layer, kept under its weight so state_dict() carries it."""
@@ -336,6 +373,8 @@ class KFAC(torch.optim.Optimizer):
         """The layers whose per-example product (ĝG⁻¹)ᵀ(āĀ⁻¹) is the cheaper one. Its cost
         grows with the rows ā, one per example and output location: batch × |T| for a conv
         layer (|T| from the last recorded forward pass; step 1 always records)."""
+        if self.communicator.world_size > 1:  # the rows ĝ, ā of one rank miss the others'
+            return set()
         rows = self.capture.rows_per_example
         return {
             b.name
@@ -381,16 +420,19 @@ class KFAC(torch.optim.Optimizer):
     def _quadratic_model(self, inputs, gradient, directions):
         """[vᵢᵀ(F + ηI)vⱼ], [λvᵢᵀvⱼ] and [∇hᵀvᵢ] over the directions, F the exact Fisher (§7)."""
         group = self.param_groups[0]
-        used = max(1, round(group["quadratic_fraction"] * inputs.shape[0]))
+        used, _ = self._subset(group["quadratic_fraction"])
         params = group["params"]
         named = [
             {self.names[p]: d for p, d in zip(params, direction, strict=True)}
             for direction in directions
         ]
-        with torch.enable_grad():
-            outputs, products = output_directions(self.model, inputs[:used], named)
-        fisher = fisher_gram(outputs, products, self.family)
         count = len(directions)
+        fisher = gradient[0].new_zeros(count, count)  # a rank with none of the subset
+        if used:
+            with torch.enable_grad():
+                outputs, products = output_directions(self.model, inputs[:used], named)
+            fisher = fisher_gram(outputs, products, self.family)
+        (fisher,), _ = self.communicator.average([fisher], used)
         euclidean = fisher.new_tensor(
             [[float(dot(directions[i], directions[j])) for j in range(count)] for i in range(count)]
         )
