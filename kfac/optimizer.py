@@ -166,7 +166,7 @@ class KFAC(torch.optim.Optimizer):
         self.generator = torch.Generator(device=params[0].device)
         self.generator.manual_seed(seed)
         self.counters = {"step": 0, "stat_updates": 0, "gamma": math.sqrt(damping + weight_decay)}
-        self.damping = DampingController(self.param_groups[0])
+        self.damping = DampingController(self.param_groups[0], self.counters)
         self.diagnostics: dict[str, float] = {}
         self.notes: list[str] = []
 
@@ -478,4 +478,4 @@ class KFAC(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         self.counters = dict(extra["counters"])
         self.generator.set_state(extra["generator"])
-        self.damping = DampingController(self.param_groups[0])
+        self.damping = DampingController(self.param_groups[0], self.counters)
