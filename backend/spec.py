@@ -42,6 +42,7 @@ MAX_LAYER_WIDTH = 8192  # K-FAC inverts (width+1)² factors
 MAX_PROBE_PARAMETERS = 4096  # exact F over the probe is P × P
 MAX_SNAPSHOTS = 200
 MAX_BATCH_SIZE = 60_000
+MAX_PROCESSES = 16  # data-parallel ranks of one run
 
 
 class _Spec(BaseModel):
@@ -189,6 +190,13 @@ class RunSpec(_Spec):
     iterate_averaging: float | None = Field(
         None, gt=0, lt=1, description="§13: evaluate θ̄ₖ = ξθ̄ₖ₋₁ + (1−ξ)θₖ, ξ = min(1 − 1/k, this)"
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=MAX_PROCESSES,
+        description="data-parallel ranks (torch.distributed) sharing each mini-batch; "
+        "N ranks at batch B train as one process at B",
+    )
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -225,6 +233,15 @@ class RunSpec(_Spec):
         if isinstance(batch, int) and dataset is not None and batch > dataset.info.n_train:
             raise ValueError(f"exceeds the {dataset.info.n_train} training examples")
         return batch
+
+    @field_validator("processes")
+    @classmethod
+    def _every_rank_has_examples(cls, processes: int, info: ValidationInfo):
+        batch = info.data.get("batch_size")
+        smallest = batch.initial if isinstance(batch, ExponentialBatchSchedule) else batch
+        if smallest is not None and smallest < processes:
+            raise ValueError(f"{processes} processes need a mini-batch of at least {processes}")
+        return processes
 
     @field_validator("epochs")
     @classmethod

@@ -90,6 +90,10 @@ class Communicator:
     def synchronise(self, tensors: list[torch.Tensor]) -> None:
         """Make `tensors` equal on every rank (rank 0's values), in place."""
 
+    def gather(self, value: float) -> list[float]:
+        """Every rank's `value`, by rank (for per-rank timings)."""
+        return [value]
+
     def take_traffic(self) -> dict[str, float]:
         """The bytes moved and seconds spent in collectives since the last call."""
         traffic = dict(self.traffic)
@@ -178,3 +182,8 @@ class ProcessGroupCommunicator(Communicator):
         )
         for t, part in zip(tensors, bucket.split([t.numel() for t in tensors]), strict=True):
             t.data.copy_(part.view_as(t))
+
+    def gather(self, value):
+        values = [None] * self.world_size
+        dist.all_gather_object(values, value, group=self.group)
+        return values
