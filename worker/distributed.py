@@ -2,8 +2,10 @@
 
 Rank 0 is the process that took the run (the Celery task, or the CLI): it hosts the c10d
 TCPStore the ranks rendezvous through, trains with the run's recorder, and alone evaluates,
-snapshots and checkpoints.  Ranks 1..N−1 are started here by `torch.multiprocessing`
-(spawn) and run the same loop (worker.training) on their shards with nothing to record; a
+snapshots and checkpoints.  Ranks 1..N−1 are started here as `python -m worker.distributed`
+processes (as torchrun starts its ranks: Celery's pool children are daemonic and may not
+have multiprocessing children) and run the same loop (worker.training) on their shards with
+nothing to record; a
 checkpoint written by rank 0 holds the state of every rank (kfac.distributed keeps them
 identical), so every rank resumes from it.
 
@@ -19,17 +21,19 @@ Backend: gloo on CPU, NCCL when the run's device is a GPU (rank r on GPU r mod c
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import json
 import logging
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from backend.spec import RunSpec
 from kfac.distributed import ProcessGroupCommunicator
@@ -63,31 +67,45 @@ def _join_group(store: dist.Store, rank: int, spec: RunSpec) -> ProcessGroupComm
     return ProcessGroupCommunicator()
 
 
-def _rank_main(
-    index: int,
-    spec_json: dict[str, Any],
-    port: int,
-    threads: int,
-    checkpoint_dir: Path | None,
-    resume: bool,
-    data_dir: Path | None,
-) -> None:
-    """Rank index + 1: join rank 0's store, train its shards, record nothing."""
-    torch.set_num_threads(threads)
-    spec = RunSpec.model_validate(spec_json)
+def main(argv: list[str] | None = None) -> None:
+    """Rank r > 0 of a run: join rank 0's store, train its shards, record nothing."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--spec", required=True, help="the run spec as JSON")
+    parser.add_argument("--checkpoint-dir", type=Path, help="resume from its latest checkpoint")
+    parser.add_argument("--data-dir", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    torch.set_num_threads(args.threads)
+    spec = RunSpec.model_validate(json.loads(args.spec))
     store = dist.TCPStore(
-        "127.0.0.1", port, spec.processes, is_master=False,
+        "127.0.0.1", args.port, spec.processes, is_master=False,
         timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
     )
-    communicator = _join_group(store, index + 1, spec)
+    communicator = _join_group(store, args.rank, spec)
     try:
         result = train(
-            spec, _Discard(), checkpoint_dir=checkpoint_dir if resume else None,
-            resume=resume, data_dir=data_dir, communicator=communicator,
+            spec, _Discard(), checkpoint_dir=args.checkpoint_dir,
+            resume=args.checkpoint_dir is not None, data_dir=args.data_dir,
+            communicator=communicator,
         )
-        logger.info("rank %d: %s at step %d", index + 1, result.status, result.step)
+        logger.info("rank %d: %s at step %d", args.rank, result.status, result.step)
     finally:
         dist.destroy_process_group()
+
+
+def _start_rank(
+    rank: int, spec: RunSpec, port: int, threads: int, checkpoint: Path | None, data: Path | None
+) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "worker.distributed", f"--rank={rank}", f"--port={port}",
+        f"--threads={threads}", f"--spec={spec.model_dump_json()}",
+    ]
+    command += [f"--checkpoint-dir={checkpoint}"] if checkpoint else []
+    command += [f"--data-dir={data}"] if data else []
+    return subprocess.Popen(command)
 
 
 def train_ranks(
@@ -106,13 +124,11 @@ def train_ranks(
         "127.0.0.1", 0, spec.processes, is_master=True, wait_for_workers=False,
         timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
     )
-    context = mp.start_processes(
-        _rank_main,
-        args=(spec.model_dump(mode="json"), store.port, threads, checkpoint_dir, resume, data_dir),
-        nprocs=spec.processes - 1,
-        join=False,
-        start_method="spawn",
-    )
+    resume_from = checkpoint_dir if resume else None
+    ranks = [
+        _start_rank(rank, spec, store.port, threads, resume_from, data_dir)
+        for rank in range(1, spec.processes)
+    ]
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     result: RunResult | None = None
@@ -130,26 +146,27 @@ def train_ranks(
         result = RunResult("failed", 0, f"{type(error).__name__}: {error}")
     finally:
         torch.set_num_threads(previous_threads)
-        dead = _stop_ranks(context, wait=result is not None and result.status == "succeeded")
+        dead = _stop_ranks(ranks, wait=result is not None and result.status == "succeeded")
     if result.status == "failed" and dead:
         result.reason = f"{'; '.join(dead)}; rank 0: {result.reason}"
     return result
 
 
-def _stop_ranks(context: mp.ProcessContext, wait: bool) -> list[str]:
+def _stop_ranks(ranks: list[subprocess.Popen], wait: bool) -> list[str]:
     """Join the other ranks (for JOIN_TIMEOUT_S after a success, at once otherwise), kill
     what is left, and describe the ranks that had died by themselves."""
-    processes = context.processes
-    died = []
-    for index, process in enumerate(processes):
-        if process.exitcode not in (None, 0):
-            died.append(_describe(index + 1, process.exitcode))
-    for process in processes:
+    died = [
+        _describe(rank, process.returncode)
+        for rank, process in enumerate(ranks, 1)
+        if process.poll() not in (None, 0)
+    ]
+    for process in ranks:
         if wait:
-            process.join(JOIN_TIMEOUT_S)
-        if process.is_alive():
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(JOIN_TIMEOUT_S)
+        if process.poll() is None:
             process.kill()
-        process.join()
+        process.wait()
     return died
 
 
@@ -158,3 +175,7 @@ def _describe(rank: int, exitcode: int) -> str:
         with suppress(ValueError):
             return f"rank {rank} was killed by {signal.Signals(-exitcode).name}"
     return f"rank {rank} exited with code {exitcode}"
+
+
+if __name__ == "__main__":
+    main()
