@@ -329,8 +329,10 @@ class _Run:
     def record_step(self, loss: float, elapsed: float, batch: int) -> None:
         """Every rank calls this at the same steps (the step times are gathered)."""
         if self.communicator.world_size > 1:
-            for rank, seconds in enumerate(self.communicator.gather(elapsed)):
+            times = self.communicator.gather(elapsed)
+            for rank, seconds in enumerate(times):
                 self.emit(f"step_time_rank{rank}", seconds)
+            self.emit("step_time_slowest_rank", max(times))
         self.emit("train_loss", loss)
         self.emit("step_time", elapsed)
         self.emit("examples_seen", float(self.examples_seen))

@@ -37,7 +37,7 @@ export function renderRuns(tbody, runs, groups, { latest, onCancel, onExport }) 
         cancelRequested ? el("div", { class: "muted" }, "cancelling…") : null,
         run.error ? el("div", { class: "error-text" }, run.error) : null,
       ),
-      el("td", { class: "hide-narrow" }, run.device ?? "–"),
+      el("td", { class: "hide-narrow" }, run.device ?? "–", run.processes > 1 ? el("div", { class: "muted" }, `${run.processes} processes`) : null),
       el("td", { class: "mono" }, progress),
       el("td", { class: "num" }, formatDuration(elapsedSeconds(run))),
       el("td", { class: "num" }, formatNumber(metric(run, "train_loss"))),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from backend.api.schemas import RunOut
 from backend.store.db import session_scope
 from backend.store.writes import request_cancel
 from tests.worker.labs import Lab, lab, run_spec
@@ -59,11 +60,12 @@ def test_a_two_process_run_records_on_rank_0_and_matches_one_process(embedded: L
     assert [step for step, _ in losses[0]] == list(range(1, 31))  # each step stored once
     for (_, ours), (_, theirs) in zip(*losses, strict=True):
         assert ours == pytest.approx(theirs, rel=1e-6)
-    for rank in (0, 1):
-        assert len(embedded.points(two, f"step_time_rank{rank}")) == 30
+    for name in ("step_time_rank0", "step_time_rank1", "step_time_slowest_rank"):
+        assert len(embedded.points(two, name)) == 30
     assert all(v > 0 for _, v in embedded.points(two, "communication_bytes_all_reduced"))
     assert embedded.points(one, "communication_bytes_all_reduced")[-1][1] == 0
     assert helper_ranks(embedded) == []  # rank 1 ended with the run
+    assert [RunOut.from_run(run).processes for run in runs] == [2, 1]  # what the page shows
 
 
 def test_cancel_stops_every_rank(embedded: Lab) -> None:
