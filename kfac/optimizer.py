@@ -54,7 +54,8 @@ class KFAC(torch.optim.Optimizer):
         weight_decay: η of the ℓ2 term ½η‖θ‖² in h (§6.1); 0 by default, which also lets wide
             layers use the cheaper per-example preconditioning product.
         adapt_damping: Levenberg–Marquardt adaptation of λ every `damping_interval` steps with
-            ω₁ = damping_decay ** damping_interval (§6.5).
+            ω₁ = damping_decay ** damping_interval (§6.5), the decrease compounded over a run
+            of successes (`kfac.damping.levenberg_marquardt`).
         gamma_search: choose γ among {γω₂, γ, γ/ω₂} by the quadratic model every
             `gamma_interval` steps (§6.6); otherwise γ = sqrt(λ + η).
         stats_interval, inverse_interval: the amortisation periods T_stats and T₃.
