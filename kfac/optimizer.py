@@ -42,6 +42,7 @@ from kfac.quadratic import (
     running_statistics_frozen,
     solve_step_coefficients,
 )
+from kfac.settings import KFACSettings
 
 
 class KFAC(torch.optim.Optimizer):
@@ -51,6 +52,8 @@ class KFAC(torch.optim.Optimizer):
     Args:
         model: the network; its K-FAC layers are found by module type, in model order.
         loss: the predictive distribution, a `LossFamily` ("cross_entropy", "bce", "mse").
+
+    Options (keywords, `kfac.settings.KFACSettings` holds their defaults and checks them):
         structure: block-diagonal (§4.2) or block-tridiagonal (§4.3) inverse.
         fisher: "true" samples the statistics' targets from the model; "empirical" uses y.
         lr: None chooses α, μ from the quadratic model each step (§7); a number gives a fixed
@@ -59,7 +62,8 @@ class KFAC(torch.optim.Optimizer):
         weight_decay: η of the ℓ2 term ½η‖θ‖² in h (§6.1); 0 by default, which also lets wide
             layers use the cheaper per-example preconditioning product.
         adapt_damping: Levenberg–Marquardt adaptation of λ every `damping_interval` steps with
-            ω₁ = damping_decay ** damping_interval (§6.5).
+            ω₁ = damping_decay ** damping_interval (§6.5), the decrease compounded over a run
+            of successes (`kfac.damping.levenberg_marquardt`).
         gamma_search: choose γ among {γω₂, γ, γ/ω₂} by the quadratic model every
             `gamma_interval` steps (§6.6); otherwise γ = sqrt(λ + η).
         stats_interval, inverse_interval: the amortisation periods T_stats and T₃.
@@ -69,8 +73,9 @@ class KFAC(torch.optim.Optimizer):
         kl_clip: with a fixed lr, scale steps so that lr²·Δᵀ∇h <= kl_clip.
         layers: names of the layers to precondition (default: all supported ones).
         seed: seeds the generator of the sampled targets (saved in the state dict).
-        communicator: the ranks of a data-parallel run (kfac.distributed); None is one
-            process.  The ranks' parameters are made equal (rank 0's) at construction.
+
+    communicator: the ranks of a data-parallel run (kfac.distributed); None is one process.
+        The ranks' parameters are made equal (rank 0's) at construction.
     """
 
     def __init__(
@@ -78,54 +83,16 @@ class KFAC(torch.optim.Optimizer):
         model: nn.Module,
         loss: LossFamily | str = LossFamily.CROSS_ENTROPY,
         *,
-        structure: InverseStructure | str = InverseStructure.BLOCK_DIAGONAL,
-        fisher: FisherType | str = FisherType.TRUE,
-        lr: float | None = None,
-        momentum: float = 0.9,
-        damping: float = 150.0,
-        weight_decay: float = 0.0,
-        adapt_damping: bool = True,
-        damping_interval: int = 5,
-        damping_decay: float = 19 / 20,
-        gamma_search: bool = False,
-        gamma_interval: int = 20,
-        stats_interval: int = 10,
-        inverse_interval: int = 20,
-        factor_decay: float = 0.95,
-        stats_fraction: float = 1.0,
-        quadratic_fraction: float = 0.25,
-        kl_clip: float | None = None,
-        layers: list[str] | None = None,
-        seed: int = 0,
         communicator: Communicator | None = None,
+        **options,
     ):
-        for name, value in [
-            ("damping_interval", damping_interval),
-            ("gamma_interval", gamma_interval),
-            ("stats_interval", stats_interval),
-            ("inverse_interval", inverse_interval),
-        ]:
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name, value in [
-            ("stats_fraction", stats_fraction),
-            ("factor_decay", factor_decay),
-            ("quadratic_fraction", quadratic_fraction),
-        ]:
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"{name} must lie in (0, 1], got {value!r}")
-        if damping < 0 or weight_decay < 0:
-            raise ValueError("damping and weight_decay must be non-negative")
-        if lr is not None and lr <= 0:
-            raise ValueError(f"lr must be positive or None (quadratic model), got {lr!r}")
-        if gamma_search and gamma_interval % inverse_interval:
-            raise ValueError("gamma_interval must be a multiple of inverse_interval")
-        structure = InverseStructure(structure)
+        settings = KFACSettings(**options)
+        structure = settings.structure
         self.model = model
         self.family = LossFamily(loss)
-        self.fisher = FisherType(fisher)
+        self.fisher = settings.fisher
         self.structure = structure
-        self.blocks = find_blocks(model, layers)
+        self.blocks = find_blocks(model, settings.layers)
         if not self.blocks:
             raise ValueError("the model has no nn.Linear or nn.Conv2d layer to precondition")
         if structure is InverseStructure.BLOCK_TRIDIAGONAL:
@@ -135,24 +102,7 @@ class KFAC(torch.optim.Optimizer):
                     f"block-tridiagonal K-FAC supports Linear layers only: {unsupported}"
                 )
         params = [p for p in model.parameters() if p.requires_grad]
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            damping=damping,
-            weight_decay=weight_decay,
-            adapt_damping=adapt_damping,
-            damping_interval=damping_interval,
-            damping_decay=damping_decay,
-            gamma_search=gamma_search,
-            gamma_interval=gamma_interval,
-            stats_interval=stats_interval,
-            inverse_interval=inverse_interval,
-            factor_decay=factor_decay,
-            stats_fraction=stats_fraction,
-            quadratic_fraction=quadratic_fraction,
-            kl_clip=kl_clip,
-        )
-        super().__init__(params, defaults)
+        super().__init__(params, settings.group_defaults())
         self.communicator = communicator or Communicator()
         self.communicator.synchronise(params)
         self.batch_size = 0  # the global batch of the current step (all ranks' examples)
@@ -164,8 +114,9 @@ class KFAC(torch.optim.Optimizer):
         block_params = {id(p) for b in self.blocks for p in b.parameters()}
         self.other_params = [p for p in params if id(p) not in block_params]
         self.generator = torch.Generator(device=params[0].device)
-        self.generator.manual_seed(seed)
-        self.counters = {"step": 0, "stat_updates": 0, "gamma": math.sqrt(damping + weight_decay)}
+        self.generator.manual_seed(settings.seed)
+        gamma = math.sqrt(settings.damping + settings.weight_decay)
+        self.counters = {"step": 0, "stat_updates": 0, "gamma": gamma}
         self.damping = DampingController(self.param_groups[0], self.counters)
         self.diagnostics: dict[str, float] = {}
         self.notes: list[str] = []
