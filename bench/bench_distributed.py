@@ -2,9 +2,10 @@
 
     python -m bench.bench_distributed [--batch B] [--width W] [--rounds R]
 
-Both train the same MLP (784-W-W-10, float32, cross-entropy, K-FAC with the quadratic model,
+All train the same MLP (784-W-W-10, float32, cross-entropy, K-FAC with the quadratic model,
 statistics every 10 steps and inverses every 20, as the spec's defaults) at the same global
-batch on the same synthetic data, one after the other in this run.  Per configuration it
+batch on the same synthetic data, one after the other in this run (1 process × 1 thread too,
+as the baseline both others split in two).  Per configuration it
 reports the amortised step time (median over rounds of `period` steps), the inverse-update
 time (`KroneckerPreconditioner.update_inverses`, which under 2 ranks includes the broadcast
 of the other rank's inverses) and the share of rank 0's step time spent in collectives, with
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import statistics
 import tempfile
 import time
@@ -108,23 +110,34 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3, help=f"rounds of {PERIOD} steps")
     args = parser.parse_args()
+    torch.set_num_threads(1)
+    single = measure(Communicator(), args.width, args.batch, args.rounds)
     torch.set_num_threads(2)
     one = measure(Communicator(), args.width, args.batch, args.rounds)
     two = two_processes(args.width, args.batch, args.rounds)
+    load = os.getloadavg()[0]
     print(f"# Data-parallel K-FAC: MLP 784-{args.width}-{args.width}-10, global batch "
           f"{args.batch}, float32\n")
     print("| configuration | step (amortised) | inverse update | communication share "
           "| bytes per step |")
     print("|---|---|---|---|---|")
-    for name, result in (("1 process × 2 threads", one), ("2 processes × 1 thread", two)):
+    rows = [
+        ("1 process × 1 thread", single),
+        ("1 process × 2 threads", one),
+        ("2 processes × 1 thread", two),
+    ]
+    for name, result in rows:
         print(
             f"| {name} | {result['step_s'] * 1e3:.1f} ms | {result['inverse_s'] * 1e3:.1f} ms "
             f"| {result['communication_share']:.1%} | {result['bytes_per_step'] / 1e6:.2f} MB |"
         )
     print(
         f"\nratios, 2 processes / 1 process: step {two['step_s'] / one['step_s']:.2f}×, "
-        f"inverse update {two['inverse_s'] / one['inverse_s']:.2f}×"
+        f"inverse update {two['inverse_s'] / one['inverse_s']:.2f}×; "
+        f"against 1 process × 1 thread: step {two['step_s'] / single['step_s']:.2f}×, "
+        f"inverse update {two['inverse_s'] / single['inverse_s']:.2f}×"
     )
+    print(f"\nload average (1 min) at the end: {load:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ BENCHMARKS = {
     "bench_api": "API page data, memory and live-event latency (issue 3)",
     "bench_load": "50 viewers on an experiment while 4 runs train (issue 6)",
     "bench_page": "The experiment page in a browser: load, live updates, snapshots (issue 4)",
+    "bench_distributed": "Data-parallel K-FAC: 2 processes against 1 process × 2 threads "
+    "(issue 12)",
 }
 """Key: a benchmark's command line (its module in bench/, then its arguments); value: the
 heading of its section."""
