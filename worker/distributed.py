@@ -57,6 +57,8 @@ def _backend(spec: RunSpec) -> str:
 
 
 def _join_group(store: dist.Store, rank: int, spec: RunSpec) -> ProcessGroupCommunicator:
+    if _backend(spec) == "nccl":  # NCCL's object collectives use the current device
+        torch.cuda.set_device(resolve_device(spec.device, rank))
     dist.init_process_group(
         _backend(spec),
         store=store,
