@@ -174,8 +174,10 @@ class KFAC(torch.optim.Optimizer):
                 torch.linalg.vector_norm(torch.stack(torch._foreach_norm(update)))
             ),
             "numerical_fallbacks": float(len(notes.messages)),
-            **{f"communication_{k}": v for k, v in self.communicator.take_traffic().items()},
         }
+        if self.communicator.world_size > 1:  # one process moves nothing: no series of zeros
+            traffic = self.communicator.take_traffic()
+            self.diagnostics.update({f"communication_{k}": v for k, v in traffic.items()})
         return loss.detach()
 
     def _forward_backward(self, inputs, targets, step: int) -> tuple[torch.Tensor, set[str]]:

@@ -83,14 +83,20 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     spec = RunSpec.model_validate(json.loads(args.spec))
     store = dist.TCPStore(
-        "127.0.0.1", args.port, spec.processes, is_master=False,
+        "127.0.0.1",
+        args.port,
+        spec.processes,
+        is_master=False,
         timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
     )
     communicator = _join_group(store, args.rank, spec)
     try:
         result = train(
-            spec, _Discard(), checkpoint_dir=args.checkpoint_dir,
-            resume=args.checkpoint_dir is not None, data_dir=args.data_dir,
+            spec,
+            _Discard(),
+            checkpoint_dir=args.checkpoint_dir,
+            resume=args.checkpoint_dir is not None,
+            data_dir=args.data_dir,
             communicator=communicator,
         )
         logger.info("rank %d: %s at step %d", args.rank, result.status, result.step)
@@ -102,8 +108,13 @@ def _start_rank(
     rank: int, spec: RunSpec, port: int, threads: int, checkpoint: Path | None, data: Path | None
 ) -> subprocess.Popen:
     command = [
-        sys.executable, "-m", "worker.distributed", f"--rank={rank}", f"--port={port}",
-        f"--threads={threads}", f"--spec={spec.model_dump_json()}",
+        sys.executable,
+        "-m",
+        "worker.distributed",
+        f"--rank={rank}",
+        f"--port={port}",
+        f"--threads={threads}",
+        f"--spec={spec.model_dump_json()}",
     ]
     command += [f"--checkpoint-dir={checkpoint}"] if checkpoint else []
     command += [f"--data-dir={data}"] if data else []
@@ -123,7 +134,11 @@ def train_ranks(
     doc); returns rank 0's outcome, failed with the reason when another rank died."""
     threads = max(1, torch.get_num_threads() // spec.processes)
     store = dist.TCPStore(
-        "127.0.0.1", 0, spec.processes, is_master=True, wait_for_workers=False,
+        "127.0.0.1",
+        0,
+        spec.processes,
+        is_master=True,
+        wait_for_workers=False,
         timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
     )
     resume_from = checkpoint_dir if resume else None
@@ -138,8 +153,13 @@ def train_ranks(
         communicator = _join_group(store, 0, spec)
         try:
             result = train(
-                spec, recorder, checkpoint_dir=checkpoint_dir, should_stop=should_stop,
-                resume=resume, data_dir=data_dir, communicator=communicator,
+                spec,
+                recorder,
+                checkpoint_dir=checkpoint_dir,
+                should_stop=should_stop,
+                resume=resume,
+                data_dir=data_dir,
+                communicator=communicator,
             )
         finally:
             dist.destroy_process_group()

@@ -157,7 +157,7 @@ def test_state_dicts_round_trip_between_world_sizes(ranks, references, name):
 
 def test_communication_is_reported_per_step(ranks):
     """Bytes all-reduced every step (loss and gradient at least), broadcast on inverse steps;
-    one process moves none."""
+    one process reports nothing."""
     world, results = ranks
     diagnostics = results[0]["kfac_block_diagonal"]["diagnostics"]
     parameters = results[0]["kfac_block_diagonal"]["parameters"].numel()
@@ -168,7 +168,7 @@ def test_communication_is_reported_per_step(ranks):
     assert all(b > 0 for b in inverse_steps)
     assert diagnostics[1]["communication_bytes_broadcast"] == 0
     alone = train("kfac_block_diagonal", Communicator())["diagnostics"]
-    assert all(d["communication_bytes_all_reduced"] == 0 for d in alone)
+    assert not any(name.startswith("communication_") for d in alone for name in d)
 
 
 def test_inverses_are_divided_greedily_by_cost():
