@@ -283,10 +283,10 @@ def print_race(task: str, result: dict, ratios: dict, sgd_seconds: float, budget
         method, lr = key.split(" lr=")
         losses = row["best_losses"]
         spread = statistics.stdev(losses) if len(losses) > 1 else 0.0
-        cells = ", ".join(f"{v:.1f}" for v in losses)
+        cells = ", ".join(f"{v:.4g}" for v in losses)
         print(
             f"| {method} | {lr if lr != 'None' else 'adaptive (§7)'} "
-            f"| {statistics.fmean(losses):.1f} ± {spread:.1f} | {cells} |"
+            f"| {statistics.fmean(losses):.4g} ± {spread:.2g} | {cells} |"
         )
     for rival, s in result["summary"].items():
         seeds = ", ".join("—" if r is None else f"{r:.2f}" for r in s["time_ratio_per_seed"])
@@ -296,7 +296,7 @@ def print_race(task: str, result: dict, ratios: dict, sgd_seconds: float, budget
             else "**not reached**"
         )
         print(
-            f"\nK-FAC (mean over seeds) to {rival}'s best mean loss {s['target']:.2f} "
+            f"\nK-FAC (mean over seeds) to {rival}'s best mean loss {s['target']:.4g} "
             f"(lr {s['lr']}, step {s['rival_steps']}): {reached}; per seed: {seeds}"
         )
 
