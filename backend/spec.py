@@ -57,6 +57,7 @@ MAX_LAYER_WIDTH = 8192  # K-FAC inverts (width+1)² factors
 MAX_PROBE_PARAMETERS = 4096  # exact F over the probe is P × P
 MAX_SNAPSHOTS = 200
 MAX_BATCH_SIZE = 60_000
+MAX_PROCESSES = 16  # data-parallel ranks of one run
 
 
 # ---- the registry: every dataset, model and optimizer a spec may name -------------------------
@@ -190,6 +191,13 @@ class RunSpec(SpecModel):
     on_queue_timeout: Literal["fail", "cpu"] = Field(
         "fail", description="fail the run, or train it on the CPU queue instead"
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=MAX_PROCESSES,
+        description="data-parallel ranks (torch.distributed) sharing each mini-batch; "
+        "N ranks at batch B train as one process at B",
+    )
 
     @field_validator("dataset", mode="before", json_schema_input_type=DatasetSpec | DatasetName)
     @classmethod
@@ -227,6 +235,15 @@ class RunSpec(SpecModel):
         if isinstance(batch, int) and dataset is not None and batch > dataset.info.n_train:
             raise ValueError(f"exceeds the {dataset.info.n_train} training examples")
         return batch
+
+    @field_validator("processes")
+    @classmethod
+    def _every_rank_has_examples(cls, processes: int, info: ValidationInfo):
+        batch = info.data.get("batch_size")
+        smallest = batch.initial if isinstance(batch, ExponentialBatchSchedule) else batch
+        if smallest is not None and smallest < processes:
+            raise ValueError(f"{processes} processes need a mini-batch of at least {processes}")
+        return processes
 
     @field_validator("epochs")
     @classmethod

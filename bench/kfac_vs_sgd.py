@@ -1,16 +1,18 @@
-"""K-FAC against SGD with momentum and Adam on the paper's MNIST autoencoder (§13).
+"""K-FAC against SGD with momentum and Adam: step time and a race over seeds (paper §13).
 
-Two parts, both measured side by side in this one process so that machine noise hits every
-optimizer alike:
+1. step time on the MNIST autoencoder: the amortised per-step time of each optimizer divided by
+   SGD-momentum's, at batch 256 and 1000, measured round-robin in this one process so that
+   machine noise hits every optimizer alike; plus the cost of one inverse update;
+2. the race, on three tasks — the autoencoder with the paper's sparse initialisation, the same
+   autoencoder with PyTorch's default nn.Linear initialisation, and the digits classifier MLP
+   that no default was tuned on — each method `--seeds` times (initialisation, batch order and
+   K-FAC's sampled targets), SGD-m and Adam over 4 learning rates each, K-FAC with its
+   defaults. Budgets are counted in steps, not seconds: every run gets `--budget` SGD-m steps'
+   worth of time, i.e. budget / r steps where r is the method's step time over SGD-m's measured
+   side by side on the task, so that the runs can go in parallel (`--workers`) on a loaded
+   machine without the load moving any result.
 
-1. step time: the amortised per-step time of each optimizer divided by SGD-momentum's, at batch
-   256 and 1000, measured round-robin; plus the cost of one inverse update and what the exact
-   quadratic model (α, μ) and the Levenberg–Marquardt ρ add per step;
-2. convergence over a wall-clock budget at batch 256 on the offline MNIST digits: each method at
-   its best learning rate from a small grid, training loss (nats per image, the whole training
-   set, evaluated outside the timed budget) against wall time.
-
-    python -m bench.kfac_vs_sgd [--budget SECONDS] [--quick]
+    python -m bench.kfac_vs_sgd [--budget STEPS] [--seeds N] [--workers N] [--scale S] [--quick]
 
 Writes docs/bench/kfac_vs_sgd.json and docs/bench/kfac_vs_sgd.png.
 """
@@ -19,6 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import multiprocessing
+import os
 import platform
 import statistics
 import time
@@ -26,11 +31,11 @@ from pathlib import Path
 
 import torch
 
-from backend.spec import AutoencoderSpec, RunSpec
+from backend.spec import AutoencoderSpec, MLPSpec, RunSpec
 from kfac import KFAC
 from kfac.losses import negative_log_likelihood
 from worker.zoo.datasets import load_dataset
-from worker.zoo.models import build_model
+from worker.zoo.models import build_model, linear_layers
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "bench"
 
@@ -43,29 +48,36 @@ def autoencoder(scale: float = 1.0, seed: int = 0) -> torch.nn.Module:
 class TorchStep:
     """One step of a torch.optim optimizer on the same NLL that K-FAC minimises."""
 
-    def __init__(self, model, optimizer):
-        self.model, self.optimizer = model, optimizer
+    def __init__(self, model, optimizer, family: str):
+        self.model, self.optimizer, self.family = model, optimizer, family
 
     def __call__(self, x, y):
         self.optimizer.zero_grad(set_to_none=True)
-        loss = negative_log_likelihood(self.model(x), y, "bce").mean()
+        loss = negative_log_likelihood(self.model(x), y, self.family).mean()
         loss.backward()
         self.optimizer.step()
         return loss.detach()
 
 
-def make_step(method: str, model, lr: float | None = None):
+def make_step(method: str, model, lr: float | None = None, family: str = "bce", seed: int = 0):
     if method == "sgd_momentum":
-        return TorchStep(model, torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
+        sgd = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        return TorchStep(model, sgd, family)
     if method == "adam":
-        return TorchStep(model, torch.optim.Adam(model.parameters(), lr=lr))
+        return TorchStep(model, torch.optim.Adam(model.parameters(), lr=lr), family)
     structure = "block_tridiagonal" if "tridiag" in method else "block_diagonal"
     if method.endswith("fixed"):  # preconditioning only: fixed lr and momentum, fixed λ
         optimizer = KFAC(
-            model, "bce", structure=structure, lr=lr or 0.01, damping=1.0, adapt_damping=False
+            model,
+            family,
+            structure=structure,
+            lr=lr or 0.01,
+            damping=1.0,
+            adapt_damping=False,
+            seed=seed,
         )
-    else:
-        optimizer = KFAC(model, "bce", structure=structure)
+    else:  # the defaults
+        optimizer = KFAC(model, family, structure=structure, seed=seed)
     return optimizer.step
 
 
@@ -75,18 +87,25 @@ STEP_METHODS = ["sgd_momentum", "adam", "kfac_fixed", "kfac_tridiag_fixed", "kfa
 
 
 def step_times(batch: int, rounds: int, steps_per_round: int) -> dict[str, float]:
-    """Median seconds per step of each method, measured round-robin over `rounds`."""
+    """Median seconds per step of each method on the autoencoder, measured round-robin."""
     x = torch.rand(batch, 784, generator=torch.Generator().manual_seed(0))
     steps = {m: make_step(m, autoencoder(), lr=1e-3) for m in STEP_METHODS}
+    return interleaved_times(steps, x, x, rounds, steps_per_round)
+
+
+def interleaved_times(steps: dict, x, y, rounds: int, steps_per_round: int) -> dict[str, float]:
+    """Median seconds per step of each stepper, run round-robin over `rounds` in this process,
+    so that the machine's load hits them alike (amortised: each round spans the statistics
+    and inverse periods when steps_per_round >= 20)."""
     for step in steps.values():  # warm-up: first inverses, allocator
         for _ in range(3):
-            step(x, x)
-    samples = {m: [] for m in STEP_METHODS}
+            step(x, y)
+    samples = {m: [] for m in steps}
     for _ in range(rounds):
         for method, step in steps.items():
             start = time.perf_counter()
             for _ in range(steps_per_round):
-                step(x, x)
+                step(x, y)
             samples[method].append((time.perf_counter() - start) / steps_per_round)
     return {m: statistics.median(v) for m, v in samples.items()}
 
@@ -106,57 +125,225 @@ def inverse_update_time(batch: int) -> float:
     return statistics.median(times)
 
 
-# ------------------------------------------------------------------------------ convergence
+# ------------------------------------------------------------------------------ the race
 
-GRIDS = {"sgd_momentum": [0.003, 0.01, 0.03], "adam": [3e-4, 1e-3, 3e-3, 1e-2], "kfac": [None]}
+TASKS = {
+    "autoencoder_sparse": "the paper's autoencoder, sparse initialisation (§13)",
+    "autoencoder_default": "the same autoencoder with PyTorch's default nn.Linear initialisation",
+    "mlp_digits": "the digits classifier MLP (784-256-128-10, tanh, Glorot): nothing tuned on it",
+}
+GRIDS = {
+    "autoencoder": {"sgd_momentum": [1e-3, 3e-3, 1e-2, 3e-2], "adam": [3e-4, 1e-3, 3e-3, 1e-2]},
+    "mlp": {"sgd_momentum": [0.01, 0.03, 0.1, 0.3], "adam": [3e-4, 1e-3, 3e-3, 1e-2]},
+}
 
 
-def full_loss(model, data) -> float:
-    with torch.no_grad():
-        return float(negative_log_likelihood(model(data), data, "bce").mean())
+def task_model(task: str, scale: float, seed: int) -> tuple[torch.nn.Module, str]:
+    """The task's model (seeded) and its loss family."""
+    if task == "mlp_digits":
+        return build_model(RunSpec(model=MLPSpec(), seed=seed)), "cross_entropy"
+    model = autoencoder(scale, seed)
+    if task == "autoencoder_default":  # what a user's own nn.Linear layers get
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            for layer in linear_layers(model):
+                layer.reset_parameters()
+    return model, "bce"
 
 
-def train_for(method: str, lr, data, budget: float, batch: int = 256, seed: int = 0):
-    """Train until `budget` seconds of optimizer time; returns [(seconds, steps, loss)]."""
-    model = autoencoder(seed=seed)
-    step = make_step(method, model, lr)
+def race_step_times(task: str, scale: float, rounds: int, per_round: int) -> dict[str, float]:
+    """Seconds per step of SGD-m, Adam and K-FAC (defaults) on the task at batch 256."""
+    x, y = task_data(task)
+    steps = {}
+    for method in ("sgd_momentum", "adam", "kfac"):
+        model, family = task_model(task, scale, 0)
+        steps[method] = make_step(method, model, 1e-3, family)
+    return interleaved_times(steps, x[:256], y[:256], rounds, per_round)
+
+
+def task_data(task: str) -> tuple[torch.Tensor, torch.Tensor]:
+    data = load_dataset(RunSpec().dataset)
+    x = data.train_x.reshape(-1, 784)
+    return (x, data.train_y) if task == "mlp_digits" else (x, x)
+
+
+def run_curve(job) -> list[tuple[int, float]]:
+    """[(step, training loss)] of one run of `steps` steps, the loss on the whole training set
+    every `every` steps; a diverged run stops with NaN. Deterministic given the seed."""
+    task, scale, method, lr, seed, steps, every, batch = job
+    torch.set_num_threads(1)
+    x, y = task_data(task)
+    model, family = task_model(task, scale, seed)
+    step = make_step(method, model, lr, family, seed)
     generator = torch.Generator().manual_seed(seed)
-    curve = [(0.0, 0, full_loss(model, data))]
-    elapsed, steps, next_eval = 0.0, 0, 1.0
-    while elapsed < budget:
-        idx = torch.randint(0, data.shape[0], (batch,), generator=generator)
-        start = time.perf_counter()
-        loss = step(data[idx], data[idx])
-        elapsed += time.perf_counter() - start
-        steps += 1
-        if not torch.isfinite(loss):
-            curve.append((elapsed, steps, float("nan")))
+
+    def evaluate() -> float:
+        with torch.no_grad():
+            return float(negative_log_likelihood(model(x), y, family).mean())
+
+    curve = [(0, evaluate())]
+    for k in range(1, steps + 1):
+        idx = torch.randint(0, x.shape[0], (batch,), generator=generator)
+        if not torch.isfinite(step(x[idx], y[idx])):
+            curve.append((k, math.nan))
             break
-        if elapsed >= next_eval or elapsed >= budget:
-            curve.append((elapsed, steps, full_loss(model, data)))
-            next_eval = elapsed + max(1.0, budget / 60)
+        if k % every == 0 or k == steps:
+            curve.append((k, evaluate()))
     return curve
 
 
-def best(curve) -> float:
-    return min((loss for _, _, loss in curve if loss == loss), default=float("inf"))
+def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """The mean over seeds at each evaluated step (step-based, so the seeds' points align); a
+    seed that diverged makes every later mean NaN."""
+    length = max(len(c) for c in curves)
+    points = []
+    for i in range(length):
+        losses = [c[i][1] if i < len(c) else math.nan for c in curves]
+        step = next(c[i][0] for c in curves if i < len(c))
+        points.append((step, statistics.fmean(losses)))
+    return points
 
 
-def time_to(curve, target: float):
-    return next(((t, s) for t, s, loss in curve if loss <= target), (None, None))
+def lowest(curve) -> float:
+    return min((loss for _, loss in curve if loss == loss), default=math.inf)
+
+
+def first_at(curve, target: float) -> int | None:
+    """The first evaluated step whose loss is <= target."""
+    return next((step for step, loss in curve if loss <= target), None)
+
+
+def race(task: str, scale: float, budget: int, seeds: int, workers: int, ratios: dict) -> dict:
+    """Every method for `budget` SGD-m steps' worth of time (steps = budget / step-time ratio),
+    `seeds` seeds each; see the module docstring for how the best lr and the times are chosen."""
+    grid = {**GRIDS[task.split("_")[0]], "kfac": [None]}
+    jobs = {}
+    for method, lrs in grid.items():
+        steps = max(1, round(budget / ratios[method]))
+        for lr in lrs:
+            for seed in range(seeds):
+                jobs[method, lr, seed] = (
+                    task,
+                    scale,
+                    method,
+                    lr,
+                    seed,
+                    steps,
+                    max(1, steps // 40),
+                    256,
+                )
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        curves = dict(zip(jobs, pool.map(run_curve, jobs.values(), chunksize=1), strict=True))
+    runs = {
+        (method, lr): [curves[method, lr, seed] for seed in range(seeds)]
+        for method, lrs in grid.items()
+        for lr in lrs
+    }
+    table = {
+        f"{method} lr={lr}": {
+            "best_losses": [lowest(c) for c in per_seed],
+            "mean_curve": mean_curve(per_seed),
+        }
+        for (method, lr), per_seed in runs.items()
+    }
+    kfac = runs["kfac", None]
+    summary = {}
+    for rival in ("adam", "sgd_momentum"):
+        lr = min(grid[rival], key=lambda r: lowest(mean_curve(runs[rival, r])))
+        rival_curve = mean_curve(runs[rival, lr])
+        target = lowest(rival_curve)
+        rival_cost = first_at(rival_curve, target) * ratios[rival]
+        kfac_step = first_at(mean_curve(kfac), target)
+        per_seed = [first_at(c, target) for c in kfac]
+        summary[rival] = {
+            "lr": lr,
+            "target": target,
+            "rival_steps": first_at(rival_curve, target),
+            "kfac_steps": kfac_step,
+            "kfac_steps_per_seed": per_seed,
+            "time_ratio": kfac_step * ratios["kfac"] / rival_cost if kfac_step else None,
+            "time_ratio_per_seed": [
+                s * ratios["kfac"] / rival_cost if s else None for s in per_seed
+            ],
+        }
+    return {"table": table, "summary": summary}
+
+
+def print_race(task: str, result: dict, ratios: dict, sgd_seconds: float, budget: int) -> None:
+    print(f"\n### {task}: {TASKS[task]}\n")
+    print(
+        f"Budget {budget} SGD-m steps' worth of time ({budget * sgd_seconds:.0f} s at the "
+        f"measured {sgd_seconds * 1e3:.0f} ms per SGD-m step); step-time ratios used: "
+        + ", ".join(f"{m} {r:.2f}×" for m, r in ratios.items())
+        + ".\n"
+    )
+    print("| method | lr | best loss in budget, mean ± sd over seeds | per seed |")
+    print("|---|---|---|---|")
+    for key, row in result["table"].items():
+        method, lr = key.split(" lr=")
+        losses = row["best_losses"]
+        spread = statistics.stdev(losses) if len(losses) > 1 else 0.0
+        cells = ", ".join(f"{v:.4g}" for v in losses)
+        print(
+            f"| {method} | {lr if lr != 'None' else 'adaptive (§7)'} "
+            f"| {statistics.fmean(losses):.4g} ± {spread:.2g} | {cells} |"
+        )
+    for rival, s in result["summary"].items():
+        seeds = ", ".join("—" if r is None else f"{r:.2f}" for r in s["time_ratio_per_seed"])
+        reached = (
+            f"step {s['kfac_steps']} → time ratio **{s['time_ratio']:.2f}**"
+            if s["time_ratio"]
+            else "**not reached**"
+        )
+        print(
+            f"\nK-FAC (mean over seeds) to {rival}'s best mean loss {s['target']:.4g} "
+            f"(lr {s['lr']}, step {s['rival_steps']}): {reached}; per seed: {seeds}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=None, help="seconds per training run")
-    parser.add_argument("--quick", action="store_true", help="short budget, one lr per method")
+    parser.add_argument("--budget", type=int, default=None, help="SGD-m steps' worth per run")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="runs in parallel")
+    parser.add_argument("--scale", type=float, default=1.0, help="the autoencoder's width scale")
+    parser.add_argument("--tasks", nargs="*", choices=sorted(TASKS), default=list(TASKS))
+    parser.add_argument("--no-step-time", action="store_true", help="skip part 1")
+    parser.add_argument("--quick", action="store_true", help="short budget, one seed")
     args = parser.parse_args()
-    budget = args.budget or (8.0 if args.quick else 80.0)
+    budget = args.budget or (60 if args.quick else 3000)
+    seeds = 1 if args.quick else args.seeds
     torch.manual_seed(0)
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    results: dict = {"machine": machine, "torch": torch.__version__, "budget_s": budget}
+    torch.set_num_threads(1)
+    machine = f"{platform.processor() or platform.machine()}, 1 thread per process"
+    load = os.getloadavg()[0]
+    results: dict = {"machine": machine, "torch": torch.__version__, "load_at_start": load}
 
-    print(f"# K-FAC vs SGD-momentum on the MNIST autoencoder — {machine}\n")
+    print(f"# K-FAC vs SGD-momentum and Adam — {machine}, load average {load:.1f}\n")
+    if not args.no_step_time:
+        print_step_times(results, args.quick)
+    print(
+        f"\n## The race: {seeds} seed(s), autoencoder width scale {args.scale}, batch 256\n\n"
+        "Each run gets the same budget in units of SGD-m's step time: a method runs "
+        "budget / (its step time ÷ SGD-m's) steps, the ratios measured side by side in this "
+        "process. Losses are on the whole training set; the best lr of a baseline is the one "
+        "with the lowest mean (over seeds) loss in budget; times to a target are read off the "
+        "mean-over-seeds curves, in SGD-m steps' worth, so that machine load cannot move them."
+    )
+    results["race"] = {}
+    for task in args.tasks:
+        rounds, per_round = (2, 4) if args.quick else (3, 20)
+        seconds = race_step_times(task, args.scale, rounds, per_round)
+        ratios = {m: t / seconds["sgd_momentum"] for m, t in seconds.items()}
+        result = race(task, args.scale, budget, seeds, args.workers, ratios)
+        print_race(task, result, ratios, seconds["sgd_momentum"], budget)
+        results["race"][task] = {"ratios": ratios, "seconds": seconds, **result}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "kfac_vs_sgd.json").write_text(json.dumps(results, indent=1, default=str))
+    plot(results["race"], OUT / "kfac_vs_sgd.png")
+
+
+def print_step_times(results: dict, quick: bool) -> None:
     print(
         "## Per-step time, ratio to SGD-momentum (amortised: stats every 10, inverses every 20)\n"
     )
@@ -164,7 +351,7 @@ def main() -> None:
     print("|---" * (len(STEP_METHODS) + 2) + "|")
     results["step_time"] = {}
     for batch in (256, 1000):
-        rounds, per_round = (3, 4) if args.quick else (5, 20)
+        rounds, per_round = (3, 4) if quick else (5, 20)
         times = step_times(batch, rounds, per_round)
         inverse = inverse_update_time(batch)
         ratios = {m: t / times["sgd_momentum"] for m, t in times.items()}
@@ -172,70 +359,27 @@ def main() -> None:
         cells = " | ".join(f"{ratios[m]:.2f}× ({times[m] * 1e3:.0f} ms)" for m in STEP_METHODS)
         print(f"| {batch} | {cells} | {inverse * 1e3:.0f} ms |")
 
-    data = load_dataset(RunSpec().dataset).train_x.reshape(-1, 784)
-    grids = {m: g[len(g) // 2 :][:1] for m, g in GRIDS.items()} if args.quick else GRIDS
-    print(f"\n## Training loss within {budget:.0f} s (batch 256, {data.shape[0]} offline digits)\n")
-    print("| method | lr | steps | best loss |")
-    print("|---|---|---|---|")
-    curves = {}
-    for method, grid in grids.items():
-        for lr in grid:
-            curve = train_for(method, lr, data, budget)
-            curves[f"{method} lr={lr}"] = curve
-            print(
-                f"| {method} | {lr if lr is not None else 'adaptive (§7)'} | {curve[-1][1]} "
-                f"| {best(curve):.1f} |"
-            )
-    best_of = {
-        m: min((k for k in curves if k.startswith(m + " ")), key=lambda k: best(curves[k]))
-        for m in grids
-    }
-    kfac_curve = curves[best_of["kfac"]]
-    summary = {}
-    for rival in ("adam", "sgd_momentum"):
-        target = best(curves[best_of[rival]])
-        rival_time, rival_steps = time_to(curves[best_of[rival]], target)
-        kfac_time, kfac_steps = time_to(kfac_curve, target)
-        summary[rival] = {
-            "target": target,
-            "rival_s": rival_time,
-            "rival_steps": rival_steps,
-            "kfac_s": kfac_time,
-            "kfac_steps": kfac_steps,
-            "time_ratio": kfac_time / rival_time if kfac_time else None,
-        }
-        shown = f"{kfac_time:.1f} s, {kfac_steps} steps" if kfac_time else "not reached"
-        print(
-            f"\nK-FAC to {rival}'s best ({target:.1f}): {shown}; "
-            f"{rival}: {rival_time:.1f} s, {rival_steps} steps"
-            + (f" → ratio {kfac_time / rival_time:.2f}" if kfac_time else "")
-        )
-    results.update(curves=curves, best=best_of, summary=summary)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "kfac_vs_sgd.json").write_text(json.dumps(results, indent=1, default=str))
-    plot(curves, best_of, OUT / "kfac_vs_sgd.png")
 
-
-def plot(curves, best_of, path: Path) -> None:
+def plot(race_results: dict, path: Path) -> None:
+    """The mean-over-seeds curves of K-FAC and of each baseline's best lr, per task."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for key in best_of.values():
-        t, _, loss = zip(*curves[key], strict=True)
-        ax.plot(t, loss, label=key)
-    ax.set(
-        xlabel="optimizer wall time (s)",
-        ylabel="training loss (nats / image)",
-        title="MNIST autoencoder, batch 256",
-        ylim=(None, 250),
-    )
-    ax.legend()
-    ax.grid(alpha=0.3)
+    count = len(race_results)
+    fig, axes = plt.subplots(1, count, figsize=(5 * count, 4), squeeze=False)
+    for ax, (task, result) in zip(axes[0], race_results.items(), strict=True):
+        keys = ["kfac lr=None"] + [f"{r} lr={s['lr']}" for r, s in result["summary"].items()]
+        for key in keys:
+            method = key.split(" lr=")[0]
+            steps, loss = zip(*result["table"][key]["mean_curve"], strict=True)
+            ax.plot([k * result["ratios"][method] for k in steps], loss, label=key)
+        ax.set(xlabel="SGD-m steps' worth of time", ylabel="training loss", title=task)
+        ax.legend()
+        ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -2,5 +2,6 @@
 
 from kfac.enums import FisherType, InverseStructure, LossFamily
 from kfac.optimizer import KFAC
+from kfac.settings import KFACSettings
 
-__all__ = ["KFAC", "FisherType", "InverseStructure", "LossFamily"]
+__all__ = ["KFAC", "FisherType", "InverseStructure", "KFACSettings", "LossFamily"]

@@ -25,18 +25,39 @@ def negative_log_likelihood(
 
 
 def sample_targets(
-    outputs: torch.Tensor, family: LossFamily | str, generator: torch.Generator | None = None
+    outputs: torch.Tensor,
+    family: LossFamily | str,
+    generator: torch.Generator | None = None,
+    positions: torch.Tensor | None = None,
+    total: int | None = None,
 ) -> torch.Tensor:
-    """Draw y ~ p(y|x) for each example: the targets of the true Fisher (paper §5)."""
+    """Draw y ~ p(y|x) for each example: the targets of the true Fisher (paper §5).
+
+    The rows of `outputs` are examples `positions` (default 0, 1, …) of a batch of `total`
+    (default: the rows given).  The noise of all `total` examples is drawn and each row keeps
+    its example's, so example i's target depends on the generator and i alone: ranks that
+    hold parts of one batch (kfac.distributed) together draw what one process holding it all
+    draws.  Categorical targets come by inversion, y = #{k : P(y <= k) <= u} with u ~ U[0, 1).
+    """
     family = LossFamily(family)
     outputs = outputs.detach()
+    if positions is None:
+        positions = torch.arange(outputs.shape[0])
+    total = outputs.shape[0] if total is None else total
+    device = generator.device if generator is not None else outputs.device
+    shape = (total, *outputs.shape[1:])
+
+    def noise(draw, size):
+        values = draw(size, generator=generator, device=device, dtype=outputs.dtype)
+        return values[positions.to(device)].to(outputs.device)
+
     if family is LossFamily.CROSS_ENTROPY:
-        probs = torch.softmax(outputs, dim=1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        cumulative = torch.softmax(outputs, dim=1).cumsum(1)
+        below = (cumulative <= noise(torch.rand, (total, 1))).sum(1)
+        return below.clamp_max(outputs.shape[1] - 1)
     if family is LossFamily.BCE:
-        return torch.bernoulli(torch.sigmoid(outputs), generator=generator)
-    noise = torch.randn(outputs.shape, generator=generator, device=outputs.device)
-    return outputs + noise.to(outputs.dtype)
+        return (noise(torch.rand, shape) < torch.sigmoid(outputs)).to(outputs.dtype)
+    return outputs + noise(torch.randn, shape)
 
 
 def output_fisher_bilinear(

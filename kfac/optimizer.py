@@ -13,6 +13,10 @@ One call of `step(inputs, targets)` is one iteration of the paper's algorithm:
 6. every `damping_interval` steps λ moves by the Levenberg–Marquardt rule (§6.5).
 
 Parameters outside nn.Linear layers get the damped identity as their curvature.
+
+Data parallelism: with a `kfac.distributed.ProcessGroupCommunicator` each rank calls `step`
+with its shard of the global batch (`communicator.shard`) and the optimizer reduces the batch
+means, shares the inverse work and keeps every rank's state identical (see kfac.distributed).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torch import nn
 
 from kfac.capture import ActivationCapture
 from kfac.damping import DampingController
+from kfac.distributed import Communicator
 from kfac.enums import FisherType, InverseStructure, LossFamily
 from kfac.inverses import Notes
 from kfac.layers import find_blocks
@@ -37,6 +42,7 @@ from kfac.quadratic import (
     running_statistics_frozen,
     solve_step_coefficients,
 )
+from kfac.settings import KFACSettings
 
 
 class KFAC(torch.optim.Optimizer):
@@ -46,6 +52,8 @@ class KFAC(torch.optim.Optimizer):
     Args:
         model: the network; its K-FAC layers are found by module type, in model order.
         loss: the predictive distribution, a `LossFamily` ("cross_entropy", "bce", "mse").
+
+    Options (keywords, `kfac.settings.KFACSettings` holds their defaults and checks them):
         structure: block-diagonal (§4.2) or block-tridiagonal (§4.3) inverse.
         fisher: "true" samples the statistics' targets from the model; "empirical" uses y.
         lr: None chooses α, μ from the quadratic model each step (§7); a number gives a fixed
@@ -54,7 +62,8 @@ class KFAC(torch.optim.Optimizer):
         weight_decay: η of the ℓ2 term ½η‖θ‖² in h (§6.1); 0 by default, which also lets wide
             layers use the cheaper per-example preconditioning product.
         adapt_damping: Levenberg–Marquardt adaptation of λ every `damping_interval` steps with
-            ω₁ = damping_decay ** damping_interval (§6.5).
+            ω₁ = damping_decay ** damping_interval (§6.5), the decrease compounded over a run
+            of successes (`kfac.damping.levenberg_marquardt`).
         gamma_search: choose γ among {γω₂, γ, γ/ω₂} by the quadratic model every
             `gamma_interval` steps (§6.6); otherwise γ = sqrt(λ + η).
         stats_interval, inverse_interval: the amortisation periods T_stats and T₃.
@@ -64,6 +73,9 @@ class KFAC(torch.optim.Optimizer):
         kl_clip: with a fixed lr, scale steps so that lr²·Δᵀ∇h <= kl_clip.
         layers: names of the layers to precondition (default: all supported ones).
         seed: seeds the generator of the sampled targets (saved in the state dict).
+
+    communicator: the ranks of a data-parallel run (kfac.distributed); None is one process.
+        The ranks' parameters are made equal (rank 0's) at construction.
     """
 
     def __init__(
@@ -71,53 +83,16 @@ class KFAC(torch.optim.Optimizer):
         model: nn.Module,
         loss: LossFamily | str = LossFamily.CROSS_ENTROPY,
         *,
-        structure: InverseStructure | str = InverseStructure.BLOCK_DIAGONAL,
-        fisher: FisherType | str = FisherType.TRUE,
-        lr: float | None = None,
-        momentum: float = 0.9,
-        damping: float = 150.0,
-        weight_decay: float = 0.0,
-        adapt_damping: bool = True,
-        damping_interval: int = 5,
-        damping_decay: float = 19 / 20,
-        gamma_search: bool = False,
-        gamma_interval: int = 20,
-        stats_interval: int = 10,
-        inverse_interval: int = 20,
-        factor_decay: float = 0.95,
-        stats_fraction: float = 1.0,
-        quadratic_fraction: float = 0.25,
-        kl_clip: float | None = None,
-        layers: list[str] | None = None,
-        seed: int = 0,
+        communicator: Communicator | None = None,
+        **options,
     ):
-        for name, value in [
-            ("damping_interval", damping_interval),
-            ("gamma_interval", gamma_interval),
-            ("stats_interval", stats_interval),
-            ("inverse_interval", inverse_interval),
-        ]:
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name, value in [
-            ("stats_fraction", stats_fraction),
-            ("factor_decay", factor_decay),
-            ("quadratic_fraction", quadratic_fraction),
-        ]:
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"{name} must lie in (0, 1], got {value!r}")
-        if damping < 0 or weight_decay < 0:
-            raise ValueError("damping and weight_decay must be non-negative")
-        if lr is not None and lr <= 0:
-            raise ValueError(f"lr must be positive or None (quadratic model), got {lr!r}")
-        if gamma_search and gamma_interval % inverse_interval:
-            raise ValueError("gamma_interval must be a multiple of inverse_interval")
-        structure = InverseStructure(structure)
+        settings = KFACSettings(**options)
+        structure = settings.structure
         self.model = model
         self.family = LossFamily(loss)
-        self.fisher = FisherType(fisher)
+        self.fisher = settings.fisher
         self.structure = structure
-        self.blocks = find_blocks(model, layers)
+        self.blocks = find_blocks(model, settings.layers)
         if not self.blocks:
             raise ValueError("the model has no nn.Linear or nn.Conv2d layer to precondition")
         if structure is InverseStructure.BLOCK_TRIDIAGONAL:
@@ -127,33 +102,22 @@ class KFAC(torch.optim.Optimizer):
                     f"block-tridiagonal K-FAC supports Linear layers only: {unsupported}"
                 )
         params = [p for p in model.parameters() if p.requires_grad]
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            damping=damping,
-            weight_decay=weight_decay,
-            adapt_damping=adapt_damping,
-            damping_interval=damping_interval,
-            damping_decay=damping_decay,
-            gamma_search=gamma_search,
-            gamma_interval=gamma_interval,
-            stats_interval=stats_interval,
-            inverse_interval=inverse_interval,
-            factor_decay=factor_decay,
-            stats_fraction=stats_fraction,
-            quadratic_fraction=quadratic_fraction,
-            kl_clip=kl_clip,
-        )
-        super().__init__(params, defaults)
+        super().__init__(params, settings.group_defaults())
+        self.communicator = communicator or Communicator()
+        self.communicator.synchronise(params)
+        self.batch_size = 0  # the global batch of the current step (all ranks' examples)
         self.capture = ActivationCapture(self.blocks)
-        self.preconditioner = KroneckerPreconditioner(self.blocks, structure, self.block_state)
+        self.preconditioner = KroneckerPreconditioner(
+            self.blocks, structure, self.block_state, self.communicator
+        )
         self.names = {p: name for name, p in model.named_parameters()}
         block_params = {id(p) for b in self.blocks for p in b.parameters()}
         self.other_params = [p for p in params if id(p) not in block_params]
         self.generator = torch.Generator(device=params[0].device)
-        self.generator.manual_seed(seed)
-        self.counters = {"step": 0, "stat_updates": 0, "gamma": math.sqrt(damping + weight_decay)}
-        self.damping = DampingController(self.param_groups[0])
+        self.generator.manual_seed(settings.seed)
+        gamma = math.sqrt(settings.damping + settings.weight_decay)
+        self.counters = {"step": 0, "stat_updates": 0, "gamma": gamma}
+        self.damping = DampingController(self.param_groups[0], self.counters)
         self.diagnostics: dict[str, float] = {}
         self.notes: list[str] = []
 
@@ -164,70 +128,31 @@ class KFAC(torch.optim.Optimizer):
         group = self.param_groups[0]
         self.counters["step"] += 1
         step = self.counters["step"]
-        record = (step - 1) % group["stats_interval"] == 0
-        self.zero_grad(set_to_none=True)
-        batch = inputs.shape[0]
-        # The per-example product needs this step's activations, and no ℓ2 term in ∇h.
-        per_example = self._per_example_layers(batch) if group["weight_decay"] == 0 else set()
-        with self.capture.record(enabled=record or bool(per_example)):
-            outputs = self.model(inputs)
-            loss = negative_log_likelihood(outputs, targets, self.family).mean()
-            if not torch.isfinite(loss):
-                return self._skip_non_finite(loss, step)
-            if record:
-                self._update_factors(outputs, targets)
-            if per_example:  # again, with this pass's rows per example
-                per_example = self._per_example_layers(batch)
-            if per_example:
-                self.capture.keep_output_gradients()
-        loss.backward()
-        params = self.param_groups[0]["params"]
+        loss, per_example = self._forward_backward(inputs, targets, step)
+        if not torch.isfinite(loss):
+            return self._skip_non_finite(loss, step)
+        params = group["params"]
         eta = group["weight_decay"]
+        lm_due = group["adapt_damping"] and step % group["damping_interval"] == 0
         with torch.no_grad():
             gradient = [self._objective_gradient(p, eta) for p in params]
             notes = Notes()
-            adaptive = group["lr"] is None
             if (step - 1) % group["inverse_interval"] == 0:
-                search = (
-                    adaptive
-                    and group["gamma_search"]
-                    and step > 1
-                    and ((step - 1) % group["gamma_interval"] == 0)
-                )
-                if search:
-                    self._search_gamma(inputs, gradient, notes)
-                else:
-                    if not group["gamma_search"]:
-                        self.counters["gamma"] = math.sqrt(group["damping"] + eta)
-                    self.preconditioner.update_inverses(self.counters["gamma"], notes)
-            per_example = self._per_example_rows(per_example)
-            preconditioned = self._precondition(gradient, per_example)
+                self._update_inverses(step, inputs, gradient, notes)
+            preconditioned = self._precondition(gradient, self._per_example_rows(per_example))
             previous = [self.state[p].get("previous_update") for p in params]
-            has_previous = previous[0] is not None
-            lm_due = group["adapt_damping"] and step % group["damping_interval"] == 0
+            adaptive = group["lr"] is None
             if adaptive:
-                # Solved over F̆⁻¹∇h = −Δ itself, so its coefficient is −α: saves negating Δ.
-                directions = [preconditioned, previous] if has_previous else [preconditioned]
-                coefficients = solve_step_coefficients(
-                    *self._quadratic_model(inputs, gradient, directions)
-                )
-                update = self._combine(
-                    coefficients.alpha, preconditioned, coefficients.mu, previous
-                )
-                alpha, mu, predicted = (
-                    -coefficients.alpha,
-                    coefficients.mu,
-                    coefficients.predicted_change,
+                scale, mu, predicted = self._adaptive_coefficients(
+                    inputs, gradient, preconditioned, previous
                 )
             else:
-                alpha = -group["lr"] * self._kl_scale(preconditioned, gradient)
-                mu = group["momentum"] if has_previous else 0.0
-                update = self._combine(alpha, preconditioned, mu, previous)
-                predicted = math.nan
-                if lm_due:  # M at δ itself: coefficient 1 on the one direction δ
-                    curvature, _, linear = self._quadratic_model(inputs, gradient, [update])
-                    predicted = float(model_change(curvature, linear, linear.new_ones(1)))
-                alpha = -alpha
+                scale = -group["lr"] * self._kl_scale(preconditioned, gradient)
+                mu, predicted = (group["momentum"] if previous[0] is not None else 0.0), math.nan
+            update = self._combine(scale, preconditioned, mu, previous)
+            if lm_due and not adaptive:  # M at δ itself: coefficient 1 on the one direction δ
+                curvature, _, linear = self._quadratic_model(inputs, gradient, [update])
+                predicted = float(model_change(curvature, linear, linear.new_ones(1)))
             if lm_due:
                 objective_before = float(loss) + 0.5 * eta * self._squared_norm(params)
             for p, u in zip(params, update, strict=True):
@@ -235,17 +160,13 @@ class KFAC(torch.optim.Optimizer):
                 self.state[p]["previous_update"] = u
             rho = math.nan
             if lm_due:
-                with running_statistics_frozen(self.model):
-                    after = self.model(inputs)
-                after = negative_log_likelihood(after, targets, self.family).mean()
-                objective_after = float(after) + 0.5 * eta * self._squared_norm(params)
-                rho = self.damping.adapt(objective_after - objective_before, predicted)
+                rho = self._adapt_damping(inputs, targets, objective_before, predicted)
         self.capture.clear()
         self.notes.extend(notes.messages)
         self.diagnostics = {
             "damping": group["damping"],
             "gamma": self.counters["gamma"],
-            "alpha": alpha,
+            "alpha": -scale,  # the coefficient of Δ = −F̆⁻¹∇h
             "mu": mu,
             "rho": rho,
             "quadratic_model": predicted,
@@ -254,7 +175,81 @@ class KFAC(torch.optim.Optimizer):
             ),
             "numerical_fallbacks": float(len(notes.messages)),
         }
+        if self.communicator.world_size > 1:  # one process moves nothing: no series of zeros
+            traffic = self.communicator.take_traffic()
+            self.diagnostics.update({f"communication_{k}": v for k, v in traffic.items()})
         return loss.detach()
+
+    def _forward_backward(self, inputs, targets, step: int) -> tuple[torch.Tensor, set[str]]:
+        """The mean NLL and its gradient in .grad; on statistics steps also the factors' update
+        (§5). Returns the loss and the layers that precondition per example (their output
+        gradients are kept)."""
+        group = self.param_groups[0]
+        record = (step - 1) % group["stats_interval"] == 0
+        self.zero_grad(set_to_none=True)
+        batch = inputs.shape[0]
+        # The per-example product needs this step's activations, and no ℓ2 term in ∇h.
+        per_example = self._per_example_layers(batch) if group["weight_decay"] == 0 else set()
+        with self.capture.record(enabled=record or bool(per_example)):
+            outputs = self.model(inputs)
+            local_loss = negative_log_likelihood(outputs, targets, self.family).mean()
+            # Reduced first, so that every rank agrees on skipping a non-finite step.
+            (loss,), self.batch_size = self.communicator.average([local_loss.detach()], batch)
+            if not torch.isfinite(loss):
+                return loss, set()
+            if record:
+                self._update_factors(outputs, targets)
+            if per_example:  # again, with this pass's rows per example
+                per_example = self._per_example_layers(batch)
+            if per_example:
+                self.capture.keep_output_gradients()
+        local_loss.backward()
+        self._average_gradients(batch)
+        return loss, per_example
+
+    def _average_gradients(self, batch: int) -> None:
+        """The gradient of the global batch's mean NLL in every .grad (one all-reduce)."""
+        params = [p for p in self.param_groups[0]["params"] if p.grad is not None]
+        if self.communicator.world_size == 1 or not params:
+            return
+        grads, _ = self.communicator.average([p.grad for p in params], batch)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
+
+    def _update_inverses(self, step: int, inputs, gradient, notes: Notes) -> None:
+        """Re-invert the damped factors at γ = sqrt(λ + η), or at the γ chosen by the
+        quadratic model every `gamma_interval` steps (§6.6)."""
+        group = self.param_groups[0]
+        search = (
+            group["lr"] is None
+            and group["gamma_search"]
+            and step > 1
+            and (step - 1) % group["gamma_interval"] == 0
+        )
+        if search:
+            self._search_gamma(inputs, gradient, notes)
+            return
+        if not group["gamma_search"]:
+            self.counters["gamma"] = math.sqrt(group["damping"] + group["weight_decay"])
+        self.preconditioner.update_inverses(self.counters["gamma"], notes)
+
+    def _adaptive_coefficients(self, inputs, gradient, preconditioned, previous):
+        """(c, μ, M(δ) − M(0)) of δ = c·F̆⁻¹∇h + μδ₀ minimising the quadratic model (§7);
+        c = −α, as the model is solved over F̆⁻¹∇h = −Δ itself."""
+        directions = [preconditioned] if previous[0] is None else [preconditioned, previous]
+        solved = solve_step_coefficients(*self._quadratic_model(inputs, gradient, directions))
+        return solved.alpha, solved.mu, solved.predicted_change
+
+    def _adapt_damping(self, inputs, targets, objective_before: float, predicted: float) -> float:
+        """ρ = (h(θ+δ) − h(θ)) / (M(δ) − M(0)) on this mini-batch, and λ's update (§6.5)."""
+        eta = self.param_groups[0]["weight_decay"]
+        with running_statistics_frozen(self.model):
+            after = self.model(inputs)
+        after = negative_log_likelihood(after, targets, self.family).mean()
+        (after,), _ = self.communicator.average([after], inputs.shape[0])
+        params = self.param_groups[0]["params"]
+        objective_after = float(after) + 0.5 * eta * self._squared_norm(params)
+        return self.damping.adapt(objective_after - objective_before, predicted)
 
     def _skip_non_finite(self, loss: torch.Tensor, step: int) -> torch.Tensor:
         """A model that has blown up: no statistics (sampling targets from NaN or infinite
@@ -271,9 +266,12 @@ class KFAC(torch.optim.Optimizer):
     def _update_factors(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         """Sample targets (true Fisher) and fold this batch's factors into the averages (§5)."""
         group = self.param_groups[0]
-        used = max(1, round(group["stats_fraction"] * outputs.shape[0]))
+        used, share = self._subset(group["stats_fraction"])
         if self.fisher is FisherType.TRUE:
-            stat_targets = sample_targets(outputs[:used], self.family, self.generator)
+            positions = self.communicator.positions(used)
+            stat_targets = sample_targets(
+                outputs[:used], self.family, self.generator, positions, share
+            )
         else:
             stat_targets = targets[:used]
         # The sum (not the mean) over examples, so that each row of Ds is a per-example g.
@@ -285,9 +283,16 @@ class KFAC(torch.optim.Optimizer):
             self.preconditioner.update_factors(
                 [self.capture.inputs[b.name][:used] for b in self.blocks],
                 [g[:used] for g in output_grads],
+                used,
                 self.counters["stat_updates"],
                 group["factor_decay"],
             )
+
+    def _subset(self, fraction: float) -> tuple[int, int]:
+        """The global batch's first max(1, round(fraction·B)) examples, the share of the
+        statistics and of the quadratic model: (how many are this rank's, how many in all)."""
+        share = max(1, round(fraction * self.batch_size))
+        return self.communicator.prefix(share), share
 
     def block_state(self, block) -> dict:
         """The state of one K-FAC layer, kept under its weight so state_dict() carries it."""
@@ -321,6 +326,8 @@ class KFAC(torch.optim.Optimizer):
         """The layers whose per-example product (ĝG⁻¹)ᵀ(āĀ⁻¹) is the cheaper one. Its cost
         grows with the rows ā, one per example and output location: batch × |T| for a conv
         layer (|T| from the last recorded forward pass; step 1 always records)."""
+        if self.communicator.world_size > 1:  # the rows ĝ, ā of one rank miss the others'
+            return set()
         rows = self.capture.rows_per_example
         return {
             b.name
@@ -366,16 +373,19 @@ class KFAC(torch.optim.Optimizer):
     def _quadratic_model(self, inputs, gradient, directions):
         """[vᵢᵀ(F + ηI)vⱼ], [λvᵢᵀvⱼ] and [∇hᵀvᵢ] over the directions, F the exact Fisher (§7)."""
         group = self.param_groups[0]
-        used = max(1, round(group["quadratic_fraction"] * inputs.shape[0]))
+        used, _ = self._subset(group["quadratic_fraction"])
         params = group["params"]
         named = [
             {self.names[p]: d for p, d in zip(params, direction, strict=True)}
             for direction in directions
         ]
-        with torch.enable_grad():
-            outputs, products = output_directions(self.model, inputs[:used], named)
-        fisher = fisher_gram(outputs, products, self.family)
         count = len(directions)
+        fisher = gradient[0].new_zeros(count, count)  # a rank with none of the subset
+        if used:
+            with torch.enable_grad():
+                outputs, products = output_directions(self.model, inputs[:used], named)
+            fisher = fisher_gram(outputs, products, self.family)
+        (fisher,), _ = self.communicator.average([fisher], used)
         euclidean = fisher.new_tensor(
             [[float(dot(directions[i], directions[j])) for j in range(count)] for i in range(count)]
         )
@@ -421,4 +431,4 @@ class KFAC(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         self.counters = dict(extra["counters"])
         self.generator.set_state(extra["generator"])
-        self.damping = DampingController(self.param_groups[0])
+        self.damping = DampingController(self.param_groups[0], self.counters)

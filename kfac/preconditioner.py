@@ -11,9 +11,11 @@ coupling_a, coupling_g, basis_a, basis_g, scale — the pieces of F̂⁻¹ (§4.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
+from kfac.distributed import Communicator, Job
 from kfac.enums import InverseStructure
 from kfac.factors import cross_moment, update_running_average
 from kfac.inverses import (
@@ -38,10 +40,12 @@ class KroneckerPreconditioner:
         blocks: list[LinearBlock],
         structure: InverseStructure,
         layer_state: Callable[[LinearBlock], dict],
+        communicator: Communicator | None = None,
     ):
         self.blocks = blocks
         self.structure = structure
         self.layer_state = layer_state
+        self.communicator = communicator or Communicator()
 
     # ------------------------------------------------------------------ statistics (§5)
 
@@ -49,27 +53,31 @@ class KroneckerPreconditioner:
         self,
         layer_inputs: list[torch.Tensor],
         output_grads: list[torch.Tensor],
+        examples: int,
         count: int,
         decay: float,
     ) -> None:
         """Fold this batch's Ā = E[āāᵀ] and G = E[ggᵀ] into the running averages.
 
-        `output_grads` are per-example g (gradients of the summed −log p at the layer outputs).
+        `output_grads` are per-example g (gradients of the summed −log p at the layer outputs)
+        of `examples` examples; under data parallelism every rank's estimates are averaged,
+        weighted by their example counts, in one bucketed all-reduce (kfac.distributed).
         """
+        keys = [(b, key) for b in self.blocks for key in ("A", "G")]
+        estimates = []
         for block, a, g in zip(self.blocks, layer_inputs, output_grads, strict=True):
-            state = self.layer_state(block)
-            state["A"] = update_running_average(state.get("A"), block.input_factor(a), count, decay)
-            state["G"] = update_running_average(
-                state.get("G"), block.output_factor(g), count, decay
-            )
+            estimates += [block.input_factor(a), block.output_factor(g)]
         if self.structure is InverseStructure.BLOCK_TRIDIAGONAL:
             a_rows = [b.input_rows(a) for b, a in zip(self.blocks, layer_inputs, strict=True)]
             g_rows = [b.output_rows(g) for b, g in zip(self.blocks, output_grads, strict=True)]
             for i, block in enumerate(self.blocks[:-1]):
-                state = self.layer_state(block)
-                for key, rows in (("A_cross", a_rows), ("G_cross", g_rows)):
-                    estimate = cross_moment(rows[i], rows[i + 1])
-                    state[key] = update_running_average(state.get(key), estimate, count, decay)
+                keys += [(block, "A_cross"), (block, "G_cross")]
+                estimates += [cross_moment(a_rows[i], a_rows[i + 1])]
+                estimates += [cross_moment(g_rows[i], g_rows[i + 1])]
+        estimates, _ = self.communicator.average(estimates, examples)
+        for (block, key), estimate in zip(keys, estimates, strict=True):
+            state = self.layer_state(block)
+            state[key] = update_running_average(state.get(key), estimate, count, decay)
 
     # ------------------------------------------------------------------ inverses (§4, §6.3)
 
@@ -92,10 +100,18 @@ class KroneckerPreconditioner:
                     self._store_piece(self.layer_state(block), piece)
                 return
             notes.add("block-tridiagonal inverse failed; using the block-diagonal one this period")
+        # Divided among the ranks (KAISA); the block-tridiagonal pieces above are coupled
+        # through the neighbours' Cholesky factors and are computed by every rank alike.
+        jobs = [
+            Job(partial(spd_inverse, factor, notes, f"{block.name} {key}"), factor)
+            for block, pair in zip(self.blocks, damped, strict=True)
+            for key, factor in zip(BLOCK_DIAGONAL_KEYS, pair, strict=True)
+        ]
+        inverses = iter(self.communicator.share(jobs))
         for block, (a, g) in zip(self.blocks, damped, strict=True):
             state = self.layer_state(block)
             for key, factor in zip(BLOCK_DIAGONAL_KEYS, (a, g), strict=True):
-                inverse = spd_inverse(factor, notes, f"{block.name} {key}")
+                inverse = next(inverses)
                 if inverse is None and key not in state:
                     inverse = torch.diag(1.0 / factor.diagonal().clamp_min(1e-12))
                     notes.add(f"{block.name} {key}: using the inverse diagonal")

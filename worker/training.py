@@ -17,6 +17,11 @@ console one of the CLI both plug in. It owns the three things that make a run sa
   than the time left is not interrupted here: the worker's monitor ends such a run
   (worker/tasks.py).
 
+Data parallelism (`spec.processes` > 1, worker.distributed): every rank runs this loop on its
+shard of each mini-batch through a `kfac.distributed` communicator; rank 0 alone evaluates,
+takes snapshots, writes checkpoints and records, and the ranks' step times are gathered into
+`step_time_rank{r}` points.
+
 Timing: `wall_time` is the cumulative time of the training steps alone; evaluation, curvature
 snapshots, checkpoints and recording are left out, so time axes compare optimizers fairly. The
 per-step bookkeeping is a `loss.item()` (needed for divergence detection anyway), two clock
@@ -37,6 +42,7 @@ import torch
 from torch import nn
 
 from backend.spec import RunSpec, batch_size_at
+from kfac.distributed import Communicator
 from kfac.losses import negative_log_likelihood
 from kfac.schedules import IterateAverage
 from kfac.snapshot import optimizer_damping
@@ -127,19 +133,34 @@ def train(
     resume: bool = True,
     data_dir: Path | None = None,
     time_limit_s: float | None = None,
+    communicator: Communicator | None = None,
 ) -> RunResult:
-    """Run `spec` to completion (or divergence, failure, cancellation) and say how it ended."""
+    """Run `spec` to completion (or divergence, failure, cancellation) and say how it ended.
+
+    With `spec.processes` > 1 and no communicator, the ranks are launched here (rank 0 in this
+    process); with a communicator, this process is that rank and only rank 0 writes."""
+    if spec.processes > 1 and communicator is None:
+        from worker.distributed import train_ranks  # it imports this module
+
+        return train_ranks(
+            spec, recorder, checkpoint_dir=checkpoint_dir, should_stop=should_stop,
+            resume=resume, data_dir=data_dir, time_limit_s=time_limit_s,
+        )
+    communicator = communicator or Communicator()
+    primary = communicator.rank == 0
     run: _Run | None = None
     started = time.monotonic()
     try:
-        run = _Run(spec, recorder, data_dir)
+        run = _Run(spec, recorder, data_dir, communicator)
         if checkpoint_dir is not None:
             if resume:
                 run.restore(checkpoint_dir)
-            else:
+            elif primary:
                 checkpoints.clear(checkpoint_dir)
         recorder.info(run.details())
-        return run.loop(checkpoint_dir, should_stop, started, time_limit_s)
+        return run.loop(
+            checkpoint_dir if primary else None, should_stop, started, time_limit_s
+        )
     except Exception as error:
         logger.exception("run failed")
         step = 0
@@ -157,25 +178,35 @@ def time_limit_reason(limit_s: float, step: int) -> str:
     return f"time limit of {limit_s:g} s exceeded at step {step}"
 
 
-def resolve_device(requested: str) -> torch.device:
+def resolve_device(requested: str, rank: int = 0) -> torch.device:
+    """CPU, or the GPU of this rank (ranks beyond the GPUs share them round-robin)."""
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
+        return torch.device("cuda", rank % max(1, torch.cuda.device_count()))
     return torch.device("cpu")
 
 
-def build_optimizer(spec: RunSpec, model: nn.Module) -> tuple[torch.optim.Optimizer, StepFn]:
+def build_optimizer(
+    spec: RunSpec, model: nn.Module, communicator: Communicator | None = None
+) -> tuple[torch.optim.Optimizer, StepFn]:
     """The optimizer of the spec and its step: (inputs, targets) -> detached mean NLL, built
-    by the builder its spec names (worker/builders.py for the built-ins, or a plugin's)."""
-    return plugins.builder("optimizer", spec.optimizer.name)(spec, model)
+    by the builder its spec names (worker/builders.py for the built-ins, or a plugin's); a run
+    of several ranks passes them its communicator (a builder must accept it to train one)."""
+    builder = plugins.builder("optimizer", spec.optimizer.name)
+    if communicator is None or communicator.world_size == 1:
+        return builder(spec, model)
+    return builder(spec, model, communicator=communicator)
 
 
 class _Run:
     """The state of one run in progress; `loop` is the training loop proper."""
 
-    def __init__(self, spec: RunSpec, recorder: Recorder, data_dir: Path | None):
-        self.spec, self.recorder = spec, recorder
+    def __init__(
+        self, spec: RunSpec, recorder: Recorder, data_dir: Path | None, communicator: Communicator
+    ):
+        self.spec, self.recorder, self.communicator = spec, recorder, communicator
+        self.primary = communicator.rank == 0
         self.saver: checkpoints.BackgroundSaver | None = None  # set by `loop`
-        self.device = resolve_device(spec.device)
+        self.device = resolve_device(spec.device, communicator.rank)
         dtype = getattr(torch, spec.dtype)
         self.data = load_dataset(spec.dataset, data_dir, images=spec.model.takes_images)
         self.train_x = self.data.train_x.to(self.device, dtype)
@@ -190,7 +221,7 @@ class _Run:
             n_train, lambda k: batch_size_at(spec.batch_size, k, n_train), spec.seed
         )
         self.model = build_model(spec, device=self.device)
-        self.optimizer, self.step_fn = build_optimizer(spec, self.model)
+        self.optimizer, self.step_fn = build_optimizer(spec, self.model, communicator)
         self.average = (
             IterateAverage(self.model, spec.iterate_averaging) if spec.iterate_averaging else None
         )
@@ -209,6 +240,7 @@ class _Run:
             "total_steps": self.total_steps,
             "resumed_from": self.resumed_from,
             "provenance": provenance(str(self.device)),
+            "processes": self.communicator.world_size,
         }
 
     # -- the loop --
@@ -221,7 +253,7 @@ class _Run:
     ) -> RunResult:
         spec = self.spec
         self.saver = checkpoints.BackgroundSaver(checkpoint_dir) if checkpoint_dir else None
-        if self.step == 0 and spec.eval_interval:
+        if self.step == 0 and spec.eval_interval and self.primary:
             self.evaluate()
         last_flush = last_stop_check = -math.inf
         while self.step < self.total_steps:
@@ -233,7 +265,8 @@ class _Run:
                     return self.finish("failed", time_limit_reason(time_limit_s, self.step))
             start = time.perf_counter()
             indices = self.batches.next().to(self.device)
-            loss = self.step_fn(self.train_x[indices], self.train_y[indices]).item()
+            mine = self.communicator.shard(indices)
+            loss = self.step_fn(self.train_x[mine], self.train_y[mine]).item()
             elapsed = time.perf_counter() - start
             self.step += 1
             self.wall_time += elapsed
@@ -245,9 +278,10 @@ class _Run:
             last = self.step == self.total_steps
             if self.step % spec.metric_interval == 0 or last:
                 self.record_step(loss, elapsed, len(indices))
-            if spec.eval_interval and (self.step % spec.eval_interval == 0 or last):
+            evaluate = spec.eval_interval and (self.step % spec.eval_interval == 0 or last)
+            if self.primary and evaluate:
                 self.evaluate()
-            if spec.snapshot_interval and self.step % spec.snapshot_interval == 0:
+            if self.primary and spec.snapshot_interval and self.step % spec.snapshot_interval == 0:
                 self.recorder.snapshot(self.step, self.snapshot())
             if checkpoint_dir and spec.checkpoint_interval and not last and (
                 self.step % spec.checkpoint_interval == 0
@@ -279,6 +313,12 @@ class _Run:
         self.final[name] = value
 
     def record_step(self, loss: float, elapsed: float, batch: int) -> None:
+        """Every rank calls this at the same steps (the step times are gathered)."""
+        if self.communicator.world_size > 1:
+            times = self.communicator.gather(elapsed)
+            for rank, seconds in enumerate(times):
+                self.emit(f"step_time_rank{rank}", seconds)
+            self.emit("step_time_slowest_rank", max(times))
         self.emit("train_loss", loss)
         self.emit("step_time", elapsed)
         self.emit("examples_seen", float(self.examples_seen))

@@ -113,6 +113,7 @@ class RunOut(BaseModel):
     total_steps: int | None
     progress: float | None = Field(description="step / total_steps, in [0, 1]")
     device: str | None
+    processes: int = Field(1, description="data-parallel ranks (the spec's `processes`)")
     data_source: str | None
     error: str | None
     cancel_requested: bool
@@ -151,6 +152,7 @@ class RunOut(BaseModel):
             total_steps=run.total_steps,
             progress=progress,
             device=run.device,
+            processes=(run.spec or {}).get("processes", 1),
             data_source=run.data_source,
             error=run.error,
             cancel_requested=bool(run.cancel_requested),

@@ -27,6 +27,9 @@ const INTERNALS = [
   { metric: "mu", title: "Momentum μ", logY: false },
   { metric: "rho", title: "Reduction ratio ρ", logY: false },
   { metric: "update_norm", title: "Update norm ‖δ‖", logY: true },
+  // data-parallel runs (spec.processes > 1); every rank's own time is in step_time_rank{r}
+  { metric: "step_time_slowest_rank", title: "Slowest rank's step time (s)", logY: true },
+  { metric: "communication_seconds", title: "Communication time per step (s)", logY: true },
 ];
 const SYSTEM = [
   { metric: "cpu_percent", title: "Process CPU %", logY: false },

@@ -57,7 +57,7 @@ export function renderRuns(tbody, runs, groups, { latest, onCancel, onExport }) 
   const rows = runs.map((run) => {
     const cancelRequested = run.cancel_requested && isActive(run);
     const colour = colourOf.get(run.id) ?? "transparent";
-    const key = JSON.stringify([run.label, run.seed, run.status, cancelRequested, run.error, run.device, run.provenance, colour, run.optimizer, Boolean(onCancel)]);
+    const key = JSON.stringify([run.label, run.seed, run.status, cancelRequested, run.error, run.device, run.provenance, run.processes, colour, run.optimizer, Boolean(onCancel)]);
     let entry = drawn.get(run.id);
     if (entry?.key !== key) {
       const numbers = Array.from({ length: 5 }, (_, i) => el("td", { class: i ? "num" : "mono" }));
@@ -72,7 +72,7 @@ export function renderRuns(tbody, runs, groups, { latest, onCancel, onExport }) 
           cancelRequested ? el("div", { class: "muted" }, "cancelling…") : null,
           run.error ? el("div", { class: "error-text" }, run.error) : null,
         ),
-        el("td", { class: "hide-narrow", title: provenanceText(run.provenance) }, run.device ?? "–", run.provenance ? el("div", { class: "muted" }, run.provenance.host) : null),
+        el("td", { class: "hide-narrow", title: provenanceText(run.provenance) }, run.device ?? "–", run.provenance ? el("div", { class: "muted" }, run.provenance.host) : null, run.processes > 1 ? el("div", { class: "muted" }, `${run.processes} processes`) : null),
         ...numbers,
         el("td", { class: "hyper hide-narrow" }, hyperText(run.optimizer) || "defaults"),
         el(

@@ -1,0 +1,189 @@
+"""Data-parallel K-FAC over torch.distributed, with KAISA's split of the inverse work
+(Pauloski et al. 2021).
+
+The optimizer talks to a `Communicator` at a few points of its iteration; one process uses
+the base class, whose collectives are identities (so its arithmetic is exactly the
+single-process algorithm), and N ranks use `ProcessGroupCommunicator`:
+
+- the global mini-batch of B examples is dealt out by `shard`, example i to rank i mod N, so
+  every rank knows the global position of each of its examples (`positions`);
+- batch means (the loss, the gradient, the Kronecker factors' estimates, the quadratic
+  model's Fisher products, the loss after the step for ρ) are reduced by `average`: each
+  rank contributes its local mean times its example count, one bucketed all-reduce sums them
+  with the counts, and the sum is divided by the total.  With unequal shards (B = 10 over 3
+  ranks) this is the global mean, not the mean of the ranks' means;
+- the optimizer all-reduces the gradient itself (no DistributedDataParallel wrapper): its
+  `step` runs the forward and backward passes, and it reduces the loss with the gradient;
+- inverses are divided among the ranks by `share` (greedy by cost d³, largest first, onto
+  the least loaded rank) and each rank broadcasts what it computed, one bucket per rank, so
+  the inverse update costs about 1/N of the single-process one;
+- the sampled targets of the true Fisher (§5) come from one generator that every rank seeds
+  alike: each rank draws the noise of all the examples of the statistics subset and keeps
+  its own examples' rows (`kfac.losses.sample_targets`).  Example i's target then depends on
+  (seed, statistics step, i) alone, so the union over the ranks is the single-process draw,
+  and the ranks' draws are distinct because their examples are.  The cost is B random
+  numbers per rank per statistics step, nothing next to a forward pass; the generator state
+  stays identical on every rank, so a state dict saved on any rank loads on any world size.
+
+Every rank ends a step with the same parameters, factors, inverses, λ, γ and generator.
+Batch norm is not synchronised (each rank normalises by its own shard), so the equivalence
+of N ranks at B/N with one process at B holds for nets without it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Job:
+    """One piece of divisible work: `compute()` gives a tensor shaped like `like`, or None."""
+
+    compute: Callable[[], torch.Tensor | None]
+    like: torch.Tensor
+
+    @property
+    def cost(self) -> float:
+        """An inversion or eigendecomposition of a d×d matrix costs ~d³."""
+        return float(self.like.shape[0]) ** 3
+
+
+class Communicator:
+    """A single process: every collective is the identity and no byte moves."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self) -> None:
+        self.traffic = {"bytes_all_reduced": 0.0, "bytes_broadcast": 0.0, "seconds": 0.0}
+
+    # ------------------------------------------------------------------ the batch
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        """This rank's examples of the global batch: i ≡ rank (mod N)."""
+        return batch[self.rank :: self.world_size]
+
+    def positions(self, count: int, device=None) -> torch.Tensor:
+        """The global positions of this rank's first `count` examples."""
+        return self.rank + self.world_size * torch.arange(count, device=device)
+
+    def prefix(self, used: int) -> int:
+        """How many of this rank's examples lie among the global batch's first `used`."""
+        return max(0, math.ceil((used - self.rank) / self.world_size))
+
+    # ------------------------------------------------------------------ collectives
+
+    def average(self, tensors: list[torch.Tensor], count: int) -> tuple[list[torch.Tensor], int]:
+        """The global means of per-rank means over `count` examples each, and the total count."""
+        return tensors, count
+
+    def share(self, jobs: list[Job]) -> list[torch.Tensor | None]:
+        """Every job's result, each computed on one rank and broadcast to all."""
+        return [job.compute() for job in jobs]
+
+    def synchronise(self, tensors: list[torch.Tensor]) -> None:
+        """Make `tensors` equal on every rank (rank 0's values), in place."""
+
+    def gather(self, value: float) -> list[float]:
+        """Every rank's `value`, by rank (for per-rank timings)."""
+        return [value]
+
+    def take_traffic(self) -> dict[str, float]:
+        """The bytes moved and seconds spent in collectives since the last call."""
+        traffic = dict(self.traffic)
+        self.traffic = dict.fromkeys(traffic, 0.0)
+        return traffic
+
+
+def assign_owners(jobs: list[Job], world_size: int) -> list[int]:
+    """The rank that computes each job: greedy longest-first onto the least loaded rank, ties
+    to the lower rank, so every rank derives the same assignment without talking."""
+    load = [0.0] * world_size
+    owners = [0] * len(jobs)
+    for index in sorted(range(len(jobs)), key=lambda i: (-jobs[i].cost, i)):
+        owner = min(range(world_size), key=lambda r: (load[r], r))
+        owners[index] = owner
+        load[owner] += jobs[index].cost
+    return owners
+
+
+class ProcessGroupCommunicator(Communicator):
+    """N ranks of a torch.distributed process group (gloo on CPU, NCCL on GPU).
+
+    The group's timeout (set by `init_process_group`) bounds every collective, so a rank that
+    dies makes the others raise instead of waiting for ever.
+    """
+
+    def __init__(self, group: dist.ProcessGroup | None = None) -> None:
+        super().__init__()
+        if not dist.is_initialized():
+            raise RuntimeError("torch.distributed is not initialised; call init_process_group")
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+
+    def _global(self, rank: int) -> int:
+        """A rank of the group as torch.distributed's collectives name it (the global rank)."""
+        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
+    def _timed(self, key: str, buffer: torch.Tensor, collective: Callable[[], object]) -> None:
+        start = time.perf_counter()
+        collective()
+        self.traffic["seconds"] += time.perf_counter() - start
+        self.traffic[key] += float(buffer.numel() * buffer.element_size())
+
+    def average(self, tensors, count):
+        weighted = [t.reshape(-1) * count if count else t.new_zeros(t.numel()) for t in tensors]
+        bucket = torch.cat([*weighted, tensors[0].new_tensor([float(count)])])
+        self._timed("bytes_all_reduced", bucket, lambda: dist.all_reduce(bucket, group=self.group))
+        total = bucket[-1]
+        pieces = bucket[:-1].div_(total).split([t.numel() for t in tensors])
+        return [p.view_as(t) for p, t in zip(pieces, tensors, strict=True)], int(total.item())
+
+    def share(self, jobs):
+        owners = assign_owners(jobs, self.world_size)
+        results: list[torch.Tensor | None] = [None] * len(jobs)
+        for owner in range(self.world_size):
+            mine = [i for i, o in enumerate(owners) if o == owner]
+            if not mine:
+                continue
+            # One bucket per owner: a flag (1 = computed, 0 = None) and the values, per job.
+            sizes = [1 + jobs[i].like.numel() for i in mine]
+            bucket = jobs[mine[0]].like.new_zeros(sum(sizes))
+            parts = bucket.split(sizes)
+            if owner == self.rank:
+                for i, part in zip(mine, parts, strict=True):
+                    value = jobs[i].compute()
+                    if value is not None:
+                        part[0] = 1.0
+                        part[1:] = value.reshape(-1)
+            self._timed(
+                "bytes_broadcast",
+                bucket,
+                lambda b=bucket, o=owner: dist.broadcast(b, self._global(o), self.group),
+            )
+            for i, part in zip(mine, parts, strict=True):
+                if part[0] == 1.0:
+                    results[i] = part[1:].view_as(jobs[i].like).clone()
+        return results
+
+    def synchronise(self, tensors):
+        if not tensors:
+            return
+        bucket = torch.cat([t.detach().reshape(-1) for t in tensors])
+        self._timed(
+            "bytes_broadcast", bucket, lambda: dist.broadcast(bucket, self._global(0), self.group)
+        )
+        for t, part in zip(tensors, bucket.split([t.numel() for t in tensors]), strict=True):
+            t.data.copy_(part.view_as(t))
+
+    def gather(self, value):
+        values = [None] * self.world_size
+        dist.all_gather_object(values, value, group=self.group)
+        return values

@@ -1,0 +1,64 @@
+"""The hyper-parameters of `kfac.KFAC`, validated in one place.
+
+`KFAC(model, loss, **options)` builds a `KFACSettings(**options)`; the numbers that can change
+during a run or must round-trip with `state_dict()` (λ above all) go into the optimizer's param
+group, the rest stay on the settings.  backend/optimizer_specs.py mirrors the defaults for
+the API process, which never imports torch (tests/worker/test_models.py checks they agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from kfac.enums import FisherType, InverseStructure
+
+_FIXED = ("structure", "fisher", "layers", "seed")
+"""The settings that are not param-group entries."""
+
+
+@dataclass(frozen=True)
+class KFACSettings:
+    """See the Args of `kfac.KFAC` for the meaning and paper section of each field."""
+
+    structure: InverseStructure | str = InverseStructure.BLOCK_DIAGONAL
+    fisher: FisherType | str = FisherType.TRUE
+    lr: float | None = None
+    momentum: float = 0.9
+    damping: float = 150.0
+    weight_decay: float = 0.0
+    adapt_damping: bool = True
+    damping_interval: int = 5
+    damping_decay: float = 19 / 20
+    gamma_search: bool = False
+    gamma_interval: int = 20
+    stats_interval: int = 10
+    inverse_interval: int = 20
+    factor_decay: float = 0.95
+    stats_fraction: float = 1.0
+    quadratic_fraction: float = 0.25
+    kl_clip: float | None = None
+    layers: list[str] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "structure", InverseStructure(self.structure))
+        object.__setattr__(self, "fisher", FisherType(self.fisher))
+        for name in ("damping_interval", "gamma_interval", "stats_interval", "inverse_interval"):
+            value = getattr(self, name)
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("stats_fraction", "factor_decay", "quadratic_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must lie in (0, 1], got {value!r}")
+        if self.damping < 0 or self.weight_decay < 0:
+            raise ValueError("damping and weight_decay must be non-negative")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be positive or None (quadratic model), got {self.lr!r}")
+        if self.gamma_search and self.gamma_interval % self.inverse_interval:
+            raise ValueError("gamma_interval must be a multiple of inverse_interval")
+
+    def group_defaults(self) -> dict:
+        """The param-group entries: every setting but the structure, the Fisher type, the
+        layers and the seed."""
+        return {k: v for k, v in asdict(self).items() if k not in _FIXED}

@@ -1,0 +1,188 @@
+"""Data-parallel K-FAC (kfac.distributed): N gloo ranks at batch B/N follow one process at B.
+
+Each world size is one `torch.multiprocessing` spawn whose ranks run every configuration in
+turn (starting Python and torch dominates the cost), rendezvous through a FileStore in
+tmp_path, and write their trajectories for the tests to compare with the single-process
+reference computed here.  B = 20 makes unequal shards for 3 ranks (7, 7, 6), so a mean of the
+ranks' means would fail the comparison.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from backend.optimizer_specs import KFACSpec, KFACTridiagSpec, KFCPreSpec
+from kfac import KFAC
+from kfac.distributed import Communicator, Job, ProcessGroupCommunicator, assign_owners
+
+BATCH, STEPS, RESUME_AT = 20, 50, 25
+TOLERANCE = 1e-6
+# Intervals short enough that 50 steps hold many statistics, inverse and λ updates.
+SHORT = dict(stats_interval=2, inverse_interval=5, damping_interval=5)
+CONFIGS = {
+    "kfac_block_diagonal": ("mlp", {**KFACSpec(**SHORT).kfac_kwargs(), "damping": 1.0}),
+    "kfac_block_tridiagonal": (
+        "mlp",
+        {
+            **KFACTridiagSpec(**SHORT, gamma_search=True, gamma_interval=10).kfac_kwargs(),
+            "damping": 1.0,
+        },
+    ),
+    "kfc_pre": ("conv", {**KFCPreSpec(**SHORT).kfac_kwargs(), "lr": 0.1}),
+}
+
+
+def make_model(kind: str) -> nn.Module:
+    torch.manual_seed(3)
+    if kind == "mlp":
+        model = nn.Sequential(
+            nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 5), nn.Tanh(), nn.Linear(5, 4)
+        )
+    else:
+        model = nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 5 * 5, 4)
+        )
+    return model.double()
+
+
+def make_batches(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """STEPS global batches of BATCH examples, the same on every rank, labelled by a linear
+    teacher."""
+    generator = torch.Generator().manual_seed(7)
+    shape = (6,) if kind == "mlp" else (2, 5, 5)
+    inputs = torch.randn(STEPS, BATCH, *shape, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(math.prod(shape), 4, generator=generator, dtype=torch.float64)
+    return inputs, (inputs.flatten(2) @ teacher).argmax(-1)  # learnable labels
+
+
+def train(name: str, communicator: Communicator, start: int = 0, state=None) -> dict:
+    """Steps start+1..STEPS of configuration `name`, each rank on its shard of every batch;
+    the model and optimizer state after step RESUME_AT, the losses and the final parameters."""
+    kind, options = CONFIGS[name]
+    model = make_model(kind)
+    optimizer = KFAC(model, "cross_entropy", seed=5, communicator=communicator, **options)
+    if state is not None:
+        # Optimizer.load_state_dict keeps the given tensors, and spawn hands every rank the
+        # same shared-memory copy: each rank needs its own.
+        state = copy.deepcopy(state)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    inputs, targets = make_batches(kind)
+    losses, saved, traffic = [], None, []
+    for step in range(start, STEPS):
+        loss = optimizer.step(communicator.shard(inputs[step]), communicator.shard(targets[step]))
+        losses.append(float(loss))
+        traffic.append(optimizer.diagnostics)
+        if step + 1 == RESUME_AT:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+            saved = copy.deepcopy(state)  # the live tensors go on changing
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return {"losses": losses, "parameters": flat, "saved": saved, "diagnostics": traffic}
+
+
+def _rank(rank: int, world: int, store_path: str, out: str, references: dict) -> None:
+    torch.set_num_threads(1)
+    store = dist.FileStore(store_path, world)
+    dist.init_process_group(
+        "gloo", store=store, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120)
+    )
+    try:
+        communicator = ProcessGroupCommunicator()
+        results = {}
+        for name in CONFIGS:
+            results[name] = train(name, communicator)
+            # Resumed from the single-process checkpoint: a state dict loads on any world size.
+            resumed = train(name, communicator, RESUME_AT, references[name])
+            results[name]["resumed"] = resumed["parameters"]
+        torch.save(results, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def references() -> dict:
+    return {name: train(name, Communicator()) for name in CONFIGS}
+
+
+@pytest.fixture(scope="module", params=[2, 3])
+def ranks(request, references, tmp_path_factory) -> tuple[int, list[dict]]:
+    world = request.param
+    folder = tmp_path_factory.mktemp(f"world{world}")
+    saved = {name: reference["saved"] for name, reference in references.items()}
+    out = str(folder / "result")
+    mp.start_processes(
+        _rank, args=(world, str(folder / "store"), out, saved), nprocs=world, start_method="spawn"
+    )
+    return world, [torch.load(f"{out}.{r}", weights_only=False) for r in range(world)]
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_n_ranks_at_b_over_n_follow_one_process_at_b(ranks, references, name):
+    world, results = ranks
+    reference = references[name]
+    for rank, result in enumerate(results):
+        error = relative(result[name]["parameters"], reference["parameters"])
+        assert error < TOLERANCE, f"{name}, rank {rank} of {world}: relative error {error:.2e}"
+        for step, (ours, theirs) in enumerate(
+            zip(result[name]["losses"], reference["losses"], strict=True), 1
+        ):
+            assert math.isclose(ours, theirs, rel_tol=TOLERANCE), (name, rank, step, ours, theirs)
+    assert reference["losses"][-1] < reference["losses"][0]  # the trajectory goes somewhere
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_state_dicts_round_trip_between_world_sizes(ranks, references, name):
+    world, results = ranks
+    reference = references[name]
+    for rank, result in enumerate(results):  # one process's checkpoint, resumed on N ranks
+        error = relative(result[name]["resumed"], reference["parameters"])
+        assert error < TOLERANCE, f"{name}: resumed on rank {rank} of {world}: {error:.2e}"
+    # rank 0's checkpoint, resumed in one process
+    resumed = train(name, Communicator(), RESUME_AT, results[0][name]["saved"])
+    error = relative(resumed["parameters"], reference["parameters"])
+    assert error < TOLERANCE, f"{name}: {world}-rank checkpoint resumed alone: {error:.2e}"
+
+
+def test_communication_is_reported_per_step(ranks):
+    """Bytes all-reduced every step (loss and gradient at least), broadcast on inverse steps;
+    one process reports nothing."""
+    world, results = ranks
+    diagnostics = results[0]["kfac_block_diagonal"]["diagnostics"]
+    parameters = results[0]["kfac_block_diagonal"]["parameters"].numel()
+    assert all(d["communication_bytes_all_reduced"] >= 8 * parameters for d in diagnostics)
+    inverse_steps = [
+        d["communication_bytes_broadcast"] for i, d in enumerate(diagnostics) if i % 5 == 0
+    ]
+    assert all(b > 0 for b in inverse_steps)
+    assert diagnostics[1]["communication_bytes_broadcast"] == 0
+    alone = train("kfac_block_diagonal", Communicator())["diagnostics"]
+    assert not any(name.startswith("communication_") for d in alone for name in d)
+
+
+def test_inverses_are_divided_greedily_by_cost():
+    """Largest first onto the least loaded rank, ties to the lower rank."""
+    jobs = [Job(lambda: None, torch.zeros(d, d)) for d in (3, 8, 5, 6, 4)]
+    assert assign_owners(jobs, 2) == [1, 0, 1, 1, 1]
+    assert assign_owners(jobs, 3) == [2, 0, 2, 1, 2]
+    assert assign_owners(jobs, 1) == [0] * 5
+
+
+def test_shards_deal_examples_round_robin_and_count_the_subsets():
+    batch = torch.arange(10)
+    communicator = Communicator()
+    communicator.rank, communicator.world_size = 2, 3
+    assert communicator.shard(batch).tolist() == [2, 5, 8]
+    assert communicator.positions(2).tolist() == [2, 5]
+    assert [communicator.prefix(used) for used in (1, 2, 3, 6, 10)] == [0, 0, 1, 2, 3]
