@@ -4,6 +4,7 @@ here, because they import torch and the worker, which the backend never does.
 * `kfac-lab serve` — the whole lab on one machine (see backend.cli).
 * `kfac-lab worker` — a Celery worker that trains runs from the queue(s).
 * `kfac-lab run SPEC.json | --preset NAME` — one experiment in the foreground, no server.
+* `kfac-lab data list | fetch NAME` — datasets' files in KFAC_DATA_DIR (backend.data_cli).
 
 torch and the Celery app are imported inside the commands, so `kfac-lab serve` (which runs
 this module too) starts fast and its API process never loads them.
@@ -22,7 +23,10 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
+from backend import data_cli
 from backend.cli import app, console, errors
+
+app.add_typer(data_cli.app, name="data")
 
 # --- worker ---------------------------------------------------------------------------------
 
