@@ -239,6 +239,7 @@ class _Run:
             self.wall_time += elapsed
             self.examples_seen += len(indices)
             if not math.isfinite(loss):
+                logger.warning("diverged: training loss is %s at step %d", loss, self.step)
                 return self.finish("diverged", f"training loss is {loss} at step {self.step}")
             if self.average is not None:
                 self.average.update(self.model)
@@ -362,3 +363,4 @@ class _Run:
         self.step, self.wall_time = state["step"], state["wall_time"]
         self.examples_seen, self.final = state["examples_seen"], dict(state["final"])
         self.resumed_from = self.step
+        logger.info("resumed from the checkpoint of step %d", self.step)

@@ -6,6 +6,7 @@ from backend.api.routes import (
     comparison,
     events,
     experiments,
+    logs,
     metrics,
     presets,
     report,
@@ -18,7 +19,8 @@ from backend.api.routes.health import router as health_router
 
 api_router = APIRouter(prefix="/api")
 for module in (
-    experiments, comparison, runs, metrics, snapshots, events, share, presets, report, tracking
+    experiments, comparison, runs, metrics, logs, snapshots, events, share, presets, report,
+    tracking,
 ):
     api_router.include_router(module.router)
 

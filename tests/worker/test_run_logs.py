@@ -1,0 +1,87 @@
+"""A run's log in the store: what its worker logged while training it (start, checkpoints,
+resume) and, when it fails, the traceback; nothing of the recorder's own complaints."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from backend.store.db import session_scope
+from backend.store.run_logs import read_log_lines
+from tests.worker.labs import Lab, lab, run_spec
+from worker import training
+from worker.recording import StoreRecorder
+from worker.run_logs import capture_run_logs
+from worker.tasks import execute_run
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> Iterator[Lab]:
+    monkeypatch.setattr(training, "STOP_CHECK_SECONDS", 0.0)
+    with lab(tmp_path) as the_lab:
+        yield the_lab
+
+
+def logged(store: Lab, run_id: str) -> list[dict]:
+    with session_scope(store.url) as session:
+        return read_log_lines(session, run_id)
+
+
+def test_a_failing_run_stores_its_traceback(store):
+    (run_id,) = store.create(run_spec(dataset="mnist"))  # no MNIST files in this lab
+    assert execute_run(run_id, store.settings, worker_id="w") == "failed"
+    lines = logged(store, run_id)
+    failure = next(line for line in lines if line["level"] == "ERROR")
+    assert failure["message"].startswith("worker.training: run failed\nTraceback (most recent")
+    assert "FileNotFoundError: mnist: files missing in DATA_DIR" in failure["message"]
+    assert "load_dataset" in failure["message"]  # the frames, not just the message
+    assert [line["seq"] for line in lines] == list(range(len(lines)))
+
+
+def test_a_run_logs_its_start_and_checkpoints_and_goes_on_after_a_resume(store):
+    (run_id,) = store.create(run_spec(steps=40, checkpoint_interval=10))
+    assert execute_run(run_id, store.settings, worker_id="w") == "succeeded"
+    messages = [line["message"] for line in logged(store, run_id)]
+    assert any(f"run {run_id} starts" in m for m in messages)
+    assert "worker.checkpoints: checkpoint of step 10 written" in messages
+    # A second start (as a redelivered run resumes) numbers its lines after the stored ones.
+    with session_scope(store.url) as session:
+        before = len(read_log_lines(session, run_id))
+    recorder = StoreRecorder(run_id, store.url)
+    with capture_run_logs(recorder):
+        logging.getLogger("worker.training").info("resumed from the checkpoint of step %d", 30)
+    assert recorder.close(30.0)
+    lines = logged(store, run_id)
+    assert len(lines) == before + 1 and lines[-1]["seq"] == before
+    assert lines[-1]["message"] == "worker.training: resumed from the checkpoint of step 30"
+
+
+class Sink:
+    """Stands in for a recorder: collects lines; its writer thread logs a complaint."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[float, str, str]] = []
+        self.writer_thread = threading.Thread(
+            target=lambda: logging.getLogger("worker.recording").warning("the writer's own")
+        )
+
+    def log(self, lines: list[tuple[float, str, str]]) -> None:
+        self.lines.extend(lines)
+
+
+def test_only_the_run_s_records_are_captured():
+    sink = Sink()
+    with capture_run_logs(sink):
+        logging.getLogger("kfac.optimizer").info("kept: kfac-lab's own INFO")
+        logging.getLogger("urllib3").info("left out: a library's INFO")
+        logging.getLogger("urllib3").warning("kept: a library's warning")
+        sink.writer_thread.start()
+        sink.writer_thread.join()
+    logging.getLogger("worker").warning("left out: after the run")
+    assert [(level, message) for _, level, message in sink.lines] == [
+        ("INFO", "kfac.optimizer: kept: kfac-lab's own INFO"),
+        ("WARNING", "urllib3: kept: a library's warning"),
+    ]

@@ -1,0 +1,67 @@
+"""A run's log: the worker's log records while it trains that run, sent to its recorder.
+
+A pool process trains one run at a time, so every record of kfac-lab's own loggers (`worker`,
+`kfac`, `backend`) at INFO and above, and any other logger's at WARNING and above (a library's
+warning, `warnings.warn` through `py.warnings`), emitted while `capture_run_logs` is active
+belongs to that run. A record with an exception (the training loop's `logger.exception("run
+failed")`) carries its traceback into the line. The recorder's own writer thread is left out:
+its complaints about the store would otherwise feed the very queue it is failing to write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Protocol
+
+OWN_LOGGERS = ("worker", "kfac", "backend")
+
+
+class LogSink(Protocol):
+    writer_thread: threading.Thread
+
+    def log(self, lines: list[tuple[float, str, str]]) -> None: ...
+
+
+class RunLogHandler(logging.Handler):
+    def __init__(self, sink: LogSink):
+        super().__init__(logging.INFO)
+        self.sink = sink
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if threading.current_thread() is self.sink.writer_thread:
+            return False
+        own = record.name.split(".")[0] in OWN_LOGGERS
+        return own or record.levelno >= logging.WARNING
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = (record.created, record.levelname, self.format(record))
+        except Exception:  # noqa: BLE001 - logging's own convention for a record it cannot format
+            self.handleError(record)
+            return
+        with contextlib.suppress(RuntimeError):  # the recorder is closed: the run is over
+            self.sink.log([line])
+
+
+@contextlib.contextmanager
+def capture_run_logs(sink: LogSink) -> Iterator[None]:
+    """Send the run's log records to `sink` while the block runs (see the module doc); kfac-lab's
+    loggers log at INFO at least meanwhile, whatever the process's log level."""
+    root = logging.getLogger()
+    handler = RunLogHandler(sink)
+    own = [logging.getLogger(name) for name in OWN_LOGGERS]
+    levels = [logger.level for logger in own]
+    for logger in own:
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for logger, level in zip(own, levels, strict=True):
+            logger.setLevel(level)
