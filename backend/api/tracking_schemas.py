@@ -19,9 +19,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from backend.spec import MAX_PROBE_PARAMETERS
-from backend.store.run_logs import MAX_LINE_CHARS
 from backend.store.snapshots import MAX_SIDE, pooled_side
-from kfac_lab.protocol import MAX_BATCH_LINES, MAX_BATCH_POINTS, MAX_STEP, METRIC_NAME_PATTERN
+from kfac_lab.protocol import (
+    LEVEL_PATTERN,
+    MAX_BATCH_LINES,
+    MAX_BATCH_POINTS,
+    MAX_LINE_CHARS,
+    MAX_STEP,
+    METRIC_NAME_PATTERN,
+)
 
 MAX_CONFIG_CHARS = 20_000
 MAX_EXTRAS_CHARS = 200_000
@@ -106,7 +112,7 @@ class LogBatch(_Body):
         tuple[
             Step,
             Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False)],
-            Annotated[str, Field(pattern=r"^[A-Z]{1,16}$")],
+            Annotated[str, Field(pattern=LEVEL_PATTERN)],
             Annotated[str, Field(max_length=MAX_LINE_CHARS)],
         ]
     ] = Field(max_length=MAX_BATCH_LINES)

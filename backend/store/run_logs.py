@@ -20,9 +20,9 @@ from sqlalchemy.orm import Session
 from backend.store.db import dialect_insert
 from backend.store.models import RunLogLine
 from backend.store.writes import append_event, experiment_of
+from kfac_lab.protocol import MAX_LINE_CHARS
 
 MAX_LOG_LINES = 2000  # per run
-MAX_LINE_CHARS = 20_000  # a traceback fits; a runaway line is cut
 LogLine = tuple[int, float, str, str]  # (seq, unix time, level, message)
 
 
