@@ -12,6 +12,7 @@ import { CurvaturePanel } from "./curvature.js";
 import { CurveChart } from "./curves.js";
 import { byId, downloadText, el, formatTime, replace, startPage, statusBadge, toast, whenVisible } from "./dom.js";
 import { openStream } from "./live.js";
+import { LogPanels } from "./logs.js";
 import { groupRuns } from "./optimizers.js";
 import { isActive, renderRuns } from "./runs.js";
 import { interpolate } from "./series.js";
@@ -49,6 +50,7 @@ const state = {
   examples: new Map(), // run id → {x: steps, y: examples seen}, to draw against examples
   latest: new Map(), // run id → {metric: newest value}
   curvature: null,
+  logs: null, // LogPanels
   closeStream: null,
   refreshTimer: 0,
   zoomTimer: 0,
@@ -268,6 +270,8 @@ function applyBatch(batch) {
       scheduleRefresh();
     } else if (kind === "snapshot") {
       state.curvature.added(data).catch((error) => toast(error.message, "error"));
+    } else if (kind === "logs") {
+      state.logs.added(data);
     }
   }
   for (const chart of state.charts.values()) chart.flush();
@@ -443,6 +447,7 @@ async function main() {
   makeCharts(INTERNALS, byId("internal-charts"));
   makeCharts(SYSTEM, byId("system-charts"));
   state.curvature = new CurvaturePanel(experiment.runs);
+  state.logs = new LogPanels(byId("run-logs"), experiment.runs);
 
   await loadAllCurves(curves);
   renderTable();
