@@ -6,7 +6,7 @@ torch:
 
 * the API refuses, at create, a run whose dataset has files missing in *its* KFAC_DATA_DIR
   (unless the run sets `dataset.download`; `KFAC_CHECK_DATA=false` turns the check off where the
-  API does not share the workers' disk): `missing` and `missing_message`;
+  API does not share the workers' disk), and `kfac-lab run` refuses it likewise: `spec_errors`;
 * `kfac-lab data list` / `kfac-lab data fetch NAME`: `missing`, `size_bytes`, `fetch`;
 * a worker's loader, before reading the files: `ensure` (fetches on `dataset.download`, unpacks
   an archive that is there but not yet unpacked, or raises the same message as the API).
@@ -24,8 +24,12 @@ import tarfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backend.datasets import DataFile, DatasetInfo
+
+if TYPE_CHECKING:  # backend.spec imports the registry; this module stays light
+    from backend.spec import ExperimentSpec
 
 DOWNLOAD_TIMEOUT_S = 60.0
 
@@ -54,6 +58,21 @@ def missing_message(name: str, info: DatasetInfo, files: list[str], data_dir: Pa
         f"run `kfac-lab data fetch {name}` or set download=true (fetches from "
         f"{info.mirror_variable or 'its mirror'})"
     )
+
+
+def spec_errors(spec: ExperimentSpec, data_dir: Path) -> list[tuple[tuple, str]]:
+    """(`("runs", N, "dataset")` or `("base", "dataset")`, message) for each place in the
+    request that names a dataset whose files `data_dir` lacks, for runs that do not ask for a
+    download: they would fail at once on a worker reading that directory."""
+    problems: dict[tuple, str] = {}  # the runs of one `base` share one error
+    for run, loc in zip(spec.runs, spec.run_sources(), strict=True):
+        lacking = [] if run.dataset.download else missing(run.dataset.info, data_dir)
+        if lacking:
+            place = ("base",) if loc[0] == "optimizers" else loc
+            problems[(*place, "dataset")] = missing_message(
+                run.dataset.name, run.dataset.info, lacking, data_dir
+            )
+    return list(problems.items())
 
 
 def size_bytes(info: DatasetInfo, data_dir: Path) -> int:

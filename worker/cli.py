@@ -149,16 +149,18 @@ def _load_experiment(spec: Path | None, preset: str | None, override: str | None
 
 def _refuse_unaffordable(experiment: Any) -> None:
     """Exit 2 naming every run that exceeds this machine's memory budget or the time limit,
-    as the API refuses them (backend/estimate.py)."""
+    or whose dataset's files are missing in KFAC_DATA_DIR, as the API refuses them
+    (backend/estimate.py, backend/datafiles.py)."""
+    from backend.datafiles import spec_errors
     from backend.estimate import resource_errors
     from backend.settings import get_settings
 
     settings = get_settings()
     problems = resource_errors(
         experiment, settings.worker_memory_bytes, settings.run_time_limit_s, settings.worker_flops
-    )
+    ) + spec_errors(experiment, settings.data_dir)
     if problems:
-        table = Table("run", "error", title="Too big for this machine", title_justify="left")
+        table = Table("run", "error", title="Cannot run here", title_justify="left")
         for location, message in problems:
             table.add_row(".".join(map(str, location)), message)
         errors.print(table)

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from backend.api.schemas import PresetRequest
-from backend.datafiles import missing, missing_message
+from backend.datafiles import spec_errors
 from backend.estimate import estimate, resource_errors
 from backend.settings import Settings
 from backend.spec import ExperimentSpec, RunSpec, queue_for
@@ -149,15 +149,20 @@ def launch(
 
 def refuse_unlaunchable(settings: Settings, spec: ExperimentSpec, from_preset: bool) -> None:
     """One 422 listing every run that would not fit the worker's memory or time limit and
-    every dataset whose files are missing, each located where the request wrote it (a preset's
-    runs come from `overrides`)."""
+    every dataset whose files are missing in the API's data directory (unless the run asks for
+    a download), each located where the request wrote it (a preset's runs come from
+    `overrides`: `overrides.dataset`)."""
     problems = [
         (_preset_loc(loc, from_preset), message)
         for loc, message in resource_errors(
             spec, settings.worker_memory_bytes, settings.run_time_limit_s, settings.worker_flops
         )
     ]
-    problems += missing_data_errors(settings, spec, from_preset)
+    if settings.check_data:  # off where the API does not share the workers' disk
+        problems += [
+            ((*_preset_loc(loc[:-1], from_preset), "dataset"), message)
+            for loc, message in spec_errors(spec, settings.data_dir)
+        ]
     if problems:
         raise RequestValidationError([
             {"type": "value_error", "loc": ("body", *loc), "msg": message, "input": None}
@@ -168,26 +173,6 @@ def refuse_unlaunchable(settings: Settings, spec: ExperimentSpec, from_preset: b
 def _preset_loc(loc: tuple, from_preset: bool) -> tuple:
     """A preset's runs are its comparison made too big by the request's `overrides`."""
     return ("overrides",) if from_preset and loc[0] in ("base", "optimizers") else loc
-
-
-def missing_data_errors(
-    settings: Settings, spec: ExperimentSpec, from_preset: bool
-) -> list[tuple[tuple, str]]:
-    """(`runs.N.dataset` / `base.dataset` / a preset's `overrides.dataset`, message) for each
-    place in the request that names a dataset whose files are missing in the API's data
-    directory, for runs that do not ask for a download: they would fail at once on a worker
-    sharing that directory. Off with KFAC_CHECK_DATA=false."""
-    if not settings.check_data:
-        return []
-    problems: dict[tuple, str] = {}  # the runs of one `base` share one error
-    for run, loc in zip(spec.runs, spec.run_sources(), strict=True):
-        lacking = [] if run.dataset.download else missing(run.dataset.info, settings.data_dir)
-        if lacking:
-            place = ("base",) if loc[0] == "optimizers" else loc
-            problems[(*_preset_loc(place, from_preset), "dataset")] = missing_message(
-                run.dataset.name, run.dataset.info, lacking, settings.data_dir
-            )
-    return list(problems.items())
 
 
 def _run_columns(run: RunSpec, settings: Settings) -> dict[str, Any]:
