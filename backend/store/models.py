@@ -300,7 +300,7 @@ class ShareLink(Base):
 
 
 class Event(Base):
-    """One entry of an experiment's append-only event log (kinds: metrics, status, snapshot)."""
+    """One entry of an experiment's append-only event log (metrics, status, snapshot, logs)."""
 
     __tablename__ = "events"
     __table_args__ = (
