@@ -1,9 +1,10 @@
 """A run's log: the worker's log records while it trains that run, sent to its recorder.
 
 A pool process trains one run at a time, so every record of kfac-lab's own loggers (`worker`,
-`kfac`, `backend`) at INFO and above, and any other logger's at WARNING and above (a library's
-warning, `warnings.warn` through `py.warnings`), emitted while `capture_run_logs` is active
-belongs to that run. A record with an exception (the training loop's `logger.exception("run
+`kfac`, `backend`) at INFO and above, and any other logger's at WARNING and above, emitted
+while `capture_run_logs` is active belongs to that run. Python warnings (`warnings.warn`, e.g.
+a numerical warning from torch) are routed through logging (`py.warnings`) meanwhile, so they
+are kept too. A record with an exception (the training loop's `logger.exception("run
 failed")`) carries its traceback into the line. The recorder's own writer thread is left out:
 its complaints about the store would otherwise feed the very queue it is failing to write.
 """
@@ -49,8 +50,8 @@ class RunLogHandler(logging.Handler):
 
 @contextlib.contextmanager
 def capture_run_logs(sink: LogSink) -> Iterator[None]:
-    """Send the run's log records to `sink` while the block runs (see the module doc); kfac-lab's
-    loggers log at INFO at least meanwhile, whatever the process's log level."""
+    """Send the run's log records and warnings to `sink` while the block runs (see the module
+    doc); kfac-lab's loggers log at INFO at least meanwhile, whatever the process's level."""
     root = logging.getLogger()
     handler = RunLogHandler(sink)
     own = [logging.getLogger(name) for name in OWN_LOGGERS]
@@ -59,9 +60,11 @@ def capture_run_logs(sink: LogSink) -> Iterator[None]:
         if logger.getEffectiveLevel() > logging.INFO:
             logger.setLevel(logging.INFO)
     root.addHandler(handler)
+    logging.captureWarnings(True)
     try:
         yield
     finally:
+        logging.captureWarnings(False)
         root.removeHandler(handler)
         for logger, level in zip(own, levels, strict=True):
             logger.setLevel(level)

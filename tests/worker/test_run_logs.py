@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Iterator
 
 import pytest
@@ -74,14 +75,20 @@ class Sink:
 
 def test_only_the_run_s_records_are_captured():
     sink = Sink()
-    with capture_run_logs(sink):
+    with capture_run_logs(sink), warnings.catch_warnings():
+        warnings.simplefilter("always")
         logging.getLogger("kfac.optimizer").info("kept: kfac-lab's own INFO")
         logging.getLogger("urllib3").info("left out: a library's INFO")
         logging.getLogger("urllib3").warning("kept: a library's warning")
+        warnings.warn("kept: a Python warning", RuntimeWarning, stacklevel=1)
         sink.writer_thread.start()
         sink.writer_thread.join()
     logging.getLogger("worker").warning("left out: after the run")
-    assert [(level, message) for _, level, message in sink.lines] == [
-        ("INFO", "kfac.optimizer: kept: kfac-lab's own INFO"),
-        ("WARNING", "urllib3: kept: a library's warning"),
-    ]
+    levels, messages = zip(*((level, message) for _, level, message in sink.lines), strict=True)
+    assert levels == ("INFO", "WARNING", "WARNING")
+    assert messages[:2] == (
+        "kfac.optimizer: kept: kfac-lab's own INFO",
+        "urllib3: kept: a library's warning",
+    )
+    assert messages[2].startswith("py.warnings: ")
+    assert "RuntimeWarning: kept: a Python warning" in messages[2]
