@@ -95,7 +95,6 @@ class StoreRecorder:
 
     # -- the Recorder protocol (called from the training loop) --
     def info(self, details: dict[str, Any]) -> None:
-        logger.info("run %s starts: %s", self.run_id, details)
         fields = {
             key: details[key]
             for key in ("device", "data_source", "total_steps", "provenance")

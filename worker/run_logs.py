@@ -5,8 +5,10 @@ A pool process trains one run at a time, so every record of kfac-lab's own logge
 while `capture_run_logs` is active belongs to that run. Python warnings (`warnings.warn`, e.g.
 a numerical warning from torch) are routed through logging (`py.warnings`) meanwhile, so they
 are kept too. A record with an exception (the training loop's `logger.exception("run
-failed")`) carries its traceback into the line. The recorder's own writer thread is left out:
-its complaints about the store would otherwise feed the very queue it is failing to write.
+failed")`) carries its traceback into the line. The recorder's own writer thread, and the
+tracking client's logger (`kfac_lab`, which `kfac-lab run` reports through), are left out:
+their complaints about the store or the server would otherwise feed the very queue they are
+failing to send.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ OWN_LOGGERS = ("worker", "kfac", "backend")
 
 
 class LogSink(Protocol):
-    writer_thread: threading.Thread
+    writer_thread: threading.Thread | None  # whose records are not the run's
 
     def log(self, lines: list[tuple[float, str, str]]) -> None: ...
 
@@ -33,7 +35,7 @@ class RunLogHandler(logging.Handler):
         self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if threading.current_thread() is self.sink.writer_thread:
+        if threading.current_thread() is self.sink.writer_thread or record.name == "kfac_lab":
             return False
         own = record.name.split(".")[0] in OWN_LOGGERS
         return own or record.levelno >= logging.WARNING

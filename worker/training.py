@@ -139,6 +139,10 @@ def train(
             else:
                 checkpoints.clear(checkpoint_dir)
         recorder.info(run.details())
+        logger.info(
+            "starts on %s: %s parameters, %d steps, data: %s",
+            run.device, f"{count_parameters(run.model):,}", run.total_steps, run.data.source,
+        )
         return run.loop(checkpoint_dir, should_stop, started, time_limit_s)
     except Exception as error:
         logger.exception("run failed")

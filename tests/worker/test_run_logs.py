@@ -46,7 +46,7 @@ def test_a_run_logs_its_start_and_checkpoints_and_goes_on_after_a_resume(store):
     (run_id,) = store.create(run_spec(steps=40, checkpoint_interval=10))
     assert execute_run(run_id, store.settings, worker_id="w") == "succeeded"
     messages = [line["message"] for line in logged(store, run_id)]
-    assert any(f"run {run_id} starts" in m for m in messages)
+    assert any(m.startswith("worker.training: starts on cpu: ") for m in messages), messages
     assert "worker.checkpoints: checkpoint of step 10 written" in messages
     # A second start (as a redelivered run resumes) numbers its lines after the stored ones.
     with session_scope(store.url) as session:
