@@ -61,12 +61,19 @@ def capture_run_logs(sink: LogSink) -> Iterator[None]:
     for logger in own:
         if logger.getEffectiveLevel() > logging.INFO:
             logger.setLevel(logging.INFO)
-    root.addHandler(handler)
+    # A process that configured no logging (`kfac-lab run`) prints warnings through logging's
+    # last resort, which stops once the root has any handler: keep it for the console.
+    console = None if root.handlers or logging.lastResort is None else logging.lastResort
+    for added in (handler, console):
+        if added is not None:
+            root.addHandler(added)
     logging.captureWarnings(True)
     try:
         yield
     finally:
         logging.captureWarnings(False)
-        root.removeHandler(handler)
+        for added in (handler, console):
+            if added is not None:
+                root.removeHandler(added)
         for logger, level in zip(own, levels, strict=True):
             logger.setLevel(level)

@@ -4,9 +4,12 @@ resume) and, when it fails, the traceback; nothing of the recorder's own complai
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +95,22 @@ def test_only_the_run_s_records_are_captured():
     )
     assert messages[2].startswith("py.warnings: ")
     assert "RuntimeWarning: kept: a Python warning" in messages[2]
+
+
+def test_a_process_without_logging_set_up_still_prints_warnings():
+    script = (
+        "import logging, threading\n"
+        "from worker.run_logs import capture_run_logs\n"
+        "class Sink:\n"
+        "    writer_thread = None\n"
+        "    def log(self, lines): print('stored', lines[0][2])\n"
+        "with capture_run_logs(Sink()):\n"
+        "    logging.getLogger('worker.x').warning('watch out')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "stored worker.x: watch out\n"
+    assert done.stderr == "watch out\n"  # as logging's last resort prints it
