@@ -89,11 +89,10 @@ def mirror_url(name: str, info: DatasetInfo, mirror: str | None = None) -> str:
     variable = info.mirror_variable
     if variable and os.environ.get(variable):
         return os.environ[variable]
-    if not info.files:
-        raise DataUnavailable(f"{name} is built in: it has no files to fetch")
+    where = f"set {variable} or pass" if variable else "pass"
     raise DataUnavailable(
-        f"no mirror is configured for {name}: set {variable or 'a mirror'} to a base URL (https:// "
-        f"or file://) that holds {', '.join(f.name for f in info.files)}"
+        f"no mirror is configured for {name}: {where} `kfac-lab data fetch {name} --mirror URL`, "
+        f"a base URL (https:// or file://) holding {', '.join(f.name for f in info.files)}"
     )
 
 
