@@ -59,7 +59,8 @@ PRESETS: dict[str, Preset] = {
             "training set, with the exponentially increasing mini-batch size m_k = "
             "min(1000·exp((k−1)/b), 60000) reaching the full set near step 500, and iterate "
             "averaging for evaluation. K-FAC against SGD with momentum and Adam. Needs the MNIST "
-            "IDX files in KFAC_DATA_DIR; meant for a GPU worker."
+            "IDX files in KFAC_DATA_DIR (`kfac-lab data fetch mnist`, or the override "
+            "{\"dataset\": {\"name\": \"mnist\", \"download\": true}}); meant for a GPU worker."
         ),
         experiment={
             "name": "mnist autoencoder (paper §13)",

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     data_dir: Path | None = Field(
         default=None, description="Dataset cache (MNIST IDX files, ...); default `home/data`."
     )
+    check_data: bool = Field(
+        default=True,
+        description="Refuse at create a run whose dataset has files missing in this process's "
+        "data_dir (unless the run sets dataset.download). Turn off where the API does not "
+        "share the workers' disk.",
+    )
     admin_token: str | None = Field(
         default=None,
         repr=False,

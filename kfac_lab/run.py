@@ -8,6 +8,7 @@ before training starts.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -19,9 +20,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from kfac_lab.protocol import METRIC_NAME, RUNS_PATH, as_step, run_path
+from kfac_lab.protocol import LEVEL, MAX_LINE_CHARS, METRIC_NAME, RUNS_PATH, as_step, run_path
 from kfac_lab.provenance import provenance
-from kfac_lab.sender import Connection, Request, Sender
+from kfac_lab.sender import Connection, LogLine, Request, Sender
 from kfac_lab.spool import Spool, default_root
 
 logger = logging.getLogger("kfac_lab")
@@ -80,6 +81,7 @@ class Run:
         self._final: dict[str, float] = {}
         self._watched: Any = None
         self._ended = False
+        self._log_seq = itertools.count()
 
     # -- the hot path --
     def log(self, step: int, **metrics: Any) -> None:
@@ -94,6 +96,16 @@ class Run:
             self._final.update(metrics)
         except Exception:  # noqa: BLE001 - never into the training loop
             logger.exception("kfac_lab: log failed")
+
+    def log_text(self, line: str, level: str = "INFO") -> None:
+        """Add `line` to the run's log on its page (`level`: INFO, WARNING, ERROR, ...). Queued
+        like `log` and sent in batches."""
+        try:
+            text = str(line).replace("\x00", "")[:MAX_LINE_CHARS]
+            tag = level.upper() if LEVEL.fullmatch(level.upper()) else "INFO"
+            self._queue.append(LogLine(next(self._log_seq), time.time(), tag, text))
+        except Exception:  # noqa: BLE001 - never into the training loop
+            logger.exception("kfac_lab: log_text failed")
 
     def watch(self, optimizer: Any) -> None:
         """Log `optimizer.diagnostics` (a `kfac.KFAC`'s λ, α, μ, ...) with every `log`."""
@@ -203,7 +215,9 @@ class Run:
         if error is None:
             self.finish()
         else:
-            self.fail("".join(traceback.format_exception(kind, error, trace)).strip())
+            trace_text = "".join(traceback.format_exception(kind, error, trace)).strip()
+            self.log_text(trace_text, "ERROR")
+            self.fail(trace_text)
 
 
 def _plain_json(config: dict[str, Any]) -> Any:

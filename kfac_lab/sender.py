@@ -25,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from kfac_lab.protocol import MAX_BATCH_POINTS, METRIC_NAME, as_step, run_path
+from kfac_lab.protocol import MAX_BATCH_LINES, MAX_BATCH_POINTS, METRIC_NAME, as_step, run_path
 from kfac_lab.spool import Spool
 from kfac_lab.system import SystemSampler
 
@@ -47,6 +47,16 @@ class Request:
 
     path: str
     body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """A line for the run's log (`Run.log_text`), numbered by the run from 0."""
+
+    seq: int
+    time: float  # unix time
+    level: str
+    message: str
 
 
 class Permanent(Exception):
@@ -92,7 +102,7 @@ class Sender:
         self.run_id = run_id
         self.spool = spool
         self.connection = connection
-        self.queue: deque[tuple[int, float, dict[str, Any]] | Request] = deque()
+        self.queue: deque[tuple[int, float, dict[str, Any]] | Request | LogLine] = deque()
         self.system = SystemSampler()  # this thread lives in the script's process: sample it
         self.started = time.perf_counter()  # wall times are seconds since then
         self._last_step: int | None = None  # of the latest log call, which samples go with
@@ -168,17 +178,27 @@ class Sender:
 
     def _drain_locked(self) -> None:
         points: list[list[Any]] = []
+        lines: list[list[Any]] = []
         while self.queue:
             item = self.queue.popleft()
-            if isinstance(item, Request):
+            if isinstance(item, LogLine):
+                lines.append([item.seq, item.time, item.level, item.message])
+            elif isinstance(item, Request):
                 self._spool_points(points)
-                points = []
+                self._spool_lines(lines)
+                points, lines = [], []
                 self._put(item.path, item.body)
             else:
                 points.extend(_points(*item))
                 if (step := as_step(item[0])) is not None:
                     self._last_step = step
         self._spool_points(points)
+        self._spool_lines(lines)
+
+    def _spool_lines(self, lines: list[list[Any]]) -> None:
+        for start in range(0, len(lines), MAX_BATCH_LINES):
+            batch = lines[start : start + MAX_BATCH_LINES]
+            self._put(run_path(self.run_id, "logs"), {"lines": batch})
 
     def _spool_points(self, points: list[list[Any]]) -> None:
         for start in range(0, len(points), MAX_BATCH_POINTS):

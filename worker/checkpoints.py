@@ -78,6 +78,7 @@ class BackgroundSaver:
     def _write(self, step: int, state: dict[str, Any]) -> None:
         try:
             save(self.directory, step, state)
+            logger.info("checkpoint of step %d written", step)
         except Exception:
             logger.exception("the checkpoint of step %d was not written", step)
 

@@ -4,6 +4,7 @@ here, because they import torch and the worker, which the backend never does.
 * `kfac-lab serve` — the whole lab on one machine (see backend.cli).
 * `kfac-lab worker` — a Celery worker that trains runs from the queue(s).
 * `kfac-lab run SPEC.json | --preset NAME` — one experiment in the foreground, no server.
+* `kfac-lab data list | fetch NAME` — datasets' files in KFAC_DATA_DIR (backend.data_cli).
 
 torch and the Celery app are imported inside the commands, so `kfac-lab serve` (which runs
 this module too) starts fast and its API process never loads them.
@@ -22,7 +23,10 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
+from backend import data_cli
 from backend.cli import app, console, errors
+
+app.add_typer(data_cli.app, name="data")
 
 # --- worker ---------------------------------------------------------------------------------
 
@@ -145,16 +149,18 @@ def _load_experiment(spec: Path | None, preset: str | None, override: str | None
 
 def _refuse_unaffordable(experiment: Any) -> None:
     """Exit 2 naming every run that exceeds this machine's memory budget or the time limit,
-    as the API refuses them (backend/estimate.py)."""
+    or whose dataset's files are missing in KFAC_DATA_DIR, as the API refuses them
+    (backend/estimate.py, backend/datafiles.py)."""
+    from backend.datafiles import spec_errors
     from backend.estimate import resource_errors
     from backend.settings import get_settings
 
     settings = get_settings()
     problems = resource_errors(
         experiment, settings.worker_memory_bytes, settings.run_time_limit_s, settings.worker_flops
-    )
+    ) + spec_errors(experiment, settings.data_dir)
     if problems:
-        table = Table("run", "error", title="Too big for this machine", title_justify="left")
+        table = Table("run", "error", title="Cannot run here", title_justify="left")
         for location, message in problems:
             table.add_row(".".join(map(str, location)), message)
         errors.print(table)

@@ -5,13 +5,15 @@ drives one rich progress bar per run and keeps the series the final tables need:
 run, then the comparison of the groups (`backend.comparison`: the same groups, labels, colours
 and statistics over seeds as the experiment page). By default every run is also recorded, as a
 tracked run of the experiment's name, in this machine's store or, with `KFAC_LAB_URL` set, on
-that server (worker/reporting.py), so the dashboard shows it; `--no-record` keeps it on the
-console. No checkpoints are written. The first Ctrl-C ends the current run as `cancelled` and
-skips the rest (the tables are still printed); a second one interrupts at once.
+that server (worker/reporting.py), so the dashboard shows it, with its log (worker.run_logs);
+`--no-record` keeps it on the console. No checkpoints are written. The first Ctrl-C ends the
+current run as `cancelled` and skips the rest (the tables are still printed); a second one
+interrupts at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from backend.comparison_sources import SeriesSource
 from backend.settings import get_settings
 from backend.spec import ExperimentSpec
 from worker.reporting import Tee, report_for
+from worker.run_logs import capture_run_logs
 from worker.training import MetricPoint, Recorder, RunResult, train
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -95,24 +98,25 @@ def run_experiment(experiment: ExperimentSpec, console: Console, *, record: bool
                 progress.update(task, info="skipped")
                 continue
             progress.start_task(task)
-            console_recorder = ConsoleRecorder(progress, task)
-            recorder: Recorder = console_recorder
+            shown = ConsoleRecorder(progress, task)
+            recorder: Recorder = shown
             report = report_for(settings, experiment.name, spec) if record else None
             if report is not None:
-                recorder = Tee(console_recorder, report)
-            result = train(
-                spec,
-                recorder,
-                should_stop=lambda: interrupted.flag,
-                data_dir=settings.data_dir,
-                time_limit_s=settings.run_time_limit_s,
-            )
+                recorder = Tee(recorder, report)
+            with capture_run_logs(report) if report is not None else contextlib.nullcontext():
+                result = train(
+                    spec,
+                    recorder,
+                    should_stop=lambda: interrupted.flag,
+                    data_dir=settings.data_dir,
+                    time_limit_s=settings.run_time_limit_s,
+                )
             if report is not None and not report.end(result):
                 console.print(f"[yellow]{spec.display_label()}: not everything was recorded")
             progress.update(task, completed=result.step, info=result.status)
             progress.stop_task(task)
             results.append((spec.display_label(), result))
-            series[str(len(results) - 1)] = console_recorder.series
+            series[str(len(results) - 1)] = shown.series  # (a Tee has no series)
     console.print(_table(results))
     console.print(_comparison_table(experiment, results, series))
     if interrupted.flag:

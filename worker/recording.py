@@ -2,12 +2,14 @@
 
 Both work on background threads so that the training loop never waits for the database:
 
-* `StoreRecorder` implements `worker.training.Recorder`. Metric points, snapshots and run facts
-  are queued in memory and written in order by one writer thread, with consecutive metric
-  batches merged into one transaction. When the database is briefly unavailable (a restart, a
+* `StoreRecorder` implements `worker.training.Recorder`. Metric points, snapshots, run facts
+  and log lines (`log`, fed by `worker.run_logs.capture_run_logs`) are queued in memory and
+  written in order by one writer thread, with consecutive metric (or log) batches merged into
+  one transaction. When the database is briefly unavailable (a restart, a
   locked SQLite file, a network blip) the writer keeps the batch and retries with backoff while
   training goes on and new points pile up behind it; nothing recorded is dropped. Every write is
-  idempotent in the store (per run, metric and step; per run and step for snapshots), so a retry
+  idempotent in the store (per run, metric and step; per run and step for snapshots; per run and
+  line number for logs, numbered here once, before the first attempt), so a retry
   after an ambiguous failure — the commit happened but its answer was lost — is harmless.
   `sync()` is the barrier the training loop calls before a checkpoint (see `Recorder.sync`).
 * `RunMonitor` renews the run's heartbeat (with its progress, `runs.step`) every few seconds
@@ -38,6 +40,7 @@ from sqlalchemy import exc as sa_exc
 
 from backend.store.db import session_scope
 from backend.store.results import write_metrics, write_snapshot
+from backend.store.run_logs import next_log_seq, write_log_lines
 from backend.store.writes import (
     Control,
     RunNotFound,
@@ -49,6 +52,7 @@ from backend.store.writes import (
 logger = logging.getLogger(__name__)
 
 MAX_BATCH_POINTS = 50_000  # one transaction; a backlog after an outage is written in chunks
+MAX_BATCH_LINES = 500  # log lines per transaction
 RETRY_FIRST_S, RETRY_MAX_S = 0.2, 5.0
 SYNC_TIMEOUT_S = 60.0
 POLL_S = 0.5  # how often the cancel flag is read
@@ -67,9 +71,10 @@ def is_transient(error: BaseException) -> bool:
 
 @dataclass
 class _Item:
-    kind: str  # "metrics", "snapshot" or "info"
+    kind: str  # "metrics", "logs", "snapshot" or "info"
     data: Any
     step: int = 0
+    numbered: bool = False  # log lines: their numbers are given (and kept for retries)
 
 
 class StoreRecorder:
@@ -81,6 +86,7 @@ class StoreRecorder:
         self._busy = False  # an item is being written
         self._healthy = True  # the last write attempt succeeded
         self._closing = self._abandoned = False
+        self._log_seq: int | None = None  # the next line's number, read from the store once
         self._cv = threading.Condition()
         self._thread = threading.Thread(
             target=self._write_loop, name=f"recorder-{run_id[:8]}", daemon=True
@@ -89,7 +95,6 @@ class StoreRecorder:
 
     # -- the Recorder protocol (called from the training loop) --
     def info(self, details: dict[str, Any]) -> None:
-        logger.info("run %s starts: %s", self.run_id, details)
         fields = {
             key: details[key]
             for key in ("device", "data_source", "total_steps", "provenance")
@@ -104,6 +109,16 @@ class StoreRecorder:
 
     def snapshot(self, step: int, payload: dict[str, Any]) -> None:
         self._put(_Item("snapshot", payload, step))
+
+    def log(self, lines: list[tuple[float, str, str]]) -> None:
+        """Log lines (unix time, level, message) of the run, stored in order."""
+        if lines:
+            self._put(_Item("logs", list(lines)))
+
+    @property
+    def writer_thread(self) -> threading.Thread:
+        """The thread that writes (its own log records are not the run's: see run_logs)."""
+        return self._thread
 
     def progress(self, step: int) -> None:
         if self.monitor is not None:
@@ -162,18 +177,20 @@ class StoreRecorder:
                     self._cv.notify_all()
 
     def _next_item(self) -> _Item:
-        """The oldest item; consecutive metric batches are merged into one (order is kept)."""
+        """The oldest item; consecutive metric batches, and log batches, are merged into one
+        (order is kept)."""
         item = self._pending.popleft()
-        if item.kind != "metrics":
+        limit = {"metrics": MAX_BATCH_POINTS, "logs": MAX_BATCH_LINES}.get(item.kind)
+        if limit is None:
             return item
-        points = list(item.data)
+        data = list(item.data)
         while (
             self._pending
-            and self._pending[0].kind == "metrics"
-            and len(points) + len(self._pending[0].data) <= MAX_BATCH_POINTS
+            and self._pending[0].kind == item.kind
+            and len(data) + len(self._pending[0].data) <= limit
         ):
-            points.extend(self._pending.popleft().data)
-        return _Item("metrics", points)
+            data.extend(self._pending.popleft().data)
+        return _Item(item.kind, data)
 
     def _write_with_retry(self, item: _Item) -> None:
         delay, attempt = RETRY_FIRST_S, 0
@@ -216,10 +233,23 @@ class StoreRecorder:
         with session_scope(self.url) as session:
             if item.kind == "metrics":
                 write_metrics(session, self.run_id, item.data)
+            elif item.kind == "logs":
+                write_log_lines(session, self.run_id, self._numbered(session, item))
             elif item.kind == "snapshot":
                 write_snapshot(session, self.run_id, item.step, **item.data)
             else:
                 set_run_info(session, self.run_id, **item.data)
+
+
+    def _numbered(self, session: Any, item: _Item) -> list[tuple[int, float, str, str]]:
+        """The item's lines with their numbers, given once: a retry sends the same numbers."""
+        if not item.numbered:
+            if self._log_seq is None:
+                self._log_seq = next_log_seq(session, self.run_id)
+            item.data = [(self._log_seq + i, *line) for i, line in enumerate(item.data)]
+            self._log_seq += len(item.data)
+            item.numbered = True
+        return item.data
 
 
 class StopReason(StrEnum):

@@ -105,6 +105,13 @@ class ServerReport:
     def snapshot(self, step: int, payload: dict[str, Any]) -> None:
         self.run.record_snapshot(step, payload)
 
+    writer_thread = None  # the client's sender logs on `kfac_lab`, which run logs leave out
+
+    def log(self, lines: list[tuple[float, str, str]]) -> None:
+        """Log lines of the run (worker.run_logs), sent as the script's own lines."""
+        for _, level, message in lines:
+            self.run.log_text(message, level)
+
     def progress(self, step: int) -> None:
         """The server learns progress from the metrics."""
 

@@ -57,6 +57,7 @@ from backend.store.queries import run_exists
 from backend.store.writes import claim_run, release_run, set_status
 from worker.recording import RunMonitor, StopReason, StoreRecorder, is_transient
 from worker.recovery import requeue_stale_runs
+from worker.run_logs import capture_run_logs
 from worker.training import CANCELLED_REASON, RunResult, time_limit_reason, train
 
 __all__ = ["execute_run", "requeue_stale_runs", "train_run"]
@@ -156,14 +157,17 @@ def _train_claimed(run: Run, settings: Settings, worker: str, stopping: Callable
             _abandon(settings, run.id, worker, recorder, monitor.step, checkpoint_dir, reason)
 
         monitor.on_stuck = abandon
-        result = train(
-            spec,
-            recorder,
-            checkpoint_dir=checkpoint_dir,
-            should_stop=monitor.should_stop,
-            data_dir=settings.data_dir,
-            time_limit_s=limit,
-        )
+        with capture_run_logs(recorder):
+            result = train(
+                spec,
+                recorder,
+                checkpoint_dir=checkpoint_dir,
+                should_stop=monitor.should_stop,
+                data_dir=settings.data_dir,
+                time_limit_s=limit,
+            )
+            if result.status == "failed":  # e.g. the time limit: no exception said why
+                logger.warning("run %s: failed at step %d: %s", run.id, result.step, result.reason)
         monitor.training_over()
         stored = recorder.close(FINAL_WRITE_TIMEOUT_S)
         if _deleted(settings, run.id):

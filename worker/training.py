@@ -158,6 +158,10 @@ def train(
             elif primary:
                 checkpoints.clear(checkpoint_dir)
         recorder.info(run.details())
+        logger.info(
+            "starts on %s: %s parameters, %d steps, data: %s",
+            run.device, f"{count_parameters(run.model):,}", run.total_steps, run.data.source,
+        )
         return run.loop(
             checkpoint_dir if primary else None, should_stop, started, time_limit_s
         )
@@ -272,6 +276,7 @@ class _Run:
             self.wall_time += elapsed
             self.examples_seen += len(indices)
             if not math.isfinite(loss):
+                logger.warning("diverged: training loss is %s at step %d", loss, self.step)
                 return self.finish("diverged", f"training loss is {loss} at step {self.step}")
             if self.average is not None:
                 self.average.update(self.model)
@@ -402,3 +407,4 @@ class _Run:
         self.step, self.wall_time = state["step"], state["wall_time"]
         self.examples_seen, self.final = state["examples_seen"], dict(state["final"])
         self.resumed_from = self.step
+        logger.info("resumed from the checkpoint of step %d", self.step)

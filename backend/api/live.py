@@ -54,7 +54,7 @@ MAX_PENDING = 20_000  # events queued for one stream; a stream this far behind i
 @dataclass(frozen=True, slots=True)
 class LiveEvent:
     id: int
-    kind: str  # metrics | status | snapshot
+    kind: str  # metrics | status | snapshot | logs
     data: InitVar[str]  # the payload as JSON text (one line)
     frame: bytes = field(init=False)  # the event on the wire, encoded once for all streams
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from backend.api.schemas import PresetRequest
+from backend.datafiles import spec_errors
 from backend.estimate import estimate, resource_errors
 from backend.settings import Settings
 from backend.spec import ExperimentSpec, RunSpec, queue_for
@@ -119,10 +120,10 @@ def launch(
     """Store the experiment with its runs queued, send one task per run; returns it reloaded.
 
     Raises `RequestValidationError` (422) naming every run that would not fit a worker or its
-    time limit (`refuse_unaffordable`), and `BrokerUnavailable` (after undoing the experiment)
-    if a task cannot be sent.
+    time limit or lacks its dataset's files (`refuse_unlaunchable`), and `BrokerUnavailable`
+    (after undoing the experiment) if a task cannot be sent.
     """
-    refuse_unaffordable(settings, spec, from_preset=preset is not None)
+    refuse_unlaunchable(settings, spec, from_preset=preset is not None)
     runs = [_run_columns(run, settings) for run in spec.runs]
     experiment = create_experiment(
         session, name=spec.name, spec=spec.model_dump(mode="json"), runs=runs, preset=preset
@@ -146,16 +147,25 @@ def launch(
     return get_experiment(session, experiment_id)
 
 
-def refuse_unaffordable(settings: Settings, spec: ExperimentSpec, from_preset: bool) -> None:
-    """422 for the runs whose estimated memory or time exceeds the worker's limits, each
-    located where the request wrote it (a preset's comparison runs come from `overrides`)."""
-    problems = resource_errors(
-        spec, settings.worker_memory_bytes, settings.run_time_limit_s, settings.worker_flops
-    )
+def refuse_unlaunchable(settings: Settings, spec: ExperimentSpec, from_preset: bool) -> None:
+    """One 422 listing every run that would not fit the worker's memory or time limit and
+    every dataset whose files are missing in the API's data directory (unless the run asks for
+    a download), each located where the request wrote it (a preset's runs come from
+    `overrides`: `overrides.dataset`)."""
+    problems = [
+        (_preset_loc(loc, from_preset), message)
+        for loc, message in resource_errors(
+            spec, settings.worker_memory_bytes, settings.run_time_limit_s, settings.worker_flops
+        )
+    ]
+    if settings.check_data:  # off where the API does not share the workers' disk
+        problems += [
+            ((*_preset_loc(loc[:-1], from_preset), "dataset"), message)
+            for loc, message in spec_errors(spec, settings.data_dir)
+        ]
     if problems:
         raise RequestValidationError([
-            {"type": "value_error", "loc": ("body", *_preset_loc(loc, from_preset)),
-             "msg": message, "input": None}
+            {"type": "value_error", "loc": ("body", *loc), "msg": message, "input": None}
             for loc, message in problems
         ])
 

@@ -28,7 +28,14 @@ from pydantic import BaseModel, Field, Strict, field_validator, model_validator
 from backend.spec import MAX_PROBE_PARAMETERS
 from backend.spec_base import SpecModel
 from backend.store.snapshots import MAX_SIDE, pooled_side
-from kfac_lab.protocol import MAX_BATCH_POINTS, MAX_STEP, METRIC_NAME_PATTERN
+from kfac_lab.protocol import (
+    LEVEL_PATTERN,
+    MAX_BATCH_LINES,
+    MAX_BATCH_POINTS,
+    MAX_LINE_CHARS,
+    MAX_STEP,
+    METRIC_NAME_PATTERN,
+)
 
 MAX_CONFIG_CHARS = 20_000
 MAX_EXTRAS_CHARS = 200_000
@@ -109,6 +116,20 @@ class MetricBatch(_Body):
     points: list[Annotated[tuple[MetricName, Step, Finite, Finite], LAX_TUPLE]] = Field(
         max_length=MAX_BATCH_POINTS
     )
+
+
+class LogBatch(_Body):
+    """Lines `[seq, unix_time, level, message]`, numbered by the client from 0; a seq already
+    stored is not written again, so a batch may be retried."""
+
+    lines: list[
+        tuple[
+            Step,
+            Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False)],
+            Annotated[str, Field(pattern=LEVEL_PATTERN)],
+            Annotated[str, Field(max_length=MAX_LINE_CHARS)],
+        ]
+    ] = Field(max_length=MAX_BATCH_LINES)
 
 
 class MetricsStored(BaseModel):

@@ -14,6 +14,9 @@ Tables, and why they look the way they do:
 * `snapshots` — curvature matrices, float32, compressed, pooled to at most 512 x 512.
 * tracked runs (`runs.tracked`) come from users' own training scripts through the `kfac_lab`
   client; their experiments are found by `tracking_name`.
+* `run_logs` — each run's log lines (its worker's log records, a failure's traceback, lines
+  sent by the tracking client), numbered per run by the writer so a retried batch is written
+  once; the primary key (run_id, seq) is the index per run; the last MAX_LOG_LINES are kept.
 * `workers` — each worker's queues and heartbeat, so a run can tell nobody consumes its queue.
 * `share_links`, `app_secrets` — read-only links (token hashes only) and the embedded admin token.
 * `events` — an append-only log per experiment that the API's live stream reads by id, so a page
@@ -267,6 +270,21 @@ class Snapshot(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class RunLogLine(Base):
+    """One log line of a run; `seq` numbers a run's lines from 0 in the order they were
+    written (the writer assigns it, so a batch sent twice inserts nothing the second time)."""
+
+    __tablename__ = "run_logs"
+
+    run_id: Mapped[str] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    time: Mapped[datetime] = mapped_column(UTCDateTime)
+    level: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+
+
 class ShareLink(Base):
     """A read-only link to one experiment; only the SHA-256 of its token is stored."""
 
@@ -282,7 +300,7 @@ class ShareLink(Base):
 
 
 class Event(Base):
-    """One entry of an experiment's append-only event log (kinds: metrics, status, snapshot)."""
+    """One entry of an experiment's append-only event log (metrics, status, snapshot, logs)."""
 
     __tablename__ = "events"
     __table_args__ = (

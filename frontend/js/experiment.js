@@ -18,6 +18,7 @@ import { byId, formatTime, plotlyLoaded, replace, startPage, statusBadge, toast,
 import { offerReport, setupExports } from "./exports.js";
 import { openStream } from "./live.js";
 import { applyBatch, showStreamState } from "./liveupdates.js";
+import { LogPanels } from "./logs.js";
 import { isActive, renderRuns } from "./runs.js";
 import { setupReadOnly, setupSharing } from "./sharing.js";
 
@@ -58,6 +59,7 @@ const page = {
     onGroups: (groups) => page.curves.setGroups(groups),
   }),
   curvature: null,
+  logs: null, // LogPanels
   closeStream: null,
   refreshTimer: 0,
   runById: (id) => page.experiment.runs.find((run) => run.id === id),
@@ -190,6 +192,7 @@ async function main() {
   }
   renderTable();
   page.curvature = new CurvaturePanel(experiment.runs);
+  page.logs = new LogPanels(byId("run-logs"), experiment.runs);
 
   await page.curves.loadAll(curves);
   renderTable();

@@ -9,7 +9,7 @@
 
 import { send } from "./api.js";
 
-const KINDS = new Set(["metrics", "status", "snapshot"]);
+const KINDS = new Set(["metrics", "status", "snapshot", "logs"]);
 const MIN_INTERVAL_MS = 200;
 const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 30_000;

@@ -1,6 +1,6 @@
 // What the experiment page does with its live events (see live.js for the stream itself):
 // metric points go to the curves, status changes to the runs (and a re-read of the experiment
-// and its comparison), snapshot notices to the curvature panel.
+// and its comparison), snapshot notices to the curvature panel, log lines to the log panels.
 
 import { byId, toast } from "./dom.js";
 
@@ -26,6 +26,8 @@ export function applyBatch(page, batch, { onRuns, onStatus }) {
       runsChanged = statusChanged = true;
     } else if (kind === "snapshot") {
       page.curvature.added(data).catch((error) => toast(error.message, "error"));
+    } else if (kind === "logs") {
+      page.logs.added(data);
     }
   }
   page.curves.flush();

@@ -17,6 +17,7 @@ from backend.settings import Settings
 from backend.store.db import session_scope
 from backend.store.models import Experiment, Run, Snapshot
 from backend.store.queries import read_metrics
+from backend.store.run_logs import read_log_lines
 from tests.api.conftest import FakeBroker
 from tests.kfac_lab.conftest import TOKEN, Server, free_port
 from tests.worker.labs import TINY_RUN, kfac_environment
@@ -54,6 +55,8 @@ def test_a_cli_run_is_recorded_in_the_local_store(tmp_path: Path):
         assert list(curves[runs[0].id]["train_loss"]["x"]) == list(range(1, 13))
         snapshots = session.scalar(select(func.count()).select_from(Snapshot))
         assert snapshots == 4  # steps 6 and 12 of both runs
+        log = [line["message"] for line in read_log_lines(session, runs[0].id)]
+        assert any("starts on cpu" in message for message in log), log
 
 
 def test_no_record_stores_nothing(tmp_path: Path):
@@ -93,6 +96,8 @@ def test_with_kfac_lab_url_the_runs_go_to_that_server(sqlite_url: str, tmp_path:
             series = server.get(f"/api/runs/{run_id}/metrics")["series"]
             assert series["train_loss"]["x"] == list(range(1, 13))
             assert [s["step"] for s in server.get(f"/api/runs/{run_id}/snapshots")] == [6, 12]
+            log = server.get(f"/api/runs/{run_id}/logs")["lines"]
+            assert any("starts on cpu" in line["message"] for line in log), log
     finally:
         server.stop()
 

@@ -122,6 +122,21 @@ def test_an_exception_fails_the_run_with_its_traceback(server: Server, spool: Pa
     assert detail["status"] == "failed"
     assert "RuntimeError: out of memory, say" in detail["error"]
     assert "Traceback" in detail["error"]
+    (line,) = server.get(f"/api/runs/{run.id}/logs")["lines"]  # and in the run's log
+    assert line["level"] == "ERROR" and line["message"] == detail["error"]
+
+
+def test_log_lines_reach_the_run_s_log_in_order(stopped_server: Server, spool: Path):
+    run = start(stopped_server, spool)
+    for i in range(600):  # more than one request's worth, sent while the server is down
+        run.log_text(f"line {i}", "warning" if i == 7 else "INFO")
+    run.log_text("a\x00b", level="not a level")
+    stopped_server.start()
+    assert run.finish(timeout=120)
+    lines = stopped_server.get(f"/api/runs/{run.id}/logs")["lines"]
+    assert [line["message"] for line in lines] == [*(f"line {i}" for i in range(600)), "ab"]
+    assert [line["seq"] for line in lines] == list(range(601))
+    assert lines[7]["level"] == "WARNING" and lines[600]["level"] == "INFO"
 
 
 def test_bad_values_never_raise_and_good_ones_arrive(server: Server, spool: Path):

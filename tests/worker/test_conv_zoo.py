@@ -11,6 +11,8 @@ import scipy.io
 import torch
 from torch import nn
 
+from backend.datafiles import DataUnavailable
+from backend.datasets import CIFAR10, CIFAR10_DIR, CIFAR10_TRAIN
 from backend.spec import DATASETS, DatasetSpec, RunSpec
 from worker.training import MemoryRecorder, train
 from worker.zoo import datasets, image_datasets
@@ -65,10 +67,10 @@ def test_image_view_of_the_offline_digits():
 def fake_cifar(directory, counts=(3, 3, 3, 3, 3, 4)):
     """Six pickled batches in the python version's format; returns the expected arrays."""
     rng = np.random.default_rng(0)
-    folder = directory / image_datasets.CIFAR10_DIR
+    folder = directory / CIFAR10_DIR
     folder.mkdir(parents=True)
     arrays = []
-    for name, count in zip([*image_datasets.CIFAR10_TRAIN, "test_batch"], counts, strict=True):
+    for name, count in zip([*CIFAR10_TRAIN, "test_batch"], counts, strict=True):
         data = rng.integers(0, 256, (count, 3072), dtype=np.uint8)
         labels = rng.integers(0, 10, count).tolist()
         with open(folder / name, "wb") as f:
@@ -97,14 +99,15 @@ def test_cifar10_download_needs_opt_in_mirror_and_checksum(tmp_path, monkeypatch
     source, mirror = tmp_path / "source", tmp_path / "mirror"
     fake_cifar(source)
     mirror.mkdir()
-    archive = mirror / image_datasets.CIFAR10_ARCHIVE[0]
+    (declared,) = CIFAR10.files
+    archive = mirror / declared.name
     with tarfile.open(archive, "w:gz") as tar:
-        tar.add(source / image_datasets.CIFAR10_DIR, arcname=image_datasets.CIFAR10_DIR)
+        tar.add(source / CIFAR10_DIR, arcname=CIFAR10_DIR)
     monkeypatch.setenv("KFAC_CIFAR10_MIRROR", mirror.as_uri())
-    with pytest.raises(ValueError, match="MD5"):  # not the published archive
+    with pytest.raises(DataUnavailable, match="MD5"):  # not the published archive
         image_datasets.read_cifar10(tmp_path / "data", download=True)
     md5 = hashlib.md5(archive.read_bytes()).hexdigest()
-    monkeypatch.setattr(image_datasets, "CIFAR10_ARCHIVE", (archive.name, md5))
+    monkeypatch.setattr(CIFAR10, "files", (declared.model_copy(update={"md5": md5}),))
     (train_x, _), _ = image_datasets.read_cifar10(tmp_path / "data", download=True)
     assert train_x.shape == (15, 3072)
 

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from backend.datafiles import DataUnavailable
+from backend.datasets import MNIST
 from backend.spec import DATASETS, DatasetSpec, ExponentialBatchSchedule, batch_size_at
 from worker.zoo import datasets
 from worker.zoo.datasets import BatchIterator, load_dataset, read_idx, write_idx
@@ -94,12 +96,14 @@ def test_mnist_download_verifies_checksums(tmp_path, monkeypatch):
     mirror.mkdir()
     fake_mnist(mirror, gz=True)
     monkeypatch.setenv("KFAC_MNIST_MIRROR", mirror.as_uri())
-    with pytest.raises(ValueError, match="MD5"):  # the fake files are not the real MNIST
+    with pytest.raises(DataUnavailable, match="MD5"):  # the fake files are not the real MNIST
         datasets.load_mnist(target, download=True)
     assert not [p for p in target.iterdir() if p.name.endswith(".gz")]
-    sums = {name: hashlib.md5((mirror / f"{name}.gz").read_bytes()).hexdigest()
-            for name in datasets.MNIST_FILES}
-    monkeypatch.setattr(datasets, "MNIST_FILES", sums)
+    files = tuple(
+        f.model_copy(update={"md5": hashlib.md5((mirror / f.name).read_bytes()).hexdigest()})
+        for f in MNIST.files
+    )
+    monkeypatch.setattr(MNIST, "files", files)
     data = datasets.load_mnist(target, download=True)
     assert data.train_x.shape == (12, 784)
     with gzip.open(target / "t10k-labels-idx1-ubyte.gz") as f:

@@ -22,6 +22,7 @@ from backend import queue
 from backend.store.db import session_scope
 from backend.store.migrate import scratch_database
 from backend.store.models import MetricSeries
+from backend.store.run_logs import read_log_lines
 from backend.store.writes import request_cancel
 from tests.conftest import POSTGRES_URL, missing_service
 from tests.worker.labs import Lab, lab, run_spec, wait_for
@@ -162,7 +163,13 @@ def test_a_killed_worker_s_run_resumes_from_its_checkpoint(tmp_path) -> None:
         resumed, uninterrupted = the_lab.wait(killed, reference, timeout=60)
         assert (resumed.status, resumed.attempts) == ("succeeded", 2)
         assert uninterrupted.status == "succeeded"
-        assert "'resumed_from': 200" in second.text() or "'resumed_from': 300" in second.text()
+        with session_scope(the_lab.url) as session:  # the run's log says where it resumed
+            log = [line["message"] for line in read_log_lines(session, killed)]
+        resumes = [m for m in log if m.startswith("worker.training: resumed from the checkpoint")]
+        assert resumes in (
+            ["worker.training: resumed from the checkpoint of step 200"],
+            ["worker.training: resumed from the checkpoint of step 300"],
+        ), log
         curve = the_lab.points(killed)
         assert [step for step, _ in curve] == list(range(1, 401))
         assert curve == the_lab.points(reference)  # the same trajectory, bit for bit

@@ -6,7 +6,8 @@
 - `mnist`: the standard IDX files (`train-images-idx3-ubyte[.gz]`, ...) in the data directory
   (`KFAC_DATA_DIR`, default `~/.cache/kfac-lab/data`). Missing files are downloaded only when
   the run opts in (`dataset.download`) and a mirror is configured (`KFAC_MNIST_MIRROR`, a base
-  URL holding the four `.gz` files); downloads are checked against the files' known MD5 sums.
+  URL holding the four `.gz` files); downloads are checked against the MD5 sums that
+  backend/datasets.py declares (`backend.datafiles` fetches them, as `kfac-lab data fetch` does).
 - `digits8x8`: scikit-learn's 8×8 `load_digits()`, scaled to [0, 1], the same every-fifth split.
 - `synthetic`: a seeded Gaussian mixture in [0, 1]^64, 10 classes.
 - `cifar10`, `svhn`: the standard files in the data directory (`worker.zoo.image_datasets`),
@@ -24,11 +25,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
-import hashlib
 import os
-import shutil
 import struct
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from backend import datafiles
+from backend.datasets import MNIST
 from backend.spec import DatasetSpec
 from worker import plugins
 from worker.zoo import image_datasets
@@ -160,28 +160,16 @@ def gaussian_mixture(
 
 
 # ---- MNIST from IDX files -------------------------------------------------------------------
-MNIST_FILES: dict[str, str] = {  # name -> MD5 of the .gz file as published
-    "train-images-idx3-ubyte": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte": "ec29112dd5afa0611ce80d1b7f02629c",
-}
-
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def load_mnist(data_dir: Path, *, download: bool = False) -> Dataset:
+    datafiles.ensure("mnist", MNIST, data_dir, download)
     paths = {}
-    for name in MNIST_FILES:
-        path = _find_idx(data_dir, name)
-        if path is None and download:
-            path = download_mnist_file(data_dir, name)
-        if path is None:
-            raise FileNotFoundError(
-                f"MNIST file {name}[.gz] not found in {data_dir}; put the four IDX files there "
-                "(KFAC_DATA_DIR), or set dataset.download and KFAC_MNIST_MIRROR to fetch them"
-            )
-        paths[name] = path
+    for file in MNIST.files:  # each is there gzipped or as its uncompressed copy
+        (plain,) = file.in_place
+        gz = data_dir / file.name
+        paths[plain] = gz if gz.is_file() else data_dir / plain
     train_x = read_idx(paths["train-images-idx3-ubyte"])
     test_x = read_idx(paths["t10k-images-idx3-ubyte"])
     return Dataset(
@@ -191,13 +179,6 @@ def load_mnist(data_dir: Path, *, download: bool = False) -> Dataset:
         torch.as_tensor(read_idx(paths["t10k-labels-idx1-ubyte"]), dtype=torch.int64),
         f"MNIST IDX files in {data_dir}",
     )
-
-
-def _find_idx(data_dir: Path, name: str) -> Path | None:
-    for candidate in (data_dir / name, data_dir / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -225,37 +206,6 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "wb") as f:
         f.write(header + np.ascontiguousarray(array, dtype=dtype).tobytes())
-
-
-def download_mnist_file(data_dir: Path, name: str) -> Path:
-    """Fetch `name`.gz from KFAC_MNIST_MIRROR into `data_dir`, checked against its MD5."""
-    return download_file(data_dir, f"{name}.gz", MNIST_FILES[name], "KFAC_MNIST_MIRROR")
-
-
-def download_file(data_dir: Path, filename: str, md5: str, mirror_variable: str) -> Path:
-    """Fetch `filename` from the base URL in the environment variable `mirror_variable`,
-    verify its MD5, then move it into `data_dir` (a failed check leaves nothing behind)."""
-    mirror = os.environ.get(mirror_variable)
-    if not mirror:
-        raise FileNotFoundError(
-            f"{filename} is missing and no mirror is configured: set {mirror_variable} to a "
-            f"base URL that holds {filename}"
-        )
-    data_dir.mkdir(parents=True, exist_ok=True)
-    target = data_dir / filename
-    partial = target.with_name(f"{filename}.part")
-    url = f"{mirror.rstrip('/')}/{filename}"
-    with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as f:
-        shutil.copyfileobj(response, f)
-    digest = hashlib.md5()
-    with open(partial, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != md5:
-        partial.unlink()
-        raise ValueError(f"{filename}: MD5 {digest.hexdigest()} != expected {md5}")
-    partial.replace(target)
-    return target
 
 
 # ---- mini-batches ---------------------------------------------------------------------------

@@ -16,40 +16,21 @@ shape that conv nets take.
 from __future__ import annotations
 
 import pickle
-import tarfile
 from pathlib import Path
 
 import numpy as np
 
-CIFAR10_ARCHIVE = ("cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a")
-CIFAR10_DIR = "cifar-10-batches-py"
-CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
-CIFAR10_TEST = "test_batch"
-SVHN_FILES = {  # name -> MD5 as published with the dataset (torchvision's svhn.py agrees)
-    "train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
-    "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3",
-}
+from backend import datafiles
+from backend.datasets import CIFAR10, CIFAR10_DIR, CIFAR10_TEST, CIFAR10_TRAIN, SVHN
 
 Split = tuple[np.ndarray, np.ndarray]  # (uint8 images (N, C·H·W), int64 labels (N,))
 
 
 def read_cifar10(data_dir: Path, *, download: bool = False) -> tuple[Split, Split]:
-    """(train, test) of CIFAR-10 from `data_dir`/cifar-10-batches-py."""
-    from worker.zoo.datasets import download_file
-
+    """(train, test) of CIFAR-10 from `data_dir`/cifar-10-batches-py (the files and the
+    archive they come from: backend/datasets.py)."""
+    datafiles.ensure("cifar10", CIFAR10, data_dir, download)
     folder = data_dir / CIFAR10_DIR
-    names = [*CIFAR10_TRAIN, CIFAR10_TEST]
-    if not all((folder / name).is_file() for name in names) and download:
-        archive = download_file(data_dir, *CIFAR10_ARCHIVE, "KFAC_CIFAR10_MIRROR")
-        with tarfile.open(archive) as tar:
-            tar.extractall(data_dir, filter="data")
-    missing = [name for name in names if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"CIFAR-10 batches {missing} not found in {folder}; put the python version's "
-            "cifar-10-batches-py/ folder in the data directory (KFAC_DATA_DIR), or set "
-            "dataset.download and KFAC_CIFAR10_MIRROR to fetch cifar-10-python.tar.gz"
-        )
     train = [_cifar_batch(folder / name) for name in CIFAR10_TRAIN]
     images, labels = zip(*train, strict=True)
     return (np.concatenate(images), np.concatenate(labels)), _cifar_batch(folder / CIFAR10_TEST)
@@ -64,23 +45,14 @@ def _cifar_batch(path: Path) -> Split:
 
 def read_svhn(data_dir: Path, *, download: bool = False) -> tuple[Split, Split]:
     """(train, test) of SVHN's cropped digits from the two .mat files in `data_dir`."""
-    from worker.zoo.datasets import download_file
-
     try:
         from scipy.io import loadmat
     except ImportError as error:
         raise ImportError("reading SVHN's .mat files needs scipy: pip install scipy") from error
+    datafiles.ensure("svhn", SVHN, data_dir, download)
     splits = []
-    for name, md5 in SVHN_FILES.items():
-        path = data_dir / name
-        if not path.is_file() and download:
-            path = download_file(data_dir, name, md5, "KFAC_SVHN_MIRROR")
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"SVHN file {name} not found in {data_dir}; put train_32x32.mat and "
-                "test_32x32.mat there (KFAC_DATA_DIR), or set dataset.download and "
-                "KFAC_SVHN_MIRROR to fetch them"
-            )
+    for file in SVHN.files:
+        path = data_dir / file.name
         mat = loadmat(path)
         images = np.transpose(mat["X"], (3, 2, 0, 1)).reshape(len(mat["y"]), -1)  # N, C·H·W
         labels = np.asarray(mat["y"], dtype=np.int64).reshape(-1) % 10  # label 10 is digit 0

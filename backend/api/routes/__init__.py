@@ -8,6 +8,7 @@ from backend.api.routes import (
     comparison,
     events,
     experiments,
+    logs,
     metrics,
     presets,
     report,
@@ -23,7 +24,8 @@ api_router = APIRouter(
     prefix="/api", dependencies=[Depends(known_query_after_auth)], responses=UNKNOWN_QUERY_ERROR
 )
 for module in (
-    experiments, comparison, runs, metrics, snapshots, events, share, presets, report, tracking
+    experiments, comparison, runs, metrics, logs, snapshots, events, share, presets, report,
+    tracking,
 ):
     api_router.include_router(module.router)
 health_router = APIRouter(dependencies=[Depends(known_query)], responses=UNKNOWN_QUERY_ERROR)

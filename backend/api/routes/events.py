@@ -11,6 +11,7 @@ Events (`event:` name, `data:` JSON):
 * `metrics` — `{"run_id", "series": {NAME: {"step": [...], "wall_time": [...], "value": [...]}}}`
 * `status` — `{"run_id", "status", "step", "error", "experiment_status"}`
 * `snapshot` — `{"run_id", "snapshot_id", "step", "kinds"}`
+* `logs` — `{"run_id", "lines": [{"seq", "time", "level", "message"}, ...]}` (new log lines)
 * `end` — `{"reason"}`, last, when the stream ends for good (experiment deleted, share link
   revoked). A stream the server ends for its own sake (too far behind, shutdown) just stops,
   and the page reconnects with `Last-Event-ID`.

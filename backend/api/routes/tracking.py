@@ -18,6 +18,7 @@ from backend.api.schemas import RunOut, experiment_url
 from backend.api.tracking_schemas import (
     MAX_SNAPSHOT_BODY_BYTES,
     EndRun,
+    LogBatch,
     MetricBatch,
     MetricsStored,
     SnapshotIn,
@@ -25,6 +26,7 @@ from backend.api.tracking_schemas import (
     TrackedRunOut,
 )
 from backend.store import tracking
+from backend.store.run_logs import write_log_lines
 from backend.store.writes import RunNotFound
 
 router = APIRouter(
@@ -84,6 +86,20 @@ def metrics(
         raise _refused(error) from None
     session.commit()
     return MetricsStored(stored=stored, cancel_requested=cancel)
+
+
+@router.post("/{run_id}/logs")
+def logs(
+    run_id: RunId, body: Annotated[LogBatch, Body()], session: SessionDep, _: AdminDep
+) -> dict[str, int]:
+    """Append log lines (`run.log_text(line)` in the client); returns how many were new."""
+    try:
+        tracking.tracked_run(session, run_id)
+        stored = write_log_lines(session, run_id, body.lines)
+    except (RunNotFound, tracking.NotTracked) as error:
+        raise _refused(error) from None
+    session.commit()
+    return {"stored": stored}
 
 
 @router.post("/{run_id}/snapshots", max_body_size=MAX_SNAPSHOT_BODY_BYTES)
