@@ -121,16 +121,20 @@ async def check_limit(base: str, experiment_id: str, token: str, limit: int) -> 
     seen = Viewers()
     tasks, _ = await open_streams(base, [(experiment_id, token)], limit, seen)
     try:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-            extra = await client.get(
+        async with (
+            httpx.AsyncClient(base_url=base, timeout=30) as client,
+            client.stream(  # a stream: if it were let in, its body would never end
+                "GET",
                 f"/api/experiments/{experiment_id}/events",
                 headers={"Authorization": f"Bearer {token}"},
-            )
-        return {
-            "status": extra.status_code,
-            "retry_after": extra.headers.get("retry-after"),
-            "detail": extra.json().get("detail") if extra.status_code == 429 else extra.text,
-        }
+            ) as extra,
+        ):
+            refused = extra.status_code == 429
+            return {
+                "status": extra.status_code,
+                "retry_after": extra.headers.get("retry-after"),
+                "detail": json.loads(await extra.aread())["detail"] if refused else "",
+            }
     finally:
         for task in tasks:
             task.cancel()
@@ -147,13 +151,15 @@ async def measure(url: str, base: str, api_pid: int, args: argparse.Namespace) -
     stop = threading.Event()
     ids = [experiment_id for experiment_id, _ in targets]
     writer = asyncio.create_task(asyncio.to_thread(write_events, url, ids, args.events_per_s, stop))
-    api_cpu, start = cpu_seconds(api_pid), time.perf_counter()
+    api_cpu, client_cpu = cpu_seconds(api_pid), time.process_time()
+    start = time.perf_counter()
     await asyncio.sleep(args.seconds)
     stop.set()
     written = await writer
     await asyncio.sleep(3)  # the last events on their way
     seconds = time.perf_counter() - start
     api_cpu_share = (cpu_seconds(api_pid) - api_cpu) / seconds
+    client_cpu_share = (time.process_time() - client_cpu) / seconds
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -172,6 +178,7 @@ async def measure(url: str, base: str, api_pid: int, args: argparse.Namespace) -
         "deliveries_expected": sum(watchers[e] * written_to[e] for e in ids),
         "latency": summary(latencies(url, seen.arrivals)),
         "api_cpu_share": api_cpu_share,
+        "client_cpu_share": client_cpu_share,
         "api_rss_mb": rss_mb(api_pid),
         "limit_check": await check_limit(base, first_id, first_token, limit),
     }
@@ -222,6 +229,10 @@ def report(r: dict[str, Any]) -> int:
     )
     print(f"| deliveries (of expected) | {r['deliveries']:,} of {r['deliveries_expected']:,} |")
     print(f"| API CPU while streaming | {100 * r['api_cpu_share']:.0f}% of a core |")
+    print(
+        f"| this process's CPU (viewers' client and writer) | "
+        f"{100 * r['client_cpu_share']:.0f}% of a core |"
+    )
     print(f"| API RSS (peak) | {r['api_rss_mb'][0]:.0f} MB ({r['api_rss_mb'][1]:.0f} MB) |")
     print(
         f"| one token's stream number {s['limit'] + 1} | HTTP {limit['status']}, Retry-After "

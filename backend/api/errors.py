@@ -33,6 +33,9 @@ class ErrorOut(BaseModel):
 
 
 def documented(*codes: int) -> dict[int | str, dict]:
+    """The OpenAPI entries of these error answers. Their content is given explicitly as JSON:
+    FastAPI would put a `model` under the route's own media type, and so documented the HTML
+    report's and the event stream's (JSON) errors as `text/html` and `text/event-stream`."""
     descriptions = {
         400: "The body cannot be decoded (not UTF-8 text)",
         401: "No token",
@@ -43,7 +46,8 @@ def documented(*codes: int) -> dict[int | str, dict]:
         429: "Too many open event streams for this token (see `Retry-After`)",
         503: "The database or the broker is unavailable",
     }
-    return {code: {"model": ErrorOut, "description": descriptions[code]} for code in codes}
+    content = {"application/json": {"schema": ErrorOut.model_json_schema()}}
+    return {code: {"description": descriptions[code], "content": content} for code in codes}
 
 
 # The error answers of the API's routers, for the OpenAPI document.

@@ -14,8 +14,8 @@ from the store directly. The store gives one experiment's event ids in commit or
 `backend.store.writes.append_event`), so reading "ids > cursor" never skips a late commit.
 
 Every ~2 s the hub also checks that the experiments still exist and that the share tokens
-their streams were opened with are still live, and ends the streams that lost their access: revoking
-a link or deleting an experiment takes effect on open pages too.
+their streams were opened with are still live, and ends the streams that lost their access:
+revoking a link or deleting an experiment takes effect on open pages too.
 """
 
 from __future__ import annotations

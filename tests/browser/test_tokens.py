@@ -137,3 +137,22 @@ def test_an_old_share_link_moves_its_token_to_the_fragment(
         context.close()
     log = access_log(server)
     assert "share=[redacted]" in log and live.share_token not in log
+
+
+def test_an_injected_inline_script_does_not_run(owner_page: tuple[Page, PageWatch]) -> None:
+    """The policy is enforced by the browser, and a violation is the console error the page
+    watch of every browser test looks for."""
+    page, watch = owner_page
+    page.goto("/")
+    expect(page.locator("h1").first).to_be_visible()
+    page.evaluate(
+        """() => {
+          const script = document.createElement("script");
+          script.textContent = "window.injected = true";
+          document.body.append(script);
+        }"""
+    )
+    assert page.evaluate("() => window.injected") is None
+    violations = [e for e in watch.errors if "Content Security Policy" in e]
+    assert violations, watch.errors
+    watch.errors[:] = [e for e in watch.errors if e not in violations]
