@@ -1,9 +1,10 @@
 """Serving the frontend from the API's own origin: the pages, their static files, and plotly.js.
 
-* Pages have hash-free URLs — `/`, `/new`, `/experiments/{id}` — each served from
-  `frontend/<page>.html` when that file exists, else from `frontend/index.html` (the SPA
-  shell, which routes by `location.pathname`). The start-up URL's `?token=` and a share
-  link's `#share=` are read by the page's script, not by the server (see frontend/js/api.js).
+* Pages have hash-free URLs — `/`, `/new`, `/experiments/{id}`, `/compare?ids=A,B` — each
+  served from `frontend/<page>.html` when that file exists, else from `frontend/index.html`
+  (the SPA shell, which routes by `location.pathname`). The start-up URL's `?token=` and a
+  share link's `#share=` are read by the page's script, not by the server (see
+  frontend/js/api.js).
 * `frontend/` is also served under `/static/` (`/static/js/api.js`, `/static/css/app.css`).
   There is no build step, so file names carry no content hash: these answers say
   `Cache-Control: no-cache` and carry an ETag, i.e. the browser keeps them and revalidates
@@ -107,6 +108,10 @@ def mount_frontend(app: FastAPI, frontend_dir: Path = FRONTEND_DIR) -> None:
     @app.get("/new", include_in_schema=False)
     def new_page(request: Request) -> Response:
         return page(request, "new")
+
+    @app.get("/compare", include_in_schema=False)
+    def compare_page(request: Request) -> Response:
+        return page(request, "compare")
 
     @app.get("/experiments/{experiment_id}", include_in_schema=False)
     def experiment_page(request: Request, experiment_id: str) -> Response:

@@ -1,6 +1,11 @@
 // A live line chart of one metric over the runs of an experiment (training loss, test loss,
-// λ, ...): a trace per optimizer setting, or for a setting run with several seeds their mean
-// and a band, coloured per optimizer.
+// λ, ...): a trace per optimizer configuration, or for a configuration run with several seeds
+// their mean and a band (min–max or ±1 sd), in the colour the comparison endpoint gave it.
+//
+// The mean and the band are drawn only over the steps that every seed of the group reached;
+// where fewer seeds have points (a slower seed, one still queued) the mean goes on as a dotted
+// line whose hover says how many seeds it stands for, so a line is never "the mean of 2 seeds"
+// while it is one seed alone.
 //
 // The chart keeps each run's points (in the units of the current x axis). Live points are
 // appended with `append` and drawn at the next `flush`, which extends the traces with
@@ -12,8 +17,9 @@
 // cost), so a chart out of sight does not redraw: its points wait until it scrolls into view.
 
 import { escapeHtml } from "./dom.js";
-import { meanBand, smooth } from "./series.js";
+import { coverage, meanBand, smooth } from "./series.js";
 
+const MEAN_POINTS = 800; // at most, per mean of seeds: about one per pixel of a chart
 const PLOT_CONFIG = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["lasso2d", "select2d"] };
 
 /** "#RRGGBB" → "rgba(r, g, b, alpha)". */
@@ -24,16 +30,19 @@ function translucent(hex, alpha) {
 
 export class CurveChart {
   /**
-   * `groups` come from optimizers.groupRuns; `onZoom(range | null)` is called when the user
-   * zooms the x axis (null: back to the full range).
+   * `groups` are `[{key, label, colour, runIds}]` (see comparison.chartGroups); `band` is
+   * "minmax" or "sd"; `onZoom(range | null)` is called when the user zooms the x axis (null:
+   * back to the full range).
    */
-  constructor(node, { metric, title, logY = true, markers = false, groups, onZoom }) {
+  constructor(node, { metric, title, logY = true, markers = false, groups, band = "minmax", onZoom }) {
     this.node = node;
     this.metric = metric;
     this.title = title;
     this.logY = logY;
+    this.defaultLogY = logY; // the page's "log y" switch applies to these charts only
     this.mode = markers ? "lines+markers" : "lines"; // markers for sparse series (evaluations)
-    this.groups = groups;
+    this.setGroupList(groups);
+    this.band = band;
     this.onZoom = onZoom;
     this.xTitle = "step";
     this.smoothing = 0;
@@ -78,40 +87,62 @@ export class CurveChart {
     if (added) this.dirty.add(this.groupOf(runId)?.key);
   }
 
+  /** The groups drawn (e.g. only the winners): the next render draws just these. */
+  setGroups(groups) {
+    this.setGroupList(groups);
+    this.render(); // also a first draw: points may have come while no group was chosen
+  }
+
+  setGroupList(groups) {
+    this.groups = groups;
+    this.groupByRun = new Map(groups.flatMap((group) => group.runIds.map((id) => [id, group])));
+  }
+
   groupOf(runId) {
-    return this.groups.find((group) => group.runs.some((run) => run.id === runId));
+    return this.groupByRun.get(runId);
   }
 
   /**
    * The data of a group's traces, `[{x, y}, ...]` (null: no data yet): its one run's line, or
-   * for several seeds a band from the lowest to the highest (one closed polygon) and the mean.
+   * for several seeds the band (one closed polygon: min–max, or mean ± 1 sd) and the mean over
+   * the steps every seed reached, and the mean where fewer did (`n`: seeds per point).
    */
   traceData(group) {
-    const curves = group.runs
-      .map((run) => this.data.get(run.id))
+    const curves = group.runIds
+      .map((id) => this.data.get(id))
       .filter((series) => series?.x.length)
       .map((series) => ({ x: series.x.slice(), y: smooth(series.y, this.smoothing) }));
     if (!curves.length) return null;
-    if (group.runs.length === 1) return curves;
-    const { x, mean, lower, upper } = meanBand(curves);
-    const back = x.slice().reverse();
+    if (group.runIds.length === 1) return curves;
+    const band = meanBand(curves, MEAN_POINTS);
+    const { full: [from, to], partial } = coverage(band, group.runIds.length);
+    const x = band.x.slice(from, to);
+    const mean = band.mean.slice(from, to);
+    const [lower, upper] =
+      this.band === "sd"
+        ? [mean.map((m, i) => m - band.sd[from + i]), mean.map((m, i) => m + band.sd[from + i])]
+        : [band.lower.slice(from, to), band.upper.slice(from, to)];
     return [
-      { x: [...x, ...back], y: [...upper, ...lower.reverse()] },
+      { x: [...x, ...x.slice().reverse()], y: [...upper, ...lower.reverse()] },
       { x, y: mean },
+      // Empty while every seed covers every step: nothing for Plotly to draw.
+      partial.some((value) => value !== null) ? { x: band.x, y: partial, customdata: band.n } : { x: [], y: [] },
     ];
   }
 
   traces(group, data) {
-    const name = escapeHtml(group.runs.length === 1 ? group.label : `${group.label} (mean of ${group.runs.length} seeds)`);
+    const label = escapeHtml(group.label);
+    const seeds = group.runIds.length;
     const line = {
       type: "scatter",
       mode: this.mode,
       marker: { size: 5 },
-      name,
-      line: { color: group.colour, dash: group.dash, width: 2 },
-      hovertemplate: `${name}<br>%{x}: %{y:.5g}<extra></extra>`,
+      name: seeds === 1 ? label : `${label} (mean of ${seeds} seeds)`,
+      line: { color: group.colour, width: 2 },
+      hovertemplate: `${label}<br>%{x}: %{y:.5g}<extra></extra>`,
       legendgroup: group.key,
     };
+    if (data.length === 1) return [{ ...line, ...data[0] }];
     const band = {
       type: "scatter",
       mode: "lines",
@@ -122,8 +153,14 @@ export class CurveChart {
       showlegend: false,
       legendgroup: group.key,
     };
-    const kinds = data.length === 1 ? [line] : [band, line];
-    return kinds.map((kind, i) => ({ ...kind, ...data[i] }));
+    const partial = {
+      ...line,
+      name: `${line.name}: fewer seeds`,
+      line: { ...line.line, dash: "dot" },
+      hovertemplate: `${label}<br>%{x}: %{y:.5g}<br>mean of %{customdata} of ${seeds} seeds<extra></extra>`,
+      showlegend: false,
+    };
+    return [band, line, partial].map((kind, i) => ({ ...kind, ...data[i] }));
   }
 
   layout() {
@@ -189,7 +226,8 @@ export class CurveChart {
       const tail = (key) => changes.map(({ previous, next }) => next[key].slice(previous.x.length));
       Plotly.extendTraces(this.node, { x: tail("x"), y: tail("y") }, indices);
     } else {
-      Plotly.restyle(this.node, { x: changes.map((c) => c.next.x), y: changes.map((c) => c.next.y) }, indices);
+      const column = (key) => changes.map(({ next }) => next[key] ?? null);
+      Plotly.restyle(this.node, { x: column("x"), y: column("y"), customdata: column("customdata") }, indices);
     }
   }
 
@@ -199,6 +237,12 @@ export class CurveChart {
 
   setSmoothing(weight) {
     this.smoothing = weight;
+    if (this.isDrawn()) this.render();
+  }
+
+  /** "minmax" or "sd": what the band of a group of seeds spans. */
+  setBand(band) {
+    this.band = band;
     if (this.isDrawn()) this.render();
   }
 
@@ -229,9 +273,10 @@ export class CurveChart {
   }
 }
 
-/** Whether trace data `next` is `previous` with points added at the end. */
+/** Whether trace data `next` is `previous` with points added at the end (a trace with
+ * per-point `customdata` is always restyled: extendTraces would not extend that). */
 function extendsTrace(previous, next) {
-  if (next.x.length < previous.x.length) return false;
+  if (next.x.length < previous.x.length || next.customdata) return false;
   for (let i = 0; i < previous.x.length; i++) {
     if (previous.x[i] !== next.x[i] || previous.y[i] !== next.y[i]) return false;
   }

@@ -164,3 +164,14 @@ export function whenVisible(node, action, margin = "300px") {
   );
   observer.observe(node);
 }
+
+/** plotly.js (4.8 MB, `<script async id="plotly-js">`) loads in parallel with a page's data;
+ * drawing waits for it. */
+export function plotlyLoaded() {
+  if (window.Plotly) return Promise.resolve();
+  const script = byId("plotly-js");
+  return new Promise((resolve, reject) => {
+    script.addEventListener("load", resolve);
+    script.addEventListener("error", () => reject(new Error("plotly.js could not be loaded")));
+  });
+}

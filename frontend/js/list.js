@@ -1,14 +1,14 @@
 // The experiments list: name, preset, a status badge per run, progress, the best final
 // training loss per optimizer, creation time; search by name and filter by status (both done
 // by the API), newer/older pages. Refreshes itself while anything on the page is unfinished.
+// Experiments ticked here (across pages and searches) open side by side in /compare?ids=.
 
 import { ApiError, get } from "./api.js";
 import { byId, el, formatNumber, formatTime, replace, startPage, statusBadge, timeAgo } from "./dom.js";
-import { groupRuns } from "./optimizers.js";
 
 const PAGE_SIZE = 25;
 const REFRESH_MS = 4000;
-const state = { offset: 0, total: 0, timer: null, request: null };
+const state = { offset: 0, total: 0, timer: null, request: null, selected: new Map() }; // id → name
 
 function progressOf(runs) {
   const total = runs.reduce((sum, run) => sum + (run.total_steps ?? 0), 0);
@@ -16,14 +16,37 @@ function progressOf(runs) {
   return total ? done / total : 0;
 }
 
-/** Per optimizer setting, the lowest final training loss over its seeds. */
+/** Per optimizer, its run with the lowest final training loss (groups, their labels and
+ * colours are the comparison's business: the experiment page shows them). */
 function bestLosses(runs) {
-  return groupRuns(runs)
-    .map((group) => {
-      const losses = group.runs.map((run) => run.final_metrics?.train_loss).filter((v) => typeof v === "number");
-      return { group, best: losses.length ? Math.min(...losses) : null };
-    })
-    .filter((entry) => entry.best !== null);
+  const best = new Map();
+  for (const run of runs) {
+    const loss = run.final_metrics?.train_loss;
+    const name = run.optimizer?.name ?? "?";
+    if (typeof loss === "number" && !(best.get(name)?.loss <= loss)) best.set(name, { run, loss });
+  }
+  return [...best].map(([name, entry]) => ({ name, ...entry }));
+}
+
+function selectBox(experiment) {
+  const box = el("input", {
+    type: "checkbox",
+    class: "pick",
+    checked: state.selected.has(experiment.id),
+    "aria-label": `compare ${experiment.name}`,
+  });
+  box.addEventListener("change", () => {
+    if (box.checked) state.selected.set(experiment.id, experiment.name);
+    else state.selected.delete(experiment.id);
+    updateCompare();
+  });
+  return box;
+}
+
+function updateCompare() {
+  const count = state.selected.size;
+  byId("compare").disabled = count < 2;
+  byId("picked").textContent = count ? `${count} selected: ${[...state.selected.values()].join(", ")}` : "Tick two or more experiments to compare them.";
 }
 
 function row(experiment) {
@@ -33,6 +56,7 @@ function row(experiment) {
   return el(
     "tr",
     { dataset: { id: experiment.id } },
+    el("td", {}, selectBox(experiment)),
     el("td", {}, link, el("div", { class: "muted" }, statusBadge(experiment.status))),
     el("td", { class: "hide-narrow" }, experiment.preset ?? el("span", { class: "muted" }, "custom")),
     el("td", {}, el("div", { class: "badges" }, ...experiment.runs.map((run) => statusBadge(run.status, `${run.label}: ${run.status}${run.error ? ` — ${run.error}` : ""}`)))),
@@ -46,9 +70,7 @@ function row(experiment) {
       "td",
       {},
       best.length
-        ? best.map(({ group, best: value }) =>
-            el("div", {}, el("span", { class: "swatch", style: `background: ${group.colour}` }), `${group.label}: `, el("strong", {}, formatNumber(value))),
-          )
+        ? best.map(({ name, run, loss }) => el("div", { title: run.label }, `${name}: `, el("strong", {}, formatNumber(loss))))
         : el("span", { class: "muted" }, "–"),
     ),
     el("td", { class: "hide-narrow", title: formatTime(experiment.created_at) }, timeAgo(experiment.created_at)),
@@ -111,6 +133,10 @@ function main() {
     state.offset += PAGE_SIZE;
     load();
   });
+  byId("compare").addEventListener("click", () => {
+    window.location.assign(`/compare?ids=${[...state.selected.keys()].map(encodeURIComponent).join(",")}`);
+  });
+  updateCompare();
   load();
 }
 

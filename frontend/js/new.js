@@ -1,11 +1,11 @@
 // The "new comparison" page: pick a preset (GET /api/presets) or build an experiment in the
-// compact comparison form — one base run × optimizers × seeds — with fields generated from the
+// compact comparison form — one base run × optimizers (each maybe sweeping some of its
+// hyper-parameters: a list of values where one goes) × seeds — with fields generated from the
 // API's own schema. Submitting posts it (a preset with the changed fields as `overrides`, or a
 // full spec) and opens the experiment page at once; a 422's field errors appear by the fields.
 
 import { ApiError, get, post } from "./api.js";
 import { byId, el, replace, startPage } from "./dom.js";
-import { optimizerColour, optimizerLabel } from "./optimizers.js";
 import { SchemaForm, component, resolve } from "./schemaform.js";
 
 const MAIN_RUN_FIELDS = ["dataset", "model", "batch_size", "steps", "eval_interval", "snapshot_interval", "device"];
@@ -56,7 +56,9 @@ function renderForm() {
   const root = state.schema;
   const experiment = component(root, "ExperimentSpec");
   const run = component(root, "RunSpec");
-  const form = new SchemaForm(root, state.draft, { onStructure: renderForm });
+  // An optimizer's number fields take a list of values: a sweep of that field.
+  const sweepable = (path) => /^optimizers\.\d+\.[^.]+$/.test(path);
+  const form = new SchemaForm(root, state.draft, { onStructure: renderForm, sweepable });
   state.form = form;
   replace(byId("experiment-fields"), ...form.objectFields(experiment, "", ["name", "description"]));
   replace(byId("run-fields"), ...form.objectFields(run, "base", MAIN_RUN_FIELDS));
@@ -77,8 +79,8 @@ function renderOptimizers(form, unionSchema) {
     } } }, "Remove");
     const card = el(
       "div",
-      { class: "optimizer-card", style: `--card-colour: ${optimizerColour(optimizer.name)}` },
-      el("header", {}, el("strong", {}, optimizerLabel(optimizer.name)), remove),
+      { class: "optimizer-card" },
+      el("header", {}, el("strong", {}, optimizer.name), remove),
       el("div", { class: "form-grid" }, form.field(unionSchema, `optimizers.${index}`, "optimizer")),
     );
     return card;
@@ -86,10 +88,19 @@ function renderOptimizers(form, unionSchema) {
   replace(byId("optimizers"), ...(cards.length ? cards : [el("p", { class: "muted" }, "No optimizer: the base run's default (K-FAC) is used.")]));
 }
 
+/** The configurations an optimizer entry stands for: the size of its sweep's grid (the
+ * cartesian product of the listed values). */
+function gridSize(optimizer) {
+  return Object.values(optimizer.sweep ?? {}).reduce((size, values) => size * values.length, 1);
+}
+
+/** What the API will expand the form into: Σ over optimizers of their grids, × seeds. */
 function updateRunCount() {
-  const seeds = Array.isArray(state.draft.seeds) ? state.draft.seeds.length : 1;
-  const runs = Math.max(1, state.draft.optimizers.length) * Math.max(1, seeds);
-  byId("run-count").textContent = `${runs} run${runs === 1 ? "" : "s"} in all (optimizers × seeds).`;
+  const seeds = Math.max(1, Array.isArray(state.draft.seeds) ? state.draft.seeds.length : 1);
+  const configurations = state.draft.optimizers.length ? state.draft.optimizers.reduce((sum, o) => sum + gridSize(o), 0) : 1;
+  const runs = configurations * seeds;
+  const what = `${configurations} configuration${configurations === 1 ? "" : "s"} × ${seeds} seed${seeds === 1 ? "" : "s"}`;
+  byId("run-count").textContent = `${runs} run${runs === 1 ? "" : "s"} in all (${what}).`;
 }
 
 // ---- submitting ------------------------------------------------------------------------------

@@ -2,12 +2,19 @@
 // device, steps, time, final (or latest) metrics, hyper-parameters, cancel and raw export.
 
 import { el, formatDuration, formatNumber, replace, statusBadge } from "./dom.js";
-import { hyperText } from "./optimizers.js";
 
 const ACTIVE = new Set(["queued", "running"]);
 
 export function isActive(run) {
   return ACTIVE.has(run.status);
+}
+
+/** The optimizer's hyper-parameters, without its name, as "lr=0.01 momentum=0.9". */
+function hyperText(optimizer) {
+  return Object.entries(optimizer ?? {})
+    .filter(([key, value]) => key !== "name" && value !== null)
+    .map(([key, value]) => `${key}=${value}`)
+    .join(" ");
 }
 
 function elapsedSeconds(run) {
@@ -16,43 +23,64 @@ function elapsedSeconds(run) {
   return (end - new Date(run.started_at)) / 1000;
 }
 
+// Rows already drawn, per table body: run id → {key, row, numbers}. A live frame changes the
+// steps, times and losses of many runs at once (100 in a sweep); those cells are updated in
+// place, and a row is built again only when what its other cells show changed.
+const drawnRows = new WeakMap();
+
 /**
- * Render the table body. `latest(run, name)` gives the newest value of a metric drawn on the
+ * Render the table body; `groups` are the comparison endpoint's (a run takes its group's
+ * colour). `latest(run, name)` gives the newest value of a metric drawn on the
  * page (shown while a run has no final metrics yet); `onCancel` is null on a read-only page.
  */
 export function renderRuns(tbody, runs, groups, { latest, onCancel, onExport }) {
-  const colourOf = new Map(groups.flatMap((group) => group.runs.map((run) => [run.id, group.colour])));
+  const colourOf = new Map(groups.flatMap((group) => group.runs.map((id) => [id, group.colour])));
   const metric = (run, name) => run.final_metrics?.[name] ?? latest(run, name);
+  const drawn = drawnRows.get(tbody) ?? new Map();
+  drawnRows.set(tbody, drawn);
   const rows = runs.map((run) => {
-    const progress = run.total_steps ? `${run.step} / ${run.total_steps}` : String(run.step);
     const cancelRequested = run.cancel_requested && isActive(run);
-    return el(
-      "tr",
-      { dataset: { runId: run.id } },
-      el("td", {}, el("span", { class: "swatch", style: `background: ${colourOf.get(run.id)}` }), run.label, el("div", { class: "muted" }, `seed ${run.seed}`)),
-      el(
-        "td",
-        {},
-        statusBadge(run.status),
-        cancelRequested ? el("div", { class: "muted" }, "cancelling…") : null,
-        run.error ? el("div", { class: "error-text" }, run.error) : null,
-      ),
-      el("td", { class: "hide-narrow" }, run.device ?? "–"),
-      el("td", { class: "mono" }, progress),
-      el("td", { class: "num" }, formatDuration(elapsedSeconds(run))),
-      el("td", { class: "num" }, formatNumber(metric(run, "train_loss"))),
-      el("td", { class: "num" }, formatNumber(metric(run, "test_loss"))),
-      el("td", { class: "num" }, formatNumber(metric(run, "test_accuracy"))),
-      el("td", { class: "hyper hide-narrow" }, hyperText(run.optimizer) || "defaults"),
-      el(
-        "td",
-        {},
-        onCancel && isActive(run) && !cancelRequested
-          ? el("button", { type: "button", class: "small danger", on: { click: () => onCancel(run) } }, "Cancel")
-          : null,
-        el("button", { type: "button", class: "small", title: "Every recorded point as CSV", on: { click: () => onExport(run) } }, "Raw CSV"),
-      ),
-    );
+    const colour = colourOf.get(run.id) ?? "transparent";
+    const key = JSON.stringify([run.label, run.seed, run.status, cancelRequested, run.error, run.device, colour, run.optimizer, Boolean(onCancel)]);
+    let entry = drawn.get(run.id);
+    if (entry?.key !== key) {
+      const numbers = Array.from({ length: 5 }, (_, i) => el("td", { class: i ? "num" : "mono" }));
+      const row = el(
+        "tr",
+        { dataset: { runId: run.id } },
+        el("td", {}, el("span", { class: "swatch", style: `background: ${colour}` }), run.label, el("div", { class: "muted" }, `seed ${run.seed}`)),
+        el(
+          "td",
+          {},
+          statusBadge(run.status),
+          cancelRequested ? el("div", { class: "muted" }, "cancelling…") : null,
+          run.error ? el("div", { class: "error-text" }, run.error) : null,
+        ),
+        el("td", { class: "hide-narrow" }, run.device ?? "–"),
+        ...numbers,
+        el("td", { class: "hyper hide-narrow" }, hyperText(run.optimizer) || "defaults"),
+        el(
+          "td",
+          {},
+          onCancel && isActive(run) && !cancelRequested
+            ? el("button", { type: "button", class: "small danger", on: { click: () => onCancel(run) } }, "Cancel")
+            : null,
+          el("button", { type: "button", class: "small", title: "Every recorded point as CSV", on: { click: () => onExport(run) } }, "Raw CSV"),
+        ),
+      );
+      entry = { key, row, numbers };
+      drawn.set(run.id, entry);
+    }
+    const texts = [
+      run.total_steps ? `${run.step} / ${run.total_steps}` : String(run.step),
+      formatDuration(elapsedSeconds(run)),
+      ...["train_loss", "test_loss", "test_accuracy"].map((name) => formatNumber(metric(run, name))),
+    ];
+    entry.numbers.forEach((cell, i) => {
+      if (cell.textContent !== texts[i]) cell.textContent = texts[i];
+    });
+    return entry.row;
   });
-  replace(tbody, ...rows);
+  const same = rows.length === tbody.children.length && rows.every((row, i) => tbody.children[i] === row);
+  if (!same) replace(tbody, ...rows);
 }

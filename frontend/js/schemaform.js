@@ -4,6 +4,10 @@
 // The form edits a plain "draft" object (the JSON body to send). A field writes its value at
 // its dotted path ("base.model.width_scale", "optimizers.1.damping") and removes it again when
 // it equals the schema's default, so an untouched preset stays byte-for-byte the preset.
+//
+// Sweeps: a number field the owner declares sweepable takes a list where a single value goes.
+// "0.003, 0.01, 0.03" in `optimizers.1.lr` is written as `optimizers.1.sweep.lr: [0.003, 0.01,
+// 0.03]` (and `optimizers.1.lr` removed): the API expands it into one configuration per value.
 
 import { el, formatNumber } from "./dom.js";
 
@@ -90,10 +94,11 @@ function setPath(object, path, value) {
  * schedule), after the draft changed, so the owner can re-render.
  */
 export class SchemaForm {
-  constructor(root, draft, { onStructure = () => {} } = {}) {
+  constructor(root, draft, { onStructure = () => {}, sweepable = () => false } = {}) {
     this.root = root;
     this.draft = draft;
     this.onStructure = onStructure;
+    this.sweepable = sweepable; // path → whether its number field may hold a list (a sweep)
     this.fields = new Map(); // path → .field element
   }
 
@@ -141,6 +146,8 @@ export class SchemaForm {
     if (schema.enum) {
       control = el("select", {}, ...schema.enum.map((option) => el("option", { value: option, selected: option === shown }, String(option))));
       control.addEventListener("change", () => write(control.value));
+    } else if ((schema.type === "integer" || schema.type === "number") && this.sweepable(path)) {
+      return this.sweepField(path, name, { ...outer, ...schema, description: outer.description ?? schema.description, default: fallback }, shown, write, nullable);
     } else if (schema.type === "integer" || schema.type === "number") {
       control = el("input", {
         type: "number",
@@ -157,6 +164,33 @@ export class SchemaForm {
       control.addEventListener("input", () => write(control.value === "" && nullable ? null : control.value));
     }
     return this.wrap(path, name, { ...outer, ...schema, description: outer.description ?? schema.description, default: fallback }, control);
+  }
+
+  /**
+   * A number field that also takes a list of values: a sweep of the field, written to the
+   * `sweep` mapping of the object the field belongs to (see the module comment).
+   */
+  sweepField(path, name, schema, shown, write, nullable) {
+    const cut = path.lastIndexOf(".");
+    const owner = path.slice(0, cut);
+    const sweepPath = `${owner}.sweep.${path.slice(cut + 1)}`;
+    const swept = getPath(this.draft, sweepPath);
+    const control = el("input", {
+      type: "text",
+      inputmode: "decimal",
+      value: Array.isArray(swept) ? swept.join(", ") : shown ?? "",
+      placeholder: nullable ? "auto" : "",
+    });
+    control.addEventListener("input", () => {
+      const values = parseSweep(control.value);
+      setPath(this.draft, sweepPath, values ?? undefined);
+      const sweep = getPath(this.draft, `${owner}.sweep`);
+      if (sweep && !Object.keys(sweep).length) setPath(this.draft, `${owner}.sweep`, undefined);
+      if (values) setPath(this.draft, path, undefined);
+      else write(parseNumber(control.value, nullable));
+    });
+    const hint = "a list such as 0.003, 0.01, 0.03 sweeps it";
+    return this.wrap(path, name, { ...schema, description: [schema.description, hint].filter(Boolean).join("; ") }, control);
   }
 
   /** A choice between object variants (model kind, optimizer, batch schedule). */
@@ -258,6 +292,14 @@ function parseNumber(text, nullable) {
   if (text.trim() === "") return nullable ? null : undefined;
   const value = Number(text);
   return Number.isFinite(value) ? value : text; // let the API name what is wrong
+}
+
+/** A list of two or more numbers ("0.003, 0.01 0.03"), or null for anything else. */
+function parseSweep(text) {
+  const items = text.split(/[\s,;]+/).filter(Boolean);
+  if (items.length < 2) return null;
+  const values = items.map(Number);
+  return values.every(Number.isFinite) ? values : null;
 }
 
 function parseList(text, nullable) {

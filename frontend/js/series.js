@@ -20,15 +20,19 @@ export function smooth(ys, weight) {
 }
 
 /**
- * Mean and band of several curves `{x, y}` (x increasing), aligned the way the API's
+ * Mean and spread of several curves `{x, y}` (x increasing), aligned the way the API's
  * aggregates are: on the union of their x values, each curve interpolated linearly inside its
- * own x range and left out outside it. Returns `{x, mean, lower, upper, n}` with the band from
- * the lowest to the highest curve (it stays positive on a log axis, unlike mean ± sd), and `n`
- * how many curves contributed at each x.
+ * own x range and left out outside it. Returns `{x, mean, sd, lower, upper, n}`: `lower` and
+ * `upper` the lowest and highest curve (a band that stays positive on a log axis), `sd` the
+ * sample standard deviation √(Σ(y − ȳ)² / (n − 1)) (0 where n = 1), and `n` how many curves
+ * contributed at each x. With `maxPoints`, a longer union is thinned to that many evenly spaced
+ * of its x values, its ends kept (seeds downsampled at different steps would otherwise give a
+ * mean of up to seeds × their points, and Plotly's redraw costs per point).
  */
-export function meanBand(curves) {
-  const grid = unionSorted(curves.map((c) => c.x));
+export function meanBand(curves, maxPoints = Infinity) {
+  const grid = thin(unionSorted(curves.map((c) => c.x)), maxPoints);
   const sum = new Float64Array(grid.length);
+  const squares = new Float64Array(grid.length);
   const lower = new Array(grid.length).fill(Infinity);
   const upper = new Array(grid.length).fill(-Infinity);
   const n = new Array(grid.length).fill(0);
@@ -41,13 +45,44 @@ export function meanBand(curves) {
       while (j + 1 < x.length && x[j + 1] <= g) j++;
       const value = x[j] === g ? y[j] : y[j] + ((y[j + 1] - y[j]) * (g - x[j])) / (x[j + 1] - x[j]);
       sum[i] += value;
+      squares[i] += value * value;
       n[i] += 1;
       if (value < lower[i]) lower[i] = value;
       if (value > upper[i]) upper[i] = value;
     }
   }
   const mean = Array.from(sum, (total, i) => total / n[i]);
-  return { x: grid, mean, lower, upper, n };
+  // Σ(y − ȳ)² = Σy² − n·ȳ²; clamped at 0 against rounding.
+  const sd = mean.map((m, i) => (n[i] > 1 ? Math.sqrt(Math.max(0, squares[i] - n[i] * m * m) / (n[i] - 1)) : 0));
+  return { x: grid, mean, sd, lower, upper, n };
+}
+
+/**
+ * The parts of a group's mean to draw, given `meanBand`'s answer for `seeds` runs:
+ * `full` — the indices where every seed contributed (a contiguous range: each run covers an
+ * interval of x), the only ones a mean and a band are drawn over; and `partial` — the mean
+ * where fewer seeds contributed, with the neighbouring full point so the line joins, and null
+ * in between (a gap), so the page can draw it apart and say how many seeds it stands for.
+ */
+export function coverage(band, seeds) {
+  const full = [];
+  band.n.forEach((count, i) => {
+    if (count === seeds) full.push(i);
+  });
+  const first = full.length ? full[0] : Infinity;
+  const last = full.length ? full.at(-1) : -Infinity;
+  const partial = band.mean.map((value, i) => {
+    const outside = i < first || i > last;
+    const joins = (i === first && i > 0) || (i === last && i < band.n.length - 1);
+    return outside || joins ? value : null;
+  });
+  return { full: full.length ? [first, last + 1] : [0, 0], partial };
+}
+
+function thin(values, count) {
+  if (values.length <= count) return values;
+  const step = (values.length - 1) / (count - 1);
+  return Array.from({ length: count }, (_, i) => values[Math.round(i * step)]);
 }
 
 function unionSorted(arrays) {

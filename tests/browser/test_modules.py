@@ -1,5 +1,6 @@
 """The frontend's pure modules, run in the browser as the pages load them (no build, no Node):
-the curve arithmetic, optimizer grouping and the escaping rules."""
+the curve arithmetic, the comparison table's sorting and groups, the sensitivity charts' lines
+and the escaping rules."""
 
 from __future__ import annotations
 
@@ -30,13 +31,32 @@ def test_mean_and_band_align_runs_on_the_union_of_their_steps(page: Page) -> Non
         "m => m.meanBand([{x: [1, 3], y: [10, 30]}, {x: [2, 3, 4], y: [0, 10, 40]}])",
     )
     # x=1: only run A; x=2: A interpolated (20) and B (0); x=3: both; x=4: only B.
+    sd = 200**0.5  # sample sd of {20, 0} and of {30, 10}
     assert band == {
         "x": [1, 2, 3, 4],
         "mean": [10, 10, 20, 40],
+        "sd": [0, pytest.approx(sd), pytest.approx(sd), 0],
         "lower": [10, 0, 10, 40],
         "upper": [10, 20, 30, 40],
         "n": [1, 2, 2, 1],
     }
+
+
+def test_mean_is_drawn_only_where_every_seed_reached(page: Page) -> None:
+    full, partial = run_module(
+        page,
+        "series.js",
+        """m => {
+          const band = m.meanBand([{x: [1, 3], y: [10, 30]}, {x: [2, 3, 4], y: [0, 10, 40]}]);
+          const {full, partial} = m.coverage(band, 2);
+          const none = m.coverage(band, 3);  // a third seed not started: no full part at all
+          return [[full, none.full], [partial, none.partial]];
+        }""",
+    )
+    # Both seeds only at x = 2 and 3 (indices 1..2): the mean's solid part; the dotted part
+    # covers x = 1 and 4, joined to the solid ends.
+    assert full == [[1, 3], [0, 0]]
+    assert partial == [[10, 10, 20, 40], [10, 10, 20, 40]]
 
 
 def test_smoothing_is_a_debiased_ema_that_keeps_the_input(page: Page) -> None:
@@ -50,21 +70,79 @@ def test_smoothing_is_a_debiased_ema_that_keeps_the_input(page: Page) -> None:
     assert unsmoothed == original == [4, 4, 4]
 
 
-def test_runs_group_by_optimizer_setting_with_distinct_labels(page: Page) -> None:
-    groups = run_module(
+GROUPS_JS = """[
+  {key: "k", optimizer: "kfac", config: {}, label: "kfac", colour: "#0072B2", runs: ["a", "b"],
+   final: {mean: 2.0, sd: 0.1, n: 2}, best_of_optimizer: true, step_time_ms: 30},
+  {key: "s1", optimizer: "sgd_momentum", config: {lr: 0.01}, label: "sgd_momentum lr=0.01",
+   colour: "#E69F00", runs: ["c"], final: {mean: 5.0, sd: null, n: 1}, best_of_optimizer: true,
+   step_time_ms: 10},
+  {key: "s2", optimizer: "sgd_momentum", config: {lr: 0.1}, label: "sgd_momentum lr=0.1",
+   colour: "#F5C566", runs: ["d"], final: {mean: null, sd: null, n: 0}, best_of_optimizer: false,
+   step_time_ms: null},
+  {key: "s3", optimizer: "sgd_momentum", config: {lr: 0.001}, label: "sgd_momentum lr=0.001",
+   colour: "#8A5F00", runs: ["e"], final: {mean: 7.0, sd: 0.5, n: 3}, best_of_optimizer: false,
+   step_time_ms: 12},
+]"""
+
+
+def test_table_sorts_every_way_with_missing_values_last(page: Page) -> None:
+    orders = run_module(
         page,
-        "optimizers.js",
-        """m => m.groupRuns([
-          {id: "a", optimizer: {name: "kfac"}, seed: 0},
-          {id: "b", optimizer: {name: "kfac"}, seed: 1},
-          {id: "c", optimizer: {name: "sgd_momentum", lr: 0.01}, seed: 0},
-          {id: "d", optimizer: {name: "sgd_momentum", lr: 0.1}, seed: 0},
-        ]).map((g) => [g.label, g.colour, g.dash, g.runs.map((r) => r.id)])""",
+        "comparison.js",
+        f"""m => {{
+          const groups = {GROUPS_JS};
+          const keys = (list) => list.map((g) => g.key);
+          return [
+            keys(m.sortGroups(groups, "final", "ascending")),
+            keys(m.sortGroups(groups, "final", "descending")),
+            keys(m.sortGroups(groups, "label", "ascending")),
+            keys(m.sortGroups(groups, "cost", "descending", 10)),
+          ];
+        }}""",
     )
-    assert groups == [
-        ["K-FAC", "#0072B2", "solid", ["a", "b"]],
-        ["SGD + momentum lr=0.01", "#E69F00", "solid", ["c"]],
-        ["SGD + momentum lr=0.1", "#E69F00", "dash", ["d"]],
+    assert orders == [
+        ["k", "s1", "s3", "s2"],
+        ["s3", "s1", "k", "s2"],
+        ["k", "s3", "s1", "s2"],
+        ["k", "s3", "s1", "s2"],
+    ]
+
+
+def test_curves_take_groups_from_the_comparison_winners_only_on_request(page: Page) -> None:
+    all_groups, winners = run_module(
+        page,
+        "comparison.js",
+        f"""m => [false, true].map((winners) => m.chartGroups({{groups: {GROUPS_JS}}}, winners)
+          .map((g) => [g.label, g.colour, g.runIds]))""",
+    )
+    assert all_groups == [
+        ["kfac", "#0072B2", ["a", "b"]],
+        ["sgd_momentum lr=0.01", "#E69F00", ["c"]],
+        ["sgd_momentum lr=0.1", "#F5C566", ["d"]],
+        ["sgd_momentum lr=0.001", "#8A5F00", ["e"]],
+    ]
+    assert winners == [all_groups[0], all_groups[1]]
+
+
+def test_sensitivity_has_a_line_per_optimizer_sorted_by_the_swept_value(page: Page) -> None:
+    fields, lines = run_module(
+        page,
+        "sensitivity.js",
+        f"""m => {{
+          const groups = {GROUPS_JS};
+          return [m.sweptFields(groups), m.sensitivityLines(groups, "lr", "final")];
+        }}""",
+    )
+    assert fields == ["lr"]  # K-FAC sweeps nothing
+    # lr=0.1 has no final value yet: left out; the line takes its winner's colour.
+    assert lines == [
+        {
+            "name": "sgd_momentum",
+            "colour": "#E69F00",
+            "x": [0.001, 0.01],
+            "y": [7, 5],
+            "sd": [0.5, 0],
+        }
     ]
 
 

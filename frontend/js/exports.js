@@ -1,0 +1,48 @@
+// The experiment page's exports: the curves as drawn in one CSV, the training-loss chart as a
+// PNG, and the self-contained HTML report where the API has one.
+
+import { download, get } from "./api.js";
+import { byId, downloadText } from "./dom.js";
+
+function csvCell(value) {
+  if (typeof value === "number") return String(value);
+  const text = String(value ?? "");
+  const safe = /^[=+\-@\t\r]/.test(text) ? `'${text}` : text; // no formulas in spreadsheets
+  return `"${safe.replaceAll('"', '""')}"`;
+}
+
+/** The curves as drawn (raw, not smoothed; zoomed charts: their visible range) in one CSV. */
+function exportCsv(state) {
+  const lines = [["metric", "run_id", "run", "optimizer", "seed", state.curves.axis.title, "value"].map(csvCell).join(",")];
+  for (const chart of state.curves.charts.values()) {
+    for (const [runId, series] of chart.data) {
+      const run = state.runById(runId);
+      series.x.forEach((x, i) => {
+        lines.push([chart.metric, runId, run?.label, run?.optimizer?.name, run?.seed, x, series.y[i]].map(csvCell).join(","));
+      });
+    }
+  }
+  downloadText(`${state.experiment.name.replace(/[^\w.-]+/g, "_")}-curves.csv`, `${lines.join("\n")}\n`);
+}
+
+/** `state`: the page's `{experiment, curves, runById}`, read when a button is pressed. */
+export function setupExports(state, act) {
+  byId("export-csv").addEventListener("click", () => exportCsv(state));
+  byId("export-png").addEventListener("click", () =>
+    act(() => {
+      const chart = state.curves.charts.get("train_loss");
+      chart.flush(true); // with the live points it held back while out of sight
+      return Plotly.downloadImage(chart.node, { format: "png", width: 1200, height: 600, filename: "training-loss" });
+    }),
+  );
+}
+
+/** Offer the self-contained HTML report if this API has one (fetched, then saved). */
+export async function offerReport(apiPath, act, filename) {
+  const openapi = await get("/openapi.json");
+  const path = "/api/experiments/{experiment_id}/report";
+  if (!openapi.paths?.[path]) return;
+  const button = byId("report");
+  button.addEventListener("click", () => act(() => download(apiPath("/report"), filename)));
+  button.classList.remove("hidden");
+}
