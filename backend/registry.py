@@ -81,6 +81,7 @@ def names(kind: Kind) -> list[str]:
     return list(entries(kind))
 
 
+@functools.cache
 def spec_union(kind: Literal["model", "optimizer"]) -> Any:
     """The discriminated union of every registered spec class of `kind`, for a pydantic field.
 

@@ -18,9 +18,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
-from backend.optimizer_specs import OptimizerSpec
+from backend import registry
 
 MAX_RUNS = 48  # runs of one experiment; a grid is never larger
+
+OptimizerSpec = registry.spec_union("optimizer")  # the same union as backend.spec's (cached)
 
 SweepValue = bool | int | float | str | None
 """A swept value: what the optimizer specs' fields hold."""
