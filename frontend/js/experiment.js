@@ -14,7 +14,7 @@ import { ApiError, credentials, download, get, post } from "./api.js";
 import { ComparisonPanel } from "./comparison.js";
 import { CurvaturePanel } from "./curvature.js";
 import { CurvesPanel } from "./curvespanel.js";
-import { byId, formatTime, replace, startPage, statusBadge, toast, whenVisible } from "./dom.js";
+import { byId, formatTime, plotlyLoaded, replace, startPage, statusBadge, toast, whenVisible } from "./dom.js";
 import { offerReport, setupExports } from "./exports.js";
 import { openStream } from "./live.js";
 import { applyBatch, showStreamState } from "./liveupdates.js";
@@ -151,6 +151,7 @@ async function main() {
   curves.catch(() => {});
   const comparison = page.comparison.load(page.comparison.params());
   comparison.catch(() => {});
+  plotlyLoaded().then(() => performance.mark("kfac:plotly-ready"), () => {});
   page.curves.setupControls();
   if (credentials.shared) setupReadOnly();
   else setupOwnerControls();
