@@ -103,7 +103,12 @@ def unknown(kind: str, name: Any) -> str:
 
 
 def _known_name(kind: str, value: Any) -> Any:
-    if isinstance(value, dict) and "name" in value and value["name"] not in entries(kind):
+    """An object without a `name`, or with one nothing provides, is refused in words (pydantic
+    would say "Unable to extract tag using discriminator 'name'")."""
+    if isinstance(value, dict) and "name" not in value:
+        known = ", ".join(entries(kind))  # type: ignore[arg-type]
+        raise ValueError(f"a {kind} needs its name: one of {known}")
+    if isinstance(value, dict) and value["name"] not in entries(kind):
         raise ValueError(unknown(kind, value["name"]))
     return value
 

@@ -41,6 +41,12 @@ class PresetRequest(BaseModel):
         'into the preset\'s base run, e.g. `{"steps": 50}`.',
         examples=[{"steps": 50}],
     )
+    spec: ExperimentSpec | None = Field(
+        None,
+        description="The whole experiment as the client edited it from the preset (the page's "
+        "form sends this); the preset is then only recorded as its origin, and `name` and "
+        "`overrides` are not given.",
+    )
 
 
 def _dispatch_create(value: Any, handler: Any) -> PresetRequest | ExperimentSpec:
@@ -371,6 +377,15 @@ class SnapshotOut(BaseModel):
 class ShareLinkOut(BaseModel):
     token: str = Field(description="Shown only now; only its hash is stored")
     url: str = Field(description="The experiment's page, opened read-only with this token")
+
+
+class ShareLinkInfo(BaseModel):
+    """A share link as its owner sees it later (the token itself is never shown again)."""
+
+    id: int
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="To the minute; null: never opened")
+    revoked_at: datetime | None
 
 
 class RevokedOut(BaseModel):

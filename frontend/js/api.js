@@ -131,8 +131,11 @@ export const get = (path, params, options = {}) => request("GET", path, { ...opt
 export const post = (path, body) => request("POST", path, { body });
 export const del = (path) => request("DELETE", path);
 
-/** Fetch `path` (CSV, the HTML report, ...) with the page's credential and save it as `filename`. */
+/** Fetch `path` (CSV, the HTML report, ...) with the page's credential and save it as
+ * `filename`; returns the size saved, in bytes. */
 export async function download(path, filename, params = {}) {
   const response = await send("GET", path, { params, headers: { Accept: "*/*" } });
-  downloadBlob(filename, await response.blob());
+  const blob = await response.blob();
+  downloadBlob(filename, blob);
+  return blob.size;
 }

@@ -1,8 +1,8 @@
 // The "new comparison" page: pick a preset (GET /api/presets) or build an experiment in the
 // compact comparison form — one base run × optimizers (each maybe sweeping some of its
 // hyper-parameters: a list of values where one goes) × seeds — with fields generated from the
-// API's own schema. Submitting posts it (a preset with the changed fields as `overrides`, or a
-// full spec) and opens the experiment page at once; a 422's field errors appear by the fields.
+// API's own schema. Submitting posts the whole spec the form shows and opens the experiment
+// page at once; a 422's field errors appear by the fields.
 
 import { ApiError, get, post } from "./api.js";
 import { byId, el, replace, startPage } from "./dom.js";
@@ -10,7 +10,6 @@ import { SchemaForm, component, resolve } from "./schemaform.js";
 
 const MAIN_RUN_FIELDS = ["dataset", "model", "batch_size", "steps", "eval_interval", "snapshot_interval", "device"];
 const HIDDEN_RUN_FIELDS = ["label", "optimizer", "seed", "probe", ...MAIN_RUN_FIELDS];
-const EXPERIMENT_KEYS = ["name", "description", "optimizers", "seeds"];
 const CUSTOM = {
   name: "custom",
   description: "Start from the defaults of every field: K-FAC against SGD with momentum.",
@@ -94,66 +93,42 @@ function gridSize(optimizer) {
   return Object.values(optimizer.sweep ?? {}).reduce((size, values) => size * values.length, 1);
 }
 
+/** The seeds field's words that are not whole numbers (the field keeps its text until all are). */
+function badSeeds(seeds) {
+  if (Array.isArray(seeds) || seeds === undefined) return [];
+  return String(seeds).split(/[\s,]+/).filter((item) => item && !/^-?\d+$/.test(item));
+}
+
 /** What the API will expand the form into: Σ over optimizers of their grids, × seeds. */
 function updateRunCount() {
+  const count = byId("run-count");
+  const bad = badSeeds(state.draft.seeds);
+  count.classList.toggle("error-text", bad.length > 0);
+  if (bad.length) {
+    count.textContent = `Seeds are whole numbers: ${bad.map((item) => `"${item}"`).join(", ")} ${bad.length === 1 ? "is" : "are"} not.`;
+    return;
+  }
   const seeds = Math.max(1, Array.isArray(state.draft.seeds) ? state.draft.seeds.length : 1);
   const configurations = state.draft.optimizers.length ? state.draft.optimizers.reduce((sum, o) => sum + gridSize(o), 0) : 1;
   const runs = configurations * seeds;
   const what = `${configurations} configuration${configurations === 1 ? "" : "s"} × ${seeds} seed${seeds === 1 ? "" : "s"}`;
-  byId("run-count").textContent = `${runs} run${runs === 1 ? "" : "s"} in all (${what}).`;
+  count.textContent = `${runs} run${runs === 1 ? "" : "s"} in all (${what}).`;
 }
 
 // ---- submitting ------------------------------------------------------------------------------
 
 /**
- * The request body: the preset with the changed fields as `overrides` when that says it
- * exactly (the preset's name is then kept with the experiment), else the full spec.
+ * The request body: the whole spec as the form shows it, so the API checks exactly what the
+ * form says and its errors name the form's own fields. Started from a preset, the preset is
+ * sent along as the experiment's origin (`{"preset", "spec"}`; errors then come under `spec.`).
  */
 function requestBody() {
-  const draft = state.draft;
-  if (state.preset === CUSTOM) return draft;
-  const original = normalised(state.preset.experiment);
-  const overrides = {};
-  for (const key of EXPERIMENT_KEYS.filter((k) => k !== "name")) {
-    if (JSON.stringify(draft[key]) !== JSON.stringify(original[key]) && draft[key] !== undefined) overrides[key] = draft[key];
-  }
-  const baseChanges = changes(original.base, draft.base);
-  if (baseChanges === null) return draft;
-  Object.assign(overrides, baseChanges);
-  const body = { preset: state.preset.name, overrides };
-  if (draft.name !== original.name) body.name = draft.name;
-  return body;
+  return state.preset === CUSTOM ? state.draft : { preset: state.preset.name, spec: state.draft };
 }
 
-/** What changed from `before` to `after`, as a deep-merge patch; null if a patch cannot say it
- * (a key removed, or an object whose kind changed: merging would mix two kinds' fields). */
-function changes(before, after) {
-  const patch = {};
-  for (const key of Object.keys(before)) if (!(key in after)) return null;
-  for (const [key, value] of Object.entries(after)) {
-    const old = before[key];
-    if (JSON.stringify(old) === JSON.stringify(value)) continue;
-    if (isObject(old) && isObject(value)) {
-      if (old.name !== value.name || old.kind !== value.kind) return null;
-      const inner = changes(old, value);
-      if (inner === null) return null;
-      patch[key] = inner;
-    } else {
-      patch[key] = value;
-    }
-  }
-  return patch;
-}
-
-function isObject(value) {
-  return value !== null && typeof value === "object" && !Array.isArray(value);
-}
-
-/** A field path of the form for an error location of the request. */
+/** The form's field path for an error location of the request. */
 function formPath(key) {
-  if (!key.startsWith("overrides.")) return key;
-  const rest = key.slice("overrides.".length);
-  return EXPERIMENT_KEYS.includes(rest.split(".")[0]) ? rest : `base.${rest}`;
+  return key.startsWith("spec.") ? key.slice("spec.".length) : key;
 }
 
 async function submit(event) {

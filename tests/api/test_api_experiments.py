@@ -50,6 +50,26 @@ def test_create_from_a_preset_with_overrides(client: TestClient, broker: FakeBro
     assert len(broker.sent) == len(created["runs"])
 
 
+def test_a_whole_spec_edited_from_a_preset_keeps_the_preset_as_its_origin(
+    client: TestClient, broker: FakeBroker
+) -> None:
+    post = lambda body: client.post("/api/experiments", json=body, headers=ADMIN)  # noqa: E731
+    spec = {**SMALL_SPEC, "name": "edited smoke"}
+    response = post({"preset": "smoke", "spec": spec})
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["name"] == "edited smoke" and created["preset"] == "smoke"
+    assert len(created["runs"]) == len(broker.sent) == 4
+    # Its errors are at the spec's own fields, under `spec`; a model without its name says so.
+    bad = {**SMALL_SPEC, "base": {**SMALL_SPEC["base"], "model": {"width_scale": 0.25}}}
+    errors = field_errors(post({"preset": "smoke", "spec": bad}))
+    assert errors.keys() == {"body.spec.base.model"}
+    assert "a model needs its name: one of" in errors["body.spec.base.model"]
+    both = {"preset": "smoke", "spec": spec, "overrides": {"steps": 3}}
+    assert "body.spec" in field_errors(post(both))
+    assert len(broker.sent) == 4
+
+
 def field_errors(response) -> dict[str, str]:
     assert response.status_code == 422, response.text
     return {".".join(map(str, e["loc"])): e["msg"] for e in response.json()["detail"]}

@@ -67,8 +67,8 @@ def create_experiment(
 
     The body is a full experiment spec, or `{"preset": NAME, "name"?, "overrides"?}`.
     """
-    spec, preset = resolve_spec(body)
-    return detail(session, request, launch(session, settings, spec, preset))
+    spec, preset, at = resolve_spec(body)
+    return detail(session, request, launch(session, settings, spec, preset, at))
 
 
 @router.get("")
