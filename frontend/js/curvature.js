@@ -11,6 +11,7 @@
 // only for the entries view, as base64 float32 (half the bytes of decimal JSON, no parsing).
 
 import { get } from "./api.js";
+import { LOG_DECADES, LOG_TICKS } from "./axes.js";
 import { byId, el, escapeHtml, formatNumber, replace, toast } from "./dom.js";
 
 const PANELS = [
@@ -159,9 +160,27 @@ export class CurvaturePanel {
     });
   }
 
+  /**
+   * Say what is loading (null: nothing): the section keeps its size (the heatmaps are square
+   * boxes from the start) and is marked busy, so a few MB in flight never read as a blank.
+   */
+  loading(text) {
+    const panel = byId("curvature-panel");
+    panel.setAttribute("aria-busy", String(Boolean(text)));
+    byId("curvature-loading").textContent = text ?? "";
+    byId("curvature-loading").classList.toggle("hidden", !text);
+  }
+
   /** Load every run's snapshot list and show the most interesting run (K-FAC first). */
   async load() {
-    const lists = await Promise.all(this.runs.map((run) => get(`/api/runs/${encodeURIComponent(run.id)}/snapshots`)));
+    this.loading("Loading the list of curvature snapshots…");
+    let lists;
+    try {
+      lists = await Promise.all(this.runs.map((run) => get(`/api/runs/${encodeURIComponent(run.id)}/snapshots`)));
+    } catch (error) {
+      this.loading(null);
+      throw error;
+    }
     this.runs.forEach((run, i) => this.lists.set(run.id, lists[i].map(({ id, step }) => ({ id, step }))));
     this.fillRunSelect();
     const withSnapshots = this.runs.filter((run) => this.lists.get(run.id).length);
@@ -239,12 +258,15 @@ export class CurvaturePanel {
     byId("heatmaps").classList.toggle("hidden", !entry);
     if (!entry) {
       this.current = null;
+      this.loading(null);
       byId("curvature-note").textContent = "No curvature snapshot yet: runs with a snapshot interval record one every N steps.";
       return;
     }
     const ticket = ++this.requested;
     const view = this.view;
     const start = performance.now();
+    const heavy = view === "full" && !this.cache.has(entry.id);
+    this.loading(`Loading the snapshot of step ${entry.step}${heavy ? " (the matrices: a few MB)" : ""}…`);
     try {
       const snapshot = await this.snapshot(entry.id);
       if (ticket < this.drawn) return; // a later choice is on screen already
@@ -253,7 +275,9 @@ export class CurvaturePanel {
       this.currentView = view;
       this.draw();
       performance.measure("kfac:snapshot-drawn", { start }); // read by the performance test
+      if (ticket === this.requested) this.loading(null);
     } catch (error) {
+      this.loading(null);
       toast(`Snapshot: ${error.message}`, "error");
     }
   }
@@ -307,11 +331,19 @@ export class CurvaturePanel {
       Plotly.react(node, [trace], layout, { ...PLOT_CONFIG, toImageButtonOptions: { filename: panel.key } });
     });
     const extras = snapshot.extras ?? {};
-    const pool = snapshot.pool > 1 ? ` Matrices are shown averaged over ${snapshot.pool} × ${snapshot.pool} parameter cells.` : "";
+    // What one cell of the heatmaps is: in the block view a whole pair of layers (sᵢ × sⱼ
+    // entries, s the layers' probe parameters), in the entries view `pool` × `pool` entries
+    // when the matrices were pooled to fit (see backend/store/snapshots.py).
+    const sizes = (snapshot.parameter_blocks ?? []).map(([start, stop]) => stop - start);
+    const cells = blockView
+      ? ` Block view: each cell averages one pair of layers' block of the matrix, sᵢ × sⱼ entries for layers of s = ${sizes.join(", ")} probe parameters.`
+      : snapshot.pool > 1
+        ? ` Matrices are shown averaged over ${snapshot.pool} × ${snapshot.pool} parameter cells.`
+        : "";
     byId("heatmap-note").textContent =
       `Step ${snapshot.step}: ${layers} layers (${(extras.layer_names ?? []).join(", ")}), ${snapshot.parameter_blocks.at(-1)?.[1] ?? "?"} probe parameters, ` +
       `${extras.examples ?? "?"} examples, ${extras.fisher ?? "true"} Fisher, damping λ = ${formatNumber(extras.damping)} in the inverses. ` +
-      `White lines separate layers; numbers on |F − F̃| are the per-block relative errors.${pool}`;
+      `White lines separate layers; numbers on |F − F̃| are the per-block relative errors.${cells}`;
     byId("curvature-note").textContent = "";
     byId("heatmaps").dataset.step = String(snapshot.step); // which step is on screen
   }
@@ -364,8 +396,8 @@ export class CurvaturePanel {
       const layout = {
         title: { text: `layer ${escapeHtml(layer)}: Ā solid, G dotted`, font: { size: 13 }, x: 0.02 },
         margin: { l: 56, r: 8, t: 32, b: 40 },
-        xaxis: { title: { text: "rank" }, type: "log" },
-        yaxis: { type: "log", exponentformat: "power" },
+        xaxis: { title: { text: "rank" }, type: "log", ...LOG_TICKS },
+        yaxis: { type: "log", ...LOG_DECADES },
         uirevision: this.runId,
       };
       Plotly.react(byId(`spectrum-${i}`), traces, layout, PLOT_CONFIG);

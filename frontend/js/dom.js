@@ -109,6 +109,16 @@ export function statusBadge(status, title) {
   return el("span", { class: `badge status-${status}`, title }, status);
 }
 
+/**
+ * The page's content replaced by a notice saying what happened and what to do (a revoked share
+ * link, a page that needs the lab's token): no control of the page is left to press.
+ */
+export function showNotice(title, ...lines) {
+  const main = document.querySelector("main");
+  replace(main, el("section", { class: "panel notice", id: "notice", role: "alert" }, el("h1", {}, title), ...lines.map((line) => el("p", {}, line))));
+  document.title = `${title} · kfac-lab`;
+}
+
 /** A transient message at the top of the page (errors, "link copied"). */
 export function toast(message, kind = "info") {
   const region = document.getElementById("toasts") ?? document.body.appendChild(

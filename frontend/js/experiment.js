@@ -14,7 +14,7 @@ import { ApiError, credentials, download, get, post } from "./api.js";
 import { ComparisonPanel } from "./comparison.js";
 import { CurvaturePanel } from "./curvature.js";
 import { CurvesPanel } from "./curvespanel.js";
-import { byId, formatTime, plotlyLoaded, replace, startPage, statusBadge, toast, whenVisible } from "./dom.js";
+import { byId, formatTime, plotlyLoaded, replace, showNotice, startPage, statusBadge, toast, whenVisible } from "./dom.js";
 import { offerReport, setupExports } from "./exports.js";
 import { openStream } from "./live.js";
 import { applyBatch, showStreamState } from "./liveupdates.js";
@@ -161,9 +161,8 @@ async function main() {
   try {
     experiment = await get(apiPath());
   } catch (error) {
-    byId("experiment-name").textContent = error.status === 404 ? "No such experiment" : "Cannot open this experiment";
-    byId("experiment-meta").textContent = error.message;
-    showStreamState("closed", "not live");
+    const title = error.status === 404 ? "No such experiment" : credentials.shared ? "This link no longer opens the experiment" : "Cannot open this experiment";
+    showNotice(title, error.message);
     return;
   }
   page.experiment = experiment;
