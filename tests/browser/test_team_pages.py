@@ -1,0 +1,327 @@
+"""What a team meets day to day, in a real browser: the form posts the whole spec it shows
+(custom runs included), seeds that are not numbers are named, the report says it downloads,
+share links are listed and revoked one by one and a revoked link or a page without the lab's
+token says what happened, the curvature section says what it loads and keeps its size, log
+axes label every tick in full, one tooltip shows every run at an x, and the block view names
+its real cell size.
+
+Most tests seed finished experiments straight into the store (no training: the two cores stay
+free); the form tests launch through the API as a user does and delete what they launched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from playwright.sync_api import Browser, Page, Request, Route, expect
+
+from backend.store.db import session_scope
+from backend.store.results import write_metrics, write_snapshot
+from backend.store.writes import claim_run, create_experiment, set_status
+from tests.browser.support import PageWatch, Server
+
+pytestmark = pytest.mark.browser
+
+STEPS = 200
+SIDE = 1024  # the stored matrices are pooled to 512: 2 × 2 entries a cell
+BLOCKS = [[0, 400], [400, 1024]]
+
+
+@dataclass
+class Seeded:
+    experiment_id: str
+    run_ids: list[str]
+
+
+def loss(step: int, run: int) -> float:
+    """From about 200 down to about 1: a loss across two decades."""
+    return 200 * math.exp(-step / (20 + 10 * run)) + 1
+
+
+@pytest.fixture(scope="module")
+def seeded(server: Server) -> Seeded:
+    """A finished comparison of two runs with curves over two decades and one snapshot."""
+    runs = [
+        {"label": name, "optimizer": {"name": name}, "seed": 0, "spec": {}}
+        for name in ("kfac", "sgd_momentum")
+    ]
+    with session_scope(server.database_url) as session:
+        experiment = create_experiment(session, name="team pages", spec={}, runs=runs)
+        experiment_id, run_ids = experiment.id, [run.id for run in experiment.runs]
+    rng = np.random.default_rng(0)
+    for index, run_id in enumerate(run_ids):
+        with session_scope(server.database_url) as session:
+            claim_run(session, run_id, "team-pages-test")
+            points = [("train_loss", s, s * 0.01, loss(s, index)) for s in range(1, STEPS + 1)]
+            write_metrics(session, run_id, points)
+            if index == 0:
+                half = rng.standard_normal((SIDE, SIDE))
+                matrix = half + half.T
+                write_snapshot(
+                    session,
+                    run_id,
+                    STEPS,
+                    {"exact": matrix, "kronecker": matrix * 0.9},
+                    BLOCKS,
+                    spectra={"fc1": {"A": rng.uniform(0.01, 10, 32), "G": rng.uniform(0, 1, 32)}},
+                    relative_errors={"kronecker_vs_exact": rng.uniform(0, 1, (2, 2))},
+                    block_averages={"exact": rng.uniform(0, 1, (2, 2))},
+                    extras={"layer_names": ["fc1", "fc2"]},
+                )
+            set_status(session, run_id, "succeeded", step=STEPS)
+    return Seeded(experiment_id, run_ids)
+
+
+def expected_refusals(watch: PageWatch, *codes: int) -> None:
+    """The browser logs a refused request as a console error: drop those the test caused."""
+    watch.errors[:] = [e for e in watch.errors if not any(f"status of {c}" in e for c in codes)]
+
+
+def delete_experiment(page: Page, experiment_id: str) -> None:
+    status = page.evaluate(
+        """id => fetch(`/api/experiments/${id}`, { method: "DELETE", headers: { Authorization:
+             `Bearer ${localStorage.getItem("kfac-lab.token")}` } }).then((r) => r.status)""",
+        experiment_id,
+    )
+    assert status in (200, 204), status
+
+
+def launch_request(request: Request) -> bool:
+    return request.url.endswith("/api/experiments") and request.method == "POST"
+
+
+# ---- the form ------------------------------------------------------------------------------
+
+
+def test_a_custom_comparison_posts_the_whole_spec_it_shows(
+    owner_page: tuple[Page, PageWatch],
+) -> None:
+    page, watch = owner_page
+    page.goto("/new")
+    page.click('.preset[data-name="custom"]')
+    page.locator('[name="base.model.width_scale"]').fill("99")  # over its limit
+    page.locator('[name="base.steps"]').fill("2")
+    page.click("#launch")
+    # The error sits at the form's own field, in the form's own words.
+    error = page.locator('.field[data-path="base.model.width_scale"] .field-error')
+    expect(error).not_to_be_empty()
+    expect(page.locator("#form-error")).not_to_contain_text("discriminator")
+    assert "discriminator" not in page.locator("body").inner_text()
+    expected_refusals(watch, 422)
+
+    page.locator('[name="base.model.width_scale"]').fill("0.25")
+    with page.expect_request(
+        lambda r: r.url.endswith("/api/experiments") and r.method == "POST"
+    ) as sent:
+        page.click("#launch")
+    body = json.loads(sent.value.post_data)
+    assert "overrides" not in body and "preset" not in body, body
+    assert body["base"]["model"] == {"name": "autoencoder", "width_scale": 0.25}, body
+    page.wait_for_url("**/experiments/*", wait_until="commit", timeout=30_000)
+    delete_experiment(page, page.url.rstrip("/").split("/")[-1])
+
+
+def test_a_preset_edited_in_the_form_travels_whole_with_its_origin(
+    owner_page: tuple[Page, PageWatch],
+) -> None:
+    page, _ = owner_page
+    page.goto("/new")
+    expect(page.locator('.preset[data-name="smoke"]')).to_have_attribute("aria-pressed", "true")
+    page.locator('[name="base.steps"]').fill("3")
+    with page.expect_request(
+        lambda r: r.url.endswith("/api/experiments") and r.method == "POST"
+    ) as sent:
+        page.click("#launch")
+    body = json.loads(sent.value.post_data)
+    assert body.keys() == {"preset", "spec"} and body["preset"] == "smoke", body
+    assert body["spec"]["base"]["steps"] == 3 and body["spec"]["optimizers"], body
+    page.wait_for_url("**/experiments/*", wait_until="commit", timeout=30_000)
+    delete_experiment(page, page.url.rstrip("/").split("/")[-1])
+
+
+def test_seeds_that_are_not_whole_numbers_are_named(owner_page: tuple[Page, PageWatch]) -> None:
+    page, _ = owner_page
+    page.goto("/new")
+    seeds = page.locator('[name="seeds"]')
+    seeds.fill("0, one")
+    count = page.locator("#run-count")
+    expect(count).to_have_text('Seeds are whole numbers: "one" is not.')
+    expect(count).to_have_class("legend-note error-text")
+    seeds.fill("0, 1, 2")
+    expect(count).to_contain_text("× 3 seeds")
+    expect(count).not_to_have_class("legend-note error-text")
+
+
+# ---- the experiment page -------------------------------------------------------------------
+
+
+def test_the_report_says_it_downloads(owner_page: tuple[Page, PageWatch], seeded: Seeded) -> None:
+    page, _ = owner_page
+    page.goto(f"/experiments/{seeded.experiment_id}")
+    button = page.locator("#report")
+    expect(button).to_have_text("Download HTML report")
+    with page.expect_download() as report:
+        button.click()
+    assert report.value.suggested_filename == f"kfac-lab-{seeded.experiment_id}.html"
+    expect(page.locator("#toasts")).to_contain_text(
+        f"Report downloaded: kfac-lab-{seeded.experiment_id}.html"
+    )
+
+
+def test_share_links_are_listed_and_revoked_one_by_one(
+    owner_page: tuple[Page, PageWatch], seeded: Seeded, browser: Browser, browser_context_args: dict
+) -> None:
+    owner, owner_watch = owner_page
+    owner.goto(f"/experiments/{seeded.experiment_id}")
+    owner.click("#share")
+    expect(owner.locator("#share-url")).not_to_have_value("")
+    first_url = owner.locator("#share-url").input_value()
+    rows = owner.locator("#share-links tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("never opened")
+
+    stranger = browser.new_context(**browser_context_args)
+    try:
+        watch = PageWatch()
+        page = watch.attach(stranger.new_page())
+        page.goto(first_url)
+        expect(page.locator("#experiment-name")).to_have_text("team pages")
+
+        # Opening the box again lists the link as used; it mints no second link by itself.
+        owner.click("#share")
+        expect(rows).to_have_count(1)
+        expect(rows.first).not_to_contain_text("never opened")
+        owner.click("#new-share")
+        expect(rows).to_have_count(2)
+        second_url = owner.locator("#share-url").input_value()
+        assert second_url != first_url
+
+        used = rows.filter(has_not_text="never opened")
+        expect(used).to_have_count(1)
+        used.get_by_role("button", name="Revoke").click()
+        expect(used).to_contain_text("revoked")
+        expect(owner.locator("#share-links button", has_text="Revoke")).to_have_count(1)
+
+        # The revoked link's page says so, with nothing left to press.
+        page.reload()
+        notice = page.locator("#notice")
+        expect(notice).to_contain_text("This link no longer opens the experiment")
+        expect(notice).to_contain_text("revoked")
+        for control in ("#export-csv", "#export-png", "#report", "#runs"):
+            expect(page.locator(control)).to_have_count(0)
+        expected_refusals(watch, 403)
+        watch.assert_clean()
+
+        other = stranger.new_page()
+        other.goto(second_url)
+        expect(other.locator("#experiment-name")).to_have_text("team pages")
+    finally:
+        stranger.close()
+    owner_watch.assert_clean()
+
+
+def test_the_logo_of_a_shared_page_leads_to_a_page_that_says_why(
+    owner_page: tuple[Page, PageWatch], seeded: Seeded, browser: Browser, browser_context_args: dict
+) -> None:
+    owner, _ = owner_page
+    owner.goto(f"/experiments/{seeded.experiment_id}")
+    owner.click("#share")  # lists the links (an earlier test left some live)
+    rows = owner.locator("#share-links tr[data-id]")
+    expect(rows.first).to_be_visible()
+    before = rows.count()
+    owner.click("#new-share")
+    expect(rows).to_have_count(before + 1)
+    share_url = owner.locator("#share-url").input_value()
+    stranger = browser.new_context(**browser_context_args)
+    try:
+        watch = PageWatch()
+        page = watch.attach(stranger.new_page())
+        page.goto(share_url)
+        expect(page.locator("#experiment-name")).to_have_text("team pages")
+        page.click(".brand")
+        notice = page.locator("#notice")
+        expect(notice).to_contain_text("Sign in to this lab")
+        expect(notice).to_contain_text("share link opens its one experiment only")
+        assert "Bearer" not in page.locator("body").inner_text()
+        expected_refusals(watch, 401)
+        watch.assert_clean()
+    finally:
+        stranger.close()
+
+
+class HeldSnapshots:
+    """Holds every snapshot request of a page until `release`, then lets all through."""
+
+    def __init__(self, page: Page):
+        self.held: list[Route] = []
+        self.released = False
+        page.route("**/api/snapshots/*", self._handle)
+
+    def _handle(self, route: Route) -> None:
+        if self.released:
+            route.continue_()
+        else:
+            self.held.append(route)
+
+    def release(self) -> None:
+        self.released = True
+        for route in self.held:
+            route.continue_()
+
+
+def test_the_curvature_section_says_what_it_loads_and_keeps_its_size(
+    owner_page: tuple[Page, PageWatch], seeded: Seeded
+) -> None:
+    page, _ = owner_page
+    held = HeldSnapshots(page)
+    page.goto(f"/experiments/{seeded.experiment_id}")
+    page.locator("#curvature-panel").scroll_into_view_if_needed()
+    loading = page.locator("#curvature-loading")
+    expect(loading).to_contain_text(f"Loading the snapshot of step {STEPS}")
+    expect(page.locator("#curvature-panel")).to_have_attribute("aria-busy", "true")
+    expect(page.locator("#snapshot-run option").first).to_contain_text("kfac")
+    height = page.locator("#heatmaps").bounding_box()["height"]
+    assert height >= 400, f"the heatmaps take {height} px while loading"
+    held.release()
+    expect(loading).to_be_hidden()
+    expect(page.locator("#curvature-panel")).to_have_attribute("aria-busy", "false")
+    expect(page.locator("#heatmaps")).to_have_attribute("data-step", str(STEPS))
+
+    # The block view's caption names its cell: a pair of layers, not the pooled entries.
+    note = page.locator("#heatmap-note")
+    expect(note).to_contain_text("averaged over 2 × 2 parameter cells")
+    page.click('#heat-view button[data-view="blocks"]')
+    expect(note).to_contain_text("each cell averages one pair of layers' block")
+    expect(note).to_contain_text("s = 400, 624")
+    expect(note).not_to_contain_text("2 × 2")
+
+
+TICKS_JS = (
+    """id => [...document.querySelectorAll(`#${id} .ytick text`)].map((t) => t.textContent)"""
+)
+
+
+def test_log_axes_label_every_tick_in_full_and_one_tooltip_shows_every_run(
+    owner_page: tuple[Page, PageWatch], seeded: Seeded
+) -> None:
+    page, _ = owner_page
+    page.goto(f"/experiments/{seeded.experiment_id}")
+    page.wait_for_function(
+        "() => performance.getEntriesByName('kfac:curves-drawn').length > 0", timeout=30_000
+    )
+    ticks = page.evaluate(TICKS_JS, "chart-train_loss")
+    assert len(ticks) >= 3, ticks
+    unreadable = [t for t in ticks if not math.isfinite(float(t.replace(",", "")))]
+    assert not unreadable, f"tick labels {ticks}"
+    values = [float(t.replace(",", "")) for t in ticks]
+    assert values == sorted(values) and len(set(values)) == len(values), ticks
+
+    box = page.locator("#chart-train_loss .nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+    hover = page.locator("#chart-train_loss .hoverlayer")
+    expect(hover).to_contain_text("kfac")
+    expect(hover).to_contain_text("sgd")
