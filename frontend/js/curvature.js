@@ -2,7 +2,7 @@
 // |F − F̃|, |F̃⁻¹|, |F̌⁻¹| and |F̂⁻¹| with the layer boundaries drawn and the per-block relative
 // errors ‖F_ij − F̃_ij‖ / ‖F_ij‖ written on |F − F̃| (the K-FAC paper's Figures 2 and 3); a
 // block-average view; linear or log colour; optionally one colour range per row. Below, the
-// eigen-spectra of every layer's factors Ā and G at every snapshot of the run.
+// eigen-spectra of every layer's factors Ā and G at every snapshot of the run (spectra.js).
 //
 // The step slider follows new snapshots live while it sits on the newest one.
 //
@@ -11,8 +11,9 @@
 // only for the entries view, as base64 float32 (half the bytes of decimal JSON, no parsing).
 
 import { get } from "./api.js";
-import { LOG_DECADES, LOG_TICKS } from "./axes.js";
 import { byId, el, escapeHtml, formatNumber, replace, toast } from "./dom.js";
+import { attachHover, cellLines } from "./heathover.js";
+import { drawSpectra, layerLabels } from "./spectra.js";
 
 const PANELS = [
   { key: "exact", title: "|F|  exact Fisher", row: 0 },
@@ -287,20 +288,19 @@ export class CurvaturePanel {
     if (!snapshot) return;
     const blockView = this.currentView === "blocks";
     const log = this.scale === "log";
-    const values = PANELS.map((panel) => {
-      const raw = panelValues(snapshot, panel.key, blockView);
-      return raw && magnitudes(raw, log);
-    });
+    const signed = PANELS.map((panel) => panelValues(snapshot, panel.key, blockView));
+    const values = signed.map((raw) => raw && magnitudes(raw, log));
     // A shared colour range spans the panels of one row, save the relative errors (no unit).
     const rangeGroup = (panel) => (blockView && panel.blockTitle ? "errors" : panel.row);
     const groupRanges = new Map(
       PANELS.map((panel) => [rangeGroup(panel), range(values.filter((z, i) => z && rangeGroup(PANELS[i]) === rangeGroup(panel)))]),
     );
+    this.hoverValues = signed; // what the hover reads, for the snapshot and view on screen
     const layers = snapshot.blocks.length;
     const size = blockView ? layers : snapshot.matrices.exact?.length ?? 0;
     const edges = blockView ? [...Array(layers).keys()].slice(1) : snapshot.blocks.slice(1).map(([start]) => start);
     const centres = blockView ? [...Array(layers).keys()] : snapshot.blocks.map(([start, stop]) => (start + stop - 1) / 2);
-    const names = (snapshot.extras?.layer_names ?? []).map((name) => escapeHtml(name));
+    const names = layerLabels(snapshot).map((name) => escapeHtml(name));
     const ticks = { tickvals: centres, ticktext: names.length === layers ? names : centres.map((_, i) => String(i)), ticks: "" };
     const errors = snapshot.relative_errors?.kronecker_vs_exact;
     PANELS.forEach((panel, i) => {
@@ -315,7 +315,7 @@ export class CurvaturePanel {
         zmax: shared ? shared[1] : undefined,
         zauto: !shared,
         colorbar: { thickness: 10, title: { text: log ? "log₁₀" : "", side: "right" }, exponentformat: "power" },
-        hovertemplate: `${blockView ? "block" : "entry"} (%{y}, %{x})<br>${log ? "log₁₀|value|" : "|value|"}: %{z:.4g}<extra></extra>`,
+        hoverinfo: "none", // heathover.js says more, for the one cell under the mouse
       };
       const title = blockView && panel.blockTitle ? panel.blockTitle : blockView ? `${panel.title.split("  ")[0]} block averages` : panel.title;
       const layout = {
@@ -329,6 +329,8 @@ export class CurvaturePanel {
       };
       if (!z) layout.annotations = [{ text: "not recorded", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }];
       Plotly.react(node, [trace], layout, { ...PLOT_CONFIG, toImageButtonOptions: { filename: panel.key } });
+      const what = blockView && panel.blockTitle ? "relative error" : blockView ? "block average" : "value";
+      attachHover(node, (row, col) => cellLines(this.current, this.hoverValues[i], this.currentView === "blocks", row, col, what));
     });
     const extras = snapshot.extras ?? {};
     // What one cell of the heatmaps is: in the block view a whole pair of layers (sᵢ × sⱼ
@@ -341,7 +343,7 @@ export class CurvaturePanel {
         ? ` Matrices are shown averaged over ${snapshot.pool} × ${snapshot.pool} parameter cells.`
         : "";
     byId("heatmap-note").textContent =
-      `Step ${snapshot.step}: ${layers} layers (${(extras.layer_names ?? []).join(", ")}), ${snapshot.parameter_blocks.at(-1)?.[1] ?? "?"} probe parameters, ` +
+      `Step ${snapshot.step}: ${layers} layers (${layerLabels(snapshot).join(", ")}), ${snapshot.parameter_blocks.at(-1)?.[1] ?? "?"} probe parameters, ` +
       `${extras.examples ?? "?"} examples, ${extras.fisher ?? "true"} Fisher, damping λ = ${formatNumber(extras.damping)} in the inverses. ` +
       `White lines separate layers; numbers on |F − F̃| are the per-block relative errors.${cells}`;
     byId("curvature-note").textContent = "";
@@ -357,59 +359,7 @@ export class CurvaturePanel {
     if (runId === this.runId) this.drawSpectra();
   }
 
-  spectraOf(id) {
-    return this.summaries.get(id)?.spectra ?? {};
-  }
-
   drawSpectra() {
-    const list = this.list();
-    const container = byId("spectra");
-    if (!list.length) {
-      replace(container, el("p", { class: "muted" }, "No snapshot yet."));
-      return;
-    }
-    const layers = Object.keys(this.spectraOf(list.at(-1).id));
-    if (container.dataset.layers !== layers.join("|") || container.dataset.run !== this.runId) {
-      replace(container, ...layers.map((_, i) => el("div", { class: "chart small", id: `spectrum-${i}` })));
-      container.dataset.layers = layers.join("|");
-      container.dataset.run = this.runId;
-    }
-    layers.forEach((layer, i) => {
-      const traces = list.flatMap((entry, order) => {
-        const pair = this.spectraOf(entry.id)[layer];
-        if (!pair) return [];
-        const colour = stepColour(order, list.length);
-        return ["A", "G"].map((factor) => {
-          const values = [...(pair[factor] ?? [])].filter((v) => v !== null).sort((a, b) => b - a);
-          return {
-            type: "scatter",
-            mode: "lines",
-            x: values.map((_, k) => k + 1),
-            y: values,
-            name: `${factor === "A" ? "Ā" : "G"} step ${entry.step}`,
-            line: { color: colour, width: order === list.length - 1 ? 2.5 : 1.2, dash: factor === "A" ? "solid" : "dot" },
-            hovertemplate: `${factor === "A" ? "Ā" : "G"}, step ${entry.step}<br>eigenvalue %{x}: %{y:.4g}<extra></extra>`,
-            showlegend: false,
-          };
-        });
-      });
-      const layout = {
-        title: { text: `layer ${escapeHtml(layer)}: Ā solid, G dotted`, font: { size: 13 }, x: 0.02 },
-        margin: { l: 56, r: 8, t: 32, b: 40 },
-        xaxis: { title: { text: "rank" }, type: "log", ...LOG_TICKS },
-        yaxis: { type: "log", ...LOG_DECADES },
-        uirevision: this.runId,
-      };
-      Plotly.react(byId(`spectrum-${i}`), traces, layout, PLOT_CONFIG);
-    });
+    drawSpectra(byId("spectra"), this.list().map((entry) => ({ step: entry.step, summary: this.summaries.get(entry.id) ?? {} })), this.runId);
   }
-}
-
-/** Early snapshots light, late ones dark (a sequential blue ramp, readable without hue). */
-function stepColour(order, count) {
-  const t = count > 1 ? order / (count - 1) : 1;
-  const from = [158, 202, 225];
-  const to = [8, 48, 107];
-  const mix = from.map((value, i) => Math.round(value + (to[i] - value) * t));
-  return `rgb(${mix.join(", ")})`;
 }

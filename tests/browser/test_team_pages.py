@@ -67,10 +67,10 @@ def seeded(server: Server) -> Seeded:
                     STEPS,
                     {"exact": matrix, "kronecker": matrix * 0.9},
                     BLOCKS,
-                    spectra={"fc1": {"A": rng.uniform(0.01, 10, 32), "G": rng.uniform(0, 1, 32)}},
+                    spectra={"0": {"A": rng.uniform(0.01, 10, 32), "G": rng.uniform(0, 1, 32)}},
                     relative_errors={"kronecker_vs_exact": rng.uniform(0, 1, (2, 2))},
                     block_averages={"exact": rng.uniform(0, 1, (2, 2))},
-                    extras={"layer_names": ["fc1", "fc2"]},
+                    extras={"layer_names": ["0", "2"], "layer_labels": ["fc1 19→20", "fc2 20→26"]},
                 )
             set_status(session, run_id, "succeeded", step=STEPS)
     return Seeded(experiment_id, run_ids)
@@ -290,6 +290,22 @@ def test_the_curvature_section_says_what_it_loads_and_keeps_its_size(
     expect(loading).to_be_hidden()
     expect(page.locator("#curvature-panel")).to_have_attribute("aria-busy", "false")
     expect(page.locator("#heatmaps")).to_have_attribute("data-step", str(STEPS))
+
+    # Layers named as the model names them, with their shapes; the spectra name their steps.
+    ticks = page.locator("#heat-exact .xtick text")
+    expect(ticks).to_have_text(["fc1 19→20", "fc2 20→26"])
+    spectrum = page.locator("#spectrum-0")
+    expect(spectrum.locator(".gtitle")).to_contain_text("fc1 19→20")
+    expect(spectrum.locator(".legend")).to_contain_text(f"step {STEPS}")
+
+    # Hovering a cell names its layer pair, its indices within them and its signed value.
+    box = page.locator("#heat-exact .nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.1, box["y"] + box["height"] * 0.9)
+    hover = page.locator("#heat-hover")
+    expect(hover).to_contain_text("fc2 20→26 × fc1 19→20")
+    expect(hover).to_contain_text("within the layers (cells of 2 × 2)")
+    signed = hover.locator("div").last.inner_text()
+    assert signed.startswith("value: ") and float(signed.split(": ")[1].replace("−", "-"))
 
     # The block view's caption names its cell: a pair of layers, not the pooled entries.
     note = page.locator("#heatmap-note")
