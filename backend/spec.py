@@ -387,7 +387,9 @@ class ExperimentSpec(_Spec):
         if not self.runs and self.base is None:
             raise ValueError("an experiment needs `runs` or a `base` to compare optimizers on")
         if self.base is not None:
-            entries = self.optimizers or [SweptOptimizer(optimizer=self.base.optimizer)]
+            # The base run's own optimizer, read as an entry is (the keyword form would hand
+            # the optimizer union a dict without its name).
+            entries = self.optimizers or [SweptOptimizer.model_validate(self.base.optimizer)]
             seeds = self.seeds or [self.base.seed]
             sizes = [len(entry.grid()) for entry in entries]
             check_expansion_size(len(self.runs), sizes, len(seeds))

@@ -225,3 +225,29 @@ def test_a_broker_outage_at_launch_is_503_and_leaves_nothing(
     assert response.headers["retry-after"] and "broker" in response.json()["detail"]
     listed = client.get("/api/experiments", params={"name": name}, headers=ADMIN).json()
     assert listed["total"] == 0
+
+
+def test_validate_previews_the_networks_and_estimates_without_launching(
+    client: TestClient, broker: FakeBroker
+) -> None:
+    post = lambda body: client.post("/api/experiments/validate", json=body, headers=ADMIN)  # noqa: E731
+    response = post(SMALL_SPEC)
+    assert response.status_code == 200, response.text
+    runs = response.json()["runs"]
+    assert len(runs) == 4 and broker.sent == []
+    first = runs[0]
+    layers = [(layer["inputs"], layer["outputs"]) for layer in first["layers"]]
+    assert layers[0][1] == 8 and layers[1][0] == 8  # the hidden width of SMALL_SPEC's mlp
+    assert first["parameters"] == sum((i + 1) * o for i, o in layers)
+    assert first["total_steps"] == 20 and first["estimate"]["memory_bytes"] > 0
+    assert first["estimate"]["step_seconds"] > 0
+    # Widths after the width scale: the autoencoder of the issue, 250-125-62-8.
+    scaled = {"base": {"model": {"name": "autoencoder", "width_scale": 0.25}, "steps": 5}}
+    encoder = [layer["outputs"] for layer in post(scaled).json()["runs"][0]["layers"]][:4]
+    assert encoder == [250, 125, 62, 8]
+    # The same 422s as a launch, the whole-spec-from-a-preset form included.
+    assert "body.base.steps" in field_errors(post({"base": {"steps": 0}}))
+    bad = {"preset": "smoke", "spec": {"base": {"model": {"width_scale": 0.25}}}}
+    assert "body.spec.base.model" in field_errors(post(bad))
+    assert client.post("/api/experiments/validate", json=SMALL_SPEC).status_code == 401
+    assert broker.sent == []

@@ -1,4 +1,5 @@
-"""Experiments: create (from a spec or a preset), list, get, delete, clone, cancel."""
+"""Experiments: create (from a spec or a preset) or only validate, list, get, delete, clone,
+cancel."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from backend.api.deps import (
     load_experiment,
 )
 from backend.api.errors import READ_ERRORS, WRITE_ERRORS, documented
+from backend.api.preview import ExperimentPreview, preview
 from backend.api.schemas import (
     CloneRequest,
     CreateExperiment,
@@ -31,6 +33,7 @@ from backend.api.service import (
     cancel_all,
     consumed_queues,
     launch,
+    refuse_unaffordable,
     remove,
     resolve_spec,
     revoke_tasks,
@@ -69,6 +72,17 @@ def create_experiment(
     """
     spec, preset, at = resolve_spec(body)
     return detail(session, request, launch(session, settings, spec, preset, at))
+
+
+@router.post("/validate", responses=WRITE_ERRORS)
+def validate(
+    body: Annotated[CreateExperiment, Body()], settings: SettingsDep, _: AdminDep
+) -> ExperimentPreview:
+    """Check a create request without launching it: the same 422s as `POST /api/experiments`
+    (resource limits included), else each run's network, parameter count and estimate."""
+    spec, _preset, at = resolve_spec(body)
+    refuse_unaffordable(settings, spec, at)
+    return preview(settings, spec)
 
 
 @router.get("")
