@@ -211,6 +211,14 @@ export class CurvaturePanel {
     return this.lists.get(this.runId) ?? [];
   }
 
+  /** Move the step slider by `delta` snapshots (the arrow keys), within the run's list. */
+  move(delta) {
+    const index = Math.min(this.list().length - 1, Math.max(0, this.index + delta));
+    if (index === this.index || index < 0) return;
+    this.index = index;
+    this.show();
+  }
+
   updateSlider() {
     const list = this.list();
     this.slider.max = String(Math.max(0, list.length - 1));

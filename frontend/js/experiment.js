@@ -14,7 +14,7 @@ import { ApiError, credentials, download, get, post } from "./api.js";
 import { ComparisonPanel } from "./comparison.js";
 import { CurvaturePanel } from "./curvature.js";
 import { CurvesPanel } from "./curvespanel.js";
-import { byId, formatTime, plotlyLoaded, replace, showNotice, startPage, statusBadge, toast, whenVisible } from "./dom.js";
+import { byId, formatTime, plotlyLoaded, replace, shortcuts, showNotice, startPage, statusBadge, toast, whenVisible } from "./dom.js";
 import { offerReport, setupExports } from "./exports.js";
 import { openStream } from "./live.js";
 import { applyBatch, showStreamState } from "./liveupdates.js";
@@ -125,12 +125,8 @@ function cancelRun(run) {
 
 function setupOwnerControls() {
   setupSharing(apiPath, act);
-  byId("clone").addEventListener("click", () =>
-    act(async () => {
-      const clone = await post(apiPath("/clone"));
-      window.location.assign(`/experiments/${encodeURIComponent(clone.id)}`);
-    }),
-  );
+  // Run again: the form, filled with this experiment's spec, to edit before launching.
+  byId("clone").addEventListener("click", () => window.location.assign(`/new?from=${encodeURIComponent(experimentId)}`));
   byId("cancel-all").addEventListener("click", () => {
     if (!window.confirm("Cancel every unfinished run of this experiment?")) return;
     act(async () => {
@@ -155,6 +151,11 @@ async function main() {
   page.curves.setupControls();
   if (credentials.shared) setupReadOnly();
   else setupOwnerControls();
+  shortcuts({
+    ...(credentials.shared ? {} : { n: () => window.location.assign("/new") }),
+    ArrowLeft: () => page.curvature?.move(-1),
+    ArrowRight: () => page.curvature?.move(1),
+  });
   setupExports(page, act);
 
   let experiment;

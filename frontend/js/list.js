@@ -4,7 +4,7 @@
 // Experiments ticked here (across pages and searches) open side by side in /compare?ids=.
 
 import { ApiError, credentials, get } from "./api.js";
-import { byId, el, formatNumber, formatTime, replace, showNotice, startPage, statusBadge, timeAgo } from "./dom.js";
+import { byId, el, formatNumber, formatTime, replace, shortcuts, showNotice, startPage, statusBadge, timeAgo } from "./dom.js";
 
 const PAGE_SIZE = 25;
 const REFRESH_MS = 4000;
@@ -116,6 +116,7 @@ async function load() {
 }
 
 function main() {
+  shortcuts({ "/": () => byId("search").focus(), n: () => window.location.assign("/new") });
   let debounce = null;
   byId("search").addEventListener("input", () => {
     clearTimeout(debounce);

@@ -5,7 +5,7 @@
 // page at once; a 422's field errors appear by the fields.
 
 import { ApiError, get, post } from "./api.js";
-import { byId, el, replace, startPage } from "./dom.js";
+import { byId, el, formatBytes, formatDuration, formatNumber, replace, startPage } from "./dom.js";
 import { SchemaForm, component, resolve } from "./schemaform.js";
 
 const MAIN_RUN_FIELDS = ["dataset", "model", "batch_size", "steps", "eval_interval", "snapshot_interval", "device"];
@@ -16,7 +16,8 @@ const CUSTOM = {
   experiment: { name: "my comparison", base: {}, optimizers: [{ name: "kfac" }, { name: "sgd_momentum" }], seeds: [0] },
 };
 
-const state = { schema: null, presets: [], preset: null, draft: null, form: null };
+const state = { schema: null, presets: [], preset: null, draft: null, form: null, previewTimer: null, previews: 0 };
+const PREVIEW_DELAY_MS = 400; // after the last keystroke
 
 /** A preset's experiment in the form's terms (`"dataset": "mnist"` → `{"name": "mnist"}`). */
 function normalised(experiment) {
@@ -28,9 +29,9 @@ function normalised(experiment) {
   return copy;
 }
 
-function choosePreset(preset) {
+function choosePreset(preset, draft = normalised(preset.experiment)) {
   state.preset = preset;
-  state.draft = normalised(preset.experiment);
+  state.draft = draft;
   for (const card of document.querySelectorAll(".preset")) {
     card.setAttribute("aria-pressed", String(card.dataset.name === preset.name));
   }
@@ -47,6 +48,31 @@ function renderPresets() {
     ),
   );
   replace(byId("presets"), ...cards);
+}
+
+/**
+ * A stored experiment (its runs expanded) in the form's terms: the base run they share and
+ * their optimizers × seeds; null when the runs are not such a product (they differ in more
+ * than optimizer and seed), which the form cannot say.
+ */
+function compactForm(spec) {
+  const shared = ({ optimizer, seed, config, label, ...rest }) => rest;
+  const runs = spec.runs ?? [];
+  if (!runs.length) return null;
+  const base = shared(runs[0]);
+  if (!runs.every((run) => JSON.stringify(shared(run)) === JSON.stringify(base))) return null;
+  const optimizers = [...new Map(runs.map((run) => [JSON.stringify(run.optimizer), run.optimizer])).values()];
+  const seeds = [...new Set(runs.map((run) => run.seed))];
+  if (optimizers.length * seeds.length !== runs.length) return null;
+  return { name: spec.name, description: spec.description ?? "", base, optimizers, seeds };
+}
+
+/** "Run again" (`/new?from=ID`): the experiment's own spec in the form, its preset kept. */
+async function openExperiment(id) {
+  const experiment = await get(`/api/experiments/${encodeURIComponent(id)}`);
+  const draft = compactForm(experiment.spec);
+  if (!draft) throw new Error("This experiment's runs differ in more than optimizer and seed: the form cannot show them.");
+  choosePreset(state.presets.find((p) => p.name === experiment.preset) ?? CUSTOM, draft);
 }
 
 // ---- the form --------------------------------------------------------------------------------
@@ -68,6 +94,7 @@ function renderForm() {
   renderOptimizers(form, resolve(root, experiment).properties.optimizers.items);
   byId("spec-form").classList.remove("hidden");
   updateRunCount();
+  schedulePreview();
 }
 
 function renderOptimizers(form, unionSchema) {
@@ -115,6 +142,66 @@ function updateRunCount() {
   count.textContent = `${runs} run${runs === 1 ? "" : "s"} in all (${what}).`;
 }
 
+// ---- what will run ---------------------------------------------------------------------------
+
+function schedulePreview() {
+  clearTimeout(state.previewTimer);
+  state.previewTimer = setTimeout(preview, PREVIEW_DELAY_MS);
+}
+
+/**
+ * The networks as they will be built (widths after the width scale), their parameter counts
+ * and the runs' estimated memory and time, from the API's check of the request the form would
+ * send (POST /api/experiments/validate: the launch's own rules).
+ */
+async function preview() {
+  const target = byId("preview");
+  if (badSeeds(state.draft.seeds).length) {
+    replace(target, el("p", { class: "muted" }, "Correct the seeds to see what will run."));
+    return;
+  }
+  const ticket = ++state.previews;
+  let answer;
+  try {
+    answer = await post("/api/experiments/validate", requestBody());
+  } catch (error) {
+    if (ticket !== state.previews) return;
+    if (!(error instanceof ApiError)) throw error;
+    const messages = Object.entries(error.fields).map(([key, message]) => `${formPath(key)}: ${message}`);
+    replace(target, el("p", { class: "error-text" }, `Not launchable yet: ${messages.length ? messages.join("; ") : error.message}`));
+    return;
+  }
+  if (ticket !== state.previews) return; // the form changed since
+  replace(target, ...previewLines(answer.runs));
+}
+
+function previewLines(runs) {
+  const networks = new Map(); // one line per distinct network
+  for (const run of runs) {
+    const widths = run.layers.length ? [run.layers[0].inputs, ...run.layers.map((layer) => layer.outputs)] : [];
+    const key = widths.join(" → ");
+    if (!networks.has(key)) networks.set(key, run.parameters);
+  }
+  const most = (pick) => runs.reduce((best, run) => (pick(run) > pick(best) ? run : best), runs[0]);
+  const memory = most((run) => run.estimate.memory_bytes);
+  const slowest = most((run) => run.estimate.run_seconds);
+  return [
+    ...[...networks].map(([widths, parameters]) =>
+      el("p", { class: "network" }, el("strong", {}, "Network "), widths || "(convolutional)", ` · ${formatNumber(parameters)} parameters`),
+    ),
+    el(
+      "p",
+      {},
+      `Each run needs up to ${formatBytes(memory.estimate.memory_bytes)} of memory; `,
+      `the slowest (${slowest.label}) about ${stepTime(slowest.estimate.step_seconds)} a step, ${formatDuration(slowest.estimate.run_seconds)} for its ${formatNumber(slowest.total_steps)} steps (estimates).`,
+    ),
+  ];
+}
+
+function stepTime(seconds) {
+  return seconds < 1 ? `${formatNumber(seconds * 1000)} ms` : formatDuration(seconds);
+}
+
 // ---- submitting ------------------------------------------------------------------------------
 
 /**
@@ -157,7 +244,10 @@ async function submit(event) {
 
 async function main() {
   byId("spec-form").addEventListener("submit", submit);
-  byId("spec-form").addEventListener("input", updateRunCount);
+  byId("spec-form").addEventListener("input", () => {
+    updateRunCount();
+    schedulePreview();
+  });
   byId("add-optimizer").addEventListener("click", () => {
     state.draft.optimizers.push({ name: "adam" });
     renderForm();
@@ -171,7 +261,9 @@ async function main() {
     return;
   }
   renderPresets();
-  const wanted = new URLSearchParams(window.location.search).get("preset") ?? "smoke";
+  const query = new URLSearchParams(window.location.search);
+  if (query.get("from")) return openExperiment(query.get("from"));
+  const wanted = query.get("preset") ?? "smoke";
   choosePreset(state.presets.find((p) => p.name === wanted) ?? state.presets[0] ?? CUSTOM);
 }
 

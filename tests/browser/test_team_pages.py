@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page, Request, Route, expect
 
+from backend.spec import ExperimentSpec
 from backend.store.db import session_scope
 from backend.store.results import write_metrics, write_snapshot
 from backend.store.writes import claim_run, create_experiment, set_status
-from tests.browser.support import PageWatch, Server
+from tests.browser.support import PageWatch, Screenshots, Server
 
 pytestmark = pytest.mark.browser
 
@@ -44,7 +45,7 @@ def loss(step: int, run: int) -> float:
 
 @pytest.fixture(scope="module")
 def seeded(server: Server) -> Seeded:
-    """A finished comparison of two runs with curves over two decades and one snapshot."""
+    """A finished comparison of two runs with curves over two decades and two snapshots."""
     runs = [
         {"label": name, "optimizer": {"name": name}, "seed": 0, "spec": {}}
         for name in ("kfac", "sgd_momentum")
@@ -58,13 +59,13 @@ def seeded(server: Server) -> Seeded:
             claim_run(session, run_id, "team-pages-test")
             points = [("train_loss", s, s * 0.01, loss(s, index)) for s in range(1, STEPS + 1)]
             write_metrics(session, run_id, points)
-            if index == 0:
+            for step in (STEPS // 2, STEPS) if index == 0 else ():
                 half = rng.standard_normal((SIDE, SIDE))
                 matrix = half + half.T
                 write_snapshot(
                     session,
                     run_id,
-                    STEPS,
+                    step,
                     {"exact": matrix, "kronecker": matrix * 0.9},
                     BLOCKS,
                     spectra={"0": {"A": rng.uniform(0.01, 10, 32), "G": rng.uniform(0, 1, 32)}},
@@ -111,9 +112,14 @@ def test_a_custom_comparison_posts_the_whole_spec_it_shows(
     expect(error).not_to_be_empty()
     expect(page.locator("#form-error")).not_to_contain_text("discriminator")
     assert "discriminator" not in page.locator("body").inner_text()
-    expected_refusals(watch, 422)
 
+    # Before launching, the form shows the network as it will be built and what a run costs.
     page.locator('[name="base.model.width_scale"]').fill("0.25")
+    preview = page.locator("#preview")
+    expect(preview).to_contain_text("784 → 250 → 125 → 62 → 8 → 62 → 125 → 250 → 784")
+    expect(preview).to_contain_text("parameters")
+    expect(preview).to_contain_text("of memory")
+    expect(preview).to_contain_text("a step")
     with page.expect_request(
         lambda r: r.url.endswith("/api/experiments") and r.method == "POST"
     ) as sent:
@@ -123,6 +129,7 @@ def test_a_custom_comparison_posts_the_whole_spec_it_shows(
     assert body["base"]["model"] == {"name": "autoencoder", "width_scale": 0.25}, body
     page.wait_for_url("**/experiments/*", wait_until="commit", timeout=30_000)
     delete_experiment(page, page.url.rstrip("/").split("/")[-1])
+    expected_refusals(watch, 422)  # the over-limit width: launch and preview said no
 
 
 def test_a_preset_edited_in_the_form_travels_whole_with_its_origin(
@@ -341,3 +348,110 @@ def test_log_axes_label_every_tick_in_full_and_one_tooltip_shows_every_run(
     hover = page.locator("#chart-train_loss .hoverlayer")
     expect(hover).to_contain_text("kfac")
     expect(hover).to_contain_text("sgd")
+
+
+def test_keyboard_search_new_comparison_and_the_snapshot_slider(
+    owner_page: tuple[Page, PageWatch], seeded: Seeded
+) -> None:
+    page, _ = owner_page
+    page.goto("/")
+    expect(page.locator("#experiments tr").first).to_be_visible()
+    page.keyboard.press("/")
+    expect(page.locator("#search")).to_be_focused()
+    page.keyboard.type("n")  # typed into the search: not a shortcut there
+    expect(page.locator("#search")).to_have_value("n")
+    assert page.url.endswith("/")
+
+    page.goto(f"/experiments/{seeded.experiment_id}")
+    page.locator("#curvature-panel").scroll_into_view_if_needed()
+    heatmaps = page.locator("#heatmaps")
+    expect(heatmaps).to_have_attribute("data-step", str(STEPS))
+    page.keyboard.press("ArrowLeft")
+    expect(heatmaps).to_have_attribute("data-step", str(STEPS // 2))
+    expect(page.locator("#snapshot-step")).to_have_text(f"step {STEPS // 2}")
+    page.keyboard.press("ArrowRight")
+    expect(heatmaps).to_have_attribute("data-step", str(STEPS))
+    page.keyboard.press("n")
+    page.wait_for_url("**/new")
+
+
+BACKGROUND_JS = "selector => getComputedStyle(document.querySelector(selector)).backgroundColor"
+PLOT_BG_JS = "id => getComputedStyle(document.querySelector(`#${id} .bg`)).fill"
+
+
+def brightness(colour: str) -> float:
+    """The mean of a CSS `rgb(...)` / `rgba(...)` colour's red, green and blue (0–255)."""
+    channels = colour[colour.index("(") + 1 : colour.index(")")].split(",")[:3]
+    return sum(float(c) for c in channels) / 3
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_the_theme_follows_the_system_setting_plots_included(
+    owner_page: tuple[Page, PageWatch], seeded: Seeded, screenshots: Screenshots, scheme: str
+) -> None:
+    page, _ = owner_page
+    page.emulate_media(color_scheme=scheme)
+    dark = scheme == "dark"
+    page.goto("/")
+    expect(page.locator("#experiments tr").first).to_be_visible()
+    screenshots.save(f"list-{scheme}", page)
+    page.goto("/new")
+    expect(page.locator("#preview .network")).to_be_visible()
+    screenshots.save(f"new-{scheme}", page)
+
+    page.goto(f"/experiments/{seeded.experiment_id}")
+    page.wait_for_function(
+        "() => performance.getEntriesByName('kfac:curves-drawn').length > 0", timeout=30_000
+    )
+    page.locator("#curvature-panel").scroll_into_view_if_needed()
+    expect(page.locator("#heatmaps")).to_have_attribute("data-step", str(STEPS))
+    expect(page.locator("#spectrum-0 .legend")).to_be_visible()
+    page.evaluate("() => window.scrollTo(0, 0)")
+    screenshots.save(f"experiment-{scheme}", page)
+    for colour in (
+        page.evaluate(BACKGROUND_JS, "body"),
+        page.evaluate(PLOT_BG_JS, "chart-train_loss"),
+    ):
+        assert (brightness(colour) < 60) if dark else (brightness(colour) > 200), (scheme, colour)
+    tick = page.locator("#chart-train_loss .ytick text").first
+    assert (brightness(tick.evaluate("t => getComputedStyle(t).fill")) > 150) == dark
+
+
+def test_run_again_opens_the_form_filled_with_the_experiment_s_spec(
+    owner_page: tuple[Page, PageWatch], server: Server
+) -> None:
+    spec = ExperimentSpec.model_validate(
+        {
+            "name": "again",
+            "base": {"dataset": "synthetic", "model": {"name": "mlp", "hidden": [8]}, "steps": 7},
+            "optimizers": [{"name": "kfac"}, {"name": "adam", "lr": 0.01}],
+            "seeds": [3, 4],
+        }
+    )
+    runs = [
+        {
+            "label": r.display_label(),
+            "optimizer": {"name": r.optimizer.name},
+            "seed": r.seed,
+            "spec": r.model_dump(mode="json"),
+        }
+        for r in spec.runs
+    ]
+    with session_scope(server.database_url) as session:
+        experiment = create_experiment(
+            session, name="again", spec=spec.model_dump(mode="json"), runs=runs
+        )
+        experiment_id = experiment.id
+        for run in experiment.runs:
+            set_status(session, run.id, "cancelled", step=0)
+    page, _ = owner_page
+    page.goto(f"/experiments/{experiment_id}")
+    page.click("#clone")
+    page.wait_for_url(f"**/new?from={experiment_id}")
+    expect(page.locator('[name="name"]')).to_have_value("again")
+    expect(page.locator('[name="base.steps"]')).to_have_value("7")
+    expect(page.locator('[name="seeds"]')).to_have_value("3, 4")
+    expect(page.locator(".optimizer-card header strong")).to_have_text(["kfac", "adam"])
+    expect(page.locator('[name="optimizers.1.lr"]')).to_have_value("0.01")
+    expect(page.locator("#run-count")).to_contain_text("4 runs in all")
+    expect(page.locator("#preview .network")).to_contain_text("→ 8 →")
