@@ -329,8 +329,9 @@ export class CurvaturePanel {
       const layout = {
         title: { text: escapeHtml(title), font: { size: 13 }, x: 0.02 },
         margin: { l: 36, r: 8, t: 32, b: 28 },
-        xaxis: { constrain: "domain", showgrid: false, zeroline: false, ...ticks },
-        yaxis: { autorange: "reversed", scaleanchor: "x", constrain: "domain", showgrid: false, zeroline: false, ...ticks },
+        // automargin: room for the layer labels ("fc2 250→125") beside the matrix
+        xaxis: { constrain: "domain", showgrid: false, zeroline: false, automargin: true, ...ticks },
+        yaxis: { autorange: "reversed", scaleanchor: "x", constrain: "domain", showgrid: false, zeroline: false, automargin: true, ...ticks },
         shapes: boundaryShapes(edges, size),
         annotations: panel.key === "difference" ? errorAnnotations(errors, centres) : [],
         uirevision: `${this.runId}-${this.view}`,

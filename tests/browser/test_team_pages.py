@@ -376,7 +376,14 @@ def test_keyboard_search_new_comparison_and_the_snapshot_slider(
 
 
 BACKGROUND_JS = "selector => getComputedStyle(document.querySelector(selector)).backgroundColor"
-PLOT_BG_JS = "id => getComputedStyle(document.querySelector(`#${id} .bg`)).fill"
+# The colour a chart is drawn on: its own background, else (transparent) the first behind it.
+PLOT_BG_JS = """id => {
+  for (let node = document.querySelector(`#${id} .main-svg`); node; node = node.parentElement) {
+    const colour = getComputedStyle(node).backgroundColor;
+    if (colour !== "rgba(0, 0, 0, 0)" && colour !== "transparent") return colour;
+  }
+  return getComputedStyle(document.documentElement).backgroundColor;
+}"""
 
 
 def brightness(colour: str) -> float:
@@ -409,7 +416,7 @@ def test_the_theme_follows_the_system_setting_plots_included(
     page.evaluate("() => window.scrollTo(0, 0)")
     screenshots.save(f"experiment-{scheme}", page)
     for colour in (
-        page.evaluate(BACKGROUND_JS, "body"),
+        page.evaluate(BACKGROUND_JS, "html"),
         page.evaluate(PLOT_BG_JS, "chart-train_loss"),
     ):
         assert (brightness(colour) < 60) if dark else (brightness(colour) > 200), (scheme, colour)
