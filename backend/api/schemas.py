@@ -128,6 +128,11 @@ class RunOut(BaseModel):
     status_detail: str | None = Field(
         None, description="What a queued run waits for, e.g. `waiting for a worker on queue gpu`"
     )
+    queue_position: int | None = Field(
+        None,
+        description="A queued run's place in its queue (1: the next a worker takes), counting "
+        "every experiment's runs; given with an experiment's detail",
+    )
 
     @classmethod
     def from_run(cls, run: Run, live_queues: set[str] | None = None, **extra: Any) -> Self:
@@ -194,6 +199,7 @@ class ExperimentOut(BaseModel):
         experiment: Experiment,
         base_url: str,
         live_queues: set[str] | None = None,
+        queue_positions: dict[str, int] | None = None,
         **extra: Any,
     ) -> Self:
         return cls(
@@ -205,7 +211,12 @@ class ExperimentOut(BaseModel):
             url=experiment_url(base_url, experiment.id),
             created_at=experiment.created_at,
             updated_at=experiment.updated_at,
-            runs=[RunOut.from_run(run, live_queues) for run in experiment.runs],
+            runs=[
+                RunOut.from_run(
+                    run, live_queues, queue_position=(queue_positions or {}).get(run.id)
+                )
+                for run in experiment.runs
+            ],
             **extra,
         )
 

@@ -251,3 +251,23 @@ def test_validate_previews_the_networks_and_estimates_without_launching(
     assert "body.spec.base.model" in field_errors(post(bad))
     assert client.post("/api/experiments/validate", json=SMALL_SPEC).status_code == 401
     assert broker.sent == []
+
+
+def test_queued_runs_know_their_place_in_the_queue(
+    client: TestClient, broker: FakeBroker, db_url: str
+) -> None:
+    def positions(experiment: dict) -> list[int | None]:
+        detail = client.get(f"/api/experiments/{experiment['id']}", headers=ADMIN).json()
+        return [run["queue_position"] for run in detail["runs"]]
+
+    first = client.post("/api/experiments", json=SMALL_SPEC, headers=ADMIN).json()
+    second = client.post("/api/experiments", json=SMALL_SPEC, headers=ADMIN).json()
+    ahead = positions(first)[0] - 1  # runs queued by earlier tests on the same queue
+    assert positions(first) == [ahead + 1, ahead + 2, ahead + 3, ahead + 4]
+    assert positions(second) == [ahead + 5, ahead + 6, ahead + 7, ahead + 8]
+    with session_scope(db_url) as session:  # the first experiment's runs start
+        for run in first["runs"]:
+            claim_run(session, run["id"], "worker-1")
+    assert positions(second) == [ahead + 1, ahead + 2, ahead + 3, ahead + 4]
+    started = client.get(f"/api/experiments/{first['id']}", headers=ADMIN).json()
+    assert all(run["queue_position"] is None for run in started["runs"])

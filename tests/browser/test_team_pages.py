@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +23,7 @@ from playwright.sync_api import Browser, Page, Request, Route, expect
 from backend.spec import ExperimentSpec
 from backend.store.db import session_scope
 from backend.store.results import write_metrics, write_snapshot
-from backend.store.writes import claim_run, create_experiment, set_status
+from backend.store.writes import claim_run, create_experiment, heartbeat, set_status
 from tests.browser.support import PageWatch, Screenshots, Server
 
 pytestmark = pytest.mark.browser
@@ -462,3 +463,30 @@ def test_run_again_opens_the_form_filled_with_the_experiment_s_spec(
     expect(page.locator('[name="optimizers.1.lr"]')).to_have_value("0.01")
     expect(page.locator("#run-count")).to_contain_text("4 runs in all")
     expect(page.locator("#preview .network")).to_contain_text("→ 8 →")
+
+
+def test_a_queued_run_shows_its_place_and_a_running_run_its_time_left(
+    owner_page: tuple[Page, PageWatch], server: Server
+) -> None:
+    runs = [
+        {"label": label, "optimizer": {"name": "sgd"}, "seed": 0, "spec": {}, "total_steps": 200}
+        for label in ("running run", "queued run")
+    ]
+    with session_scope(server.database_url) as session:
+        experiment = create_experiment(session, name="waiting", spec={}, runs=runs)
+        experiment_id, (running, queued) = experiment.id, [run.id for run in experiment.runs]
+        claim_run(session, running, "queue-test")
+        heartbeat(session, running, 50, "queue-test")
+    page, _ = owner_page
+    try:
+        page.goto(f"/experiments/{experiment_id}")
+        queued_row = page.locator(f'#runs tr[data-run-id="{queued}"]')
+        expect(queued_row.locator(".queue-place")).to_have_text(
+            re.compile(r"next in its queue|\d+ runs? ahead in its queue")
+        )
+        running_row = page.locator(f'#runs tr[data-run-id="{running}"]')
+        expect(running_row).to_contain_text("left")
+    finally:
+        with session_scope(server.database_url) as session:
+            set_status(session, running, "cancelled", step=50)
+            set_status(session, queued, "cancelled", step=0)

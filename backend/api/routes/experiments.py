@@ -42,6 +42,7 @@ from backend.api.service import (
 )
 from backend.store.models import Experiment
 from backend.store.queries import get_experiment, last_event_id, list_experiments
+from backend.store.queueing import queue_positions
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=READ_ERRORS)
 
@@ -49,10 +50,12 @@ ExperimentId = Annotated[str, Path(max_length=64)]
 
 
 def detail(session: Session, request: Request, experiment: Experiment) -> ExperimentDetail:
+    waiting = any(run.status == "queued" for run in experiment.runs)
     return ExperimentDetail.from_experiment(
         experiment,
         base_url(request),
         consumed_queues(session, get_settings(request)),
+        queue_positions(session) if waiting else None,
         spec=experiment.spec,
         last_event_id=last_event_id(session, experiment.id),
     )
