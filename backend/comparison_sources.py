@@ -4,16 +4,16 @@ comparison is computed by one flow whatever its source."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 from sqlalchemy.orm import Session
 
 from backend.comparison import Points
 from backend.store.comparison_reads import (
     crossing_points,
+    median_values,
     metric_extremes,
-    value_samples,
     values_at,
 )
 
@@ -28,8 +28,7 @@ class StoreSource:
         return metric_extremes(self.session, run_ids, metric)
 
     def step_times(self, run_ids: list[str]) -> dict[str, float]:
-        samples = value_samples(self.session, run_ids, "step_time")
-        return {run_id: float(np.median(v)) for run_id, v in samples.items() if len(v)}
+        return median_values(self.session, run_ids, "step_time")
 
     def around_crossing(
         self, run_ids: list[str], metric: str, target: float, higher: bool
@@ -58,7 +57,7 @@ class SeriesSource:
 
     def step_times(self, run_ids: list[str]) -> dict[str, float]:
         return {
-            run_id: float(np.median(values))
+            run_id: statistics.median(values)
             for run_id, (_, _, values) in self._of(run_ids, "step_time").items()
         }
 

@@ -7,7 +7,9 @@ size, step counts — is computed here from the layer shapes with plain arithmet
 specs live in `backend.architectures`, the optimizer specs in `backend.optimizer_specs`, the
 datasets in `backend.datasets`; all of them, and plugins' ones, reach the spec through the
 registry (`backend.registry`, entry points), which builds `ModelSpec`, `OptimizerSpec` and the
-dataset names here, so `backend.spec` stays the one place to import the spec from.
+dataset names here, so `backend.spec` stays the one place to import the spec from. An
+experiment's optimizer entries may sweep their hyper-parameters (`backend.sweeps`). Presets
+live in `backend.presets`, which imports this module (never the other way round).
 
 Cross-field checks are field validators that read the fields declared before them
 (`info.data`), so that every error names the field at fault (e.g. `runs.1.model`). The order of
@@ -411,13 +413,3 @@ class ExperimentSpec(_Spec):
             for field, empty in (("base", None), ("optimizers", []), ("seeds", [])):
                 object.__setattr__(self, field, empty)
         return self
-
-
-def __getattr__(name: str) -> Any:
-    """`PRESETS`, `Preset` and `expand_preset` live in backend.presets (which imports this
-    module); they are re-exported here lazily, so either module can be imported first."""
-    if name in {"PRESETS", "Preset", "expand_preset"}:
-        from backend import presets
-
-        return getattr(presets, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,6 +30,7 @@ BENCHMARKS = {
     "bench_load": "50 viewers on an experiment while 4 runs train (issue 6)",
     "bench_page": "The experiment page in a browser: load, live updates, snapshots (issue 4)",
     "bench_tracking": "What `kfac_lab` run.log costs a training loop (issue 9)",
+    "bench_comparison": "The comparison of 100 runs: 5 optimizers × 5 lrs × 4 seeds (issue 8)",
 }
 """Key: a benchmark's command line (its module in bench/, then its arguments); value: the
 heading of its section."""

@@ -16,13 +16,12 @@ from datetime import datetime
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.comparison import Group, comparison, group_runs
 from backend.comparison_sources import StoreSource
-from backend.store.models import Experiment, Snapshot
-from backend.store.queries import list_runs, read_metrics
+from backend.store.models import Experiment
+from backend.store.queries import latest_snapshot, list_runs, read_metrics
 from backend.store.snapshots import block_pool, decode_matrices
 
 HEATMAPS = [
@@ -92,9 +91,7 @@ def _curves(session: Session, groups: list[Group]) -> go.Figure:
 
 
 def _latest_heatmaps(session: Session, run) -> go.Figure | None:
-    snapshot = session.scalars(
-        select(Snapshot).where(Snapshot.run_id == run.id).order_by(Snapshot.step.desc()).limit(1)
-    ).first()
+    snapshot = latest_snapshot(session, run.id)
     if snapshot is None:
         return None
     matrices = decode_matrices(snapshot.payload)

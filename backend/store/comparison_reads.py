@@ -8,8 +8,9 @@ All of them avoid reading whole series (an experiment may hold 100 runs × 10,00
   highest, point meets the target, then the first 16-step bucket inside it), then read as the
   raw points of that bucket and the last point before it, which is all that interpolating the
   first crossing needs;
-- a median reads at most `max_samples` evenly spread values: the raw points of a short series,
-  else the first point of each bucket of the finest level with at most that many buckets.
+- a median is taken over at most `max_samples` evenly spread values: the raw points of a short
+  series, else the first point of each bucket of the finest level with at most that many
+  buckets (in the database, on PostgreSQL).
 
 Lists of series, ranges or steps go in as a VALUES table joined to the data: one short
 statement whatever their number.
@@ -18,10 +19,12 @@ statement whatever their number.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Sequence
 
 import numpy as np
-from sqlalchemy import CTE, Integer, and_, column, func, select, values
+from sqlalchemy import FromClause, Integer, and_, bindparam, column, func, select, values
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from backend.store.models import ROLLUP_LEVELS, MetricPoint, MetricRollup, MetricSeries
@@ -82,9 +85,8 @@ def crossing_points(
     if not coarse:
         return {}
     ratio = bucket_width(_COARSE) // bucket_width(0)
-    windows = _plan(
-        ("series", "lo", "hi"), [(i, b * ratio, b * ratio + ratio - 1) for i, b in coarse]
-    )
+    first = [(i, b * ratio, b * ratio + ratio - 1) for i, b in coarse]
+    windows = _plan(session, ("series", "lo", "hi"), first)
     fine = session.execute(
         select(r.series_id, func.min(r.bucket))
         .join_from(MetricRollup.__table__, windows, r.series_id == windows.c.series)
@@ -95,10 +97,17 @@ def crossing_points(
     return {series[series_id]: found for series_id, found in points.items()}
 
 
-def _plan(names: tuple[str, ...], rows: list[tuple]) -> CTE:
-    """Rows of integers as a table to join, `WITH plan(...) AS (VALUES ...)` (one statement
-    whatever their number: a UNION of 100 reads takes PostgreSQL longer to plan than to run;
-    SQLite knows VALUES with column names only in a CTE)."""
+def _plan(session: Session, names: tuple[str, ...], rows: list[tuple]) -> FromClause:
+    """Rows of integers as a table named `plan` to join: one statement whatever their number
+    (a UNION of 100 reads takes PostgreSQL longer to plan than to run). On PostgreSQL one
+    array per column, unnested, so the statement's text is the same for any rows and compiled
+    once; elsewhere a VALUES list in a CTE (SQLite names VALUES columns only there)."""
+    if session.get_bind().dialect.name == "postgresql":
+        arrays = [
+            bindparam(f"plan_{name}", list(column_), type_=ARRAY(Integer))
+            for name, column_ in zip(names, zip(*rows, strict=True), strict=True)
+        ]
+        return func.unnest(*arrays).table_valued(*names).render_derived("plan")
     return values(*(column(name, Integer) for name in names), name="plan").data(rows).cte("plan")
 
 
@@ -107,9 +116,8 @@ def _bucket_and_before(session: Session, buckets: list[tuple[int, int]]) -> dict
     the bucket before it, or, where that one is empty, from the last non-empty one."""
     p, r = MetricPoint.__table__.c, MetricRollup.__table__.c
     width = bucket_width(0)
-    ranges = _plan(
-        ("series", "lo", "hi"), [(i, (b - 1) * width, (b + 1) * width - 1) for i, b in buckets]
-    )
+    around = [(i, (b - 1) * width, (b + 1) * width - 1) for i, b in buckets]
+    ranges = _plan(session, ("series", "lo", "hi"), around)
     rows = session.execute(
         select(p.series_id, p.step, p.wall_time, p.value)
         .join_from(MetricPoint.__table__, ranges, p.series_id == ranges.c.series)
@@ -127,7 +135,7 @@ def _bucket_and_before(session: Session, buckets: list[tuple[int, int]]) -> dict
         if bucket > 0 and (not out[series_id][0] or out[series_id][0][0] >= bucket * width)
     ]
     if gaps:  # the bucket before is empty: the last point of the last non-empty one
-        plan = _plan(("series", "bucket"), gaps)
+        plan = _plan(session, ("series", "bucket"), gaps)
         last = (
             select(r.series_id, func.max(r.bucket).label("bucket"))
             .join_from(MetricRollup.__table__, plan, r.series_id == plan.c.series)
@@ -162,7 +170,7 @@ def values_at(
     if not ranges:
         return {}
     p = MetricPoint.__table__.c
-    plan = _plan(("series", "lo", "hi"), ranges)
+    plan = _plan(session, ("series", "lo", "hi"), ranges)
     rows = session.execute(
         select(p.series_id, p.step, p.value)
         .join_from(MetricPoint.__table__, plan, p.series_id == plan.c.series)
@@ -176,11 +184,14 @@ def values_at(
     return out
 
 
-def value_samples(
+def median_values(
     session: Session, run_ids: Sequence[str], name: str, max_samples: int = 128
-) -> dict[str, np.ndarray]:
-    """Up to `max_samples` values of each run's metric `name`, spread evenly over its steps:
-    one read of the short series' points and one per rollup level of the long ones'."""
+) -> dict[str, float]:
+    """The median of each run's metric `name` over up to `max_samples` values spread evenly
+    over its steps: all the points of a short series, else the first point of each bucket of
+    the finest rollup level with at most that many buckets. PostgreSQL takes the medians
+    (`percentile_cont(0.5)`: the mean of the middle two for an even count, like numpy's);
+    elsewhere numpy does, on the samples."""
     p, r = MetricPoint.__table__.c, MetricRollup.__table__.c
     found = _series(session, run_ids, name)
     short = [s.id for s in found if s.n_points <= max_samples]
@@ -188,14 +199,27 @@ def value_samples(
     for s in found:
         if s.n_points > max_samples:
             levels.setdefault(choose_level(s.step_min, s.step_max, max_samples), []).append(s.id)
-    queries = [select(p.series_id, p.value).where(p.series_id.in_(short))] if short else []
-    queries += [
-        select(r.series_id, r.first_value).where(r.series_id.in_(ids), r.level == level)
+    sources = [(p.series_id, p.value, p.series_id.in_(short))] if short else []
+    sources += [
+        (r.series_id, r.first_value, and_(r.series_id.in_(ids), r.level == level))
         for level, ids in levels.items()
     ]
-    out: dict[str, list[float]] = {}
-    run_of = {s.id: s.run_id for s in found}
-    for query in queries:
-        for series_id, value in session.execute(query):
-            out.setdefault(run_of[series_id], []).append(value)
-    return {run_id: np.asarray(values_) for run_id, values_ in out.items()}
+    medians: dict[int, float] = {}
+    for series_id, value, condition in sources:
+        if session.get_bind().dialect.name == "postgresql":
+            median = func.percentile_cont(0.5).within_group(value)
+            query = select(series_id, median).where(condition).group_by(series_id)
+            medians.update(session.execute(query).all())
+        else:
+            medians.update(_medians(session.execute(select(series_id, value).where(condition))))
+    return {s.run_id: medians[s.id] for s in found if s.id in medians}
+
+
+def _medians(rows: Iterable[tuple[int, float]]) -> dict[int, float]:
+    """{series: median} of (series, value) rows (read into numpy without Row objects: a list
+    of Rows takes numpy 50 times longer than the query)."""
+    table = np.fromiter(itertools.chain.from_iterable(rows), np.float64).reshape(-1, 2)
+    table = table[np.argsort(table[:, 0], kind="stable")]
+    series_ids, starts = np.unique(table[:, 0], return_index=True)
+    parts = np.split(table[:, 1], starts[1:])
+    return {int(i): float(np.median(part)) for i, part in zip(series_ids, parts, strict=True)}

@@ -274,6 +274,12 @@ def list_snapshots(session: Session, run_id: str) -> list[dict[str, Any]]:
     ]
 
 
+def latest_snapshot(session: Session, run_id: str) -> Snapshot | None:
+    """A run's snapshot of the highest step, or None."""
+    query = select(Snapshot).where(Snapshot.run_id == run_id).order_by(Snapshot.step.desc())
+    return session.scalars(query.limit(1)).first()
+
+
 def read_snapshot(
     session: Session, snapshot_id: int, names: Sequence[str] | None = None
 ) -> dict[str, Any] | None:

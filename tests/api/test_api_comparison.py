@@ -200,3 +200,20 @@ def test_the_table_exports_as_csv(client: TestClient, swept: dict) -> None:
     assert rows[0]["final_mean"] == "3.5" and rows[0]["steps_to_target_mean"] == "20.0"
     assert rows[1]["final_sd"] == "" and rows[1]["never_reached"] == "2"
     assert [row["best_of_optimizer"] for row in rows] == ["True", "False", "True"]
+
+
+def test_the_aggregate_takes_groups_from_the_comparison(client: TestClient, swept: dict) -> None:
+    groups = comparison(client, swept)["groups"]
+    body = client.get(
+        f"/api/experiments/{swept['id']}/aggregate", params={"name": "train_loss"}, headers=ADMIN
+    ).json()
+    for summary, group in zip(body["groups"], groups, strict=True):
+        assert (summary["key"], summary["label"], summary["colour"]) == (
+            group["key"],
+            group["label"],
+            group["colour"],
+        )
+        assert summary["config"] == group["config"] and summary["seeds"] == 2
+    # K-FAC's seed 0 stops at step 30, seed 1 at 40: the mean at step 40 is one seed's.
+    kfac = body["groups"][0]
+    assert kfac["step"][-1] == 40 and kfac["n"][-1] == 1 and kfac["n"][0] == 2

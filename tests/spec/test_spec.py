@@ -6,15 +6,14 @@ import sys
 import pytest
 from pydantic import ValidationError
 
+from backend.presets import PRESETS, expand_preset
 from backend.spec import (
     MAX_PROBE_PARAMETERS,
     MAX_RUNS,
     MAX_STEPS,
-    PRESETS,
     ExperimentSpec,
     ExponentialBatchSchedule,
     RunSpec,
-    expand_preset,
     parameter_count,
     queue_for,
     steps_for_epochs,

@@ -3,13 +3,13 @@
 import pytest
 from pydantic import ValidationError
 
+from backend.presets import expand_preset
 from backend.spec import (
     KFAC_OPTIMIZERS,
     MAX_PROBE_PARAMETERS,
     ExperimentSpec,
     KFCPreSpec,
     RunSpec,
-    expand_preset,
 )
 
 

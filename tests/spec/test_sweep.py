@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from backend.spec import MAX_RUNS, ExperimentSpec, KFACSpec, SGDMomentumSpec, expand_preset
+from backend.presets import expand_preset
+from backend.spec import MAX_RUNS, ExperimentSpec, KFACSpec, SGDMomentumSpec
 
 BASE = {"dataset": "synthetic", "model": {"name": "mlp", "hidden": [8]}, "steps": 10}
 
