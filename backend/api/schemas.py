@@ -82,6 +82,12 @@ def _reject_nul(value: Any, loc: tuple) -> None:
 CreateExperiment = Annotated[PresetRequest | ExperimentSpec, WrapValidator(_dispatch_create)]
 
 
+class RenameRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=120, pattern=r"^[^\x00]*$")
+
+
 class CloneRequest(BaseModel):
     """Run an experiment again: the same spec with new seeds, under this name if given."""
 

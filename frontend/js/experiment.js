@@ -19,6 +19,7 @@ import { offerReport, setupExports } from "./exports.js";
 import { openStream } from "./live.js";
 import { applyBatch, showStreamState } from "./liveupdates.js";
 import { isActive, renderRuns } from "./runs.js";
+import { setupManage } from "./manage.js";
 import { setupReadOnly, setupSharing } from "./sharing.js";
 
 const INTERNALS = [
@@ -125,6 +126,7 @@ function cancelRun(run) {
 
 function setupOwnerControls() {
   setupSharing(apiPath, act);
+  setupManage(apiPath, act, page, renderHeader);
   // Run again: the form, filled with this experiment's spec, to edit before launching.
   byId("clone").addEventListener("click", () => window.location.assign(`/new?from=${encodeURIComponent(experimentId)}`));
   byId("cancel-all").addEventListener("click", () => {

@@ -271,3 +271,20 @@ def test_queued_runs_know_their_place_in_the_queue(
     assert positions(second) == [ahead + 1, ahead + 2, ahead + 3, ahead + 4]
     started = client.get(f"/api/experiments/{first['id']}", headers=ADMIN).json()
     assert all(run["queue_position"] is None for run in started["runs"])
+
+
+def test_rename_changes_the_name_and_the_spec_s(
+    client: TestClient, create: Callable[..., dict]
+) -> None:
+    experiment = create()
+    path = f"/api/experiments/{experiment['id']}"
+    renamed = client.patch(path, json={"name": "lr study, take 2"}, headers=ADMIN)
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["name"] == renamed.json()["spec"]["name"] == "lr study, take 2"
+    assert client.get(path, headers=ADMIN).json()["name"] == "lr study, take 2"
+    assert "body.name" in field_errors(client.patch(path, json={"name": ""}, headers=ADMIN))
+    assert (
+        client.patch(f"/api/experiments/{UNKNOWN}", json={"name": "x"}, headers=ADMIN).status_code
+        == 404
+    )
+    assert client.patch(path, json={"name": "x"}).status_code == 401

@@ -490,3 +490,42 @@ def test_a_queued_run_shows_its_place_and_a_running_run_its_time_left(
         with session_scope(server.database_url) as session:
             set_status(session, running, "cancelled", step=50)
             set_status(session, queued, "cancelled", step=0)
+
+
+def test_rename_and_delete_from_the_page_delete_asking_first(
+    owner_page: tuple[Page, PageWatch], server: Server
+) -> None:
+    runs = [{"label": "sgd", "optimizer": {"name": "sgd"}, "seed": 0, "spec": {}}]
+    with session_scope(server.database_url) as session:
+        experiment = create_experiment(session, name="old name", spec={}, runs=runs)
+        experiment_id = experiment.id
+        set_status(session, experiment.runs[0].id, "cancelled", step=0)
+    page, watch = owner_page
+    page.goto(f"/experiments/{experiment_id}")
+    expect(page.locator("#experiment-name")).to_have_text("old name")
+    page.click("#rename")
+    page.fill("#rename-input", "new <b>name</b>")
+    page.keyboard.press("Enter")
+    expect(page.locator("#experiment-name")).to_have_text("new <b>name</b>")
+    page.reload()
+    expect(page.locator("#experiment-name")).to_have_text("new <b>name</b>")
+
+    page.click("#delete")
+    expect(page.locator("#delete-box")).to_be_visible()
+    page.click("#delete-keep")  # asked first: keeping it keeps it
+    expect(page.locator("#delete-box")).to_be_hidden()
+    page.reload()
+    expect(page.locator("#experiment-name")).to_have_text("new <b>name</b>")
+    page.click("#delete")
+    page.click("#delete-confirm")
+    page.wait_for_url(
+        lambda url: url.rstrip("/").endswith(server.url.rstrip("/")) or url.endswith("/")
+    )
+    expect(page.locator(f'#experiments tr[data-id="{experiment_id}"]')).to_have_count(0)
+    status = page.evaluate(
+        """id => fetch(`/api/experiments/${id}`, { headers: { Authorization:
+             `Bearer ${localStorage.getItem("kfac-lab.token")}` } }).then((r) => r.status)""",
+        experiment_id,
+    )
+    assert status == 404
+    expected_refusals(watch, 404)

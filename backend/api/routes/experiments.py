@@ -1,5 +1,5 @@
-"""Experiments: create (from a spec or a preset) or only validate, list, get, delete, clone,
-cancel."""
+"""Experiments: create (from a spec or a preset) or only validate, list, get, rename, delete,
+clone, cancel."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from backend.api.schemas import (
     ExperimentDetail,
     ExperimentOut,
     ExperimentPage,
+    RenameRequest,
     RunStatusName,
 )
 from backend.api.service import (
@@ -43,6 +44,7 @@ from backend.api.service import (
 from backend.store.models import Experiment
 from backend.store.queries import get_experiment, last_event_id, list_experiments
 from backend.store.queueing import queue_positions
+from backend.store.writes import rename_experiment
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=READ_ERRORS)
 
@@ -134,6 +136,22 @@ def delete(
     experiment = load_experiment(session, principal, experiment_id)
     background.add_task(revoke_tasks, remove(session, experiment))
     return Response(status_code=204)
+
+
+@router.patch("/{experiment_id}", responses=WRITE_ERRORS)
+def rename(
+    experiment_id: ExperimentId,
+    body: RenameRequest,
+    request: Request,
+    session: SessionDep,
+    principal: AdminDep,
+) -> ExperimentDetail:
+    """Rename the experiment."""
+    experiment = load_experiment(session, principal, experiment_id)
+    rename_experiment(session, experiment.id, body.name)
+    session.commit()
+    session.expire_all()
+    return detail(session, request, get_experiment(session, experiment.id))
 
 
 @router.post("/{experiment_id}/cancel", responses=WRITE_ERRORS)
