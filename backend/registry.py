@@ -103,9 +103,13 @@ def unknown(kind: str, name: Any) -> str:
 
 
 def _known_name(kind: str, value: Any) -> Any:
-    # Only a string can name an entry; any other `name` (a number, {}, []) is left to the
-    # discriminator, whose own 422 says it is not one of the tags (a dict or list would not
-    # even hash for the lookup here).
+    """An object without a `name`, or with one nothing provides, is refused in words (pydantic
+    would say "Unable to extract tag using discriminator 'name'"). Only a string can name an
+    entry; any other `name` (a number, {}, []) is left to the discriminator, whose own 422 says
+    it is not one of the tags (a dict or list would not even hash for the lookup here)."""
+    if isinstance(value, dict) and "name" not in value:
+        known = ", ".join(entries(kind))  # type: ignore[arg-type]
+        raise ValueError(f"a {kind} needs its name: one of {known}")
     name = value.get("name") if isinstance(value, dict) else None
     if isinstance(name, str) and name not in entries(kind):
         raise ValueError(unknown(kind, name))

@@ -421,6 +421,8 @@ class ExperimentSpec(SpecModel):
         if not self.runs and self.base is None:
             raise ValueError("an experiment needs `runs` or a `base` to compare optimizers on")
         if self.base is not None:
+            # The base run's own optimizer, read as an entry is (the keyword form would hand
+            # the optimizer union a dict without its name).
             entries = self.optimizers or [SweptOptimizer.model_validate(self.base.optimizer)]
             seeds = self.seeds or [self.base.seed]
             sizes = [len(entry.grid()) for entry in entries]

@@ -38,8 +38,9 @@ def snapshot_payload(
 
     `targets` is a tensor (the empirical Fisher at those targets) or "sampled" (the true
     Fisher, §5); `layers`, `probe`, `damping` and `generator` are those of `fisher_matrices`.
-    `extras` describes the snapshot: layer names, damping, number of examples, which Fisher,
-    and any numerical fall-back taken by an inversion.
+    `extras` describes the snapshot: layer names (and `layer_labels`, as a person names them),
+    damping, number of examples, which Fisher, and any numerical fall-back taken by an
+    inversion.
     """
     training = model.training
     model.eval()
@@ -69,12 +70,48 @@ def snapshot_payload(
         },
         "extras": {
             "layer_names": result.layer_names,
+            "layer_labels": layer_labels(model, result.layer_names),
             "damping": result.damping,
             "examples": int(inputs.shape[0]),
             "fisher": "empirical" if isinstance(targets, torch.Tensor) else "true",
             "notes": list(result.notes),
         },
     }
+
+
+def layer_labels(model: nn.Module, names: list[str]) -> list[str]:
+    """How a person names each of the layers `names` of `model`, with its shape.
+
+    A layer the model named (`encoder.proj`) keeps its name; a layer of an `nn.Sequential`,
+    named by its position ("4", "1.2"), is called by its kind and rank among the model's layers
+    of that kind: `fc2` is the second `nn.Linear`, `conv1` the first `nn.Conv2d`. The shape is
+    `in→out` features of a Linear (`fc2 250→125`), `in→out k×k` channels of a Conv2d.
+    """
+    ranks: dict[str, str] = {}
+    counts = {"fc": 0, "conv": 0}
+    for name, module in model.named_modules():
+        kind = (
+            "conv"
+            if isinstance(module, nn.Conv2d)
+            else "fc"
+            if isinstance(module, nn.Linear)
+            else None
+        )
+        if kind is not None:
+            counts[kind] += 1
+            ranks[name] = f"{kind}{counts[kind]}"
+    modules = dict(model.named_modules())
+    labels = []
+    for name in names:
+        module = modules[name]
+        positional = all(part.isdigit() for part in name.split("."))
+        if isinstance(module, nn.Conv2d):
+            height, width = module.kernel_size
+            shape = f"{module.in_channels}→{module.out_channels} {height}×{width}"
+        else:
+            shape = f"{module.in_features}→{module.out_features}"
+        labels.append(f"{ranks[name] if positional else name} {shape}")
+    return labels
 
 
 def optimizer_damping(optimizer: Any, default: float) -> float:

@@ -40,7 +40,7 @@ from pydantic import Field
 from sqlalchemy.orm import Session
 
 from backend.settings import Settings
-from backend.store.access import get_or_create_admin_token, shared_experiment
+from backend.store.access import get_or_create_admin_token, use_share_token
 from backend.store.db import get_session_factory, session_scope
 from backend.store.models import Experiment, Run, Snapshot
 from backend.store.queries import get_experiment, get_run
@@ -125,10 +125,15 @@ def get_principal(
     if hmac.compare_digest(token.encode(), admin_token(request).encode()):
         return Principal(admin=True)
     with session_scope(get_settings(request).database_url) as session:
-        experiment_id = shared_experiment(session, token)
-    if experiment_id is None:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "Unknown or revoked token.")
-    return Principal(admin=False, experiment_id=experiment_id, token=token)
+        use = use_share_token(session, token)
+    if use.revoked:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "This share link was revoked by the experiment's owner; ask them for a new one.",
+        )
+    if use.experiment_id is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "Unknown token: it opens nothing here.")
+    return Principal(admin=False, experiment_id=use.experiment_id, token=token)
 
 
 def require_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:

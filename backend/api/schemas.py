@@ -47,6 +47,12 @@ class PresetRequest(BaseModel):
         examples=[{"steps": 50}],
         json_schema_extra={"propertyNames": {"enum": OVERRIDE_KEYS}},
     )
+    spec: ExperimentSpec | None = Field(
+        None,
+        description="The whole experiment as the client edited it from the preset (the page's "
+        "form sends this); the preset is then only recorded as its origin, and `name` and "
+        "`overrides` are not given.",
+    )
 
 
 def _dispatch_create(value: Any, handler: Any) -> PresetRequest | ExperimentSpec:
@@ -80,6 +86,12 @@ def _reject_nul(value: Any, loc: tuple) -> None:
 
 
 CreateExperiment = Annotated[PresetRequest | ExperimentSpec, WrapValidator(_dispatch_create)]
+
+
+class RenameRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=120, pattern=r"^[^\x00]*$")
 
 
 class CloneRequest(BaseModel):
@@ -131,6 +143,11 @@ class RunOut(BaseModel):
     )
     provenance: dict[str, Any] | None = Field(
         None, description="Versions, git commit, host and device where it ran"
+    )
+    queue_position: int | None = Field(
+        None,
+        description="A queued run's place in its queue (1: the next a worker takes), counting "
+        "every experiment's runs; given with an experiment's detail",
     )
 
     @classmethod
@@ -200,6 +217,7 @@ class ExperimentOut(BaseModel):
         experiment: Experiment,
         base_url: str,
         live_queues: set[str] | None = None,
+        queue_positions: dict[str, int] | None = None,
         **extra: Any,
     ) -> Self:
         return cls(
@@ -211,7 +229,12 @@ class ExperimentOut(BaseModel):
             url=experiment_url(base_url, experiment.id),
             created_at=experiment.created_at,
             updated_at=experiment.updated_at,
-            runs=[RunOut.from_run(run, live_queues) for run in experiment.runs],
+            runs=[
+                RunOut.from_run(
+                    run, live_queues, queue_position=(queue_positions or {}).get(run.id)
+                )
+                for run in experiment.runs
+            ],
             **extra,
         )
 
@@ -383,6 +406,15 @@ class SnapshotOut(BaseModel):
 class ShareLinkOut(BaseModel):
     token: str = Field(description="Shown only now; only its hash is stored")
     url: str = Field(description="The experiment's page, opened read-only with this token")
+
+
+class ShareLinkInfo(BaseModel):
+    """A share link as its owner sees it later (the token itself is never shown again)."""
+
+    id: int
+    created_at: datetime
+    last_used_at: datetime | None = Field(description="To the minute; null: never opened")
+    revoked_at: datetime | None
 
 
 class RevokedOut(BaseModel):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import Any
+from typing import Any, NamedTuple
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -55,20 +55,34 @@ def task_queue() -> Any:
 # --- spec ----------------------------------------------------------------------------------
 
 
-def resolve_spec(body: PresetRequest | ExperimentSpec) -> tuple[ExperimentSpec, str | None]:
+class Resolved(NamedTuple):
+    """A create request's experiment spec, the preset it came from, and where in the body the
+    spec's own fields were written (`()`, `("spec",)`; `("overrides",)` for a preset's runs)."""
+
+    spec: ExperimentSpec
+    preset: str | None = None
+    at: tuple[str, ...] = ()
+
+
+def resolve_spec(body: PresetRequest | ExperimentSpec) -> Resolved:
     """The experiment spec a create request asks for, and the preset it came from.
 
     A preset's errors are reported against the request: an unknown name at `preset`, a bad
-    override at `overrides.<key>` (the preset's own field names, e.g. `base.steps`, mean
-    nothing to a client that sent `{"overrides": {"steps": -1}}`).
+    field of a whole `spec` at `spec.<field>`, a bad override at `overrides.<key>` (the
+    preset's own field names, e.g. `base.steps`, mean nothing to a client that sent
+    `{"overrides": {"steps": -1}}`).
     """
     if isinstance(body, ExperimentSpec):
-        return body, None
+        return Resolved(body)
     from backend.presets import PRESETS, expand_preset
 
     if body.preset not in PRESETS:
         known = ", ".join(sorted(PRESETS))
         raise _body_error(("preset",), f"Unknown preset {body.preset!r}; one of: {known}")
+    if body.spec is not None:
+        if body.overrides is not None or body.name is not None:
+            raise _body_error(("spec",), "Give the whole `spec` or `name`/`overrides`, not both")
+        return Resolved(body.spec, body.preset, ("spec",))
     overrides = dict(body.overrides or {})
     if body.name is not None:
         overrides["name"] = body.name
@@ -79,7 +93,7 @@ def resolve_spec(body: PresetRequest | ExperimentSpec) -> tuple[ExperimentSpec, 
         raise RequestValidationError(
             [{**e, "loc": ("body", *_override_loc(e["loc"], body))} for e in errors]
         ) from None
-    return spec, body.preset
+    return Resolved(spec, body.preset, ("overrides",))
 
 
 def _override_loc(loc: tuple, body: PresetRequest) -> tuple:
@@ -115,7 +129,11 @@ def with_new_seeds(spec: ExperimentSpec) -> ExperimentSpec:
 
 
 def launch(
-    session: Session, settings: Settings, spec: ExperimentSpec, preset: str | None = None
+    session: Session,
+    settings: Settings,
+    spec: ExperimentSpec,
+    preset: str | None = None,
+    at: tuple[str, ...] = (),
 ) -> Experiment:
     """Store the experiment with its runs queued, send one task per run; returns it reloaded.
 
@@ -123,7 +141,7 @@ def launch(
     time limit or lacks its dataset's files (`refuse_unlaunchable`), and `BrokerUnavailable`
     (after undoing the experiment) if a task cannot be sent.
     """
-    refuse_unlaunchable(settings, spec, from_preset=preset is not None)
+    refuse_unlaunchable(settings, spec, at)
     runs = [_run_columns(run, settings) for run in spec.runs]
     experiment = create_experiment(
         session, name=spec.name, spec=spec.model_dump(mode="json"), runs=runs, preset=preset
@@ -147,20 +165,21 @@ def launch(
     return get_experiment(session, experiment_id)
 
 
-def refuse_unlaunchable(settings: Settings, spec: ExperimentSpec, from_preset: bool) -> None:
+def refuse_unlaunchable(
+    settings: Settings, spec: ExperimentSpec, at: tuple[str, ...]
+) -> None:
     """One 422 listing every run that would not fit the worker's memory or time limit and
     every dataset whose files are missing in the API's data directory (unless the run asks for
-    a download), each located where the request wrote it (a preset's runs come from
-    `overrides`: `overrides.dataset`)."""
+    a download), each located where the request wrote it (`at`, see `Resolved`)."""
     problems = [
-        (_preset_loc(loc, from_preset), message)
+        (_located(loc, at), message)
         for loc, message in resource_errors(
             spec, settings.worker_memory_bytes, settings.run_time_limit_s, settings.worker_flops
         )
     ]
     if settings.check_data:  # off where the API does not share the workers' disk
         problems += [
-            ((*_preset_loc(loc[:-1], from_preset), "dataset"), message)
+            ((*_located(loc[:-1], at), "dataset"), message)
             for loc, message in spec_errors(spec, settings.data_dir)
         ]
     if problems:
@@ -170,9 +189,11 @@ def refuse_unlaunchable(settings: Settings, spec: ExperimentSpec, from_preset: b
         ])
 
 
-def _preset_loc(loc: tuple, from_preset: bool) -> tuple:
+def _located(loc: tuple, at: tuple[str, ...]) -> tuple:
     """A preset's runs are its comparison made too big by the request's `overrides`."""
-    return ("overrides",) if from_preset and loc[0] in ("base", "optimizers") else loc
+    if at == ("overrides",):
+        return at if loc[0] in ("base", "optimizers") else loc
+    return (*at, *loc)
 
 
 def _run_columns(run: RunSpec, settings: Settings) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -19,6 +21,7 @@ from backend.store.db import dialect_insert
 from backend.store.models import AppSecret, ShareLink, utcnow
 
 ADMIN_TOKEN_KEY = "admin_token"
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def hash_token(token: str) -> str:
@@ -33,6 +36,54 @@ def create_share_link(session: Session, experiment_id: str) -> str:
     return token
 
 
+def share_links(session: Session, experiment_id: str) -> list[ShareLink]:
+    """An experiment's share links, live and revoked, newest first."""
+    return list(
+        session.scalars(
+            select(ShareLink)
+            .where(ShareLink.experiment_id == experiment_id)
+            .order_by(ShareLink.created_at.desc(), ShareLink.id.desc())
+        )
+    )
+
+
+def revoke_share_link(session: Session, experiment_id: str, link_id: int) -> bool:
+    """Revoke one live link of an experiment; False if it has no such live link."""
+    result = session.execute(
+        update(ShareLink.__table__)
+        .where(
+            ShareLink.id == link_id,
+            ShareLink.experiment_id == experiment_id,
+            ShareLink.revoked_at.is_(None),
+        )
+        .values(revoked_at=utcnow())
+    )
+    return result.rowcount == 1
+
+
+@dataclass(frozen=True)
+class ShareUse:
+    """What a presented share token is: the experiment it opens (None if it opens nothing),
+    and whether it once did (a revoked link, as opposed to a token never issued)."""
+
+    experiment_id: str | None
+    revoked: bool = False
+
+
+def use_share_token(session: Session, token: str) -> ShareUse:
+    """Look a share token up for a request and note the use. `last_used_at` is written at most
+    once a minute per link, so a page's requests do not each become a write."""
+    link = session.scalar(select(ShareLink).where(ShareLink.token_hash == hash_token(token)))
+    if link is None:
+        return ShareUse(None)
+    if link.revoked_at is not None:
+        return ShareUse(None, revoked=True)
+    now = utcnow()
+    if link.last_used_at is None or now - link.last_used_at >= LAST_USED_RESOLUTION:
+        link.last_used_at = now
+    return ShareUse(link.experiment_id)
+
+
 def revoke_share_links(session: Session, experiment_id: str) -> int:
     """Revoke every live share link of an experiment at once; returns how many there were."""
     result = session.execute(
@@ -41,11 +92,6 @@ def revoke_share_links(session: Session, experiment_id: str) -> int:
         .values(revoked_at=utcnow())
     )
     return result.rowcount
-
-
-def shared_experiment(session: Session, token: str) -> str | None:
-    """The experiment a live share token opens, or None for an unknown or revoked token."""
-    return shared_experiments(session, [token]).get(token)
 
 
 def shared_experiments(session: Session, tokens: Iterable[str]) -> dict[str, str]:

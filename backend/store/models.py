@@ -297,6 +297,8 @@ class ShareLink(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When a request last came with the token (to the minute: see access.use_share_token).
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Event(Base):

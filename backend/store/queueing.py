@@ -70,6 +70,18 @@ def queued_runs(session: Session) -> list[tuple[str, dict, datetime, datetime]]:
     return [tuple(row) for row in rows]
 
 
+def queue_positions(session: Session) -> dict[str, int]:
+    """Each queued run's place in its queue, 1 being the next a free worker takes: workers take
+    a queue's runs oldest first (prefetch 1), so a run waits for the runs queued before it on
+    the same queue, whatever their experiment."""
+    counts: dict[str, int] = {}
+    positions = {}
+    for run_id, spec, _since, _created in queued_runs(session):
+        queue = queue_for_device(spec.get("device", "auto"))
+        counts[queue] = positions[run_id] = counts.get(queue, 0) + 1
+    return positions
+
+
 def take_for_sending(session: Session, run_id: str, waited_before: datetime | None) -> dict | None:
     """Mark a queued run as sent now and return its spec; None if it is not queued, or (with
     `waited_before`) was sent after that time — by another reaper, most likely."""

@@ -136,6 +136,18 @@ def delete_experiment(session: Session, experiment_id: str) -> bool:
     return result.rowcount > 0
 
 
+def rename_experiment(session: Session, experiment_id: str, name: str) -> bool:
+    """Give an experiment a new name, in its spec too (so that running it again keeps it);
+    False if unknown."""
+    experiment = session.get(Experiment, experiment_id)
+    if experiment is None:
+        return False
+    experiment.name = name
+    experiment.spec = {**(experiment.spec or {}), "name": name}
+    session.flush()
+    return True
+
+
 # --- run life cycle (worker) -------------------------------------------------------------------
 
 

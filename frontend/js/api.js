@@ -35,6 +35,9 @@ function takeCredentials() {
 /** `{token, shared}`: the credential this page uses, and whether it is a read-only share. */
 export const credentials = takeCredentials();
 
+export const NO_TOKEN =
+  "This page needs the lab's access token: open the address that `kfac-lab serve` printed, or ask the lab's owner for it. A read-only share link opens its one experiment only.";
+
 /** An error answer of the API, with the field errors of a 422 as `fields` ("runs.0.lr" → text). */
 export class ApiError extends Error {
   constructor(status, message, fields = {}, retryAfterS = null) {
@@ -62,13 +65,15 @@ function fieldErrors(detail) {
   return fields;
 }
 
+/** The words for an error answer: a 401 always says how to get in (the server's own words
+ * name a header, which means nothing to someone who clicked a link). */
 function describe(status, body) {
   const detail = body?.detail;
+  if (status === 401) return NO_TOKEN;
   if (typeof detail === "string") return detail;
   if (Array.isArray(detail) && detail.length) {
     return detail.map((d) => `${(d.loc ?? []).join(".")}: ${d.msg}`).join("; ");
   }
-  if (status === 401) return "This page needs an access token: open the URL that `kfac-lab serve` printed.";
   if (status === 403) return "Not allowed with this link (it is read-only).";
   return `Request failed (${status})`;
 }
@@ -131,8 +136,11 @@ export const get = (path, params, options = {}) => request("GET", path, { ...opt
 export const post = (path, body) => request("POST", path, { body });
 export const del = (path) => request("DELETE", path);
 
-/** Fetch `path` (CSV, the HTML report, ...) with the page's credential and save it as `filename`. */
+/** Fetch `path` (CSV, the HTML report, ...) with the page's credential and save it as
+ * `filename`; returns the size saved, in bytes. */
 export async function download(path, filename, params = {}) {
   const response = await send("GET", path, { params, headers: { Accept: "*/*" } });
-  downloadBlob(filename, await response.blob());
+  const blob = await response.blob();
+  downloadBlob(filename, blob);
+  return blob.size;
 }

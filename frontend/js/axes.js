@@ -4,6 +4,15 @@
 
 import { interpolate } from "./series.js";
 
+/**
+ * Tick labels of a log axis. Plotly's default writes the powers of ten as "10²" and the ticks
+ * between them as bare small digits ("10², 5, 2, 10, 5, 2, 1"); these say every tick in full.
+ * `LOG_TICKS` for values within a few decades (losses, learning rates, ranks: 1, 2, 5, 10, 20),
+ * `LOG_DECADES` for values across many (eigenvalues: 10⁻⁸ … 10²; only the powers labelled).
+ */
+export const LOG_TICKS = { exponentformat: "none", minorloglabels: "complete" };
+export const LOG_DECADES = { exponentformat: "power", minorloglabels: "none" };
+
 export const AXES = { step: "step", time: "training time (s)", examples: "examples seen" };
 export const EXAMPLES = "examples_seen";
 

@@ -2,7 +2,7 @@
 // |F − F̃|, |F̃⁻¹|, |F̌⁻¹| and |F̂⁻¹| with the layer boundaries drawn and the per-block relative
 // errors ‖F_ij − F̃_ij‖ / ‖F_ij‖ written on |F − F̃| (the K-FAC paper's Figures 2 and 3); a
 // block-average view; linear or log colour; optionally one colour range per row. Below, the
-// eigen-spectra of every layer's factors Ā and G at every snapshot of the run.
+// eigen-spectra of every layer's factors Ā and G at every snapshot of the run (spectra.js).
 //
 // The step slider follows new snapshots live while it sits on the newest one.
 //
@@ -12,6 +12,8 @@
 
 import { get } from "./api.js";
 import { byId, el, escapeHtml, formatNumber, replace, toast } from "./dom.js";
+import { attachHover, cellLines } from "./heathover.js";
+import { drawSpectra, layerLabels } from "./spectra.js";
 
 const PANELS = [
   { key: "exact", title: "|F|  exact Fisher", row: 0 },
@@ -159,9 +161,27 @@ export class CurvaturePanel {
     });
   }
 
+  /**
+   * Say what is loading (null: nothing): the section keeps its size (the heatmaps are square
+   * boxes from the start) and is marked busy, so a few MB in flight never read as a blank.
+   */
+  loading(text) {
+    const panel = byId("curvature-panel");
+    panel.setAttribute("aria-busy", String(Boolean(text)));
+    byId("curvature-loading").textContent = text ?? "";
+    byId("curvature-loading").classList.toggle("hidden", !text);
+  }
+
   /** Load every run's snapshot list and show the most interesting run (K-FAC first). */
   async load() {
-    const lists = await Promise.all(this.runs.map((run) => get(`/api/runs/${encodeURIComponent(run.id)}/snapshots`)));
+    this.loading("Loading the list of curvature snapshots…");
+    let lists;
+    try {
+      lists = await Promise.all(this.runs.map((run) => get(`/api/runs/${encodeURIComponent(run.id)}/snapshots`)));
+    } catch (error) {
+      this.loading(null);
+      throw error;
+    }
     this.runs.forEach((run, i) => this.lists.set(run.id, lists[i].map(({ id, step }) => ({ id, step }))));
     this.fillRunSelect();
     const withSnapshots = this.runs.filter((run) => this.lists.get(run.id).length);
@@ -189,6 +209,14 @@ export class CurvaturePanel {
 
   list() {
     return this.lists.get(this.runId) ?? [];
+  }
+
+  /** Move the step slider by `delta` snapshots (the arrow keys), within the run's list. */
+  move(delta) {
+    const index = Math.min(this.list().length - 1, Math.max(0, this.index + delta));
+    if (index === this.index || index < 0) return;
+    this.index = index;
+    this.show();
   }
 
   updateSlider() {
@@ -239,12 +267,15 @@ export class CurvaturePanel {
     byId("heatmaps").classList.toggle("hidden", !entry);
     if (!entry) {
       this.current = null;
+      this.loading(null);
       byId("curvature-note").textContent = "No curvature snapshot yet: runs with a snapshot interval record one every N steps.";
       return;
     }
     const ticket = ++this.requested;
     const view = this.view;
     const start = performance.now();
+    const heavy = view === "full" && !this.cache.has(entry.id);
+    this.loading(`Loading the snapshot of step ${entry.step}${heavy ? " (the matrices: a few MB)" : ""}…`);
     try {
       const snapshot = await this.snapshot(entry.id);
       if (ticket < this.drawn) return; // a later choice is on screen already
@@ -253,7 +284,9 @@ export class CurvaturePanel {
       this.currentView = view;
       this.draw();
       performance.measure("kfac:snapshot-drawn", { start }); // read by the performance test
+      if (ticket === this.requested) this.loading(null);
     } catch (error) {
+      this.loading(null);
       toast(`Snapshot: ${error.message}`, "error");
     }
   }
@@ -263,20 +296,19 @@ export class CurvaturePanel {
     if (!snapshot) return;
     const blockView = this.currentView === "blocks";
     const log = this.scale === "log";
-    const values = PANELS.map((panel) => {
-      const raw = panelValues(snapshot, panel.key, blockView);
-      return raw && magnitudes(raw, log);
-    });
+    const signed = PANELS.map((panel) => panelValues(snapshot, panel.key, blockView));
+    const values = signed.map((raw) => raw && magnitudes(raw, log));
     // A shared colour range spans the panels of one row, save the relative errors (no unit).
     const rangeGroup = (panel) => (blockView && panel.blockTitle ? "errors" : panel.row);
     const groupRanges = new Map(
       PANELS.map((panel) => [rangeGroup(panel), range(values.filter((z, i) => z && rangeGroup(PANELS[i]) === rangeGroup(panel)))]),
     );
+    this.hoverValues = signed; // what the hover reads, for the snapshot and view on screen
     const layers = snapshot.blocks.length;
     const size = blockView ? layers : snapshot.matrices.exact?.length ?? 0;
     const edges = blockView ? [...Array(layers).keys()].slice(1) : snapshot.blocks.slice(1).map(([start]) => start);
     const centres = blockView ? [...Array(layers).keys()] : snapshot.blocks.map(([start, stop]) => (start + stop - 1) / 2);
-    const names = (snapshot.extras?.layer_names ?? []).map((name) => escapeHtml(name));
+    const names = layerLabels(snapshot).map((name) => escapeHtml(name));
     const ticks = { tickvals: centres, ticktext: names.length === layers ? names : centres.map((_, i) => String(i)), ticks: "" };
     const errors = snapshot.relative_errors?.kronecker_vs_exact;
     PANELS.forEach((panel, i) => {
@@ -291,27 +323,38 @@ export class CurvaturePanel {
         zmax: shared ? shared[1] : undefined,
         zauto: !shared,
         colorbar: { thickness: 10, title: { text: log ? "log₁₀" : "", side: "right" }, exponentformat: "power" },
-        hovertemplate: `${blockView ? "block" : "entry"} (%{y}, %{x})<br>${log ? "log₁₀|value|" : "|value|"}: %{z:.4g}<extra></extra>`,
+        hoverinfo: "none", // heathover.js says more, for the one cell under the mouse
       };
       const title = blockView && panel.blockTitle ? panel.blockTitle : blockView ? `${panel.title.split("  ")[0]} block averages` : panel.title;
       const layout = {
         title: { text: escapeHtml(title), font: { size: 13 }, x: 0.02 },
         margin: { l: 36, r: 8, t: 32, b: 28 },
-        xaxis: { constrain: "domain", showgrid: false, zeroline: false, ...ticks },
-        yaxis: { autorange: "reversed", scaleanchor: "x", constrain: "domain", showgrid: false, zeroline: false, ...ticks },
+        // automargin: room for the layer labels ("fc2 250→125") beside the matrix
+        xaxis: { constrain: "domain", showgrid: false, zeroline: false, automargin: true, ...ticks },
+        yaxis: { autorange: "reversed", scaleanchor: "x", constrain: "domain", showgrid: false, zeroline: false, automargin: true, ...ticks },
         shapes: boundaryShapes(edges, size),
         annotations: panel.key === "difference" ? errorAnnotations(errors, centres) : [],
         uirevision: `${this.runId}-${this.view}`,
       };
       if (!z) layout.annotations = [{ text: "not recorded", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5 }];
       Plotly.react(node, [trace], layout, { ...PLOT_CONFIG, toImageButtonOptions: { filename: panel.key } });
+      const what = blockView && panel.blockTitle ? "relative error" : blockView ? "block average" : "value";
+      attachHover(node, (row, col) => cellLines(this.current, this.hoverValues[i], this.currentView === "blocks", row, col, what));
     });
     const extras = snapshot.extras ?? {};
-    const pool = snapshot.pool > 1 ? ` Matrices are shown averaged over ${snapshot.pool} × ${snapshot.pool} parameter cells.` : "";
+    // What one cell of the heatmaps is: in the block view a whole pair of layers (sᵢ × sⱼ
+    // entries, s the layers' probe parameters), in the entries view `pool` × `pool` entries
+    // when the matrices were pooled to fit (see backend/store/snapshots.py).
+    const sizes = (snapshot.parameter_blocks ?? []).map(([start, stop]) => stop - start);
+    const cells = blockView
+      ? ` Block view: each cell averages one pair of layers' block of the matrix, sᵢ × sⱼ entries for layers of s = ${sizes.join(", ")} probe parameters.`
+      : snapshot.pool > 1
+        ? ` Matrices are shown averaged over ${snapshot.pool} × ${snapshot.pool} parameter cells.`
+        : "";
     byId("heatmap-note").textContent =
-      `Step ${snapshot.step}: ${layers} layers (${(extras.layer_names ?? []).join(", ")}), ${snapshot.parameter_blocks.at(-1)?.[1] ?? "?"} probe parameters, ` +
+      `Step ${snapshot.step}: ${layers} layers (${layerLabels(snapshot).join(", ")}), ${snapshot.parameter_blocks.at(-1)?.[1] ?? "?"} probe parameters, ` +
       `${extras.examples ?? "?"} examples, ${extras.fisher ?? "true"} Fisher, damping λ = ${formatNumber(extras.damping)} in the inverses. ` +
-      `White lines separate layers; numbers on |F − F̃| are the per-block relative errors.${pool}`;
+      `White lines separate layers; numbers on |F − F̃| are the per-block relative errors.${cells}`;
     byId("curvature-note").textContent = "";
     byId("heatmaps").dataset.step = String(snapshot.step); // which step is on screen
   }
@@ -325,59 +368,7 @@ export class CurvaturePanel {
     if (runId === this.runId) this.drawSpectra();
   }
 
-  spectraOf(id) {
-    return this.summaries.get(id)?.spectra ?? {};
-  }
-
   drawSpectra() {
-    const list = this.list();
-    const container = byId("spectra");
-    if (!list.length) {
-      replace(container, el("p", { class: "muted" }, "No snapshot yet."));
-      return;
-    }
-    const layers = Object.keys(this.spectraOf(list.at(-1).id));
-    if (container.dataset.layers !== layers.join("|") || container.dataset.run !== this.runId) {
-      replace(container, ...layers.map((_, i) => el("div", { class: "chart small", id: `spectrum-${i}` })));
-      container.dataset.layers = layers.join("|");
-      container.dataset.run = this.runId;
-    }
-    layers.forEach((layer, i) => {
-      const traces = list.flatMap((entry, order) => {
-        const pair = this.spectraOf(entry.id)[layer];
-        if (!pair) return [];
-        const colour = stepColour(order, list.length);
-        return ["A", "G"].map((factor) => {
-          const values = [...(pair[factor] ?? [])].filter((v) => v !== null).sort((a, b) => b - a);
-          return {
-            type: "scatter",
-            mode: "lines",
-            x: values.map((_, k) => k + 1),
-            y: values,
-            name: `${factor === "A" ? "Ā" : "G"} step ${entry.step}`,
-            line: { color: colour, width: order === list.length - 1 ? 2.5 : 1.2, dash: factor === "A" ? "solid" : "dot" },
-            hovertemplate: `${factor === "A" ? "Ā" : "G"}, step ${entry.step}<br>eigenvalue %{x}: %{y:.4g}<extra></extra>`,
-            showlegend: false,
-          };
-        });
-      });
-      const layout = {
-        title: { text: `layer ${escapeHtml(layer)}: Ā solid, G dotted`, font: { size: 13 }, x: 0.02 },
-        margin: { l: 56, r: 8, t: 32, b: 40 },
-        xaxis: { title: { text: "rank" }, type: "log" },
-        yaxis: { type: "log", exponentformat: "power" },
-        uirevision: this.runId,
-      };
-      Plotly.react(byId(`spectrum-${i}`), traces, layout, PLOT_CONFIG);
-    });
+    drawSpectra(byId("spectra"), this.list().map((entry) => ({ step: entry.step, summary: this.summaries.get(entry.id) ?? {} })), this.runId);
   }
-}
-
-/** Early snapshots light, late ones dark (a sequential blue ramp, readable without hue). */
-function stepColour(order, count) {
-  const t = count > 1 ? order / (count - 1) : 1;
-  const from = [158, 202, 225];
-  const to = [8, 48, 107];
-  const mix = from.map((value, i) => Math.round(value + (to[i] - value) * t));
-  return `rgb(${mix.join(", ")})`;
 }

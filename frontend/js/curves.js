@@ -16,6 +16,7 @@
 // Whatever the Plotly call, Plotly redraws the whole chart (that is ~95% of a live update's
 // cost), so a chart out of sight does not redraw: its points wait until it scrolls into view.
 
+import { LOG_TICKS } from "./axes.js";
 import { escapeHtml } from "./dom.js";
 import { coverage, meanBand, smooth } from "./series.js";
 
@@ -168,10 +169,10 @@ export class CurveChart {
       title: { text: this.title, font: { size: 14 }, x: 0.02 },
       margin: { l: 60, r: 12, t: 36, b: 70 },
       xaxis: { title: { text: this.xTitle, standoff: 6 }, zeroline: false },
-      yaxis: { type: this.logY ? "log" : "linear", exponentformat: "power", zeroline: false },
+      yaxis: { type: this.logY ? "log" : "linear", ...LOG_TICKS, zeroline: false },
       showlegend: true, // even for one optimizer: the legend names it
       legend: { orientation: "h", y: -0.3, font: { size: 11 } },
-      hovermode: "closest",
+      hovermode: "x unified", // one tooltip with every run's value at the x under the mouse
       uirevision: this.revision,
       font: { family: "system-ui, sans-serif", size: 12 },
     };

@@ -87,6 +87,15 @@ export function formatDuration(seconds) {
   return `${Math.floor(minutes / 60)} h ${String(minutes % 60).padStart(2, "0")} min`;
 }
 
+/** A size in bytes as "512 B", "3.2 MB", "1.5 GB". */
+export function formatBytes(bytes) {
+  if (!Number.isFinite(bytes)) return "–";
+  const units = ["B", "kB", "MB", "GB", "TB"];
+  const power = Math.min(units.length - 1, Math.max(0, Math.floor(Math.log10(Math.max(bytes, 1)) / 3)));
+  const value = bytes / 1000 ** power;
+  return `${power === 0 ? value : value.toPrecision(3)} ${units[power]}`;
+}
+
 /** An ISO time as a local date and time. */
 export function formatTime(iso) {
   if (!iso) return "–";
@@ -107,6 +116,31 @@ export function timeAgo(iso) {
 /** A status badge: `<span class="badge status-running">running</span>`. */
 export function statusBadge(status, title) {
   return el("span", { class: `badge status-${status}`, title }, status);
+}
+
+/**
+ * The page's content replaced by a notice saying what happened and what to do (a revoked share
+ * link, a page that needs the lab's token): no control of the page is left to press.
+ */
+export function showNotice(title, ...lines) {
+  const main = document.querySelector("main");
+  replace(main, el("section", { class: "panel notice", id: "notice", role: "alert" }, el("h1", {}, title), ...lines.map((line) => el("p", {}, line))));
+  document.title = `${title} · kfac-lab`;
+}
+
+/**
+ * Keyboard shortcuts: `keys` maps `event.key` ("/", "n", "ArrowLeft") to an action. Keys typed
+ * into a field stay the field's, and combinations with Ctrl, Alt or Meta stay the browser's.
+ */
+export function shortcuts(keys) {
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (event.target.closest?.("input, textarea, select, [contenteditable]")) return;
+    const action = keys[event.key];
+    if (!action) return;
+    event.preventDefault();
+    action(event);
+  });
 }
 
 /** A transient message at the top of the page (errors, "link copied"). */

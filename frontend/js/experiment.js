@@ -14,12 +14,13 @@ import { ApiError, credentials, download, get, post } from "./api.js";
 import { ComparisonPanel } from "./comparison.js";
 import { CurvaturePanel } from "./curvature.js";
 import { CurvesPanel } from "./curvespanel.js";
-import { byId, formatTime, plotlyLoaded, replace, startPage, statusBadge, toast, whenVisible } from "./dom.js";
+import { byId, formatTime, plotlyLoaded, replace, shortcuts, showNotice, startPage, statusBadge, toast, whenVisible } from "./dom.js";
 import { offerReport, setupExports } from "./exports.js";
 import { openStream } from "./live.js";
 import { applyBatch, showStreamState } from "./liveupdates.js";
 import { LogPanels } from "./logs.js";
 import { isActive, renderRuns } from "./runs.js";
+import { setupManage } from "./manage.js";
 import { setupReadOnly, setupSharing } from "./sharing.js";
 
 const INTERNALS = [
@@ -141,12 +142,9 @@ function cancelRun(run) {
 
 function setupOwnerControls() {
   setupSharing(apiPath, act);
-  byId("clone").addEventListener("click", () =>
-    act(async () => {
-      const clone = await post(apiPath("/clone"));
-      window.location.assign(`/experiments/${encodeURIComponent(clone.id)}`);
-    }),
-  );
+  setupManage(apiPath, act, page, renderHeader);
+  // Run again: the form, filled with this experiment's spec, to edit before launching.
+  byId("clone").addEventListener("click", () => window.location.assign(`/new?from=${encodeURIComponent(experimentId)}`));
   byId("cancel-all").addEventListener("click", () => {
     if (!window.confirm("Cancel every unfinished run of this experiment?")) return;
     act(async () => {
@@ -171,15 +169,19 @@ async function main() {
   page.curves.setupControls();
   if (credentials.shared) setupReadOnly();
   else setupOwnerControls();
+  shortcuts({
+    ...(credentials.shared ? {} : { n: () => window.location.assign("/new") }),
+    ArrowLeft: () => page.curvature?.move(-1),
+    ArrowRight: () => page.curvature?.move(1),
+  });
   setupExports(page, act);
 
   let experiment;
   try {
     experiment = await get(apiPath());
   } catch (error) {
-    byId("experiment-name").textContent = error.status === 404 ? "No such experiment" : "Cannot open this experiment";
-    byId("experiment-meta").textContent = error.message;
-    showStreamState("closed", "not live");
+    const title = error.status === 404 ? "No such experiment" : credentials.shared ? "This link no longer opens the experiment" : "Cannot open this experiment";
+    showNotice(title, error.message);
     return;
   }
   page.experiment = experiment;

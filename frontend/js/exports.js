@@ -2,7 +2,7 @@
 // PNG, the spec as JSON, and the self-contained HTML report where the API has one.
 
 import { download, get } from "./api.js";
-import { byId, downloadText } from "./dom.js";
+import { byId, downloadText, toast } from "./dom.js";
 
 function csvCell(value) {
   if (typeof value === "number") return String(value);
@@ -44,12 +44,28 @@ export function setupExports(state, act) {
   );
 }
 
-/** Offer the self-contained HTML report if this API has one (fetched, then saved). */
+/**
+ * Offer the self-contained HTML report if this API has one. It is a file of several MB that is
+ * downloaded, not opened: a page opened from this one would run under this page's policy,
+ * which forbids the report's inline scripts. So the button says so, and the page tells when the
+ * file is being made and when and under which name it was saved.
+ */
 export async function offerReport(apiPath, act, filename) {
   const openapi = await get("/openapi.json");
   const path = "/api/experiments/{experiment_id}/report";
   if (!openapi.paths?.[path]) return;
   const button = byId("report");
-  button.addEventListener("click", () => act(() => download(apiPath("/report"), filename)));
+  button.addEventListener("click", () =>
+    act(async () => {
+      button.disabled = true;
+      toast("Preparing the HTML report…");
+      try {
+        const bytes = await download(apiPath("/report"), filename);
+        toast(`Report downloaded: ${filename} (${(bytes / 1e6).toFixed(1)} MB); it opens offline in any browser.`);
+      } finally {
+        button.disabled = false;
+      }
+    }),
+  );
   button.classList.remove("hidden");
 }

@@ -3,8 +3,8 @@
 // by the API), newer/older pages. Refreshes itself while anything on the page is unfinished.
 // Experiments ticked here (across pages and searches) open side by side in /compare?ids=.
 
-import { ApiError, get } from "./api.js";
-import { byId, el, formatNumber, formatTime, replace, startPage, statusBadge, timeAgo } from "./dom.js";
+import { ApiError, credentials, get } from "./api.js";
+import { byId, el, formatNumber, formatTime, replace, shortcuts, showNotice, startPage, statusBadge, timeAgo } from "./dom.js";
 
 const PAGE_SIZE = 25;
 const REFRESH_MS = 4000;
@@ -93,6 +93,10 @@ async function load() {
     page = await get("/api/experiments", params, { signal: request.signal });
   } catch (error) {
     if (error.name === "AbortError") return;
+    if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
+      showNotice(credentials.shared ? "Not open to this link" : "Sign in to this lab", error.message);
+      return;
+    }
     message.textContent = error instanceof ApiError ? error.message : String(error);
     message.classList.remove("hidden");
     return;
@@ -112,6 +116,7 @@ async function load() {
 }
 
 function main() {
+  shortcuts({ "/": () => byId("search").focus(), n: () => window.location.assign("/new") });
   let debounce = null;
   byId("search").addEventListener("input", () => {
     clearTimeout(debounce);

@@ -1,6 +1,6 @@
-// The runs table of the experiment page: status (with the failure or divergence reason),
-// device (where it ran, in its tooltip), steps, time, final (or latest) metrics,
-// hyper-parameters, cancel and raw export.
+// The runs table of the experiment page: status (with the failure or divergence reason, a
+// queued run's place in its queue), device (where it ran, in its tooltip), steps, time (a
+// running run's time left), final (or latest) metrics, hyper-parameters, cancel and raw export.
 
 import { el, formatDuration, formatNumber, replace, statusBadge } from "./dom.js";
 
@@ -33,10 +33,31 @@ function hyperText(optimizer) {
     .join(" ");
 }
 
+/**
+ * A running run's time left: its pace so far over the steps still to go (the estimate made at
+ * queueing until it has a step to go by); null when it cannot be said.
+ */
+function secondsLeft(run) {
+  if (run.status !== "running" || !run.total_steps) return null;
+  const elapsed = elapsedSeconds(run);
+  if (run.step > 0 && elapsed !== null) return (elapsed * (run.total_steps - run.step)) / run.step;
+  return run.estimate ? Math.max(0, run.estimate.run_seconds - (elapsed ?? 0)) : null;
+}
+
+function timeText(run) {
+  const left = secondsLeft(run);
+  const elapsed = formatDuration(elapsedSeconds(run));
+  return left === null ? elapsed : `${elapsed} · about ${formatDuration(left)} left`;
+}
+
 function elapsedSeconds(run) {
   if (!run.started_at) return null;
   const end = run.finished_at ? new Date(run.finished_at) : new Date();
   return (end - new Date(run.started_at)) / 1000;
+}
+
+function queuePlace(position) {
+  return position === 1 ? "next in its queue" : `${position - 1} run${position === 2 ? "" : "s"} ahead in its queue`;
 }
 
 // Rows already drawn, per table body: run id → {key, row, numbers}. A live frame changes the
@@ -57,7 +78,7 @@ export function renderRuns(tbody, runs, groups, { latest, onCancel, onExport }) 
   const rows = runs.map((run) => {
     const cancelRequested = run.cancel_requested && isActive(run);
     const colour = colourOf.get(run.id) ?? "transparent";
-    const key = JSON.stringify([run.label, run.seed, run.status, cancelRequested, run.error, run.device, run.provenance, run.processes, colour, run.optimizer, Boolean(onCancel)]);
+    const key = JSON.stringify([run.label, run.seed, run.status, cancelRequested, run.error, run.device, run.provenance, run.processes, colour, run.optimizer, Boolean(onCancel), run.queue_position, run.status_detail]);
     let entry = drawn.get(run.id);
     if (entry?.key !== key) {
       const numbers = Array.from({ length: 5 }, (_, i) => el("td", { class: i ? "num" : "mono" }));
@@ -70,6 +91,8 @@ export function renderRuns(tbody, runs, groups, { latest, onCancel, onExport }) 
           {},
           statusBadge(run.status),
           cancelRequested ? el("div", { class: "muted" }, "cancelling…") : null,
+          run.status === "queued" && run.queue_position ? el("div", { class: "muted queue-place" }, queuePlace(run.queue_position)) : null,
+          run.status_detail ? el("div", { class: "muted" }, run.status_detail) : null,
           run.error ? el("div", { class: "error-text" }, run.error) : null,
         ),
         el("td", { class: "hide-narrow", title: provenanceText(run.provenance) }, run.device ?? "–", run.provenance ? el("div", { class: "muted" }, run.provenance.host) : null, run.processes > 1 ? el("div", { class: "muted" }, `${run.processes} processes`) : null),
@@ -89,7 +112,7 @@ export function renderRuns(tbody, runs, groups, { latest, onCancel, onExport }) 
     }
     const texts = [
       run.total_steps ? `${run.step} / ${run.total_steps}` : String(run.step),
-      formatDuration(elapsedSeconds(run)),
+      timeText(run),
       ...["train_loss", "test_loss", "test_accuracy"].map((name) => formatNumber(metric(run, name))),
     ];
     entry.numbers.forEach((cell, i) => {

@@ -3,7 +3,8 @@
 //
 // The form edits a plain "draft" object (the JSON body to send). A field writes its value at
 // its dotted path ("base.model.width_scale", "optimizers.1.damping") and removes it again when
-// it equals the schema's default, so an untouched preset stays byte-for-byte the preset.
+// it equals the schema's default; a choice between kinds (a model, an optimizer) always keeps
+// the chosen kind's name in the draft, so the draft is a whole spec the API reads as shown.
 //
 // Sweeps: a number field the owner declares sweepable takes a list where a single value goes.
 // "0.003, 0.01, 0.03" in `optimizers.1.lr` is written as `optimizers.1.sweep.lr: [0.003, 0.01,
@@ -209,6 +210,10 @@ export class SchemaForm {
     const current = getPath(this.draft, path);
     const index = Math.max(0, variants.findIndex((v) => matchesVariant(this.root, v, current)));
     const chosen = resolve(this.root, variants[index]);
+    const chosenKey = discriminatorKey(this.root, chosen);
+    // The variant shown is the draft's, tag included: a field of it written later (a model's
+    // width scale) then sits in an object the API can tell apart from the other variants.
+    if (current === undefined && chosenKey) setPath(this.draft, path, { [chosenKey]: chosen.properties[chosenKey].const });
     const select = el("select", {}, ...tags.map((tag, i) => el("option", { value: String(i), selected: i === index }, humanise(String(tag)))));
     select.addEventListener("change", () => {
       const variant = resolve(this.root, variants[Number(select.value)]);

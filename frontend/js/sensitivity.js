@@ -4,6 +4,7 @@
 // how a reader sees that a baseline was tuned fairly: its winner is not at the grid's edge.
 // Colours are the endpoint's (the line of an optimizer takes its winner's colour).
 
+import { LOG_TICKS } from "./axes.js";
 import { el, escapeHtml, replace } from "./dom.js";
 
 // Fields whose grids are geometric (0.003, 0.01, 0.03): drawn on a log axis.
@@ -70,7 +71,7 @@ export function drawSensitivity(container, comparison) {
     const layout = {
       title: { text: `${escapeHtml(criterion)} ${escapeHtml(metric)} against ${escapeHtml(field)}`, font: { size: 14 }, x: 0.02 },
       margin: { l: 60, r: 12, t: 36, b: 60 },
-      xaxis: { title: { text: escapeHtml(field) }, type: log ? "log" : "linear", exponentformat: "power" },
+      xaxis: { title: { text: escapeHtml(field) }, type: log ? "log" : "linear", ...(log ? LOG_TICKS : { exponentformat: "power" }) },
       yaxis: { title: { text: `${escapeHtml(criterion)} (mean ± sd over seeds)` }, exponentformat: "power" },
       legend: { orientation: "h", y: -0.3, font: { size: 11 } },
       font: { family: "system-ui, sans-serif", size: 12 },

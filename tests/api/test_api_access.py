@@ -70,6 +70,8 @@ def test_a_share_token_reads_its_experiment_only(
         ("POST", f"/api/experiments/{mine['id']}/clone"),
         ("POST", f"/api/experiments/{mine['id']}/share"),
         ("DELETE", f"/api/experiments/{mine['id']}/share"),
+        ("GET", f"/api/experiments/{mine['id']}/share"),
+        ("DELETE", f"/api/experiments/{mine['id']}/share/1"),
         ("DELETE", f"/api/experiments/{mine['id']}"),
         ("POST", f"/api/runs/{run_id}/cancel"),
     ):
@@ -114,3 +116,31 @@ def test_cors_is_closed_unless_origins_are_configured(settings: Settings, broker
     with TestClient(create_app(opened)) as client:
         answer = client.options("/api/experiments", headers=preflight)
         assert answer.headers["access-control-allow-origin"] == "https://elsewhere.example"
+
+
+def test_links_are_listed_and_revoked_one_by_one(
+    client: TestClient, create: Callable[..., dict]
+) -> None:
+    experiment, other = create(), create()
+    path = f"/api/experiments/{experiment['id']}"
+    first, second = (client.post(f"{path}/share", headers=ADMIN).json()["token"] for _ in range(2))
+    other_link = client.post(f"/api/experiments/{other['id']}/share", headers=ADMIN)
+    assert other_link.status_code == 201
+    listed = client.get(f"{path}/share", headers=ADMIN).json()
+    assert len(listed) == 2 and all(link["last_used_at"] is None for link in listed)
+    assert "token" not in listed[0] and listed[0]["created_at"] >= listed[1]["created_at"]
+
+    assert client.get(path, headers=bearer(second)).status_code == 200
+    newest, oldest = client.get(f"{path}/share", headers=ADMIN).json()
+    assert newest["last_used_at"] is not None and oldest["last_used_at"] is None
+
+    other_id = client.get(f"/api/experiments/{other['id']}/share", headers=ADMIN).json()[0]["id"]
+    assert client.delete(f"{path}/share/{other_id}", headers=ADMIN).status_code == 404
+    assert client.delete(f"{path}/share/{newest['id']}", headers=ADMIN).json() == {"revoked": 1}
+    assert client.delete(f"{path}/share/{newest['id']}", headers=ADMIN).status_code == 404
+    refused = client.get(path, headers=bearer(second))
+    assert refused.status_code == 403 and "revoked" in refused.json()["detail"]
+    assert client.get(path, headers=bearer(first)).status_code == 200
+    unknown = client.get(path, headers=bearer("never-issued"))
+    assert unknown.status_code == 403 and "revoked" not in unknown.json()["detail"]
+    assert client.get(f"{path}/share", headers=ADMIN).json()[0]["revoked_at"] is not None

@@ -50,6 +50,26 @@ def test_create_from_a_preset_with_overrides(client: TestClient, broker: FakeBro
     assert len(broker.sent) == len(created["runs"])
 
 
+def test_a_whole_spec_edited_from_a_preset_keeps_the_preset_as_its_origin(
+    client: TestClient, broker: FakeBroker
+) -> None:
+    post = lambda body: client.post("/api/experiments", json=body, headers=ADMIN)  # noqa: E731
+    spec = {**SMALL_SPEC, "name": "edited smoke"}
+    response = post({"preset": "smoke", "spec": spec})
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created["name"] == "edited smoke" and created["preset"] == "smoke"
+    assert len(created["runs"]) == len(broker.sent) == 4
+    # Its errors are at the spec's own fields, under `spec`; a model without its name says so.
+    bad = {**SMALL_SPEC, "base": {**SMALL_SPEC["base"], "model": {"width_scale": 0.25}}}
+    errors = field_errors(post({"preset": "smoke", "spec": bad}))
+    assert errors.keys() == {"body.spec.base.model"}
+    assert "a model needs its name: one of" in errors["body.spec.base.model"]
+    both = {"preset": "smoke", "spec": spec, "overrides": {"steps": 3}}
+    assert "body.spec" in field_errors(post(both))
+    assert len(broker.sent) == 4
+
+
 def field_errors(response) -> dict[str, str]:
     assert response.status_code == 422, response.text
     return {".".join(map(str, e["loc"])): e["msg"] for e in response.json()["detail"]}
@@ -205,3 +225,66 @@ def test_a_broker_outage_at_launch_is_503_and_leaves_nothing(
     assert response.headers["retry-after"] and "broker" in response.json()["detail"]
     listed = client.get("/api/experiments", params={"name": name}, headers=ADMIN).json()
     assert listed["total"] == 0
+
+
+def test_validate_previews_the_networks_and_estimates_without_launching(
+    client: TestClient, broker: FakeBroker
+) -> None:
+    post = lambda body: client.post("/api/experiments/validate", json=body, headers=ADMIN)  # noqa: E731
+    response = post(SMALL_SPEC)
+    assert response.status_code == 200, response.text
+    runs = response.json()["runs"]
+    assert len(runs) == 4 and broker.sent == []
+    first = runs[0]
+    layers = [(layer["inputs"], layer["outputs"]) for layer in first["layers"]]
+    assert layers[0][1] == 8 and layers[1][0] == 8  # the hidden width of SMALL_SPEC's mlp
+    assert first["parameters"] == sum((i + 1) * o for i, o in layers)
+    assert first["total_steps"] == 20 and first["estimate"]["memory_bytes"] > 0
+    assert first["estimate"]["step_seconds"] > 0
+    # Widths after the width scale: the autoencoder of the issue, 250-125-62-8.
+    scaled = {"base": {"model": {"name": "autoencoder", "width_scale": 0.25}, "steps": 5}}
+    encoder = [layer["outputs"] for layer in post(scaled).json()["runs"][0]["layers"]][:4]
+    assert encoder == [250, 125, 62, 8]
+    # The same 422s as a launch, the whole-spec-from-a-preset form included.
+    assert "body.base.steps" in field_errors(post({"base": {"steps": 0}}))
+    bad = {"preset": "smoke", "spec": {"base": {"model": {"width_scale": 0.25}}}}
+    assert "body.spec.base.model" in field_errors(post(bad))
+    assert client.post("/api/experiments/validate", json=SMALL_SPEC).status_code == 401
+    assert broker.sent == []
+
+
+def test_queued_runs_know_their_place_in_the_queue(
+    client: TestClient, broker: FakeBroker, db_url: str
+) -> None:
+    def positions(experiment: dict) -> list[int | None]:
+        detail = client.get(f"/api/experiments/{experiment['id']}", headers=ADMIN).json()
+        return [run["queue_position"] for run in detail["runs"]]
+
+    first = client.post("/api/experiments", json=SMALL_SPEC, headers=ADMIN).json()
+    second = client.post("/api/experiments", json=SMALL_SPEC, headers=ADMIN).json()
+    ahead = positions(first)[0] - 1  # runs queued by earlier tests on the same queue
+    assert positions(first) == [ahead + 1, ahead + 2, ahead + 3, ahead + 4]
+    assert positions(second) == [ahead + 5, ahead + 6, ahead + 7, ahead + 8]
+    with session_scope(db_url) as session:  # the first experiment's runs start
+        for run in first["runs"]:
+            claim_run(session, run["id"], "worker-1")
+    assert positions(second) == [ahead + 1, ahead + 2, ahead + 3, ahead + 4]
+    started = client.get(f"/api/experiments/{first['id']}", headers=ADMIN).json()
+    assert all(run["queue_position"] is None for run in started["runs"])
+
+
+def test_rename_changes_the_name_and_the_spec_s(
+    client: TestClient, create: Callable[..., dict]
+) -> None:
+    experiment = create()
+    path = f"/api/experiments/{experiment['id']}"
+    renamed = client.patch(path, json={"name": "lr study, take 2"}, headers=ADMIN)
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["name"] == renamed.json()["spec"]["name"] == "lr study, take 2"
+    assert client.get(path, headers=ADMIN).json()["name"] == "lr study, take 2"
+    assert "body.name" in field_errors(client.patch(path, json={"name": ""}, headers=ADMIN))
+    assert (
+        client.patch(f"/api/experiments/{UNKNOWN}", json={"name": "x"}, headers=ADMIN).status_code
+        == 404
+    )
+    assert client.patch(path, json={"name": "x"}).status_code == 401

@@ -103,3 +103,12 @@ def test_a_run_over_the_machine_s_limits_is_refused(tmp_path):
     with kfac_environment({**limits, "KFAC_WORKER_MEMORY_BYTES": "1000"}):
         result = runner.invoke(app, ["run", str(path)])
     assert result.exit_code == 2 and "KFAC_WORKER_MEMORY_BYTES" in result.output
+
+
+def test_a_model_without_its_name_is_named_in_words(home, tmp_path):
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps({"base": {"model": {"width_scale": 0.25}}}))
+    result = runner.invoke(app, ["run", str(path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 2
+    assert "base.model" in result.output and "a model needs its name: one of" in result.output
+    assert "discriminator" not in result.output

@@ -172,3 +172,9 @@ def test_spec_imports_neither_torch_nor_fastapi():
     code = "import sys, backend.spec; print(sorted({'torch', 'fastapi'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_base_run_without_optimizers_trains_its_own_optimizer() -> None:
+    spec = ExperimentSpec.model_validate({"base": {"optimizer": {"name": "adam"}, "steps": 5}})
+    assert [run.optimizer.name for run in spec.runs] == ["adam"]
+    assert ExperimentSpec.model_validate({"base": {"steps": 5}}).runs[0].optimizer.name == "kfac"

@@ -11,10 +11,13 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from backend.store.access import (
+    ShareUse,
     create_share_link,
     get_or_create_admin_token,
+    revoke_share_link,
     revoke_share_links,
-    shared_experiment,
+    share_links,
+    use_share_token,
 )
 from backend.store.db import session_scope
 from backend.store.models import Run, experiment_status, utcnow
@@ -196,10 +199,39 @@ def test_share_links_open_one_experiment_until_revoked(db_url: str, make_experim
         token = create_share_link(session, experiment_id)
         second = create_share_link(session, experiment_id)
         assert token != second and len(token) >= 22
-        assert shared_experiment(session, token) == experiment_id
-        assert shared_experiment(session, token + "x") is None
+        assert use_share_token(session, token) == ShareUse(experiment_id)
+        assert use_share_token(session, token + "x") == ShareUse(None, revoked=False)
         assert revoke_share_links(session, experiment_id) == 2
-        assert shared_experiment(session, token) is None
+        assert use_share_token(session, token) == ShareUse(None, revoked=True)
+
+
+def test_share_links_are_listed_with_their_last_use_and_revoked_one_by_one(
+    db_url: str, make_experiment
+):
+    experiment_id, _ = make_experiment()
+    other_id, _ = make_experiment()
+    with session_scope(db_url) as session:
+        first = create_share_link(session, experiment_id)
+        second = create_share_link(session, experiment_id)
+        create_share_link(session, other_id)
+    with session_scope(db_url) as session:
+        links = share_links(session, experiment_id)
+        assert len(links) == 2 and all(link.last_used_at is None for link in links)
+        assert use_share_token(session, second).experiment_id == experiment_id
+    with session_scope(db_url) as session:
+        newest, oldest = share_links(session, experiment_id)
+        assert newest.last_used_at is not None and oldest.last_used_at is None
+        used = newest.last_used_at
+        use_share_token(session, second)  # within the minute: not written again
+        assert newest.last_used_at == used
+        other_link = share_links(session, other_id)[0]
+        assert not revoke_share_link(session, experiment_id, other_link.id)  # not this one's
+        assert revoke_share_link(session, experiment_id, newest.id)
+        assert not revoke_share_link(session, experiment_id, newest.id)  # already revoked
+    with session_scope(db_url) as session:
+        assert use_share_token(session, second) == ShareUse(None, revoked=True)
+        assert use_share_token(session, first) == ShareUse(experiment_id)
+        assert use_share_token(session, first).experiment_id == experiment_id
 
 
 def test_admin_token_is_generated_once(db_url: str) -> None:

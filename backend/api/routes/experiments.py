@@ -1,4 +1,5 @@
-"""Experiments: create (from a spec or a preset), list, get, delete, clone, cancel."""
+"""Experiments: create (from a spec or a preset) or only validate, list, get, rename, delete,
+clone, cancel."""
 
 from __future__ import annotations
 
@@ -19,18 +20,21 @@ from backend.api.deps import (
     load_experiment,
 )
 from backend.api.errors import READ_ERRORS, WRITE_ERRORS, documented
+from backend.api.preview import ExperimentPreview, preview
 from backend.api.schemas import (
     CloneRequest,
     CreateExperiment,
     ExperimentDetail,
     ExperimentOut,
     ExperimentPage,
+    RenameRequest,
     RunStatusName,
 )
 from backend.api.service import (
     cancel_all,
     consumed_queues,
     launch,
+    refuse_unlaunchable,
     remove,
     resolve_spec,
     revoke_tasks,
@@ -39,6 +43,8 @@ from backend.api.service import (
 )
 from backend.store.models import Experiment
 from backend.store.queries import get_experiment, last_event_id, list_experiments
+from backend.store.queueing import queue_positions
+from backend.store.writes import rename_experiment
 
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=READ_ERRORS)
 
@@ -46,10 +52,12 @@ ExperimentId = Annotated[str, Path(max_length=64)]
 
 
 def detail(session: Session, request: Request, experiment: Experiment) -> ExperimentDetail:
+    waiting = any(run.status == "queued" for run in experiment.runs)
     return ExperimentDetail.from_experiment(
         experiment,
         base_url(request),
         consumed_queues(session, get_settings(request)),
+        queue_positions(session) if waiting else None,
         spec=experiment.spec,
         last_event_id=last_event_id(session, experiment.id),
     )
@@ -67,8 +75,19 @@ def create_experiment(
 
     The body is a full experiment spec, or `{"preset": NAME, "name"?, "overrides"?}`.
     """
-    spec, preset = resolve_spec(body)
-    return detail(session, request, launch(session, settings, spec, preset))
+    spec, preset, at = resolve_spec(body)
+    return detail(session, request, launch(session, settings, spec, preset, at))
+
+
+@router.post("/validate", responses=WRITE_ERRORS)
+def validate(
+    body: Annotated[CreateExperiment, Body()], settings: SettingsDep, _: AdminDep
+) -> ExperimentPreview:
+    """Check a create request without launching it: the same 422s as `POST /api/experiments`
+    (resource limits included), else each run's network, parameter count and estimate."""
+    spec, _preset, at = resolve_spec(body)
+    refuse_unlaunchable(settings, spec, at)
+    return preview(settings, spec)
 
 
 @router.get("")
@@ -117,6 +136,22 @@ def delete(
     experiment = load_experiment(session, principal, experiment_id)
     background.add_task(revoke_tasks, remove(session, experiment))
     return Response(status_code=204)
+
+
+@router.patch("/{experiment_id}", responses=WRITE_ERRORS)
+def rename(
+    experiment_id: ExperimentId,
+    body: RenameRequest,
+    request: Request,
+    session: SessionDep,
+    principal: AdminDep,
+) -> ExperimentDetail:
+    """Rename the experiment."""
+    experiment = load_experiment(session, principal, experiment_id)
+    rename_experiment(session, experiment.id, body.name)
+    session.commit()
+    session.expire_all()
+    return detail(session, request, get_experiment(session, experiment.id))
 
 
 @router.post("/{experiment_id}/cancel", responses=WRITE_ERRORS)
