@@ -111,6 +111,8 @@ def _product(sweep: dict[str, list[SweepValue]]) -> itertools.product:
 
 def _check_grid(optimizer: Any, sweep: dict[str, list[SweepValue]]) -> None:
     """Unknown fields, grids over MAX_RUNS, and every point through the optimizer's model."""
+    if not sweep:  # one point: the optimizer as given, validated already
+        return
     fields = set(type(optimizer).model_fields) - {"name"}
     unknown = [
         (("sweep", field), f"{optimizer.name} has no field {field!r}; one of {sorted(fields)}", [])
