@@ -79,6 +79,8 @@ class SweptOptimizer(SpecModel):
 
     def points(self) -> list[tuple[Any, dict[str, SweepValue]]]:
         """Each grid point as (the optimizer spec with its values, the values)."""
+        if not self.sweep:  # the spec as given: its dump need not validate again (defaults)
+            return [(self.optimizer, {})]
         base = self.optimizer.model_dump()
         cls = type(self.optimizer)
         return [(cls.model_validate({**base, **point}), point) for point in self.grid()]
