@@ -46,7 +46,7 @@ from backend.optimizer_specs import KFCPreSpec as KFCPreSpec
 from backend.optimizer_specs import KFCSpec as KFCSpec
 from backend.optimizer_specs import SGDMomentumSpec as SGDMomentumSpec
 from backend.optimizer_specs import SGDSpec as SGDSpec
-from backend.spec_base import SpecModel
+from backend.spec_base import SpecModel, Text
 from backend.sweeps import MAX_RUNS as MAX_RUNS
 from backend.sweeps import SweepValue, SweptOptimizer, check_expansion_size, config_label
 
@@ -159,7 +159,7 @@ class ProbeSpec(SpecModel):
 class RunSpec(SpecModel):
     """One training run. Field order matters: validators read the fields above them."""
 
-    label: str | None = Field(None, max_length=120)
+    label: Text | None = Field(None, max_length=120)
     dataset: DatasetSpec = Field(default_factory=DatasetSpec)
     model: ModelSpec = Field(default_factory=AutoencoderSpec)
     optimizer: OptimizerSpec = Field(default_factory=KFACSpec)
@@ -177,11 +177,13 @@ class RunSpec(SpecModel):
     iterate_averaging: float | None = Field(
         None, gt=0, lt=1, description="§13: evaluate θ̄ₖ = ξθ̄ₖ₋₁ + (1−ξ)θₖ, ξ = min(1 − 1/k, this)"
     )
-    config: dict[str, SweepValue] = Field(
+    config: dict[Text, SweepValue] = Field(
         default_factory=dict,
         max_length=16,
         description="the swept hyper-parameters of this run's grid point (set by a sweep); "
         "labels and comparison groups read them from here",
+        # Keys are published as `patternProperties`, which alone would let a key with NUL by.
+        json_schema_extra={"additionalProperties": False},
     )
     queue_timeout_s: float | None = Field(
         None, gt=0, le=30 * 86400,
@@ -380,8 +382,8 @@ class ExperimentSpec(SpecModel):
 
     model_config = ConfigDict(json_schema_extra=_RUNS_OR_BASE)
 
-    name: str = Field("experiment", min_length=1, max_length=120)
-    description: str = Field("", max_length=2000)
+    name: Text = Field("experiment", min_length=1, max_length=120)
+    description: Text = Field("", max_length=2000)
     runs: list[RunSpec] = Field(default_factory=list, max_length=MAX_RUNS)
     base: RunSpec | None = None
     optimizers: list[SweptOptimizer] = Field(default_factory=list, max_length=MAX_RUNS)

@@ -16,9 +16,14 @@ experiments), so that one rule of parsing holds wherever a spec is read: the API
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Text = Annotated[str, Field(pattern=r"^[^\x00]*$")]
+"""A free-text string of a spec (names, labels, swept values). The API refuses NUL anywhere
+in a body (PostgreSQL cannot store it); the pattern publishes that rule in the JSON schema,
+so that a request the schema accepts is one the server accepts."""
 
 
 def _integral_as_int(value: Any) -> Any:

@@ -19,13 +19,13 @@ from pydantic import BaseModel, Field, TypeAdapter, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from backend import registry
-from backend.spec_base import SpecModel
+from backend.spec_base import SpecModel, Text
 
 MAX_RUNS = 48  # runs of one experiment; a grid is never larger
 
 OptimizerSpec = registry.spec_union("optimizer")  # the same union as backend.spec's (cached)
 
-SweepValue = bool | int | float | str | None
+SweepValue = bool | int | float | Text | None
 """A swept value: what the optimizer specs' fields hold."""
 
 _OPTIMIZER: TypeAdapter[Any] = TypeAdapter(OptimizerSpec)

@@ -123,11 +123,14 @@ class LogBatch(_Body):
     stored is not written again, so a batch may be retried."""
 
     lines: list[
-        tuple[
-            Step,
-            Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False)],
-            Annotated[str, Field(pattern=LEVEL_PATTERN)],
-            Annotated[str, Field(max_length=MAX_LINE_CHARS)],
+        Annotated[
+            tuple[
+                Step,
+                Annotated[float, Field(ge=0, le=1e11, allow_inf_nan=False)],
+                Annotated[str, Field(pattern=LEVEL_PATTERN)],
+                Annotated[str, Field(max_length=MAX_LINE_CHARS)],
+            ],
+            LAX_TUPLE,
         ]
     ] = Field(max_length=MAX_BATCH_LINES)
 

@@ -133,8 +133,9 @@ def test_numbers_are_read_as_json_means_them(client: TestClient) -> None:
     ("method", "path", "allow"),
     [
         ("PUT", "/api/experiments", "GET, POST"),
-        ("PATCH", "/api/experiments/0123", "GET, DELETE"),
-        ("GET", "/api/experiments/0123/share", "POST, DELETE"),
+        ("PUT", "/api/experiments/0123", "GET, PATCH, DELETE"),
+        ("PUT", "/api/experiments/0123/share", "GET, POST, DELETE"),
+        ("GET", "/api/experiments/validate", "POST"),
         ("DELETE", "/api/presets", "GET"),
         ("GET", "/api/runs/0123/cancel", "POST"),
     ],

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Body, HTTPException, Path, Query, Request, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from backend.api.deps import (
     MAX_PAGE_SIZE,
@@ -49,6 +50,18 @@ from backend.store.writes import rename_experiment
 router = APIRouter(prefix="/experiments", tags=["experiments"], responses=READ_ERRORS)
 
 ExperimentId = Annotated[str, Path(max_length=64)]
+
+
+class _NotValidate(StringConvertor):
+    """A path segment other than `validate`. `/api/experiments/validate` is a resource of its
+    own (POST only): without this, `/{experiment_id}` matched it too, so a GET there read an
+    experiment named "validate" and a 405 advertised GET, PATCH and DELETE."""
+
+    regex = "(?!validate$)[^/]+"
+
+
+register_url_convertor("experiment", _NotValidate())
+ONE = "/{experiment_id:experiment}"
 
 
 def detail(session: Session, request: Request, experiment: Experiment) -> ExperimentDetail:
@@ -117,7 +130,7 @@ def list_all(
     )
 
 
-@router.get("/{experiment_id}")
+@router.get(ONE)
 def get_one(
     experiment_id: ExperimentId, request: Request, session: SessionDep, principal: ReaderDep
 ) -> ExperimentDetail:
@@ -125,7 +138,7 @@ def get_one(
     return detail(session, request, load_experiment(session, principal, experiment_id))
 
 
-@router.delete("/{experiment_id}", status_code=204, responses=WRITE_ERRORS)
+@router.delete(ONE, status_code=204, responses=WRITE_ERRORS)
 def delete(
     experiment_id: ExperimentId,
     session: SessionDep,
@@ -138,7 +151,7 @@ def delete(
     return Response(status_code=204)
 
 
-@router.patch("/{experiment_id}", responses=WRITE_ERRORS)
+@router.patch(ONE, responses=WRITE_ERRORS)
 def rename(
     experiment_id: ExperimentId,
     body: RenameRequest,
