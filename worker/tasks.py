@@ -144,6 +144,9 @@ def _train_claimed(run: Run, settings: Settings, worker: str, stopping: Callable
         _store_outcome(settings, run.id, worker, invalid)
         return "failed"
 
+    # The worker's log names each run it trains (the training loop's own start line, which
+    # goes to the run's log too, does not know the run's id): one such line per attempt.
+    logger.info("run %s starts (attempt %d)", run.id, run.attempts)
     url = settings.database_url
     checkpoint_dir = settings.artifacts_dir / run.id
     beat = min(2.0, settings.heartbeat_timeout_s / 4)
