@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(
         default=60.0, gt=0, description="A running run whose heartbeat is older is re-queued."
     )
+    tracking_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A tracked run (a script's, through kfac_lab) that has not been heard from "
+        "for this long is failed by the recovery pass; its client beats well within it.",
+    )
     max_streams_per_client: int = Field(
         default=100,
         ge=1,

@@ -116,6 +116,13 @@ class Run:
         """True once someone pressed cancel on the run's page (the script decides what to do)."""
         return self._sender.cancel_requested
 
+    @property
+    def closed_by_server(self) -> str | None:
+        """None while the lab takes this run's records; once it has ended the run itself (it
+        heard nothing from the script for its `KFAC_TRACKING_TIMEOUT_S`, e.g. the machine
+        slept), the server's reason. Records are then dropped and `finish` returns False."""
+        return self._sender.closed_by_server
+
     # -- snapshots --
     def snapshot(
         self,

@@ -9,6 +9,14 @@ down, slow, 5xx, a wrong token) is retried with exponential backoff up to `RETRY
 while new records keep going to disk; a request the server refuses for good (4xx: invalid) is
 set aside in the spool's `rejected/` with the reason, never retried for ever. Nothing here
 raises into the training thread.
+
+Liveness: the server fails a run it has not heard from for its tracking timeout (the start's
+answer says how long: `contact_timeout_s`). Every request renews the run; when there has been
+nothing to send for a while, the thread sends a light heartbeat instead, so a run lives exactly
+as long as its script's process. A 409 means the server has ended the run (it was silent too
+long, e.g. the machine slept) and takes no more records: the thread says so once on the
+`kfac_lab` logger, sets `closed_by_server`, keeps the requests still spooled in `rejected/`
+and drops what the script logs afterwards.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ RETRY_MAX_CLOSING_S = 1.0  # while `finish` waits, notice a server that is back 
 # Refusals that a later attempt may overcome: a timeout, too many requests, a wrong token that
 # the user may fix before `kfac_lab.sync()`; every other 4xx means the request is invalid.
 RETRY_STATUSES = {401, 403, 408, 425, 429}
+ENDED_STATUS = 409  # the run has ended on the server and takes no more records
+HEARTBEAT_MAX_S = 30.0  # idle heartbeats: at most this far apart, and 4 within the timeout
 
 
 @dataclass(frozen=True)
@@ -60,7 +70,12 @@ class LogLine:
 
 
 class Permanent(Exception):
-    """The server refused the request for good."""
+    """The server refused the request for good, with HTTP `status`."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
 
 
 class Connection:
@@ -91,7 +106,7 @@ class Connection:
         except urllib.error.HTTPError as error:
             detail = error.read()[:2000].decode(errors="replace")
             if 400 <= error.code < 500 and error.code not in RETRY_STATUSES:
-                raise Permanent(f"HTTP {error.code}: {detail}") from None
+                raise Permanent(error.code, _detail(detail)) from None
             raise ConnectionError(f"HTTP {error.code}: {detail}") from None
 
 
@@ -107,6 +122,9 @@ class Sender:
         self.started = time.perf_counter()  # wall times are seconds since then
         self._last_step: int | None = None  # of the latest log call, which samples go with
         self.cancel_requested = False
+        self.closed_by_server: str | None = None  # why the server takes no more records
+        self._heartbeat_s: float | None = None  # known once the run's start is answered
+        self._last_contact = time.monotonic()
         self._wake = threading.Event()
         self._closing = False
         self._done = threading.Event()
@@ -133,13 +151,13 @@ class Sender:
         self._wake.set()
         self._thread.join(5.0)
         self._drain()  # whatever the thread had no time for goes to disk at least
-        sent = self.spool.empty()
+        sent = self.spool.empty() and self.closed_by_server is None
         if self._thread.is_alive():  # stuck in a request: the thread still owns the spool
             return False
         self.spool.release()
-        if sent:
-            self.spool.discard_if_done()
-        else:
+        if sent or self.closed_by_server is not None:
+            self.spool.discard_if_done()  # keeps `rejected/`
+        if not sent and self.closed_by_server is None:
             logger.warning(
                 "kfac_lab: the server did not take everything in %.0f s; %d requests wait in "
                 "%s, and kfac_lab.sync() sends them",
@@ -158,6 +176,8 @@ class Sender:
                 self._drain()
                 self._sample_system()
                 drained = self._send_all()
+                if drained and not self._closing:
+                    self._beat_if_idle()
             except Exception:  # noqa: BLE001 - the thread must survive anything
                 logger.exception("kfac_lab: sender error")
                 drained = False
@@ -177,6 +197,9 @@ class Sender:
             self._drain_locked()
 
     def _drain_locked(self) -> None:
+        if self.closed_by_server is not None:  # nobody would take them (see `_refused`)
+            self.queue.clear()
+            return
         points: list[list[Any]] = []
         lines: list[list[Any]] = []
         while self.queue:
@@ -221,9 +244,14 @@ class Sender:
             if oldest is None:
                 return True
             path, request = oldest
+            if self.closed_by_server is not None:
+                with self._spool_lock:
+                    self.spool.reject(path, self.closed_by_server)
+                continue
             try:
                 answer = self.connection.post(request["path"], request["body"])
             except Permanent as error:
+                self._refused(error)
                 with self._spool_lock:
                     self.spool.reject(path, str(error))
                 continue
@@ -236,8 +264,58 @@ class Sender:
             with self._spool_lock:
                 self.spool.remove(path)
             self._delay = RETRY_FIRST_S
-            if answer.get("cancel_requested"):
-                self.cancel_requested = True
+            self._answered(answer)
+
+    def _answered(self, answer: dict[str, Any]) -> None:
+        """What a successful request tells: the script has been heard from now; a cancel from
+        the page; after the start, how long the server waits for news of the run."""
+        self._last_contact = time.monotonic()
+        if answer.get("cancel_requested"):
+            self.cancel_requested = True
+        timeout = answer.get("contact_timeout_s")
+        if isinstance(timeout, int | float) and timeout > 0:
+            self._heartbeat_s = max(FLUSH_S, min(HEARTBEAT_MAX_S, timeout / 4))
+
+    def _beat_if_idle(self) -> None:
+        """A heartbeat when nothing has been sent for `_heartbeat_s` (none before the start is
+        answered: there is no run to keep alive yet). A failed one is simply tried again at
+        the next interval; the records themselves are what must not be lost."""
+        if self._heartbeat_s is None or self.closed_by_server is not None:
+            return
+        if time.monotonic() - self._last_contact < self._heartbeat_s:
+            return
+        try:
+            answer = self.connection.post(run_path(self.run_id, "heartbeat"), {})
+        except Permanent as error:
+            self._refused(error)
+            return
+        except (OSError, ValueError) as error:
+            self._last_contact = time.monotonic()  # next try one interval later
+            logger.info("kfac_lab: heartbeat failed (%s)", error)
+            return
+        self._answered(answer)
+
+    def _refused(self, error: Permanent) -> None:
+        """A 409: the server has ended the run; say so once and stop sending."""
+        if error.status != ENDED_STATUS or self.closed_by_server is not None:
+            return
+        self.closed_by_server = error.detail
+        logger.warning(
+            "kfac_lab: the lab no longer takes records of run %s: %s. What the script logs "
+            "from now on is dropped; what was waiting to be sent is kept in %s.",
+            self.run_id,
+            error.detail,
+            self.spool.directory / "rejected",
+        )
+
+
+def _detail(body: str) -> str:
+    """The server's message: the `detail` of its JSON error body, else the body itself."""
+    try:
+        detail = json.loads(body).get("detail")
+    except (ValueError, AttributeError):
+        return body
+    return detail if isinstance(detail, str) else body
 
 
 def _points(step: Any, wall_time: float, metrics: dict[str, Any]) -> list[list[Any]]:

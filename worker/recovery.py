@@ -27,7 +27,12 @@ many re-send a given run, and only once per timeout.
    a run whose spec sets `queue_timeout_s` and that has waited that long on a queue with no
    live worker is failed, or moved to the CPU queue (`on_queue_timeout: cpu`).
 
-`requeue_stale_runs(settings)` does one pass of all three; every worker runs it periodically on
+4. Its script died (tracked runs, reported by a user's own script through `kfac_lab`): the
+   client renews the run's heartbeat with every request and a light one when idle, so a run
+   not heard from for `settings.tracking_timeout_s` has lost its script. No worker can take it
+   over, so it is failed with that reason (`fail_silent_tracked` in the store).
+
+`requeue_stale_runs(settings)` does one pass of all four; every worker runs it periodically on
 a daemon thread (`start_reaper`), which also renews the worker's own entry. This module imports
 neither torch nor the training code, so the API process may import it too.
 """
@@ -54,7 +59,7 @@ from backend.store.queueing import (
     queued_runs,
     take_for_sending,
 )
-from backend.store.writes import fail_queued, requeue_stale, set_task_id
+from backend.store.writes import fail_queued, fail_silent_tracked, requeue_stale, set_task_id
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +73,19 @@ def requeue_stale_runs(settings: Settings) -> list[str]:
     if stale:
         logger.warning("re-queueing runs whose worker stopped beating: %s", stale)
     sent = [run_id for run_id in stale if send_again(settings, run_id)]
+    fail_silent_tracked_runs(settings)
     return sent + resend_lost_messages(settings) + apply_queue_timeouts(settings)
+
+
+def fail_silent_tracked_runs(settings: Settings) -> list[str]:
+    """Fail the tracked runs whose script has been silent too long; returns their ids."""
+    with session_scope(settings.database_url) as session:
+        silent = fail_silent_tracked(session, settings.tracking_timeout_s)
+    if silent:
+        logger.warning(
+            "failing tracked runs not heard from for %g s: %s", settings.tracking_timeout_s, silent
+        )
+    return silent
 
 
 def apply_queue_timeouts(settings: Settings) -> list[str]:

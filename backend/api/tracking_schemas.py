@@ -108,6 +108,14 @@ class TrackedRunOut(BaseModel):
     status: str
     created: bool = Field(description="False when the run existed already (a retried create)")
     url: str = Field(description="The experiment's page")
+    contact_timeout_s: float = Field(
+        description="A run not heard from (no write, no heartbeat) for this long is failed "
+        "(KFAC_TRACKING_TIMEOUT_S)"
+    )
+
+
+class Contact(BaseModel):
+    cancel_requested: bool = Field(description="Someone pressed cancel on the run's page")
 
 
 class MetricBatch(_Body):

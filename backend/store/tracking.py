@@ -10,9 +10,14 @@ comparison show them alike; only their life cycle differs:
 * a run starts `running` through `claim_run` (status event, experiment status refreshed, as
   for a worker's run) with the client's host as its "worker";
 * metric batches and snapshots go through `backend.store.results` (idempotent per
-  (run, metric, step) and (run, step), each logging its event); each batch also renews the
-  run's heartbeat and step;
-* `finish` / `fail` set the outcome through `set_status`, which refuses a finished run.
+  (run, metric, step) and (run, step), each logging its event);
+* liveness: every write of the script (metrics, logs, snapshots, and the client's light
+  heartbeat when it has nothing to send) is a `contact`, which renews the run's `heartbeat_at`;
+  the recovery pass fails a run not heard from for `tracking_timeout_s`
+  (`writes.fail_silent_tracked`). Only a running run takes records: a script that comes back
+  after its run has ended is told so (`RunEnded`, a 409 at the API);
+* `finish` / `fail` set the outcome through `set_status`; a retried end changes nothing,
+  an end with another outcome than the run's is refused (`RunEnded`).
 
 Like the rest of the store, functions take the caller's `Session` and never commit.
 """
@@ -35,6 +40,15 @@ TRACKED_SPEC_KIND = "tracked"  # `spec["kind"]` of a tracked experiment or run
 
 class NotTracked(ValueError):
     """The run exists but a worker trains it: the tracking endpoints may not write to it."""
+
+
+class RunEnded(ValueError):
+    """The tracked run has ended (by its script, or failed by the lab for silence) and takes
+    no more records; the message says how it ended."""
+
+    def __init__(self, run: Run):
+        reason = f": {run.error}" if run.error else ""
+        super().__init__(f"run {run.id} has ended {run.status}{reason}; it takes no more records")
 
 
 def start_run(
@@ -96,19 +110,28 @@ def record_metrics(
 ) -> tuple[int, bool]:
     """Store a tracked run's metric points (name, step, wall_time, value). Returns how many
     were new and whether a cancel was requested (from the page), which the client reports to
-    the script. Renews the run's heartbeat and step while it runs (the client sends batches in
-    step order, so the last batch's highest step is the run's progress)."""
-    tracked_run(session, run_id)
-    stored = write_metrics(session, run_id, points)
-    step = max((point[1] for point in points), default=None)
-    control = heartbeat(session, run_id, step) if step is not None else None
-    return stored, control is Control.CANCEL
+    the script. A contact that also records the run's progress (the client sends batches in
+    step order, so the last batch's highest step is the run's step)."""
+    cancel = contact(session, run_id, max((point[1] for point in points), default=None))
+    return write_metrics(session, run_id, points), cancel
 
 
 def record_snapshot(session: Session, run_id: str, step: int, **payload: Any) -> int:
     """Store a tracked run's curvature snapshot (`write_snapshot`'s arguments); its id."""
-    tracked_run(session, run_id)
+    contact(session, run_id)
     return write_snapshot(session, run_id, step, **payload)
+
+
+def contact(session: Session, run_id: str, step: int | None = None) -> bool:
+    """The script of tracked run `run_id` is alive: renew the run's heartbeat (and its `step`,
+    if given). Returns whether a cancel was requested from the page. Raises `RunNotFound`,
+    `NotTracked`, or `RunEnded` when the run no longer runs."""
+    run = tracked_run(session, run_id)
+    control = heartbeat(session, run_id, step)
+    if control is Control.LOST:
+        session.refresh(run)
+        raise RunEnded(run)
+    return control is Control.CANCEL
 
 
 def end_run(
@@ -120,11 +143,15 @@ def end_run(
     step: int | None = None,
     final_metrics: dict[str, float] | None = None,
 ) -> Run:
-    """Set a tracked run's outcome (`succeeded` or `failed` with a reason); a run that has
-    already ended keeps its outcome (a retried finish changes nothing). Returns the run."""
+    """Set a tracked run's outcome (`succeeded` or `failed` with a reason) and return the run.
+    A run that has already ended keeps its outcome: a retried end with the same status changes
+    nothing, another status (a script ending a run the lab failed for silence) raises
+    `RunEnded`."""
     run = tracked_run(session, run_id)
     set_status(session, run_id, status, error=error, step=step, final_metrics=final_metrics)
     session.refresh(run)
+    if run.status != status:
+        raise RunEnded(run)
     return run
 
 

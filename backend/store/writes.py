@@ -189,17 +189,21 @@ def set_run_info(session: Session, run_id: str, **fields: Any) -> None:
     session.execute(sql_update(Run.__table__).where(Run.id == run_id).values(**fields))
 
 
-def heartbeat(session: Session, run_id: str, step: int, worker_id: str | None = None) -> Control:
-    """Renew a running run's heartbeat and progress; tells the worker whether to go on.
+def heartbeat(
+    session: Session, run_id: str, step: int | None, worker_id: str | None = None
+) -> Control:
+    """Renew a running run's heartbeat and progress (`step`, unless None); tells the worker
+    whether to go on.
 
     With `worker_id`, the run must still belong to that worker (it may have been re-queued
     and claimed by another one while this worker was stalled).
     """
     owner = Run.worker_id == worker_id if worker_id is not None else true()
+    progress = {} if step is None else {"step": step}
     row = session.execute(
         sql_update(Run.__table__)
         .where(Run.id == run_id, Run.status == RunStatus.RUNNING, owner)
-        .values(heartbeat_at=utcnow(), step=step)
+        .values(heartbeat_at=utcnow(), **progress)
         .returning(Run.__table__.c.cancel_requested)
     ).first()
     if row is None:
@@ -281,6 +285,20 @@ def requeue_stale(
     return sorted(row.id for row in _transition(session, outcome, stale) if row.status == "queued")
 
 
+def fail_silent_tracked(session: Session, timeout_s: float, now: Any = None) -> list[str]:
+    """Fail every running tracked run whose script has not been heard from (no write, no
+    heartbeat: `backend.store.tracking.contact`) for `timeout_s` seconds, as of `now` (default:
+    the clock); returns their ids. A script that died cannot end its run, and nothing else
+    would: unlike a worker's run, nobody can take it over."""
+    now = now or utcnow()
+    silent = and_(
+        Run.status == RunStatus.RUNNING, Run.tracked, _heartbeat_older_than(now, timeout_s)
+    )
+    reason = f"no contact from the script for {timeout_s:g} s"
+    outcome = {"status": RunStatus.FAILED, "error": reason}
+    return sorted(row.id for row in _transition(session, outcome, silent))
+
+
 # --- helpers -----------------------------------------------------------------------------------
 
 
@@ -348,8 +366,7 @@ def _refresh_experiment_status(session: Session, experiment_id: str) -> str:
 
 def _stale(now: Any, timeout_s: float | None) -> Any:
     """Running runs trained by a worker whose heartbeat is older than `timeout_s`. Tracked
-    runs are left out: their script reports when it can (its client spools while the server is
-    away), and no worker could take them over."""
+    runs are left out: no worker could take them over (`fail_silent_tracked` ends them)."""
     return and_(
         Run.status == RunStatus.RUNNING, ~Run.tracked, _heartbeat_older_than(now, timeout_s)
     )

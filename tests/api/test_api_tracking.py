@@ -75,8 +75,13 @@ def test_end_sets_the_outcome_once(client: TestClient):
     body = {"status": "failed", "error": "ValueError: boom", "step": 3}
     ended = client.post(f"{BASE}/{run_id}/end", json=body, headers=ADMIN).json()
     assert (ended["status"], ended["error"], ended["step"]) == ("failed", "ValueError: boom", 3)
-    again = client.post(f"{BASE}/{run_id}/end", json={"status": "succeeded"}, headers=ADMIN)
-    assert again.json()["status"] == "failed"
+    retried = client.post(f"{BASE}/{run_id}/end", json=body, headers=ADMIN)
+    assert (retried.status_code, retried.json()["status"]) == (200, "failed")
+    other = client.post(f"{BASE}/{run_id}/end", json={"status": "succeeded"}, headers=ADMIN)
+    assert other.status_code == 409
+    ended = f"run {run_id} has ended failed: ValueError: boom; it takes no more records"
+    assert other.json()["detail"] == ended
+    assert client.get(f"/api/runs/{run_id}", headers=ADMIN).json()["status"] == "failed"
 
 
 def test_snapshot_round_trip_with_pooling(client: TestClient):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -10,6 +11,7 @@ from sqlalchemy import update
 
 from backend.store.db import session_scope
 from backend.store.models import Run, utcnow
+from backend.store.tracking import start_run
 from backend.store.writes import claim_run
 from tests.worker.labs import Lab, lab, run_spec
 from worker import recovery
@@ -69,3 +71,23 @@ def test_runs_waiting_in_the_queue_are_not_sent_twice(embedded):
         age(embedded, run_id, 600, created_at=True)
     assert recovery.requeue_stale_runs(embedded.settings) == []
     assert depth(embedded) == 2
+
+
+def test_a_tracked_run_whose_script_went_silent_is_failed_not_requeued(tmp_path):
+    with lab(tmp_path, KFAC_HEARTBEAT_TIMEOUT_S="5", KFAC_TRACKING_TIMEOUT_S="90") as the_lab:
+        with session_scope(the_lab.url) as session:
+            silent, talking = (
+                start_run(
+                    session, run_id=uuid.uuid4().hex, experiment="scripts", label=label,
+                    config={}, optimizer={"name": "custom"}, seed=0, client="laptop:1",
+                )[0].id
+                for label in ("silent", "talking")
+            )
+        age(the_lab, silent, 95, heartbeat_at=True)  # beyond 90 s, though not for workers' 5 s
+        age(the_lab, talking, 85, heartbeat_at=True)
+
+        assert recovery.requeue_stale_runs(the_lab.settings) == []  # nothing to send
+        run = the_lab.run(silent)
+        assert (run.status, run.error) == ("failed", "no contact from the script for 90 s")
+        assert run.finished_at is not None
+        assert the_lab.run(talking).status == "running"
