@@ -34,7 +34,7 @@ def list_datasets() -> None:
         files = "\n".join(
             f"{f.name}{' (missing)' if f.name in lacking else ''}" for f in info.files
         )
-        status = "missing" if lacking else "present"
+        status = datafiles.availability(info, data_dir).replace("_", " ")
         size = _size(datafiles.size_bytes(info, data_dir))
         table.add_row(name, files or "(built in)", status, size)
     console.print(table)

@@ -7,7 +7,9 @@ torch:
 * the API refuses, at create, a run whose dataset has files missing in *its* KFAC_DATA_DIR
   (unless the run sets `dataset.download`; `KFAC_CHECK_DATA=false` turns the check off where the
   API does not share the workers' disk), and `kfac-lab run` refuses it likewise: `spec_errors`;
-* `kfac-lab data list` / `kfac-lab data fetch NAME`: `missing`, `size_bytes`, `fetch`;
+* `kfac-lab data list` / `kfac-lab data fetch NAME`, and `GET /api/datasets` (which the
+  new-comparison form reads to mark the datasets it offers): `availability`, `missing`,
+  `size_bytes`, `fetch`;
 * a worker's loader, before reading the files: `ensure` (fetches on `dataset.download`, unpacks
   an archive that is there but not yet unpacked, or raises the same message as the API).
 
@@ -24,7 +26,7 @@ import tarfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from backend.datasets import DataFile, DatasetInfo
 
@@ -49,6 +51,14 @@ def present(file: DataFile, data_dir: Path) -> bool:
 def missing(info: DatasetInfo, data_dir: Path) -> list[str]:
     """The names of `info`'s files that `data_dir` lacks (none for built-in datasets)."""
     return [file.name for file in info.files if not present(file, data_dir)]
+
+
+def availability(info: DatasetInfo, data_dir: Path) -> Literal["built_in", "present", "missing"]:
+    """`built_in`: `info` declares no files (generated, or shipped with an installed package),
+    so it is always there; else whether `data_dir` holds them all (`present`) or not."""
+    if not info.files:
+        return "built_in"
+    return "missing" if missing(info, data_dir) else "present"
 
 
 def missing_message(name: str, info: DatasetInfo, files: list[str], data_dir: Path) -> str:

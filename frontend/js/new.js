@@ -1,10 +1,12 @@
 // The "new comparison" page: pick a preset (GET /api/presets) or build an experiment in the
 // compact comparison form — one base run × optimizers (each maybe sweeping some of its
 // hyper-parameters: a list of values where one goes) × seeds — with fields generated from the
-// API's own schema. Submitting posts the whole spec the form shows and opens the experiment
-// page at once; a 422's field errors appear by the fields.
+// API's own schema; each dataset is marked with whether the lab has its files (datasets.js).
+// Submitting posts the whole spec the form shows and opens the experiment page at once; a
+// 422's field errors appear by the fields.
 
 import { ApiError, get, post } from "./api.js";
+import { markDatasets } from "./datasets.js";
 import { byId, el, formatBytes, formatDuration, formatNumber, replace, startPage } from "./dom.js";
 import { SchemaForm, component, resolve } from "./schemaform.js";
 
@@ -16,7 +18,7 @@ const CUSTOM = {
   experiment: { name: "my comparison", base: {}, optimizers: [{ name: "kfac" }, { name: "sgd_momentum" }], seeds: [0] },
 };
 
-const state = { schema: null, presets: [], preset: null, draft: null, form: null, previewTimer: null, previews: 0 };
+const state = { schema: null, presets: [], datasets: new Map(), preset: null, draft: null, form: null, previewTimer: null, previews: 0 };
 const PREVIEW_DELAY_MS = 400; // after the last keystroke
 
 /** A preset's experiment in the form's terms (`"dataset": "mnist"` → `{"name": "mnist"}`). */
@@ -87,6 +89,7 @@ function renderForm() {
   state.form = form;
   replace(byId("experiment-fields"), ...form.objectFields(experiment, "", ["name", "description"]));
   replace(byId("run-fields"), ...form.objectFields(run, "base", MAIN_RUN_FIELDS));
+  markDatasets(form, "base.dataset", state.datasets);
   replace(byId("probe-fields"), ...form.objectFields(resolve(root, resolve(root, run).properties.probe), "base.probe"));
   const advanced = Object.keys(resolve(root, run).properties).filter((key) => !HIDDEN_RUN_FIELDS.includes(key));
   replace(byId("advanced-fields"), ...form.objectFields(run, "base", advanced));
@@ -253,8 +256,9 @@ async function main() {
     renderForm();
   });
   try {
-    const [schema, presets] = await Promise.all([get("/openapi.json"), get("/api/presets")]);
+    const [schema, presets, datasets] = await Promise.all([get("/openapi.json"), get("/api/presets"), get("/api/datasets")]);
     state.schema = schema;
+    state.datasets = new Map(datasets.map((dataset) => [dataset.name, dataset]));
     state.presets = Array.isArray(presets) ? presets : Object.entries(presets).map(([name, p]) => ({ name, ...p }));
   } catch (error) {
     replace(byId("presets"), el("p", { class: "error-text" }, error.message));

@@ -279,16 +279,23 @@ export class SchemaForm {
     }
   }
 
-  /** The field an error location belongs to, skipping union tags ("kfac", "constrained-int"). */
+  /**
+   * The field an error location belongs to, skipping union tags ("kfac", "constrained-int").
+   * An error about a whole group of fields (a dataset's "base.dataset") goes to its first.
+   */
   fieldFor(key) {
     const kept = [];
+    const segments = key.split(".");
     let best = null;
-    for (const segment of key.split(".")) {
+    for (const segment of segments) {
       const candidate = [...kept, segment].join(".");
       const known = [...this.fields.keys()].some((p) => p === candidate || p.startsWith(`${candidate}.`));
       if (!known) continue;
       kept.push(segment);
       if (this.fields.has(candidate)) best = candidate;
+    }
+    if (best === null && kept.length === segments.length) {
+      best = [...this.fields.keys()].find((p) => p.startsWith(`${kept.join(".")}.`)) ?? null;
     }
     return best;
   }

@@ -6,6 +6,7 @@ from backend.api.deps import known_query, known_query_after_auth
 from backend.api.errors import UNKNOWN_QUERY_ERROR
 from backend.api.routes import (
     comparison,
+    datasets,
     events,
     experiments,
     logs,
@@ -24,8 +25,8 @@ api_router = APIRouter(
     prefix="/api", dependencies=[Depends(known_query_after_auth)], responses=UNKNOWN_QUERY_ERROR
 )
 for module in (
-    experiments, comparison, runs, metrics, logs, snapshots, events, share, presets, report,
-    tracking,
+    experiments, comparison, runs, metrics, logs, snapshots, events, share, presets, datasets,
+    report, tracking,
 ):
     api_router.include_router(module.router)
 health_router = APIRouter(dependencies=[Depends(known_query)], responses=UNKNOWN_QUERY_ERROR)
