@@ -2,7 +2,9 @@
 
 A run whose `finish` timed out (the server was down longer than it waited) or whose process
 was killed leaves its remaining requests on disk. They are idempotent, so sending them later,
-from any process on the same machine, completes the run exactly.
+from any process on the same machine, completes the run exactly, as long as the lab has not
+failed the run meanwhile for want of news (KFAC_TRACKING_TIMEOUT_S): then the server answers
+409 and the requests stay in the spool's `rejected/` (see kfac_lab.sender).
 """
 
 from __future__ import annotations
