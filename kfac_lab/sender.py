@@ -155,9 +155,9 @@ class Sender:
         if self._thread.is_alive():  # stuck in a request: the thread still owns the spool
             return False
         self.spool.release()
-        if sent or self.closed_by_server is not None:
-            self.spool.discard_if_done()  # keeps `rejected/`
-        if not sent and self.closed_by_server is None:
+        if sent or self.closed_by_server is not None:  # nothing left that could be sent
+            self.spool.discard_if_done()  # (keeps `rejected/`)
+        else:
             logger.warning(
                 "kfac_lab: the server did not take everything in %.0f s; %d requests wait in "
                 "%s, and kfac_lab.sync() sends them",
