@@ -69,13 +69,17 @@ def test_a_silent_run_fails_with_the_reason_and_a_live_event(client: TestClient,
 @pytest.mark.parametrize("write", sorted(WRITES))
 def test_every_write_renews_the_run(client: TestClient, db_url: str, write: str):
     alive, silent = (new_run(client, f"renew {uuid.uuid4().hex[:6]}")["run_id"] for _ in "ab")
+    earlier = {"points": [["train_loss", 3, 0.5, 0.9]]}
+    assert client.post(f"{BASE}/{alive}/metrics", json=earlier, headers=ADMIN).status_code == 200
     for run_id in (alive, silent):
         silent_for(db_url, run_id, TIMEOUT_S + 60)
     answer = client.post(f"{BASE}/{alive}/{write}", json=WRITES[write], headers=ADMIN)
     assert answer.status_code == 200, answer.text
     failed = reap(db_url)
     assert silent in failed and alive not in failed
-    assert client.get(f"/api/runs/{alive}", headers=ADMIN).json()["status"] == "running"
+    run = client.get(f"/api/runs/{alive}", headers=ADMIN).json()
+    assert run["status"] == "running"
+    assert run["step"] == (7 if write == "metrics" else 3)  # only metrics say how far it got
 
 
 def test_a_heartbeat_carries_a_cancel_from_the_page(client: TestClient):
