@@ -91,3 +91,17 @@ def test_a_tracked_run_whose_script_went_silent_is_failed_not_requeued(tmp_path)
         assert (run.status, run.error) == ("failed", "no contact from the script for 90 s")
         assert run.finished_at is not None
         assert the_lab.run(talking).status == "running"
+
+
+@pytest.mark.slow
+def test_a_worker_fails_a_silent_tracked_run_with_nobody_watching(tmp_path):
+    """No page open, no call from the test: the worker's own periodic recovery pass does it."""
+    with lab(tmp_path, KFAC_HEARTBEAT_TIMEOUT_S="4", KFAC_TRACKING_TIMEOUT_S="3") as the_lab:
+        the_lab.start_worker()
+        with session_scope(the_lab.url) as session:
+            run_id = start_run(
+                session, run_id=uuid.uuid4().hex, experiment="unwatched", label="died",
+                config={}, optimizer={"name": "custom"}, seed=0, client="laptop:2",
+            )[0].id
+        (failed,) = the_lab.wait(run_id, timeout=120)
+        assert (failed.status, failed.error) == ("failed", "no contact from the script for 3 s")
