@@ -11,7 +11,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.support import PageWatch, Server
+from tests.browser.support import PageWatch, Screenshots, Server
 
 pytestmark = pytest.mark.browser
 
@@ -115,7 +115,7 @@ def test_the_provenance_tooltip_shows_where_a_run_ran_as_text(
 
 
 def test_the_form_marks_datasets_without_files_and_explains_the_refusal(
-    owner_page: tuple[Page, PageWatch], server: Server
+    owner_page: tuple[Page, PageWatch], server: Server, screenshots: Screenshots
 ) -> None:
     page, watch = owner_page
     page.goto("/new")
@@ -133,6 +133,7 @@ def test_the_form_marks_datasets_without_files_and_explains_the_refusal(
     expect(note).to_contain_text("kfac-lab data fetch mnist")
     expect(note).to_contain_text(str(server.home / "data"))
     expect(note).to_have_class("availability error-text")
+    screenshots.save("new-dataset-missing", page.locator('fieldset[data-path="base.dataset"]'))
     page.locator('input[name="base.dataset.download"]').check()
     expect(note).to_contain_text("downloads them from the mirror")
     page.locator('input[name="base.dataset.download"]').uncheck()
