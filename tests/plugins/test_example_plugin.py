@@ -91,6 +91,11 @@ def test_a_plugin_trains_through_the_api_and_a_worker(plugin_site: Path, tmp_pat
         the_lab.start_worker(PYTHONPATH=pythonpath)
         schema = client.get("/openapi.json").text
         assert "diag_fisher" in schema and "skinny_mlp" in schema and "two_spirals" in schema
+        datasets = {d["name"]: d for d in client.get("/api/datasets").json()}  # the form's marks
+        spirals = datasets["two_spirals"]
+        assert (spirals["package"], spirals["availability"]) == (
+            "kfac-lab-example-plugin", "built_in"
+        )
         created = client.post("/api/experiments", json=SPEC)
         assert created.status_code == 201, created.text
         experiment = wait_finished(client, the_lab, created.json()["id"])
