@@ -64,9 +64,9 @@ def scratch_home(server: str, name: str) -> Iterator[tuple[str, Path]]:
 
 
 @contextmanager
-def running_api(url: str, home: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+def running_api(url: str, home: Path, root: Path = ROOT) -> Iterator[tuple[subprocess.Popen, str]]:
     """The API against the database `url` (see `start_api`), stopped on the way out."""
-    process, base = start_api(url, home)
+    process, base = start_api(url, home, root)
     try:
         yield process, base
     finally:
@@ -74,20 +74,21 @@ def running_api(url: str, home: Path) -> Iterator[tuple[subprocess.Popen, str]]:
         process.wait(timeout=30)
 
 
-def start_api(url: str, home: Path) -> tuple[subprocess.Popen, str]:
-    """Start the API on a free loopback port against `url`; returns the process and its base
-    URL once `/healthz` answers. The caller terminates the process (or uses `running_api`)."""
+def start_api(url: str, home: Path, root: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    """Start the API of the checkout at `root` (this one by default) on a free loopback port
+    against `url`; returns the process and its base URL once `/healthz` answers. The caller
+    terminates the process (or uses `running_api`)."""
     port = free_port()
     env = {
         **os.environ,
         "KFAC_DATABASE_URL": url,
         "KFAC_ADMIN_TOKEN": TOKEN,
         "KFAC_HOME": str(home),
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(root),
     }
     command = [sys.executable, "-m", "uvicorn", "backend.api.main:app", "--port", str(port)]
     command += ["--log-level", "warning", "--no-access-log", "--timeout-graceful-shutdown", "2"]
-    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    process = subprocess.Popen(command, cwd=root, env=env)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
