@@ -30,9 +30,7 @@ import math
 import secrets
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 
@@ -43,12 +41,11 @@ from backend.store.writes import create_experiment
 from bench.support import (
     HEADERS,
     LoadAverage,
-    add_server_option,
-    filled_database,
+    add_database_options,
+    api_on_filled_database,
     percentile,
     print_table,
     rss_mb,
-    running_api,
     time_requests,
     vacuum_analyze,
 )
@@ -203,19 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--events", type=int, default=40)
-    add_server_option(parser)
-    parser.add_argument("--database", help="reuse this already filled database (not dropped)")
+    add_database_options(parser)
     args = parser.parse_args(argv)
     if args.requests < 2:
         parser.error("--requests must be at least 2")
 
-    filled = filled_database(args.server, args.database, NAME, lambda url: fill(url, args.points))
-    with (
-        filled as (url, experiment_id),
-        tempfile.TemporaryDirectory() as home,
-        running_api(url, Path(home)) as (process, base),
-        LoadAverage() as load,
-    ):
+    lab = api_on_filled_database(
+        args.server, args.database, NAME, lambda url: fill(url, args.points)
+    )
+    with lab as (url, experiment_id, process, base), LoadAverage() as load:
         with session_scope(url) as session:
             run_ids = [run.id for run in session.get(Experiment, experiment_id).runs]
         results = time_page(base, experiment_id, args.requests, process.pid)

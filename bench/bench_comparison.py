@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,10 +41,9 @@ from backend.store.writes import claim_run, create_experiment, set_status
 from bench.support import (
     HEADERS,
     LoadAverage,
-    add_server_option,
-    filled_database,
+    add_database_options,
+    api_on_filled_database,
     print_table,
-    running_api,
     time_requests,
     vacuum_analyze,
 )
@@ -125,19 +123,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=30)
-    add_server_option(parser)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--database", help="reuse this already filled database (not dropped)")
+    add_database_options(parser)
     args = parser.parse_args(argv)
     if args.requests < 2:
         parser.error("--requests must be at least 2")
-    filled = filled_database(args.server, args.database, NAME, lambda url: fill(url, args.points))
-    with (
-        filled as (url, experiment_id),
-        tempfile.TemporaryDirectory() as home,
-        running_api(url, Path(home)) as (process, base),
-        LoadAverage() as load,
-    ):
+    lab = api_on_filled_database(
+        args.server, args.database, NAME, lambda url: fill(url, args.points)
+    )
+    with lab as (url, experiment_id, process, base), LoadAverage() as load:
         results = measure(base, experiment_id, args.requests, process.pid)
     results.update(load.as_dict())
     if args.json:

@@ -36,7 +36,7 @@ from bench.support import (
     ROOT,
     TOKEN,
     LoadAverage,
-    add_server_option,
+    add_database_options,
     filled_database,
     running_api,
 )
@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--against", default="HEAD~1", help="the other revision (git)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--points", type=int, default=10_000)
-    add_server_option(parser)
-    parser.add_argument("--database", help="reuse this already filled database (not dropped)")
+    add_database_options(parser)
     args = parser.parse_args(argv)
     filled = filled_database(args.server, args.database, NAME, lambda url: fill(url, args.points))
     samples: dict[str, list[dict[str, float]]] = {"this": [], "other": []}

@@ -52,6 +52,13 @@ def add_server_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default=SERVER, help="PostgreSQL URL (default: %(default)s)")
 
 
+def add_database_options(parser: argparse.ArgumentParser) -> None:
+    """`--server`, and `--database`: a database filled by an earlier run, to reuse (see
+    `filled_database`)."""
+    add_server_option(parser)
+    parser.add_argument("--database", help="reuse this already filled database (not dropped)")
+
+
 @contextmanager
 def scratch_home(server: str, name: str) -> Iterator[tuple[str, Path]]:
     """A new database on `server` and a temporary folder for the lab's files (`KFAC_HOME`),
@@ -155,6 +162,20 @@ def filled_database(
         stored = fill(url)
         print(f"stored {stored} in {time.perf_counter() - start:.0f} s")
         yield url, experiment_named(url, name)
+
+
+@contextmanager
+def api_on_filled_database(
+    server: str, reuse: str | None, name: str, fill: Callable[[str], str]
+) -> Iterator[tuple[str, str, subprocess.Popen, str]]:
+    """`filled_database`'s database with the API running on it: (database URL, experiment id,
+    API process, API base URL)."""
+    with (
+        filled_database(server, reuse, name, fill) as (url, experiment_id),
+        tempfile.TemporaryDirectory(prefix="kfac-bench-") as home,
+        running_api(url, Path(home)) as (process, base),
+    ):
+        yield url, experiment_id, process, base
 
 
 def experiment_named(url: str, name: str) -> str:
