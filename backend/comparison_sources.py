@@ -14,29 +14,43 @@ from backend.store.comparison_reads import (
     crossing_points,
     median_values,
     metric_extremes,
+    series_of_runs,
     values_at,
 )
+from backend.store.models import MetricSeries
 
 
 class StoreSource:
-    """The store's reads (`backend.store.comparison_reads`): never whole series."""
+    """The store's reads (`backend.store.comparison_reads`): never whole series. The runs'
+    series are looked up once, all metrics together (each read is a round trip to the
+    database, and on a busy machine every round trip waits for a CPU)."""
 
     def __init__(self, session: Session):
         self.session = session
+        self._series: dict[str, dict[str, MetricSeries]] = {}  # run id → metric → series
+
+    def _of(self, run_ids: Sequence[str], name: str) -> list[MetricSeries]:
+        missing = [run_id for run_id in run_ids if run_id not in self._series]
+        if missing:
+            for run_id in missing:
+                self._series[run_id] = {}
+            for series in series_of_runs(self.session, missing):
+                self._series[series.run_id][series.name] = series
+        return [self._series[r][name] for r in run_ids if name in self._series[r]]
 
     def extremes(self, run_ids: list[str], metric: str) -> dict[str, tuple[float, float, float]]:
-        return metric_extremes(self.session, run_ids, metric)
+        return metric_extremes(self.session, self._of(run_ids, metric))
 
     def step_times(self, run_ids: list[str]) -> dict[str, float]:
-        return median_values(self.session, run_ids, "step_time")
+        return median_values(self.session, self._of(run_ids, "step_time"))
 
     def around_crossing(
         self, run_ids: list[str], metric: str, target: float, higher: bool
     ) -> dict[str, Points]:
-        return crossing_points(self.session, run_ids, metric, target, higher)
+        return crossing_points(self.session, self._of(run_ids, metric), target, higher)
 
     def examples_at(self, steps: dict[str, list[int]]) -> dict[str, dict[int, float]]:
-        return values_at(self.session, steps, "examples_seen")
+        return values_at(self.session, self._of(list(steps), "examples_seen"), steps)
 
 
 class SeriesSource:

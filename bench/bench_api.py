@@ -27,24 +27,30 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import secrets
 import statistics
 import sys
-import tempfile
 import time
-from contextlib import ExitStack
-from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine
 
 from backend.store.db import session_scope
-from backend.store.migrate import scratch_database
-from backend.store.queries import list_experiments
+from backend.store.models import Experiment
 from backend.store.results import write_metrics
 from backend.store.writes import create_experiment
-from bench.support import HEADERS, cpu_seconds, percentile, rss_mb, start_api
+from bench.support import (
+    HEADERS,
+    LoadAverage,
+    add_database_options,
+    api_on_filled_database,
+    percentile,
+    print_table,
+    rss_mb,
+    time_requests,
+    vacuum_analyze,
+)
+
+NAME = "bench"
 
 METRICS = ("train_loss", "test_loss", "test_accuracy", "update_norm")
 N_RUNS = 10
@@ -56,15 +62,16 @@ BATCH_STEPS = 10_000
 # --- data ----------------------------------------------------------------------------------
 
 
-def fill(url: str, n_points: int) -> tuple[str, list[str]]:
-    """An experiment of N_RUNS runs, each with the 4 metrics at `n_points` steps."""
+def fill(url: str, n_points: int) -> str:
+    """An experiment of N_RUNS runs, each with the 4 metrics at `n_points` steps. Returns what
+    it stored."""
     runs = [
         {"label": f"run {i}", "optimizer": {"name": "kfac"}, "seed": i, "spec": {"seed": i}}
         for i in range(N_RUNS)
     ]
     with session_scope(url) as session:
-        experiment = create_experiment(session, name="bench", spec={}, runs=runs)
-        experiment_id, run_ids = experiment.id, [run.id for run in experiment.runs]
+        experiment = create_experiment(session, name=NAME, spec={}, runs=runs)
+        run_ids = [run.id for run in experiment.runs]
     for index, run_id in enumerate(run_ids):
         for start in range(0, n_points, BATCH_STEPS):
             steps = range(start, min(n_points, start + BATCH_STEPS))
@@ -75,11 +82,9 @@ def fill(url: str, n_points: int) -> tuple[str, list[str]]:
             ]
             with session_scope(url) as session:
                 write_metrics(session, run_id, points)
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:  # what autovacuum does after a bulk load
-        connection.exec_driver_sql("VACUUM ANALYZE")
-    engine.dispose()
-    return experiment_id, run_ids
+    vacuum_analyze(url)
+    total = N_RUNS * len(METRICS) * n_points
+    return f"{total:,} points ({N_RUNS} runs x {len(METRICS)} metrics x {n_points:,})"
 
 
 # --- measurements --------------------------------------------------------------------------
@@ -105,16 +110,8 @@ def time_page(base: str, experiment_id: str, requests: int, api_pid: int) -> dic
             client.get(page, params={"names": names, "max_points": 100}).raise_for_status()
             client.get(f"/api/experiments/{experiment_id}").raise_for_status()
         for label, calls in cases.items():
-            timings = []
-            cpu_before = cpu_seconds(api_pid)
-            for path, query in calls:
-                start = time.perf_counter()
-                response = client.get(path, params=query)
-                timings.append((time.perf_counter() - start) * 1000)
-                response.raise_for_status()
-            out[f"{label}_p50_ms"] = statistics.median(timings)
-            out[f"{label}_p95_ms"] = percentile(timings, 0.95)
-            out[f"{label}_cpu_ms"] = (cpu_seconds(api_pid) - cpu_before) * 1000 / len(calls)
+            figures, response = time_requests(client, calls, api_pid)
+            out.update({f"{label}_{key}": value for key, value in figures.items()})
             if label == "warm":
                 body = response.json()
                 out["page_points"] = sum(
@@ -203,44 +200,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--events", type=int, default=40)
-    parser.add_argument("--server", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--database", help="reuse this already filled database (not dropped)")
+    add_database_options(parser)
     args = parser.parse_args(argv)
     if args.requests < 2:
         parser.error("--requests must be at least 2")
 
-    with ExitStack() as stack:
-        if args.database:  # a database filled by an earlier run (kept): skip the 4M writes
-            url = args.database
-            with session_scope(url) as session:
-                experiment = list_experiments(session, name="bench", limit=1)[0][0]
-                experiment_id, run_ids = experiment.id, [run.id for run in experiment.runs]
-        else:
-            url = stack.enter_context(scratch_database(args.server, prefix="kfac_bench"))
-            start = time.perf_counter()
-            experiment_id, run_ids = fill(url, args.points)
-            print(
-                f"stored {N_RUNS * len(METRICS) * args.points:,} points ({N_RUNS} runs x "
-                f"{len(METRICS)} metrics x {args.points:,}) in {time.perf_counter() - start:.0f} s"
-            )
-        home = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        process, base = start_api(url, home)
-        try:
-            results = time_page(base, experiment_id, args.requests, process.pid)
-            results["rss_after_reads_mb"], _ = rss_mb(process.pid)
-            results["rss_streams_mb"] = asyncio.run(
-                with_open_streams(base, experiment_id, args.streams, process.pid)
-            )
-            live = sse_latency(base, url, experiment_id, run_ids[0], args.streams, args.events)
-            results.update(asyncio.run(live))
-            results["rss_mb"], results["rss_peak_mb"] = rss_mb(process.pid)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-    return report(results, args)
+    lab = api_on_filled_database(
+        args.server, args.database, NAME, lambda url: fill(url, args.points)
+    )
+    with lab as (url, experiment_id, process, base), LoadAverage() as load:
+        with session_scope(url) as session:
+            run_ids = [run.id for run in session.get(Experiment, experiment_id).runs]
+        results = time_page(base, experiment_id, args.requests, process.pid)
+        results["rss_after_reads_mb"], _ = rss_mb(process.pid)
+        results["rss_streams_mb"] = asyncio.run(
+            with_open_streams(base, experiment_id, args.streams, process.pid)
+        )
+        live = sse_latency(base, url, experiment_id, run_ids[0], args.streams, args.events)
+        results.update(asyncio.run(live))
+        results["rss_mb"], results["rss_peak_mb"] = rss_mb(process.pid)
+    return report(results, args, str(load))
 
 
-def report(r: dict[str, float], args: argparse.Namespace) -> int:
+def report(r: dict[str, float], args: argparse.Namespace, load: str) -> int:
     rss = max(r["rss_after_reads_mb"], r["rss_streams_mb"], r["rss_mb"])
     page_goal = f"<= {GOALS['page_p95_ms']:.0f} ms"
     rows = [
@@ -288,12 +270,7 @@ def report(r: dict[str, float], args: argparse.Namespace) -> int:
         "rss": rss <= GOALS["rss_mb"],
         "sse": r["sse_p95_s"] <= GOALS["sse_p95_s"],
     }
-    width = max(len(row[0]) for row in rows)
-    print(f"\n{'measure':<{width}}  {'value':>22}  goal")
-    for name, value, goal in rows:
-        print(f"{name:<{width}}  {value:>22}  {goal}")
-    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print("goals: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in ok.items()))
+    print_table(rows, load, ok)
     return 0 if all(ok.values()) else 1
 
 

@@ -28,24 +28,25 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import statistics
 import sys
-import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 import numpy as np
-from sqlalchemy import create_engine
 
 from backend.store.db import session_scope
-from backend.store.migrate import scratch_database
-from backend.store.queries import list_experiments
 from backend.store.results import write_metrics
 from backend.store.writes import claim_run, create_experiment, set_status
-from bench.support import HEADERS, cpu_seconds, percentile, start_api
+from bench.support import (
+    HEADERS,
+    LoadAverage,
+    add_database_options,
+    api_on_filled_database,
+    print_table,
+    time_requests,
+    vacuum_analyze,
+)
 
 OPTIMIZERS = ("kfac", "kfc", "sgd_momentum", "adam", "sgd")
 GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
@@ -56,7 +57,8 @@ NAME = "bench comparison"
 
 def fill(url: str, n_points: int) -> str:
     """The experiment: every optimizer × lr × seed, each run with `n_points` steps of its
-    three series; a loss that falls at a rate set by the optimizer and lr, with noise."""
+    three series; a loss that falls at a rate set by the optimizer and lr, with noise. Returns
+    what it stored."""
     runs = []
     for optimizer in OPTIMIZERS:
         for lr in GRID:
@@ -67,7 +69,7 @@ def fill(url: str, n_points: int) -> str:
                 runs.append({"label": label, "optimizer": setting, "seed": seed, "spec": spec})
     with session_scope(url) as session:
         experiment = create_experiment(session, name=NAME, spec={}, runs=runs)
-        experiment_id, run_ids = experiment.id, [run.id for run in experiment.runs]
+        run_ids = [run.id for run in experiment.runs]
     steps = np.arange(n_points)
     for index, (run_id, run) in enumerate(zip(run_ids, runs, strict=True)):
         rng = np.random.default_rng(index)
@@ -88,17 +90,12 @@ def fill(url: str, n_points: int) -> str:
             write_metrics(session, run_id, points)
             claim_run(session, run_id, "bench")
             set_status(session, run_id, "succeeded")
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:  # what autovacuum does after a bulk load
-        connection.exec_driver_sql("VACUUM ANALYZE")
-    engine.dispose()
-    return experiment_id
+    vacuum_analyze(url)
+    return f"{len(runs) * 3 * n_points:,} points ({len(runs)} runs × 3 series × {n_points:,})"
 
 
 def measure(base: str, experiment_id: str, requests: int, api_pid: int) -> dict[str, float]:
-    """Timings of the comparison request (see the module docstring), and the API process's
-    CPU time per request, which other load on the machine barely changes (the database's
-    share is not in it)."""
+    """Timings of the comparison request (see the module docstring and `time_requests`)."""
     path = f"/api/experiments/{experiment_id}/comparison"
     out: dict[str, float] = {}
     with httpx.Client(base_url=base, headers=HEADERS, timeout=60) as client:
@@ -117,16 +114,8 @@ def measure(base: str, experiment_id: str, requests: int, api_pid: int) -> dict[
             "warm": [{"target": 5.0}] * requests,
         }
         for label, queries in cases.items():
-            timings = []
-            cpu_before = cpu_seconds(api_pid)
-            for query in queries:
-                start = time.perf_counter()
-                response = client.get(path, params=query)
-                timings.append((time.perf_counter() - start) * 1000)
-                response.raise_for_status()
-            out[f"{label}_p50_ms"] = statistics.median(timings)
-            out[f"{label}_p95_ms"] = percentile(timings, 0.95)
-            out[f"{label}_cpu_ms"] = (cpu_seconds(api_pid) - cpu_before) * 1000 / len(queries)
+            figures, _ = time_requests(client, [(path, query) for query in queries], api_pid)
+            out.update({f"{label}_{key}": value for key, value in figures.items()})
     return out
 
 
@@ -134,40 +123,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=10_000)
     parser.add_argument("--requests", type=int, default=30)
-    parser.add_argument("--server", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--database", help="reuse this already filled database (not dropped)")
+    add_database_options(parser)
     args = parser.parse_args(argv)
     if args.requests < 2:
         parser.error("--requests must be at least 2")
-    with ExitStack() as stack:
-        if args.database:  # filled by an earlier run (kept): skip the 3M writes
-            url = args.database
-            with session_scope(url) as session:
-                experiment_id = list_experiments(session, name=NAME, limit=1)[0][0].id
-        else:
-            url = stack.enter_context(scratch_database(args.server, prefix="kfac_bench"))
-            start = time.perf_counter()
-            experiment_id = fill(url, args.points)
-            n_runs = len(OPTIMIZERS) * len(GRID) * SEEDS
-            print(
-                f"stored {n_runs * 3 * args.points:,} points ({n_runs} runs × 3 series × "
-                f"{args.points:,}) in {time.perf_counter() - start:.0f} s"
-            )
-        home = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        process, base = start_api(url, home)
-        try:
-            results = measure(base, experiment_id, args.requests, process.pid)
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
-    results["load_average"] = os.getloadavg()[0]
+    lab = api_on_filled_database(
+        args.server, args.database, NAME, lambda url: fill(url, args.points)
+    )
+    with lab as (url, experiment_id, process, base), LoadAverage() as load:
+        results = measure(base, experiment_id, args.requests, process.pid)
+    results.update(load.as_dict())
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return report(results)
+    return report(results, str(load))
 
 
-def report(r: dict[str, float]) -> int:
+def report(r: dict[str, float], load: str) -> int:
     rows = [
         ("groups / runs / runs that reached the default target", f"{r['groups']:.0f} / "
          f"{r['runs']:.0f} / {r['reached']:.0f}", ""),
@@ -184,12 +156,7 @@ def report(r: dict[str, float]) -> int:
         ("answer size", f"{r['bytes']:,.0f} bytes", ""),
     ]  # fmt: skip
     ok = {key: r[key] <= goal for key, goal in GOALS.items()}
-    width = max(len(row[0]) for row in rows)
-    print(f"\n{'measure':<{width}}  {'value':>22}  goal")
-    for name, value, goal in rows:
-        print(f"{name:<{width}}  {value:>22}  {goal}")
-    print(f"load average during the run: {r['load_average']:.1f} on {os.cpu_count()} CPUs")
-    print("goals: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in ok.items()))
+    print_table(rows, load, ok)
     return 0 if all(ok.values()) and not math.isnan(r["cold_p95_ms"]) else 1
 
 

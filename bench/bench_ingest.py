@@ -37,6 +37,7 @@ from backend.store.db import session_scope
 from backend.store.migrate import scratch_database
 from backend.store.results import write_metrics
 from backend.store.writes import create_experiment
+from bench.support import add_server_option
 
 GOAL_POINTS_PER_S = 50_000
 METRICS = ("train_loss", "step_time", "examples_seen", "update_norm")
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 50_000])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--server", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    add_server_option(parser)
     args = parser.parse_args(argv)
     with scratch_database(args.server, prefix="kfac_bench") as url:
         results = measure(url, args.sizes, args.rounds)

@@ -21,7 +21,7 @@ import httpx
 from backend.store.db import session_scope
 from backend.store.migrate import upgrade
 from backend.store.writes import claim_run, create_experiment, set_status
-from bench.support import HEADERS, percentile, start_api
+from bench.support import HEADERS, percentile, running_api
 
 GOAL_P95_MS = 100.0
 OUTCOMES = ("succeeded", "failed", "diverged", "cancelled")
@@ -67,8 +67,7 @@ def main() -> int:
         start = time.perf_counter()
         seed(url, args.experiments)
         print(f"stored {args.experiments:,} experiments in {time.perf_counter() - start:.0f} s")
-        process, base = start_api(url, Path(folder))
-        try:
+        with running_api(url, Path(folder)) as (_, base):
             asks = {
                 "first page of 50": {"limit": 50},
                 "search by name": {"limit": 50, "name": "sweep 123"},
@@ -85,9 +84,6 @@ def main() -> int:
                     f"{name:<26}{answer['total']:>8,}{statistics.median(times):>10.1f}"
                     f"{p95:>10.1f}  p95 <= {GOAL_P95_MS:.0f} ms"
                 )
-        finally:
-            process.terminate()
-            process.wait()
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"goal: {'met' if met else 'MISSED'}")
     return 0

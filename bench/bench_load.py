@@ -38,7 +38,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +47,17 @@ import httpx
 from sqlalchemy import select
 
 from backend.store.db import session_scope
-from backend.store.migrate import scratch_database
 from backend.store.models import Event, MetricSeries, Run
-from bench.support import HEADERS, TOKEN, cpu_seconds, percentile, rss_mb, start_api
+from bench.support import (
+    HEADERS,
+    TOKEN,
+    add_server_option,
+    cpu_seconds,
+    percentile,
+    rss_mb,
+    running_api,
+    scratch_home,
+)
 from tests.worker.labs import Lab, lab, run_spec
 
 GOAL_COST = 0.05
@@ -281,24 +288,19 @@ def main(argv: list[str] | None = None) -> int:
     # Under uvicorn's keep-alive timeout (5 s): a reload reuses its connection, as a browser's.
     parser.add_argument("--poll-interval", type=float, default=3.0, help="s between reloads")
     parser.add_argument("--workers", type=int, default=4, help="each trains one run at a time")
-    parser.add_argument("--server", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    add_server_option(parser)
     args = parser.parse_args(argv)
 
     with (
-        scratch_database(args.server, prefix="kfac_bench") as url,
-        tempfile.TemporaryDirectory(prefix="kfac-bench-load-") as home,
-        lab(Path(home), KFAC_DATABASE_URL=url, KFAC_ADMIN_TOKEN=TOKEN) as the_lab,
+        scratch_home(args.server, "load") as (url, home),
+        lab(home, KFAC_DATABASE_URL=url, KFAC_ADMIN_TOKEN=TOKEN) as the_lab,
     ):
         experiment_id, run_ids = start_runs(the_lab, args)
-        api, base = start_api(url, Path(home))
-        try:
+        with running_api(url, home) as (api, base):
             phases, seen = asyncio.run(
                 measure(the_lab, base, api.pid, experiment_id, run_ids, args)
             )
             api_rss, api_peak = rss_mb(api.pid)
-        finally:
-            api.terminate()
-            api.wait(timeout=30)
         with session_scope(url) as session:
             runs = [session.get(Run, run_id) for run_id in run_ids]
             stopped = [

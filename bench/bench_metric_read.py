@@ -29,6 +29,7 @@ from backend.store.migrate import scratch_database
 from backend.store.queries import read_metric
 from backend.store.results import write_metrics
 from backend.store.writes import create_experiment
+from bench.support import add_server_option
 
 GOAL_MS = 100.0
 MAX_POINTS = 2000
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=1_000_000)
     parser.add_argument("--reads", type=int, default=20)
-    parser.add_argument("--server", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    add_server_option(parser)
     args = parser.parse_args(argv)
 
     with scratch_database(args.server, prefix="kfac_bench") as url:

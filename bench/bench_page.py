@@ -6,7 +6,7 @@ Runs tests/browser/test_performance.py — Debian's Chromium driven by Playwrigh
 the `performance.json` each run writes, and prints a Markdown section:
 
 * load: from navigation to the curves drawn (`kfac:curves-drawn`), on a first visit (empty
-  browser cache: plotly.js, 4.8 MB, downloaded and run) and on a second one; goal 1.5 s;
+  browser cache: plotly.js, 1.5 MB, downloaded and run) and on a second one; goal 1.5 s;
 * live update: the browser's cost of one frame of live events (`kfac:live-update`), median,
   p95 and max over all frames of all repeats; goal < 50 ms;
 * the curvature snapshot: bytes on the wire (gzip) and in the body, and fetch + decode time, for
@@ -33,14 +33,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.support import ROOT, percentile
+from bench.support import ROOT, LoadAverage, percentile
 
 TEST = "tests/browser/test_performance.py"
 SWEEP_TEST = "tests/browser/test_comparison_performance.py"
@@ -87,7 +86,7 @@ def summarise(runs: list[dict]) -> dict:
     }
 
 
-def report(s: dict, repeats: int) -> int:
+def report(s: dict, repeats: int, load: str) -> int:
     load_goal = f"<= {GOALS['load_ms'] / 1000:.1f} s"
     live_goal = f"< {GOALS['live_max_ms']:.0f} ms"
     mb = 1e6
@@ -130,7 +129,7 @@ def report(s: dict, repeats: int) -> int:
     print("| measure | value | goal |\n| --- | ---: | --- |")
     for name, value, goal in rows:
         print(f"| {name} | {value} | {goal} |")
-    print(f"\nload average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"\n{load}")
     print("goals: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in ok.items()))
     return 0 if all(ok.values()) else 1
 
@@ -166,7 +165,7 @@ def report_ratios(sweep: dict, page: dict) -> None:
         print(f"| {name} | {mine / theirs:.2f} |")
 
 
-def report_sweep(s: dict, repeats: int) -> int:
+def report_sweep(s: dict, repeats: int, load: str) -> int:
     rows = [
         (
             "first visit: navigation → table / winners' curves drawn",
@@ -197,7 +196,7 @@ def report_sweep(s: dict, repeats: int) -> int:
     print("| measure | value | goal |\n| --- | ---: | --- |")
     for (name, value), goal in zip(rows, goals, strict=True):
         print(f"| {name} | {value} | {goal} |")
-    print(f"\nload average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"\n{load}")
     print("goals: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in ok.items()))
     return 0 if all(ok.values()) else 1
 
@@ -209,19 +208,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     status, page = 0, None
     if args.only != "comparison":
-        runs = [measure_once() for _ in range(args.repeat)]
+        with LoadAverage() as load:
+            runs = [measure_once() for _ in range(args.repeat)]
         summary = summarise(runs)
         OUTPUT.parent.mkdir(parents=True, exist_ok=True)
         OUTPUT.write_text(json.dumps({"summary": summary, "runs": runs}, indent=2) + "\n")
-        status |= report(summary, args.repeat)
+        status |= report(summary, args.repeat, str(load))
         page = summary
     if args.only != "page":
         figures = "comparison-performance.json"
-        runs = [measure_once(SWEEP_TEST, figures) for _ in range(args.repeat)]
+        with LoadAverage() as load:
+            runs = [measure_once(SWEEP_TEST, figures) for _ in range(args.repeat)]
         summary = summarise_sweep(runs)
         SWEEP_OUTPUT.parent.mkdir(parents=True, exist_ok=True)
         SWEEP_OUTPUT.write_text(json.dumps({"summary": summary, "runs": runs}, indent=2) + "\n")
-        status |= report_sweep(summary, args.repeat)
+        status |= report_sweep(summary, args.repeat, str(load))
         if page is not None:
             report_ratios(summary, page)
     return status

@@ -44,6 +44,7 @@ from backend.store.db import session_scope
 from backend.store.migrate import scratch_database
 from backend.store.results import write_snapshot
 from backend.store.writes import claim_run, create_experiment
+from bench.support import add_server_option
 from worker.recording import RunMonitor, StoreRecorder
 from worker.snapshots import curvature_snapshot
 from worker.training import MetricPoint, Recorder, train
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="(null, store) pairs per optimizer")
     parser.add_argument("--checkpoint-interval", type=int, default=100)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--server", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    add_server_option(parser)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -30,11 +30,9 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -43,11 +41,10 @@ from sqlalchemy import select
 from backend.settings import Settings
 from backend.store.access import create_share_link
 from backend.store.db import session_scope
-from backend.store.migrate import scratch_database
 from backend.store.models import Event
 from backend.store.writes import append_event, create_experiment
 from bench.bench_load import OUT, Viewers, summary, watch
-from bench.support import cpu_seconds, rss_mb, start_api
+from bench.support import add_server_option, cpu_seconds, rss_mb, running_api, scratch_home
 
 GOAL_P95_S = 1.0
 OPEN_TIMEOUT_S = 600  # generous: it fails with what it saw, never by a tight clock
@@ -190,18 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiments", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=30.0, help="of events being written")
     parser.add_argument("--events-per-s", type=float, default=200.0, help="over all experiments")
-    parser.add_argument("--server", default="postgresql+psycopg://postgres@127.0.0.1:5432/test")
+    add_server_option(parser)
     args = parser.parse_args(argv)
     with (
-        scratch_database(args.server, prefix="kfac_bench") as url,
-        tempfile.TemporaryDirectory(prefix="kfac-bench-streams-") as home,
+        scratch_home(args.server, "streams") as (url, home),
+        running_api(url, home) as (api, base),
     ):
-        api, base = start_api(url, Path(home))
-        try:
-            results = asyncio.run(measure(url, base, api.pid, args))
-        finally:
-            api.terminate()
-            api.wait(timeout=30)
+        results = asyncio.run(measure(url, base, api.pid, args))
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "streams.json").write_text(json.dumps(results, indent=1))
     return report(results)

@@ -31,10 +31,8 @@ BENCHMARKS = {
     "bench_page": "The experiment page in a browser: load, live updates, snapshots (issue 4)",
     "bench_tracking": "What `kfac_lab` run.log costs a training loop (issue 9)",
     "bench_comparison": "The comparison of 100 runs: 5 optimizers × 5 lrs × 4 seeds (issue 8)",
-
     "bench_distributed": "Data-parallel K-FAC: 2 processes against 1 process × 2 threads "
     "(issue 12)",
-
     "bench_list": "The experiments list with 10,000 experiments (issue 15)",
 }
 """Key: a benchmark's command line (its module in bench/, then its arguments); value: the

@@ -4,22 +4,22 @@
   served from `frontend/<page>.html` when that file exists, else from `frontend/index.html`
   (the SPA shell, which routes by `location.pathname`). The start-up URL's `?token=` and a
   share link's `#share=` are read by the page's script, not by the server (see
-  frontend/js/api.js).
-* `frontend/` is also served under `/static/` (`/static/js/api.js`, `/static/css/app.css`).
-  There is no build step, so file names carry no content hash: these answers say
-  `Cache-Control: no-cache` and carry an ETag, i.e. the browser keeps them and revalidates
-  with one cheap 304 round trip.
-* `/static/vendor/plotly.min.js` is the bundle shipped in the installed `plotly` Python package
-  (found without importing it). Its content changes only with the package version, so it is
-  cached for a day; being 4.8 MB, it is sent gzip-compressed (1.4 MB) to browsers that accept
-  it, compressed once per process: in a background thread as the app is built, so that the
-  first visitor does not wait the ~0.2 s of CPU that takes. It is served with V8's compile hint
+  frontend/js/api.js). A page goes out as `backend.api.pages` assembles it: its module graph
+  preloaded, its files named at `/assets/VERSION/...`; it says `Cache-Control: no-cache` and
+  carries an ETag, so the browser revalidates it with one cheap 304 round trip.
+* `/assets/VERSION/...` serves `frontend/`'s files for good (`immutable`, a year) when VERSION
+  is the current one: a second visit downloads nothing but the page. `/static/...` serves the
+  same files revalidated (`no-cache`), for anything that names them directly.
+* plotly.js is `frontend/vendor/plotly-cartesian.min.js` (the cartesian bundle, a third of the
+  full one's size: see frontend/vendor/README.md). It is sent gzip-compressed (0.5 MB) to
+  browsers that accept it, compressed once per process: in a background thread as the app is
+  built, so that the first visitor does not wait for it. It is served with V8's compile hint
   `//# allFunctionsCalledOnLoad` in front: running the bundle calls many of its functions at
   once, and with the hint Chromium compiles them on a background thread while the file
-  downloads instead of one by one on the main thread as they are first called: that was the
-  first visit's dominant cost. (Headless Chromium on 2 overloaded cores, first visits of the
-  experiment page interleaved with and without the hint, median of 8: curves drawn after 2.1 s
-  instead of 4.0 s.) Other browsers read a comment.
+  downloads instead of one by one on the main thread as they are first called. (Measured on
+  the full bundle: headless Chromium on 2 overloaded cores, first visits of the experiment
+  page interleaved with and without the hint, median of 8: curves drawn after 2.1 s instead of
+  4.0 s.) Other browsers read a comment.
 * Everything else (pages, modules, CSS, JSON) is compressed on the way out by the app's
   GZipMiddleware (see `backend.api.main`).
 """
@@ -27,7 +27,7 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
+import hashlib
 import os
 import threading
 from functools import lru_cache
@@ -38,9 +38,12 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
+from backend.api.pages import ASSETS_PREFIX, STATIC_PREFIX, assemble_page, frontend_version
+
 FRONTEND_DIR = Path(__file__).resolve().parents[2] / "frontend"
+PLOTLY_BUNDLE = "vendor/plotly-cartesian.min.js"
 REVALIDATE = "no-cache"
-VENDOR_MAX_AGE = "public, max-age=86400"
+IMMUTABLE = "public, max-age=31536000, immutable"
 COMPILE_HINT = b"//# allFunctionsCalledOnLoad\n"
 
 
@@ -54,13 +57,17 @@ class RevalidatedStaticFiles(StaticFiles):
         return response
 
 
-def plotly_js() -> Path | None:
-    """plotly.min.js of the installed `plotly` package, or None if it is not installed."""
-    spec = importlib.util.find_spec("plotly")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
-    return path if path.is_file() else None
+class VersionedStaticFiles(StaticFiles):
+    """`VERSION/PATH` → the file PATH; kept for good when VERSION is the frontend's current
+    version, revalidated otherwise (an old page's URL still works, but is not pinned)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        version, _, rest = path.partition("/")
+        response = await super().get_response(rest, scope)
+        if response.status_code in (200, 304):
+            current = version == frontend_version(Path(self.directory))
+            response.headers["Cache-Control"] = IMMUTABLE if current else REVALIDATE
+        return response
 
 
 def file_response(request: Request, path: Path, cache_control: str) -> Response:
@@ -72,18 +79,32 @@ def file_response(request: Request, path: Path, cache_control: str) -> Response:
     return FileResponse(path, headers=headers, stat_result=os.stat(path))
 
 
-def plotly_response(request: Request, path: Path) -> Response:
+def page_response(request: Request, frontend_dir: Path, page: Path) -> Response:
+    """A page as `backend.api.pages` assembles it, revalidated by an ETag of that body."""
+    body = assemble_page(frontend_dir, page)
+    headers = {"ETag": f'"{_body_tag(body)}"', "Cache-Control": REVALIDATE}
+    if headers["ETag"] in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(body, headers=headers, media_type="text/html")
+
+
+def plotly_response(request: Request, path: Path, cache_control: str) -> Response:
     """The plotly bundle with the compile hint, gzip-compressed if the browser accepts it."""
     stat = path.stat()
     gzipped = "gzip" in request.headers.get("accept-encoding", "")
     version = f"{stat.st_mtime_ns:x}-{stat.st_size:x}-hinted{'-gz' if gzipped else ''}"
-    headers = {"ETag": f'"{version}"', "Cache-Control": VENDOR_MAX_AGE, "Vary": "Accept-Encoding"}
+    headers = {"ETag": f'"{version}"', "Cache-Control": cache_control, "Vary": "Accept-Encoding"}
     if headers["ETag"] in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
     if gzipped:
         headers["Content-Encoding"] = "gzip"
     body = _plotly_body(str(path), stat.st_mtime_ns, gzipped)
     return Response(body, headers=headers, media_type="text/javascript")
+
+
+@lru_cache(maxsize=64)
+def _body_tag(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()[:32]
 
 
 @lru_cache(maxsize=4)
@@ -93,12 +114,13 @@ def _plotly_body(path: str, mtime_ns: int, gzipped: bool) -> bytes:
 
 
 def mount_frontend(app: FastAPI, frontend_dir: Path = FRONTEND_DIR) -> None:
-    """Add the page routes, `/static/vendor/plotly.min.js` and `/static/` to `app`."""
+    """Add the page routes, plotly.js's, `/assets/` and `/static/` to `app`."""
+    plotly_bundle = frontend_dir / PLOTLY_BUNDLE
 
     def page(request: Request, name: str) -> Response:
         for candidate in (frontend_dir / f"{name}.html", frontend_dir / "index.html"):
             if candidate.is_file():
-                return file_response(request, candidate, REVALIDATE)
+                return page_response(request, frontend_dir, candidate)
         raise HTTPException(404, "The frontend is not installed (no frontend/index.html).")
 
     @app.get("/", include_in_schema=False)
@@ -117,20 +139,28 @@ def mount_frontend(app: FastAPI, frontend_dir: Path = FRONTEND_DIR) -> None:
     def experiment_page(request: Request, experiment_id: str) -> Response:
         return page(request, "experiment")
 
-    @app.get("/static/vendor/plotly.min.js", include_in_schema=False)
-    def plotly_bundle(request: Request) -> Response:
-        path = plotly_js()
-        if path is None:
-            raise HTTPException(404, "The plotly package is not installed.")
-        return plotly_response(request, path)
+    def plotly(request: Request, cache_control: str) -> Response:
+        if not plotly_bundle.is_file():
+            raise HTTPException(404, f"plotly.js is not installed (no frontend/{PLOTLY_BUNDLE}).")
+        return plotly_response(request, plotly_bundle, cache_control)
 
-    app.mount("/static", RevalidatedStaticFiles(directory=frontend_dir, check_dir=False))
-    _compress_in_background(plotly_js())
+    @app.get(f"{STATIC_PREFIX}{PLOTLY_BUNDLE}", include_in_schema=False)
+    def plotly_revalidated(request: Request) -> Response:
+        return plotly(request, REVALIDATE)
+
+    @app.get(ASSETS_PREFIX + "{version}/" + PLOTLY_BUNDLE, include_in_schema=False)
+    def plotly_versioned(request: Request, version: str) -> Response:
+        current = version == frontend_version(frontend_dir)
+        return plotly(request, IMMUTABLE if current else REVALIDATE)
+
+    app.mount(ASSETS_PREFIX, VersionedStaticFiles(directory=frontend_dir, check_dir=False))
+    app.mount(STATIC_PREFIX, RevalidatedStaticFiles(directory=frontend_dir, check_dir=False))
+    _compress_in_background(plotly_bundle)
 
 
-def _compress_in_background(path: Path | None) -> None:
+def _compress_in_background(path: Path) -> None:
     """Fill `_plotly_body`'s cache for `path` now, off the request path (once per process)."""
-    if path is None:
+    if not path.is_file():
         return
     arguments = (str(path), path.stat().st_mtime_ns, True)
     threading.Thread(target=_plotly_body, args=arguments, daemon=True).start()

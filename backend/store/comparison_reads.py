@@ -12,15 +12,17 @@ All of them avoid reading whole series (an experiment may hold 100 runs × 10,00
   series, else the first point of each bucket of the finest level with at most that many
   buckets (in the database, on PostgreSQL).
 
-Lists of series, ranges or steps go in as a VALUES table joined to the data: one short
-statement whatever their number.
+Each read takes the series it reads, one per run, which `series_of_runs` finds for every
+metric at once. Lists of ranges or steps go in as a table joined to the data: one short
+statement whatever their number. A cold comparison is about seven statements: on a busy machine
+each round trip to the database waits for a CPU, so their number is what its time follows.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from sqlalchemy import FromClause, Integer, and_, bindparam, column, func, select, values
@@ -35,51 +37,54 @@ Points = tuple[list[int], list[float], list[float]]
 _COARSE = 4  # the rollup level searched first for a crossing: buckets of 256 steps
 
 
-def _series(session: Session, run_ids: Sequence[str], name: str) -> list[MetricSeries]:
+def series_of_runs(session: Session, run_ids: Sequence[str]) -> list[MetricSeries]:
+    """Every non-empty series of the runs, whatever its metric: one statement for what the
+    reads below need (the metric's, `step_time`'s, `examples_seen`'s)."""
     return list(
         session.scalars(
-            select(MetricSeries).where(
-                MetricSeries.run_id.in_(run_ids),
-                MetricSeries.name == name,
-                MetricSeries.n_points > 0,
-            )
+            select(MetricSeries).where(MetricSeries.run_id.in_(run_ids), MetricSeries.n_points > 0)
         )
     )
 
 
 def metric_extremes(
-    session: Session, run_ids: Sequence[str], name: str
+    session: Session, series: Sequence[MetricSeries]
 ) -> dict[str, tuple[float, float, float]]:
-    """`{run_id: (last, lowest, highest)}` of metric `name`, for the runs that recorded it."""
-    r, s = MetricRollup.__table__.c, MetricSeries.__table__.c
+    """`{run_id: (last, lowest, highest)}` of each of `series` (one per run)."""
+    r = MetricRollup.__table__.c
+    run_of = {s.id: s.run_id for s in series}
+    if not run_of:
+        return {}
     rows = session.execute(
-        select(s.run_id, r.bucket, r.last_value, r.low_value, r.high_value)
-        .join_from(MetricRollup.__table__, MetricSeries.__table__, s.id == r.series_id)
-        .where(s.run_id.in_(run_ids), s.name == name, r.level == ROLLUP_LEVELS - 1)
-        .order_by(s.run_id, r.bucket)
+        select(r.series_id, r.bucket, r.last_value, r.low_value, r.high_value)
+        .where(r.series_id.in_(list(run_of)), r.level == ROLLUP_LEVELS - 1)
+        .order_by(r.series_id, r.bucket)
     ).all()
     out: dict[str, tuple[float, float, float]] = {}
-    for run_id, _, last, low, high in rows:  # buckets in order: the last one's last point wins
-        _, seen_low, seen_high = out.get(run_id, (last, low, high))
-        out[run_id] = (last, min(low, seen_low), max(high, seen_high))
+    for series_id, _, last, low, high in rows:  # in bucket order: the last one's last point wins
+        _, seen_low, seen_high = out.get(run_of[series_id], (last, low, high))
+        out[run_of[series_id]] = (last, min(low, seen_low), max(high, seen_high))
     return out
 
 
 def crossing_points(
-    session: Session, run_ids: Sequence[str], name: str, target: float, higher: bool
+    session: Session, series: Sequence[MetricSeries], target: float, higher: bool
 ) -> dict[str, Points]:
-    """For each run whose metric reaches `target` (<=, or >= if `higher`): the points of the
-    first 16-step bucket that reaches it, after the last point before that bucket."""
-    series = {s.id: s.run_id for s in _series(session, run_ids, name)}
-    if not series:
+    """For each of `series` (one per run) that reaches `target` (<=, or >= if `higher`): the
+    points of the first 16-step bucket that reaches it, after the last point before that
+    bucket."""
+    run_of = {s.id: s.run_id for s in series}
+    if not run_of:
         return {}
     r = MetricRollup.__table__.c
     reaches = r.high_value >= target if higher else r.low_value <= target
     # The first coarse bucket that reaches the target, then the first fine bucket inside it:
-    # a few dozen rollup rows per series instead of every fine one.
+    # a few dozen rollup rows per series instead of every fine one. (Two statements: as one,
+    # with the coarse search a subquery, PostgreSQL estimates the fine one badly and scans the
+    # whole rollup table, 6x slower.)
     coarse = session.execute(
         select(r.series_id, func.min(r.bucket))
-        .where(r.series_id.in_(list(series)), r.level == _COARSE, reaches)
+        .where(r.series_id.in_(list(run_of)), r.level == _COARSE, reaches)
         .group_by(r.series_id)
     ).all()
     if not coarse:
@@ -94,7 +99,7 @@ def crossing_points(
         .group_by(r.series_id)
     ).all()
     points = _bucket_and_before(session, fine)
-    return {series[series_id]: found for series_id, found in points.items()}
+    return {run_of[series_id]: found for series_id, found in points.items()}
 
 
 def _plan(session: Session, names: tuple[str, ...], rows: list[tuple]) -> FromClause:
@@ -161,12 +166,12 @@ def _bucket_and_before(session: Session, buckets: list[tuple[int, int]]) -> dict
 
 
 def values_at(
-    session: Session, steps: dict[str, Sequence[int]], name: str
+    session: Session, series: Sequence[MetricSeries], steps: Mapping[str, Sequence[int]]
 ) -> dict[str, dict[int, float]]:
-    """`{run_id: {step: value}}` of metric `name` at the given steps of each run (read as the
-    range of each run's steps: they are a few neighbouring ones)."""
-    series = {s.run_id: s.id for s in _series(session, list(steps), name)}
-    ranges = [(series[run], min(at), max(at)) for run, at in steps.items() if run in series and at]
+    """`{run_id: {step: value}}` of each of `series` (one per run) at the steps given for its
+    run (read as the range of those steps: they are a few neighbouring ones)."""
+    id_of = {s.run_id: s.id for s in series}
+    ranges = [(id_of[run], min(at), max(at)) for run, at in steps.items() if run in id_of and at]
     if not ranges:
         return {}
     p = MetricPoint.__table__.c
@@ -176,7 +181,7 @@ def values_at(
         .join_from(MetricPoint.__table__, plan, p.series_id == plan.c.series)
         .where(p.step.between(plan.c.lo, plan.c.hi))
     ).all()
-    run_of = {series_id: run_id for run_id, series_id in series.items()}
+    run_of = {series_id: run_id for run_id, series_id in id_of.items()}
     out: dict[str, dict[int, float]] = {}
     for series_id, step, value in rows:
         if step in steps[run_of[series_id]]:
@@ -185,15 +190,15 @@ def values_at(
 
 
 def median_values(
-    session: Session, run_ids: Sequence[str], name: str, max_samples: int = 128
+    session: Session, series: Sequence[MetricSeries], max_samples: int = 128
 ) -> dict[str, float]:
-    """The median of each run's metric `name` over up to `max_samples` values spread evenly
-    over its steps: all the points of a short series, else the first point of each bucket of
+    """The median of each of `series` (one per run) over up to `max_samples` values spread
+    evenly over its steps: all the points of a short series, else the first point of each bucket of
     the finest rollup level with at most that many buckets. PostgreSQL takes the medians
     (`percentile_cont(0.5)`: the mean of the middle two for an even count, like numpy's);
     elsewhere numpy does, on the samples."""
     p, r = MetricPoint.__table__.c, MetricRollup.__table__.c
-    found = _series(session, run_ids, name)
+    found = series
     short = [s.id for s in found if s.n_points <= max_samples]
     levels: dict[int, list[int]] = {}
     for s in found:

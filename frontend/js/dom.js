@@ -199,7 +199,7 @@ export function whenVisible(node, action, margin = "300px") {
   observer.observe(node);
 }
 
-/** plotly.js (4.8 MB, `<script async id="plotly-js">`) loads in parallel with a page's data;
+/** plotly.js (1.5 MB, `<script async id="plotly-js">`) loads in parallel with a page's data;
  * drawing waits for it. */
 export function plotlyLoaded() {
   if (window.Plotly) return Promise.resolve();

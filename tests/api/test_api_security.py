@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from backend.api.frontend import FRONTEND_DIR
 from backend.api.main import create_app
+from backend.api.pages import frontend_version
 from backend.api.security import PAGE_POLICY, RedactTokens, html_policy
 from backend.settings import Settings
 from tests.api.conftest import ADMIN, LiveServer
@@ -63,12 +65,14 @@ def test_every_kind_of_answer_carries_the_headers(
         "page": site.get("/"),
         "experiment page": site.get(f"/experiments/{experiment['id']}"),
         "static": site.get("/static/js/api.js"),
-        "plotly": site.get("/static/vendor/plotly.min.js"),
+        "versioned": site.get(f"/assets/{frontend_version(FRONTEND_DIR)}/js/api.js"),
+        "plotly": site.get("/static/vendor/plotly-cartesian.min.js"),
         "health": site.get("/healthz"),
         "openapi": site.get("/openapi.json"),
         "csv": site.get(f"/api/runs/{experiment['runs'][0]['id']}/export", headers=ADMIN),
     }
     assert answers["500"].status_code == 500 and answers["page"].status_code == 200
+    assert answers["versioned"].status_code == answers["plotly"].status_code == 200
     for kind, response in answers.items():
         assert_secured(response), kind
 

@@ -158,7 +158,8 @@ def test_big_experiment_loads_fast_and_updates_cheaply(
     page, _ = owner_page
     experiment_id, run_ids = big_experiment
     first = visit(page, experiment_id)
-    modules = {r["name"] for r in first["resources"] if r["name"].startswith("/static/js/")}
+    modules = {r["name"] for r in first["resources"] if "/js/" in r["name"]}
+    assert modules and all(name.startswith("/assets/") for name in modules), modules
     assert modules <= set(page.evaluate(PRELOADED_JS)), "modules missing from modulepreload"
     cached = visit(page, experiment_id)  # plotly.js in the browser's cache now
     page.wait_for_function("() => document.getElementById('live-text').textContent === 'live'")

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from sqlalchemy import event
 
 from backend.comparison import first_crossing
 from backend.comparison_sources import SeriesSource, StoreSource
@@ -82,3 +83,41 @@ def test_store_reads_equal_the_whole_series(
                 assert math.isclose(crossing.step, expected.step)
                 assert math.isclose(crossing.seconds, expected.seconds, abs_tol=1e-9)
                 assert math.isclose(crossing.examples, 32.0 * expected.step)
+
+
+def test_a_cold_comparison_is_a_few_statements_whatever_the_number_of_runs(
+    db_url: str, make_experiment: MakeExperiment
+) -> None:
+    """Each statement is a round trip that, on a busy machine, waits for a CPU: the reads look
+    the series up once for every metric (not once per metric), so a comparison
+    with a target costs the same few statements for 2 runs or 8."""
+
+    def statements(n_runs: int) -> int:
+        _, run_ids = make_experiment(n_runs)
+        for seed, run_id in enumerate(run_ids):
+            steps, times, values = noisy_descent(1500, 1, seed)
+            points = [("train_loss", *p) for p in zip(steps, times, values, strict=True)]
+            points += [("examples_seen", s, t, 32.0 * s) for s, t in zip(steps, times, strict=True)]
+            points += [
+                ("step_time", s, t, 0.01 * (s % 7)) for s, t in zip(steps, times, strict=True)
+            ]
+            with session_scope(db_url) as session:
+                write_metrics(session, run_id, points)
+        with session_scope(db_url) as session:
+            executed: list[str] = []
+            engine = session.get_bind()
+            listener = lambda *args: executed.append(args[2])  # noqa: E731
+            event.listen(engine, "before_cursor_execute", listener)
+            try:
+                store = StoreSource(session)
+                store.step_times(run_ids)
+                store.extremes(run_ids, "train_loss")
+                found = store.around_crossing(run_ids, "train_loss", 8.0, False)
+                store.examples_at({run: steps for run, (steps, _, _) in found.items()})
+            finally:
+                event.remove(engine, "before_cursor_execute", listener)
+        assert len(found) == n_runs  # every run crossed: every read had work to do
+        return len(executed)
+
+    few, many = statements(2), statements(8)
+    assert few == many <= 7, (few, many)
