@@ -1,0 +1,123 @@
+"""The fixed-lr block-tridiagonal K-FAC step against the block-diagonal one (issue 16).
+
+On the MNIST autoencoder at batch 256 (and 1000), in this one process with one thread:
+
+1. the amortised step time of SGD-m, fixed-lr block-diagonal K-FAC and fixed-lr
+   block-tridiagonal K-FAC, medians of interleaved rounds of 20 steps (each round spans one
+   inverse period, so the inverse update is amortised as in training);
+2. the profile of the two K-FAC steps: F⁻¹ applied to the gradient alone, the inverse update
+   alone (interleaved repetitions, medians), and the multiply-adds of the preconditioning
+   products counted by torch's FlopCounterMode, so that the time ratio can be read against
+   the work ratio (the floor of an exact F̂⁻¹ at this batch, given the BLAS rate).
+
+    python -m bench.bench_tridiagonal [--rounds N] [--batches 256 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.kfac_vs_sgd import autoencoder, interleaved_times, make_step
+from kfac.inverses import Notes
+
+METHODS = ("sgd_momentum", "kfac_fixed", "kfac_tridiag_fixed")
+STRUCTURES = ("kfac_fixed", "kfac_tridiag_fixed")
+
+
+def _addmm_inplace_flops(self_shape, a_shape, b_shape, out_shape=None, **kwargs) -> int:
+    """FlopCounterMode leaves the in-place addmm_ (an accumulating gemm) uncounted."""
+    return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+
+COUNTED = {torch.ops.aten.addmm_: _addmm_inplace_flops}
+
+
+def step_times(batch: int, rounds: int) -> dict[str, float]:
+    x = torch.rand(batch, 784, generator=torch.Generator().manual_seed(0))
+    steps = {m: make_step(m, autoencoder(), lr=1e-3) for m in METHODS}
+    return interleaved_times(steps, x, x, rounds, 20)
+
+
+def profile(batch: int, rounds: int) -> dict[str, dict[str, float]]:
+    """Per K-FAC structure: seconds to precondition (as in a step, per-example rows where the
+    optimizer takes them), seconds of one inverse update, and the preconditioning's
+    multiply-adds; repetitions interleaved between the structures."""
+    x = torch.rand(batch, 784, generator=torch.Generator().manual_seed(0))
+    cases = {}
+    for method in STRUCTURES:
+        optimizer = make_step(method, autoencoder(), lr=1e-3).__self__
+        for _ in range(3):
+            optimizer.step(x, x)
+        _, per_example = optimizer._forward_backward(x, x, 2)
+        gradient = [p.grad.clone() for p in optimizer.param_groups[0]["params"]]
+        rows = optimizer._per_example_rows(per_example)
+        optimizer.capture.clear()
+        with FlopCounterMode(display=False, custom_mapping=COUNTED) as counter:
+            optimizer._precondition(gradient, rows)
+        cases[method] = {
+            "precondition": lambda o=optimizer, g=gradient, r=rows: o._precondition(g, r),
+            "inverse": lambda o=optimizer: o.preconditioner.update_inverses(1.0, Notes()),
+            "multiply_adds": counter.get_total_flops() / 2,
+        }
+    samples = {m: {"precondition": [], "inverse": []} for m in cases}
+    for _ in range(rounds):
+        for method, case in cases.items():
+            for part in ("precondition", "inverse"):
+                start = time.perf_counter()
+                case[part]()
+                samples[method][part].append(time.perf_counter() - start)
+    return {
+        m: {
+            "precondition_s": statistics.median(samples[m]["precondition"]),
+            "inverse_s": statistics.median(samples[m]["inverse"]),
+            "multiply_adds": cases[m]["multiply_adds"],
+        }
+        for m in cases
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batches", type=int, nargs="*", default=[256, 1000])
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    load = os.getloadavg()[0]
+    print(f"# Block-tridiagonal vs block-diagonal K-FAC, fixed lr — 1 thread, load {load:.1f}\n")
+    print(
+        "| batch | SGD-m step | block-diag | block-tridiag | tridiag ÷ diag "
+        "| F⁻¹∇ diag | F⁻¹∇ tridiag | ratio | GMAC diag | GMAC tridiag | ratio "
+        "| inverse diag | inverse tridiag |"
+    )
+    print("|---" * 13 + "|")
+    for batch in args.batches:
+        times = step_times(batch, args.rounds)
+        parts = profile(batch, args.rounds)
+        diag, tri = parts["kfac_fixed"], parts["kfac_tridiag_fixed"]
+        sgd = times["sgd_momentum"]
+        cells = [
+            f"{sgd * 1e3:.0f} ms",
+            f"{times['kfac_fixed'] / sgd:.2f}× ({times['kfac_fixed'] * 1e3:.0f} ms)",
+            f"{times['kfac_tridiag_fixed'] / sgd:.2f}× ({times['kfac_tridiag_fixed'] * 1e3:.0f} ms)",
+            f"**{times['kfac_tridiag_fixed'] / times['kfac_fixed']:.2f}×**",
+            f"{diag['precondition_s'] * 1e3:.0f} ms",
+            f"{tri['precondition_s'] * 1e3:.0f} ms",
+            f"{tri['precondition_s'] / diag['precondition_s']:.2f}×",
+            f"{diag['multiply_adds'] / 1e9:.2f}",
+            f"{tri['multiply_adds'] / 1e9:.2f}",
+            f"{tri['multiply_adds'] / diag['multiply_adds']:.2f}×",
+            f"{diag['inverse_s'] * 1e3:.0f} ms",
+            f"{tri['inverse_s'] * 1e3:.0f} ms",
+        ]
+        print(f"| {batch} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
