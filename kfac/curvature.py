@@ -59,17 +59,11 @@ from torch.func import grad, vmap
 from kfac.capture import ActivationCapture
 from kfac.enums import LossFamily
 from kfac.factors import cross_moment
-from kfac.inverses import (
-    Notes,
-    block_diagonal_precondition,
-    block_tridiagonal_precondition,
-    damp_factors,
-    spd_inverse,
-    tridiagonal_inverse,
-)
+from kfac.inverses import Notes, block_diagonal_precondition, damp_factors, spd_inverse
 from kfac.layers import find_blocks
 from kfac.losses import negative_log_likelihood, sample_targets
 from kfac.probe import MAX_PARAMETERS, Units, probe_units
+from kfac.tridiagonal import block_tridiagonal_precondition, tridiagonal_inverse
 
 __all__ = ["MAX_PARAMETERS", "CurvatureMatrices", "fisher_matrices", "probe_units"]
 

@@ -5,7 +5,7 @@ It keeps each layer's tensors in a dict that the optimizer owns (its `state[weig
 A, G (and A_cross, G_cross for the tridiagonal structure) — the running factors;
 input_inverse, output_inverse — the damped factors' inverses (§4.2, §6.3);
 coupling_a, coupling_g, basis_a, basis_g, scale — the pieces of F̂⁻¹ (§4.3, Appendix B; see
-`kfac.inverses.TridiagonalLayerInverse`).
+`kfac.tridiagonal.TridiagonalLayerInverse`).
 """
 
 from __future__ import annotations
@@ -18,17 +18,14 @@ import torch
 from kfac.distributed import Communicator, Job
 from kfac.enums import InverseStructure
 from kfac.factors import cross_moment, update_running_average
-from kfac.inverses import (
+from kfac.inverses import Notes, block_diagonal_precondition, damp_factors, spd_inverse
+from kfac.layers import LinearBlock
+from kfac.tridiagonal import (
     KroneckerDifferenceInverse,
-    Notes,
     TridiagonalLayerInverse,
-    block_diagonal_precondition,
     block_tridiagonal_precondition,
-    damp_factors,
-    spd_inverse,
     tridiagonal_inverse,
 )
-from kfac.layers import LinearBlock
 
 TRIDIAGONAL_KEYS = ("coupling_a", "coupling_g", "basis_a", "basis_g", "scale")
 BLOCK_DIAGONAL_KEYS = ("input_inverse", "output_inverse")

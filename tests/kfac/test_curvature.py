@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from kfac.curvature import MAX_PARAMETERS, fisher_matrices
-from kfac.inverses import Notes, kronecker_difference_inverse
+from kfac.inverses import Notes
+from kfac.tridiagonal import kronecker_difference_inverse
 from tests.kfac.explicit import (
     block_tridiagonal_inverse,
     damped,

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from kfac import KFAC
-from kfac.inverses import Notes, spd_inverse, tridiagonal_inverse
+from kfac.inverses import Notes, spd_inverse
+from kfac.tridiagonal import tridiagonal_inverse
 
 
 def test_non_finite_factor_is_not_inverted_and_is_reported():
@@ -74,13 +75,16 @@ def test_kl_clip_scales_the_fixed_learning_rate_step():
 
 
 def test_tridiagonal_pieces_are_the_pencil_bases_and_the_couplings_into_them():
-    """For each layer with a successor: Kᵀ F K = I and Kᵀ (C F'⁻¹ Cᵀ) K = diag(s) on both sides,
-    the coupling is Kᵀ Ψ with Ψ = C F'⁻¹, and scale = 1 / (1 − s_G s_Aᵀ) (§4.3, Appendix B)."""
+    """For each layer with a successor: Kᵀ F K = I and Kᵀ (C F'⁻¹ Cᵀ) K = diag(s, 0, …) on both
+    sides, with at most r = min(d, d') non-zero s first (C has rank ≤ r); the coupling is the
+    first r rows of Kᵀ Ψ, Ψ = C F'⁻¹, whose other rows vanish; and scale = 1 / (1 − s_G s_Aᵀ)
+    over those r_G × r_A eigenpairs (§4.3, Appendix B).  The widths make X = L⁻¹ C L'⁻ᵀ tall
+    (d > d': the QR path) and wide on each side."""
     generator = torch.Generator().manual_seed(3)
     widths_a, widths_g, n = (5, 4, 6), (4, 6, 3), 40
     a_rows = [torch.randn(n, d, generator=generator, dtype=torch.float64) for d in widths_a]
     g_rows = [torch.randn(n, d, generator=generator, dtype=torch.float64) for d in widths_g]
-    a_rows[1] = a_rows[1] + a_rows[0][:, :1]  # correlated neighbours
+    a_rows[1] = a_rows[1] + a_rows[0][:, :4]  # correlated neighbours
     g_rows[2] = g_rows[2] + 0.5 * g_rows[1][:, :3]
 
     def moment(x, y):
@@ -93,21 +97,31 @@ def test_tridiagonal_pieces_are_the_pencil_bases_and_the_couplings_into_them():
     notes = Notes()
     pieces = tridiagonal_inverse(factors_a, factors_g, cross_a, cross_g, notes)
     assert notes.messages == []
+    shapes = []
     for i, piece in enumerate(pieces[:-1]):
         values = []
         for basis, coupling, factors, cross in (
             (piece.conditional.basis_a, piece.coupling_a, factors_a, cross_a),
             (piece.conditional.basis_g, piece.coupling_g, factors_g, cross_g),
         ):
+            rank = min(cross[i].shape)
             psi = cross[i] @ torch.linalg.inv(factors[i + 1])
             eye = torch.eye(len(basis), dtype=basis.dtype)
             torch.testing.assert_close(basis.T @ factors[i] @ basis, eye)
             explained = basis.T @ psi @ factors[i + 1] @ psi.T @ basis
             torch.testing.assert_close(explained, torch.diag(explained.diagonal()))
-            torch.testing.assert_close(coupling, basis.T @ psi)
-            values.append(explained.diagonal())
+            torch.testing.assert_close(
+                explained.diagonal()[rank:], torch.zeros(len(basis) - rank, dtype=basis.dtype)
+            )
+            assert coupling.shape == (rank, len(factors[i + 1]))
+            torch.testing.assert_close(coupling, (basis.T @ psi)[:rank])
+            torch.testing.assert_close((basis.T @ psi)[rank:], torch.zeros_like(psi[rank:]))
+            values.append(explained.diagonal()[:rank])
+            shapes.append((len(basis), len(factors[i + 1])))
         torch.testing.assert_close(
             piece.conditional.scale, 1 / (1 - torch.outer(values[1], values[0]))
         )
+    assert any(d > following for d, following in shapes)  # the QR path
+    assert any(d < following for d, following in shapes)
     torch.testing.assert_close(pieces[-1].input_inverse, torch.linalg.inv(factors_a[-1]))
     torch.testing.assert_close(pieces[-1].output_inverse, torch.linalg.inv(factors_g[-1]))
