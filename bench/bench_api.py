@@ -40,8 +40,8 @@ import httpx
 from sqlalchemy import create_engine
 
 from backend.store.db import session_scope
+from backend.store.listing import list_experiments
 from backend.store.migrate import scratch_database
-from backend.store.queries import list_experiments
 from backend.store.results import write_metrics
 from backend.store.writes import create_experiment
 from bench.support import HEADERS, cpu_seconds, percentile, rss_mb, start_api

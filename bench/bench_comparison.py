@@ -41,8 +41,8 @@ import numpy as np
 from sqlalchemy import create_engine
 
 from backend.store.db import session_scope
+from backend.store.listing import list_experiments
 from backend.store.migrate import scratch_database
-from backend.store.queries import list_experiments
 from backend.store.results import write_metrics
 from backend.store.writes import claim_run, create_experiment, set_status
 from bench.support import HEADERS, cpu_seconds, percentile, start_api
