@@ -18,13 +18,15 @@ from backend.api.schemas import ExperimentOut
 
 MAX_NOTES_CHARS = 20_000
 MAX_TAGS = 20
+# An optimizer's name as the registry knows it (the list searches by it).
+OptimizerName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")]
 
 Tag = Annotated[
     str,
-    StringConstraints(pattern=r"^[a-z0-9][a-z0-9._:+/-]{0,31}$"),
+    StringConstraints(pattern=r"^[a-z][a-z0-9._:+/-]{0,31}$"),
     Field(
         description="1–32 characters: lower-case letters, digits and `. _ : + / -`, starting "
-        "with a letter or a digit",
+        "with a letter",
         examples=["baseline"],
     ),
 ]
@@ -54,7 +56,9 @@ class ExperimentUpdate(BaseModel):
         json_schema_extra={"uniqueItems": True},
     )
     archived: bool = Field(
-        None, description="true: hidden from the list unless asked for; false: shown again"
+        None,
+        strict=True,
+        description="true: hidden from the list unless asked for; false: shown again",
     )
 
     @field_validator("tags")

@@ -8,7 +8,7 @@ import { byId, el, replace } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 
 const MAX_NOTES = 20000;
-const TAG = /^[a-z0-9][a-z0-9._:+/-]{0,31}$/;
+const TAG = /^[a-z][a-z0-9._:+/-]{0,31}$/; // backend/api/page_schemas.py: Tag
 
 /** Draw what `experiment` holds: notes, tags, archive state. `owner`: the controls too. */
 export function renderOrganised(experiment, owner) {
@@ -64,7 +64,7 @@ export function setupOrganise(apiPath, act, page) {
     const tag = tagInput.value.trim().toLowerCase().replaceAll(/\s+/g, "-");
     if (!tag) return;
     if (!TAG.test(tag)) {
-      byId("tag-error").textContent = "A tag: up to 32 letters, digits and . _ : + / -";
+      byId("tag-error").textContent = "A tag: a letter, then up to 31 letters, digits and . _ : + / -";
       return;
     }
     byId("tag-error").textContent = "";

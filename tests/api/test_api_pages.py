@@ -59,6 +59,8 @@ def test_notes_tags_and_archive_change_only_what_is_given(
         ({"tags": [f"t{i}" for i in range(MAX_TAGS + 1)]}, ["body", "tags"]),
         ({"tags": ["same", "same"]}, ["body", "tags"]),
         ({"archived": "yes please"}, ["body", "archived"]),
+        ({"archived": 0}, ["body", "archived"]),  # strict: a boolean, not a number
+        ({"tags": ["2024"]}, ["body", "tags", 0]),  # a tag starts with a letter
         ({"name": None}, ["body", "name"]),
         ({"colour": "red"}, ["body", "colour"]),
         ({}, ["body"]),
@@ -135,6 +137,9 @@ def test_the_list_searches_filters_sorts_and_pages(
         ({"tag": "Not A Tag"}, ["query", "tag", 0]),
         ({"q": "x" * 201}, ["query", "q"]),
         ({"optimizer": "o" * 65}, ["query", "optimizer", 0]),
+        ({"optimizer": "-44654"}, ["query", "optimizer", 0]),
+        ({"q": ["one", "two"]}, ["query", "q"]),  # a single value given twice
+        ({"sort": ["name", "runs"]}, ["query", "sort"]),
         ({"sort_by": "name"}, ["query", "sort_by"]),
         ({"limit": 0}, ["query", "limit"]),
     ],

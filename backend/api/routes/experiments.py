@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Body, HTTPException, Path, Query, Request, Response
-from pydantic import StringConstraints, ValidationError
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.convertors import StringConvertor, register_url_convertor
 
@@ -21,7 +21,7 @@ from backend.api.deps import (
     load_experiment,
 )
 from backend.api.errors import READ_ERRORS, WRITE_ERRORS, documented
-from backend.api.page_schemas import ExperimentPage, ExperimentUpdate, Tag
+from backend.api.page_schemas import ExperimentPage, ExperimentUpdate, OptimizerName, Tag
 from backend.api.preview import ExperimentPreview, preview
 from backend.api.schemas import (
     CloneRequest,
@@ -130,7 +130,7 @@ def list_all(
     ] = None,
     tag: Annotated[list[Tag] | None, Query(max_length=20, description="Has all of these")] = None,
     optimizer: Annotated[
-        list[Annotated[str, StringConstraints(max_length=64, pattern=NoNul)]] | None,
+        list[OptimizerName] | None,
         Query(max_length=20, description="A run uses any of these optimizers"),
     ] = None,
     archived: Annotated[
