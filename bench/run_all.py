@@ -36,6 +36,7 @@ BENCHMARKS = {
     "(issue 12)",
 
     "bench_list": "The experiments list with 10,000 experiments (issue 15)",
+    "bench_list_page": "The experiments list page with 10,000 experiments in Chromium (issue 15)",
 }
 """Key: a benchmark's command line (its module in bench/, then its arguments); value: the
 heading of its section."""

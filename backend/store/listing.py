@@ -157,4 +157,3 @@ def _run_figures():
 def escape_like(text: str) -> str:
     """`text` with LIKE's wildcards escaped (escape character `\\`)."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-

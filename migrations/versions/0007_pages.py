@@ -21,9 +21,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column(
-        "experiments", sa.Column("notes", sa.Text(), nullable=False, server_default="")
-    )
+    op.add_column("experiments", sa.Column("notes", sa.Text(), nullable=False, server_default=""))
     op.add_column("experiments", sa.Column("archived_at", sa.DateTime(timezone=True)))
     op.create_index(op.f("ix_experiments_archived_at"), "experiments", ["archived_at"])
     op.create_index(op.f("ix_experiments_preset"), "experiments", ["preset"])
