@@ -291,3 +291,52 @@ def test_screenshots_of_the_shared_page_and_the_compare_page(
         "() => performance.getEntriesByName('kfac:curves-drawn').length > 0", timeout=30_000
     )
     screenshots.save(f"shared-{scheme}", shared)
+
+
+MARKDOWN_CASES = [
+    ("plain <b>text</b> & more", "<p>plain &lt;b&gt;text&lt;/b&gt; &amp; more</p>"),
+    ("# One\n## Two\n#### Four", "<h3>One</h3><h4>Two</h4><h6>Four</h6>"),
+    (
+        "**bold _and em_** then *em*",
+        "<p><strong>bold <em>and em</em></strong> then <em>em</em></p>",
+    ),
+    (
+        "sgd_momentum_run and __init__ stay",
+        "<p>sgd_momentum_run and <strong>init</strong> stay</p>",
+    ),
+    ("`<img src=x>` code", "<p><code>&lt;img src=x&gt;</code> code</p>"),
+    ("- a\n- b\n\n1. c\n2) d", "<ul><li>a</li><li>b</li></ul><ol><li>c</li><li>d</li></ol>"),
+    ("```\n# not a heading\n**raw**", "<pre><code># not a heading\n**raw**</code></pre>"),
+    ("line one\nline two\n\nnext", "<p>line one\nline two</p><p>next</p>"),
+    ("[rel](./runs?x=1#y)", '<p><a href="./runs?x=1#y">rel</a></p>'),
+    ("[frag](#notes)", '<p><a href="#notes">frag</a></p>'),
+    (
+        "[ext](https://example.org/a)",
+        '<p><a href="https://example.org/a" target="_blank" rel="noopener noreferrer">ext</a></p>',
+    ),
+    ("[x](JavaScript:alert(1))", "<p>[x](JavaScript:alert(1))</p>"),
+    ("[x](javascript:alert`1`)", "<p>[x](javascript:alert`1`)</p>"),
+    ("[x](data:text/html,<script>)", "<p>[x](data:text/html,&lt;script&gt;)</p>"),
+    ("[x](vbscript:msgbox)", "<p>[x](vbscript:msgbox)</p>"),
+    ("[x](JaVaScRiPt:void)", "<p>[x](JaVaScRiPt:void)</p>"),
+    # No scheme (a scheme has no `%`): a path under the page, which runs nothing.
+    ("[x](%6Aavascript:void)", '<p><a href="%6Aavascript:void">x</a></p>'),
+]
+
+
+def test_the_markdown_subset_builds_nodes_and_links_only_to_http_or_relative_targets(
+    owner_page: tuple[Page, PageWatch],
+) -> None:
+    """markdown.js run as the page loads it: what each case becomes, read back as HTML."""
+    page, _ = owner_page
+    page.goto("/new")
+    drawn = page.evaluate(
+        """cases => import('/static/js/markdown.js').then((m) => cases.map((text) => {
+             const box = document.createElement('div');
+             box.append(m.renderMarkdown(text));
+             return box.innerHTML;
+           }))""",
+        [text for text, _ in MARKDOWN_CASES],
+    )
+    for (text, expected), html in zip(MARKDOWN_CASES, drawn, strict=True):
+        assert html == expected, text
