@@ -35,13 +35,18 @@ PRESETS = ("smoke", "autoencoder_race", None)
 TAGS = ("baseline", "autoencoder", "damping", "lr-sweep", "paper", "cifar")
 
 
+def loss(index: int, position: int) -> float:
+    return 1 / (1 + (index * 7 + position) % 997)
+
+
 def seed(url: str, count: int) -> None:
     """`count` experiments of two runs (two of five optimizers, one of three presets, up to
     two of six tags); three in four finished (in turn each outcome, with a final loss and a
     share of their steps); one in ten archived.
 
     The rows are made as the store's models, in batches, without the life cycle's events
-    (which the list never reads): 10,000 experiments are stored in seconds, not minutes.
+    (which the list never reads), so the columns `set_status` derives are set here too
+    (`final_train_loss`): 10,000 experiments are stored in seconds, not minutes.
     """
     with session_scope(url) as session:
         for index in range(count):
@@ -57,9 +62,8 @@ def seed(url: str, count: int) -> None:
                     status=outcome,
                     total_steps=100,
                     step=10 * (index % 11) if finished else 0,
-                    final_metrics=(
-                        {"train_loss": 1 / (1 + (index * 7 + position) % 997)} if finished else None
-                    ),
+                    final_metrics={"train_loss": loss(index, position)} if finished else None,
+                    final_train_loss=loss(index, position) if finished else None,
                 )
                 for position, name in enumerate(
                     (OPTIMIZERS[index % 5], OPTIMIZERS[(index + 2) % 5])

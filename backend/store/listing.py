@@ -12,10 +12,10 @@ serves (the migration 0007_pages adds those the list needs):
   show only them, or include them.
 
 Sorts (`SortKey`): the experiments' own columns (created, name, status, preset), their first
-tag, and three figures of their runs computed in one grouped read of `runs` (how many runs,
-the progress Σ min(step, total) / Σ total, the best final `train_loss`). Missing values (no
-preset, no tag, no finished run) come last in both directions; ties are broken by creation
-time, newest first, then id, so pages never overlap.
+tag, and three figures of their runs computed in one grouped read of an index over `runs`
+(how many runs, the progress Σ min(step, total) / Σ total, the best final `train_loss`).
+Missing values (no preset, no tag, no finished run) come last in both directions; ties are
+broken by creation time, newest first, then id, so pages never overlap.
 """
 
 from __future__ import annotations
@@ -137,11 +137,12 @@ def _column_key(sort: str) -> ColumnElement:
 
 
 def _run_figures():
-    """Per experiment: its number of runs, its progress and its best final training loss."""
+    """Per experiment: its number of runs, its progress and its best final training loss, read
+    from the index `ix_runs_experiment_id_figures` alone."""
     total = func.coalesce(Run.total_steps, 0)
     done = case((Run.step < total, Run.step), else_=total)
     progress = cast(func.sum(done), Float) / func.nullif(func.sum(total), 0)
-    best = func.min(Run.final_metrics["train_loss"].as_float())
+    best = func.min(Run.final_train_loss)
     return (
         select(
             Run.experiment_id,

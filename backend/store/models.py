@@ -19,7 +19,9 @@ Tables, and why they look the way they do:
   once; the primary key (run_id, seq) is the index per run; the last MAX_LOG_LINES are kept.
 * `experiment_tags` — an experiment's tags, one row each, indexed by tag for the list's search;
   an experiment's `notes` (Markdown) and `archived_at` live on its row, and the list's sorts
-  and searches have indexes (`preset`, `archived_at`, `runs.optimizer_name`).
+  and searches have indexes (`archived_at` with each sorted column, `preset`,
+  `runs.optimizer_name`, and one over each run's experiment, step, total steps and
+  `final_train_loss`).
 * `workers` — each worker's queues and heartbeat, so a run can tell nobody consumes its queue.
 * `share_links`, `app_secrets` — read-only links (token hashes only) and the embedded admin token.
 * `events` — an append-only log per experiment that the API's live stream reads by id, so a page
@@ -131,6 +133,12 @@ class Base(DeclarativeBase):
 
 class Experiment(Base):
     __tablename__ = "experiments"
+    # The list hides archived experiments by default and sorts what is left: an index per sort
+    # that starts with `archived_at` reads a page in order, without sorting every row first.
+    __table_args__ = tuple(
+        Index(f"ix_experiments_archived_at_{column}", "archived_at", column)
+        for column in ("created_at", "name", "status", "preset")
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), index=True)
@@ -145,7 +153,7 @@ class Experiment(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     notes: Mapped[str] = mapped_column(Text, default="", server_default="")  # Markdown
     # Set when archived: the list hides it unless asked (backend.store.listing).
-    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     runs: Mapped[list[Run]] = relationship(
         back_populates="experiment",
@@ -192,6 +200,15 @@ class Run(Base):
             name="status",
         ),
         Index("ix_runs_optimizer_name_experiment_id", "optimizer_name", "experiment_id"),
+        # Covers the list's per-experiment figures (runs, progress, best final loss), so its
+        # sorts by them read this index, not the rows with their specs (backend.store.listing).
+        Index(
+            "ix_runs_experiment_id_figures",
+            "experiment_id",
+            "step",
+            "total_steps",
+            "final_train_loss",
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
@@ -221,6 +238,8 @@ class Run(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     final_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # final_metrics["train_loss"] when a number, as a column the list's index can hold.
+    final_train_loss: Mapped[float | None] = mapped_column(Float)
     # {"memory_bytes", "step_seconds", "run_seconds"} when queued (backend/estimate.py)
     estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Versions, git commit, host and device where it ran (kfac_lab.provenance).

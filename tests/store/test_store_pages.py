@@ -260,7 +260,9 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
         yield url
 
 
-def test_0007_copies_each_run_s_optimizer_name_and_goes_down_again(fresh_url: str) -> None:
+def test_0007_copies_each_run_s_optimizer_name_and_final_loss_and_goes_down_again(
+    fresh_url: str,
+) -> None:
     config = alembic_config(fresh_url)
     command.downgrade(config, "0006_share_links")
     with get_engine(fresh_url).begin() as connection:
@@ -274,10 +276,15 @@ def test_0007_copies_each_run_s_optimizer_name_and_goes_down_again(fresh_url: st
         connection.execute(
             text(
                 "INSERT INTO runs (id, experiment_id, position, label, optimizer, seed, spec, "
-                "status, step, cancel_requested, tracked, attempts, created_at) VALUES "
-                "('r1', 'e1', 0, 'k', :optimizer, 0, '{}', 'queued', 0, false, false, 0, :now)"
+                "status, step, cancel_requested, tracked, attempts, created_at, final_metrics) "
+                "VALUES ('r1', 'e1', 0, 'k', :optimizer, 0, '{}', 'succeeded', 0, false, false, "
+                "0, :now, :metrics)"
             ),
-            {"optimizer": '{"name": "kfac", "damping": 150}', "now": "2026-01-01T00:00:00+00:00"},
+            {
+                "optimizer": '{"name": "kfac", "damping": 150}',
+                "now": "2026-01-01T00:00:00+00:00",
+                "metrics": '{"train_loss": 0.25, "test_loss": 0.5}',
+            },
         )
     dispose_engines()
     command.upgrade(config, "head")
@@ -285,9 +292,10 @@ def test_0007_copies_each_run_s_optimizer_name_and_goes_down_again(fresh_url: st
         page, total = list_experiments(session, optimizers=["kfac"])
         assert total == 1 and page[0].notes == "" and page[0].tags == []
         assert page[0].runs[0].optimizer_name == "kfac"
+        assert page[0].runs[0].final_train_loss == 0.25
     dispose_engines()
     command.downgrade(config, "0006_share_links")  # and back: nothing of 0007 is left
     with get_engine(fresh_url).connect() as connection:
         columns = connection.execute(text("SELECT * FROM runs")).keys()
-        assert "optimizer_name" not in columns
+        assert "optimizer_name" not in columns and "final_train_loss" not in columns
     dispose_engines()
