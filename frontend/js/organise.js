@@ -3,12 +3,14 @@
 // archiving (an archived experiment leaves the list unless the list is asked for it). Every
 // change is one `PATCH /api/experiments/ID` with the field it changes.
 
-import { request } from "./api.js";
+import { ApiError, request } from "./api.js";
 import { byId, el, replace } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 
 const MAX_NOTES = 20000;
-const TAG = /^[a-z][a-z0-9._:+/-]{0,31}$/; // backend/api/page_schemas.py: Tag
+// What a tag may be is the API's rule (backend/api/page_schemas.py: Tag); the page lower-cases
+// what is typed, joins words with "-", and says what a tag is when the API refuses one.
+const TAG_HINT = "A tag is a letter, then up to 31 letters, digits and . _ : + / -";
 
 /** Draw what `experiment` holds: notes, tags, archive state. `owner`: the controls too. */
 export function renderOrganised(experiment, owner) {
@@ -60,17 +62,18 @@ export function setupOrganise(apiPath, act, page) {
   );
 
   const tagInput = byId("tag-input");
-  const addTag = () => {
+  const addTag = async () => {
     const tag = tagInput.value.trim().toLowerCase().replaceAll(/\s+/g, "-");
-    if (!tag) return;
-    if (!TAG.test(tag)) {
-      byId("tag-error").textContent = "A tag: a letter, then up to 31 letters, digits and . _ : + / -";
-      return;
-    }
-    byId("tag-error").textContent = "";
-    tagInput.value = "";
     const tags = page.experiment.tags ?? [];
-    if (!tags.includes(tag)) change({ tags: [...tags, tag] });
+    if (!tag || tags.includes(tag)) return;
+    try {
+      await apply({ tags: [...tags, tag] });
+      byId("tag-error").textContent = "";
+      tagInput.value = "";
+    } catch (error) {
+      const refused = error instanceof ApiError && error.status === 422;
+      byId("tag-error").textContent = refused ? `${TAG_HINT} (not “${tag}”).` : String(error.message ?? error);
+    }
   };
   byId("tag-add").addEventListener("click", addTag);
   tagInput.addEventListener("keydown", (event) => {
