@@ -34,6 +34,7 @@ BENCHMARKS = {
     "bench_distributed": "Data-parallel K-FAC: 2 processes against 1 process × 2 threads "
     "(issue 12)",
     "bench_list": "The experiments list with 10,000 experiments (issue 15)",
+    "bench_list_page": "The experiments list page with 10,000 experiments in Chromium (issue 15)",
 }
 """Key: a benchmark's command line (its module in bench/, then its arguments); value: the
 heading of its section."""

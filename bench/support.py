@@ -26,8 +26,8 @@ import httpx
 from sqlalchemy import create_engine
 
 from backend.store.db import session_scope
+from backend.store.listing import list_experiments
 from backend.store.migrate import scratch_database
-from backend.store.queries import list_experiments
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "bench-admin-token"

@@ -17,7 +17,8 @@ Access, and why it looks like this:
   snapshot of another experiment answers exactly as a missing one (404).
 
 Query strings are read as strictly as bodies: a parameter the route does not declare is a 422
-naming it (`extra_forbidden`, as for an unknown field of a body), after authentication, so a
+naming it (`extra_forbidden`, as for an unknown field of a body), and so is one that takes a
+single value given twice (`too_many_values`), after authentication, so a
 request without a token is a 401 whatever its query. A misspelt `max_point=` would otherwise
 be ignored without a word, and the OpenAPI document (whose parameters are a closed set) would
 not say what the server does.
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request, params, status
-from fastapi.dependencies.utils import get_flat_params
+from fastapi.dependencies.utils import field_annotation_is_sequence, get_flat_params
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -148,28 +149,35 @@ ReaderDep = Annotated[Principal, Depends(get_principal)]
 AdminDep = Annotated[Principal, Depends(require_admin)]
 
 
-def _declared_query(route: APIRoute) -> set[str]:
-    """The query parameters `route` and its dependencies declare (by the name sent); a walk
-    over a few dependencies (routes do not hash, so it is not cached)."""
+def _declared_query(route: APIRoute) -> dict[str, bool]:
+    """The query parameters `route` and its dependencies declare (by the name sent), each
+    with whether it takes several values; a walk over a few dependencies (routes do not hash,
+    so it is not cached)."""
     fields = get_flat_params(route.dependant)
-    return {f.alias for f in fields if isinstance(f.field_info, params.Query)}
+    return {
+        f.alias: field_annotation_is_sequence(f.field_info.annotation)
+        for f in fields
+        if isinstance(f.field_info, params.Query)
+    }
 
 
 def known_query(request: Request) -> None:
-    """Refuse query parameters the route does not declare: 422, one error per name."""
+    """Refuse query parameters the route does not declare, and one that takes a single value
+    given twice (which one would count?): 422, one error per name."""
     route = request.scope.get("route")
-    declared = _declared_query(route) if isinstance(route, APIRoute) else set()
-    unknown = [name for name in dict.fromkeys(request.query_params) if name not in declared]
-    if unknown:
+    declared = _declared_query(route) if isinstance(route, APIRoute) else {}
+    errors = []
+    for name in dict.fromkeys(request.query_params):
+        values = request.query_params.getlist(name)
+        if name not in declared:
+            errors.append(("extra_forbidden", name, "Extra inputs are not permitted", values[-1]))
+        elif len(values) > 1 and not declared[name]:
+            errors.append(("too_many_values", name, "Give this parameter once", values))
+    if errors:
         raise RequestValidationError(
             [
-                {
-                    "type": "extra_forbidden",
-                    "loc": ("query", name),
-                    "msg": "Extra inputs are not permitted",
-                    "input": request.query_params[name],
-                }
-                for name in unknown
+                {"type": kind, "loc": ("query", name), "msg": message, "input": value}
+                for kind, name, message, value in errors
             ]
         )
 

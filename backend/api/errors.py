@@ -70,7 +70,8 @@ READ_ERRORS = documented(401, 403, 404, 503)
 # its 422 only for routes with parameters).
 UNKNOWN_QUERY_ERROR = {
     422: {
-        "description": "Validation Error (e.g. a query parameter the route does not declare)",
+        "description": "Validation Error (e.g. a query parameter the route does not declare, "
+        "or one that takes a single value given twice)",
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
         },

@@ -88,12 +88,6 @@ def _reject_nul(value: Any, loc: tuple) -> None:
 CreateExperiment = Annotated[PresetRequest | ExperimentSpec, WrapValidator(_dispatch_create)]
 
 
-class RenameRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=120, pattern=r"^[^\x00]*$")
-
-
 class CloneRequest(BaseModel):
     """Run an experiment again: the same spec with new seeds, under this name if given."""
 
@@ -209,6 +203,8 @@ class ExperimentOut(BaseModel):
     url: str = Field(description="The experiment's page")
     created_at: datetime
     updated_at: datetime
+    tags: list[str] = Field(description="Its tags, in alphabetical order")
+    archived_at: datetime | None = Field(description="When archived; null: in the list")
     runs: list[RunOut]
 
     @classmethod
@@ -229,6 +225,8 @@ class ExperimentOut(BaseModel):
             url=experiment_url(base_url, experiment.id),
             created_at=experiment.created_at,
             updated_at=experiment.updated_at,
+            tags=experiment.tags,
+            archived_at=experiment.archived_at,
             runs=[
                 RunOut.from_run(
                     run, live_queues, queue_position=(queue_positions or {}).get(run.id)
@@ -241,17 +239,11 @@ class ExperimentOut(BaseModel):
 
 class ExperimentDetail(ExperimentOut):
     spec: dict[str, Any] = Field(description="The validated experiment spec, runs expanded")
+    notes: str = Field(description="The team's notes on it, Markdown (the page renders them)")
     last_event_id: int = Field(
         description="Newest event id: open the event stream with `?last_event_id=` this value "
         "to receive exactly what happens after this answer"
     )
-
-
-class ExperimentPage(BaseModel):
-    items: list[ExperimentOut]
-    total: int
-    limit: int
-    offset: int
 
 
 def experiment_url(base_url: str, experiment_id: str) -> str:

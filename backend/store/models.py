@@ -17,6 +17,11 @@ Tables, and why they look the way they do:
 * `run_logs` — each run's log lines (its worker's log records, a failure's traceback, lines
   sent by the tracking client), numbered per run by the writer so a retried batch is written
   once; the primary key (run_id, seq) is the index per run; the last MAX_LOG_LINES are kept.
+* `experiment_tags` — an experiment's tags, one row each, indexed by tag for the list's search;
+  an experiment's `notes` (Markdown) and `archived_at` live on its row, and the list's sorts
+  and searches have indexes (`archived_at` with each sorted column, `preset`,
+  `runs.optimizer_name`, and one over each run's experiment, step, total steps and
+  `final_train_loss`).
 * `workers` — each worker's queues and heartbeat, so a run can tell nobody consumes its queue.
 * `share_links`, `app_secrets` — read-only links (token hashes only) and the embedded admin token.
 * `events` — an append-only log per experiment that the API's live stream reads by id, so a page
@@ -128,10 +133,16 @@ class Base(DeclarativeBase):
 
 class Experiment(Base):
     __tablename__ = "experiments"
+    # The list hides archived experiments by default and sorts what is left: an index per sort
+    # that starts with `archived_at` reads a page in order, without sorting every row first.
+    __table_args__ = tuple(
+        Index(f"ix_experiments_archived_at_{column}", "archived_at", column)
+        for column in ("created_at", "name", "status", "preset")
+    )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), index=True)
-    preset: Mapped[str | None] = mapped_column(String(64))
+    preset: Mapped[str | None] = mapped_column(String(64), index=True)
     # Set (to `name`) only for experiments that tracked runs join by name; unique, so scripts
     # starting at once on several machines find one experiment (see backend.store.tracking).
     tracking_name: Mapped[str | None] = mapped_column(String(200), unique=True)
@@ -140,6 +151,9 @@ class Experiment(Base):
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    notes: Mapped[str] = mapped_column(Text, default="", server_default="")  # Markdown
+    # Set when archived: the list hides it unless asked (backend.store.listing).
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     runs: Mapped[list[Run]] = relationship(
         back_populates="experiment",
@@ -147,6 +161,35 @@ class Experiment(Base):
         cascade="all, delete-orphan",
         passive_deletes=True,
     )
+    tag_rows: Mapped[list[ExperimentTag]] = relationship(
+        order_by="ExperimentTag.tag",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        lazy="selectin",
+    )
+
+    @property
+    def tags(self) -> list[str]:
+        return [row.tag for row in self.tag_rows]
+
+
+class ExperimentTag(Base):
+    """One tag of one experiment (lower case, see backend.api.page_schemas.Tag)."""
+
+    __tablename__ = "experiment_tags"
+    __table_args__ = (Index("ix_experiment_tags_tag_experiment_id", "tag", "experiment_id"),)
+
+    experiment_id: Mapped[str] = mapped_column(
+        ForeignKey("experiments.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+
+def _optimizer_name(context: Any) -> str | None:
+    """A new run's optimizer name, copied out of its `optimizer` JSON so that the list can
+    search experiments by optimizer through an index."""
+    optimizer = context.get_current_parameters().get("optimizer")
+    return optimizer.get("name") if isinstance(optimizer, dict) else None
 
 
 class Run(Base):
@@ -155,6 +198,16 @@ class Run(Base):
         CheckConstraint(
             "status IN ('queued', 'running', 'succeeded', 'failed', 'diverged', 'cancelled')",
             name="status",
+        ),
+        Index("ix_runs_optimizer_name_experiment_id", "optimizer_name", "experiment_id"),
+        # Covers the list's per-experiment figures (runs, progress, best final loss), so its
+        # sorts by them read this index, not the rows with their specs (backend.store.listing).
+        Index(
+            "ix_runs_experiment_id_figures",
+            "experiment_id",
+            "step",
+            "total_steps",
+            "final_train_loss",
         ),
     )
 
@@ -165,6 +218,7 @@ class Run(Base):
     position: Mapped[int] = mapped_column(Integer, default=0)  # order within the experiment
     label: Mapped[str] = mapped_column(String(200))
     optimizer: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"name": ..., hyper-parameters}
+    optimizer_name: Mapped[str | None] = mapped_column(String(64), default=_optimizer_name)
     seed: Mapped[int] = mapped_column(Integer, default=0)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # the full run spec
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.QUEUED, index=True)
@@ -184,6 +238,8 @@ class Run(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     final_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # final_metrics["train_loss"] when a number, as a column the list's index can hold.
+    final_train_loss: Mapped[float | None] = mapped_column(Float)
     # {"memory_bytes", "step_seconds", "run_seconds"} when queued (backend/estimate.py)
     estimate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Versions, git commit, host and device where it ran (kfac_lab.provenance).

@@ -1,4 +1,5 @@
-"""Reads for the API: experiments and runs, downsampled metrics, snapshots, the event log.
+"""Reads for the API: experiments and runs, downsampled metrics, snapshots, the event log (the
+list of experiments, with its searches and sorts, is `backend.store.listing`).
 
 Every function takes the caller's `Session` and only reads. Results are ORM objects for
 experiments, runs and events (the API shapes its own JSON from them) and plain JSON-ready
@@ -36,36 +37,6 @@ Axis = Literal["step", "time"]
 def get_experiment(session: Session, experiment_id: str) -> Experiment | None:
     """One experiment with its runs (in their order), or None."""
     return session.get(Experiment, experiment_id, options=[selectinload(Experiment.runs)])
-
-
-def list_experiments(
-    session: Session,
-    *,
-    limit: int = 50,
-    offset: int = 0,
-    status: str | Sequence[str] | None = None,
-    name: str | None = None,
-) -> tuple[list[Experiment], int]:
-    """A page of experiments, newest first, with their runs; and how many match in all.
-
-    `status` keeps experiments in that status (or any of several); `name` keeps those whose
-    name contains it, ignoring case.
-    """
-    conditions = []
-    if status is not None:
-        conditions.append(Experiment.status.in_([status] if isinstance(status, str) else status))
-    if name:
-        conditions.append(Experiment.name.ilike(f"%{_escape_like(name)}%", escape="\\"))
-    total = session.scalar(select(func.count()).select_from(Experiment).where(*conditions))
-    page = session.scalars(
-        select(Experiment)
-        .where(*conditions)
-        .options(selectinload(Experiment.runs))
-        .order_by(Experiment.created_at.desc(), Experiment.id)
-        .limit(limit)
-        .offset(offset)
-    )
-    return list(page), total or 0
 
 
 def get_run(session: Session, run_id: str) -> Run | None:
@@ -344,6 +315,3 @@ def last_event_id(session: Session, experiment_id: str) -> int:
     newest = session.scalar(select(func.max(Event.id)).where(Event.experiment_id == experiment_id))
     return newest or 0
 
-
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -237,6 +237,8 @@ def set_status(
         values["step"] = step
     if final_metrics is not None:
         values["final_metrics"] = to_jsonable(final_metrics)
+        loss = values["final_metrics"].get("train_loss")
+        values["final_train_loss"] = loss if isinstance(loss, int | float) else None
     return bool(_transition(session, values, Run.id == run_id, Run.status.in_(ACTIVE)))
 
 

@@ -1,5 +1,5 @@
-// The experiment page (one stable URL, the one that is shared): the comparison table and
-// sensitivity charts, live loss curves, optimizer internals, curvature snapshots, the runs
+// The experiment page (one stable URL, the one that is shared): notes and tags (organise.js),
+// the comparison table and sensitivity charts, live loss curves, optimizer internals, curvature snapshots, the runs
 // table, share / run again / cancel, exports. The parts live in their own modules
 // (comparison.js, curvespanel.js, liveupdates.js, curvature.js, sharing.js, exports.js); this
 // one loads the data and wires them together.
@@ -21,6 +21,7 @@ import { applyBatch, showStreamState } from "./liveupdates.js";
 import { LogPanels } from "./logs.js";
 import { isActive, renderRuns } from "./runs.js";
 import { setupManage } from "./manage.js";
+import { renderOrganised, setupOrganise } from "./organise.js";
 import { setupReadOnly, setupSharing } from "./sharing.js";
 
 const INTERNALS = [
@@ -143,6 +144,7 @@ function cancelRun(run) {
 function setupOwnerControls() {
   setupSharing(apiPath, act);
   setupManage(apiPath, act, page, renderHeader);
+  setupOrganise(apiPath, act, page);
   // Run again: the form, filled with this experiment's spec, to edit before launching.
   byId("clone").addEventListener("click", () => window.location.assign(`/new?from=${encodeURIComponent(experimentId)}`));
   byId("cancel-all").addEventListener("click", () => {
@@ -186,6 +188,7 @@ async function main() {
   }
   page.experiment = experiment;
   renderHeader();
+  renderOrganised(experiment, !credentials.shared);
   try {
     await page.comparison.refresh(comparison);
     performance.mark("kfac:table-drawn");

@@ -20,13 +20,13 @@ from backend.store.access import (
     use_share_token,
 )
 from backend.store.db import session_scope
+from backend.store.listing import list_experiments
 from backend.store.models import Run, experiment_status, utcnow
 from backend.store.queries import (
     events_after,
     get_experiment,
     get_run,
     last_event_id,
-    list_experiments,
 )
 from backend.store.writes import (
     Control,

@@ -1,5 +1,5 @@
-"""Experiments: create (from a spec or a preset) or only validate, list, get, rename, delete,
-clone, cancel."""
+"""Experiments: create (from a spec or a preset) or only validate, list (search, filter, sort),
+get, change (name, notes, tags, archive), delete, clone, cancel."""
 
 from __future__ import annotations
 
@@ -21,14 +21,13 @@ from backend.api.deps import (
     load_experiment,
 )
 from backend.api.errors import READ_ERRORS, WRITE_ERRORS, documented
+from backend.api.page_schemas import ExperimentPage, ExperimentUpdate, OptimizerName, Tag
 from backend.api.preview import ExperimentPreview, preview
 from backend.api.schemas import (
     CloneRequest,
     CreateExperiment,
     ExperimentDetail,
     ExperimentOut,
-    ExperimentPage,
-    RenameRequest,
     RunStatusName,
 )
 from backend.api.service import (
@@ -42,8 +41,10 @@ from backend.api.service import (
     stored_spec,
     with_new_seeds,
 )
+from backend.store.listing import ArchivedFilter, SortKey, SortOrder, list_experiments
 from backend.store.models import Experiment
-from backend.store.queries import get_experiment, last_event_id, list_experiments
+from backend.store.organise import set_archived, set_notes, set_tags
+from backend.store.queries import get_experiment, last_event_id
 from backend.store.queueing import queue_positions
 from backend.store.writes import rename_experiment
 
@@ -72,6 +73,7 @@ def detail(session: Session, request: Request, experiment: Experiment) -> Experi
         consumed_queues(session, get_settings(request)),
         queue_positions(session) if waiting else None,
         spec=experiment.spec,
+        notes=experiment.notes,
         last_event_id=last_event_id(session, experiment.id),
     )
 
@@ -103,6 +105,9 @@ def validate(
     return preview(settings, spec)
 
 
+NoNul = r"^[^\x00]*$"
+
+
 @router.get("")
 def list_all(
     request: Request,
@@ -112,14 +117,50 @@ def list_all(
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
     status: Annotated[list[RunStatusName] | None, Query(description="Any of these")] = None,
     name: Annotated[
-        str | None, Query(max_length=200, pattern=r"^[^\x00]*$", description="Contains, any case")
+        str | None, Query(max_length=200, pattern=NoNul, description="Contains, any case")
     ] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            pattern=NoNul,
+            description="The search box: the name contains it (any case), or it is one of "
+            "the experiment's tags or of its runs' optimizers",
+        ),
+    ] = None,
+    tag: Annotated[list[Tag] | None, Query(max_length=20, description="Has all of these")] = None,
+    optimizer: Annotated[
+        list[OptimizerName] | None,
+        Query(max_length=20, description="A run uses any of these optimizers"),
+    ] = None,
+    archived: Annotated[
+        ArchivedFilter, Query(description="Archived experiments: left out, included, or only")
+    ] = "exclude",
+    sort: Annotated[
+        SortKey,
+        Query(
+            description="created, name, status, preset, tags (the first), runs (how many), "
+            "progress, best_loss (the lowest final train_loss); missing values last"
+        ),
+    ] = "created",
+    order: Annotated[SortOrder, Query()] = "desc",
 ) -> ExperimentPage:
-    """A page of experiments, newest first (admin only: a share link opens one experiment)."""
+    """A page of experiments and how many match (admin only: a share link opens one
+    experiment). Search, filters and sort are done by the database (backend.store.listing)."""
     if not principal.admin:
         raise HTTPException(403, "A share link opens one experiment only.")
     experiments, total = list_experiments(
-        session, limit=limit, offset=offset, status=status, name=name
+        session,
+        limit=limit,
+        offset=offset,
+        status=status,
+        name=name,
+        search=q,
+        tags=tag or (),
+        optimizers=optimizer or (),
+        archived=archived,
+        sort=sort,
+        order=order,
     )
     url, live = base_url(request), consumed_queues(session, get_settings(request))
     return ExperimentPage(
@@ -152,16 +193,25 @@ def delete(
 
 
 @router.patch(ONE, responses=WRITE_ERRORS)
-def rename(
+def update(
     experiment_id: ExperimentId,
-    body: RenameRequest,
+    body: ExperimentUpdate,
     request: Request,
     session: SessionDep,
     principal: AdminDep,
 ) -> ExperimentDetail:
-    """Rename the experiment."""
+    """Change what is given of the experiment's name, notes (Markdown), tags and archived
+    state; the rest stays."""
     experiment = load_experiment(session, principal, experiment_id)
-    rename_experiment(session, experiment.id, body.name)
+    given = body.model_fields_set
+    if "name" in given:
+        rename_experiment(session, experiment.id, body.name)
+    if "notes" in given:
+        set_notes(session, experiment, body.notes)
+    if "tags" in given:
+        set_tags(session, experiment, body.tags)
+    if "archived" in given:
+        set_archived(session, experiment, body.archived)
     session.commit()
     session.expire_all()
     return detail(session, request, get_experiment(session, experiment.id))
