@@ -34,6 +34,8 @@ BENCHMARKS = {
 
     "bench_distributed": "Data-parallel K-FAC: 2 processes against 1 process × 2 threads "
     "(issue 12)",
+    "bench_nodes": "Data-parallel K-FAC: traffic by world size and width, a run over two nodes "
+    "(issue 12)",
 
     "bench_list": "The experiments list with 10,000 experiments (issue 15)",
 }
