@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from backend.api.schemas import RunOut
 from backend.store.db import session_scope
 from backend.store.writes import request_cancel
 from tests.worker.labs import Lab, Worker, lab, run_spec
@@ -64,6 +65,8 @@ def test_a_run_across_two_workers_follows_one_process(two_workers: Lab, processe
         assert len(two_workers.points(spread, f"step_time_rank{rank}")) == 30
     assert two_workers.points(spread, f"step_time_rank{world}") == []
 
+    shown = RunOut.from_run(run)  # what the page's runs table shows
+    assert (shown.nodes, shown.processes) == (2, processes)
     node0, node1 = roles(two_workers, spread)
     assert f"run {spread}: joins as node 1 of 2" in node1.text()
     assert f"run {spread}: node 1 ended: succeeded at step 30" in node1.text()
