@@ -114,3 +114,49 @@ def test_cancel_stops_every_node(two_workers: Lab) -> None:
         180,
         "node 1 to end",
     )
+
+
+@pytest.mark.timeout(1200)  # three workers start, and two runs over two nodes train
+def test_a_run_whose_node_0_is_killed_resumes_on_two_other_workers(tmp_path) -> None:
+    """SIGKILL node 0's worker after a checkpoint: node 1's rank fails at once and its worker
+    is free again; the run's stale heartbeat re-queues it, and the new attempt's node 0 (the
+    freed worker or a new one) reads the checkpoint and broadcasts it to its node 1, ending on
+    the trajectory of an uninterrupted run over two nodes."""
+    spec = run_spec(
+        nodes=2, optimizer=KFAC, dtype="float64", steps=800, eval_interval=None,
+        model={"name": "mlp", "hidden": [32]}, checkpoint_interval=100,
+    )  # fmt: skip
+    settings = dict(
+        KFAC_NODE_ADDRESS="127.0.0.1",
+        KFAC_NODE_JOIN_TIMEOUT_S=str(JOIN_TIMEOUT_S),
+        KFAC_HEARTBEAT_TIMEOUT_S="2",
+    )
+    with lab(tmp_path, **settings) as the_lab:
+        artifacts = the_lab.settings.artifacts_dir
+        the_lab.start_worker()
+        the_lab.start_worker()
+        # Created only when sent: the recovery pass sends a queued run that has waited a
+        # heartbeat timeout, and the reference must not keep a worker from node 1's task.
+        (killed,) = the_lab.create(spec)
+        the_lab.send(killed)
+        the_lab.wait_for((artifacts / killed / "step-00000100.pt").exists, 300, "a checkpoint")
+        node0, node1 = roles(the_lab, killed)
+        node0.kill()
+        assert the_lab.run(killed).status == "running"
+        assert 100 <= the_lab.points(killed)[-1][0] < 800
+        the_lab.wait_for(
+            lambda: f"run {killed}: node 1 ended: failed" in node1.text(), 300, "node 1"
+        )
+        the_lab.start_worker()
+
+        (resumed,) = the_lab.wait(killed, timeout=600)
+        assert (resumed.status, resumed.attempts) == ("succeeded", 2), the_lab.logs()
+        assert logged(the_lab, rf"run {killed}: joins as node 1 of 2 \(attempt 2")
+        (reference,) = the_lab.create(spec)
+        the_lab.send(reference)
+        (uninterrupted,) = the_lab.wait(reference, timeout=600)
+        assert uninterrupted.status == "succeeded", the_lab.logs()
+        curve = the_lab.points(killed)
+        assert [step for step, _ in curve] == list(range(1, 801))
+        for (_, ours), (_, theirs) in zip(curve, the_lab.points(reference), strict=True):
+            assert ours == pytest.approx(theirs, rel=1e-9)
