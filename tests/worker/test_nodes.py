@@ -12,11 +12,14 @@ import re
 from collections.abc import Iterator
 
 import pytest
+import torch.distributed as dist
 
 from backend.api.schemas import RunOut
 from backend.store.db import session_scope
 from backend.store.writes import request_cancel
 from tests.worker.labs import Lab, Worker, lab, run_spec
+from worker.distributed import _await_nodes, node_key, train_ranks
+from worker.training import MemoryRecorder
 
 JOIN_TIMEOUT_S = 45  # generous: a free worker takes a node's task within a second when idle
 KFAC = {"name": "kfac", "inverse_interval": 5}
@@ -160,3 +163,28 @@ def test_a_run_whose_node_0_is_killed_resumes_on_two_other_workers(tmp_path) -> 
         assert [step for step, _ in curve] == list(range(1, 801))
         for (_, ours), (_, theirs) in zip(curve, the_lab.points(reference), strict=True):
             assert ours == pytest.approx(theirs, rel=1e-9)
+
+
+def test_a_run_over_nodes_needs_the_lab_s_workers() -> None:
+    """`kfac-lab run` trains in its own process: it has no workers to invite."""
+    result = train_ranks(
+        run_spec(nodes=2), MemoryRecorder(), checkpoint_dir=None, should_stop=lambda: False,
+        resume=False, data_dir=None,
+    )  # fmt: skip
+    assert (result.status, result.step) == ("failed", 0)
+    assert result.reason == "a run over 2 nodes needs the lab's workers: submit it to the lab"
+
+
+def test_rank_0_waits_for_the_nodes_until_cancelled_or_timed_out() -> None:
+    """Without workers: a cancel ends the wait `cancelled`, the timeout `failed` naming the
+    nodes that did not sign in; a node that signed in is not named."""
+    store = dist.TCPStore("127.0.0.1", 0, 3, is_master=True, wait_for_workers=False)
+    spec = run_spec(nodes=3)
+    cancelled = _await_nodes(store, spec, lambda: True, timeout_s=60)
+    assert (cancelled.status, cancelled.reason) == ("cancelled", "cancelled on request")
+    store.set(node_key(1), "host:1")
+    timed_out = _await_nodes(store, spec, lambda: False, timeout_s=0.5)
+    assert (timed_out.status, timed_out.step) == ("failed", 0)
+    assert timed_out.reason.startswith("node 2 of 3 did not join within 0.5 s")
+    store.set(node_key(2), "host:2")
+    assert _await_nodes(store, spec, lambda: False, timeout_s=0.5) is None
