@@ -20,6 +20,7 @@ from kombu import Queue
 from backend.settings import Settings, get_settings
 
 TRAIN_TASK = "kfac.train_run"
+NODE_TASK = "kfac.join_run"  # one more node of a run over several workers (worker/nodes.py)
 QUEUES = ("gpu", "cpu")
 # Longer than any allowed run, so Redis never redelivers a run that is still training.
 VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
@@ -76,6 +77,13 @@ def send_run(run_id: str, queue: str) -> str:
     """Queue the training of one run; returns the Celery task id (stored to revoke it)."""
     result = celery_app().send_task(TRAIN_TASK, args=[run_id], queue=queue)
     return result.id
+
+
+def send_node(run_id: str, attempt: int, node: int, address: str, port: int, queue: str) -> str:
+    """Ask a free worker to be node `node` of attempt `attempt` of a run whose rank 0 hosts
+    its rendezvous store at address:port; returns the task id."""
+    args = [run_id, attempt, node, address, port]
+    return celery_app().send_task(NODE_TASK, args=args, queue=queue).id
 
 
 def revoke(task_id: str) -> None:

@@ -85,6 +85,17 @@ class Settings(BaseSettings):
         description="A run estimated to train longer is refused; one that still overruns it "
         "is stopped and fails.",
     )
+    node_address: str | None = Field(
+        default=None,
+        description="The address other machines reach this worker at, published when it is "
+        "rank 0 of a run over several nodes; default: this machine's host name.",
+    )
+    node_join_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long rank 0 of a run over several nodes waits for the other nodes "
+        "(free workers on the run's queue) to join; a node that does not fails the run.",
+    )
     worker_flops: float = Field(
         default=2e10,
         gt=0,

@@ -57,7 +57,9 @@ MAX_LAYER_WIDTH = 8192  # K-FAC inverts (width+1)² factors
 MAX_PROBE_PARAMETERS = 4096  # exact F over the probe is P × P
 MAX_SNAPSHOTS = 200
 MAX_BATCH_SIZE = 60_000
-MAX_PROCESSES = 16  # data-parallel ranks of one run
+MAX_PROCESSES = 16  # data-parallel ranks of one run on one worker
+MAX_NODES = 16  # workers (machines) one run spans
+MAX_WORLD_SIZE = 64  # all the ranks of one run: nodes × processes
 
 
 # ---- the registry: every dataset, model and optimizer a spec may name -------------------------
@@ -200,6 +202,13 @@ class RunSpec(SpecModel):
         description="data-parallel ranks (torch.distributed) sharing each mini-batch; "
         "N ranks at batch B train as one process at B",
     )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=MAX_NODES,
+        description="workers (machines) the run spans, each running `processes` ranks; "
+        f"nodes × processes at most {MAX_WORLD_SIZE} and at most the mini-batch",
+    )
 
     @field_validator("dataset", mode="before", json_schema_input_type=DatasetSpec | DatasetName)
     @classmethod
@@ -241,11 +250,24 @@ class RunSpec(SpecModel):
     @field_validator("processes")
     @classmethod
     def _every_rank_has_examples(cls, processes: int, info: ValidationInfo):
-        batch = info.data.get("batch_size")
-        smallest = batch.initial if isinstance(batch, ExponentialBatchSchedule) else batch
-        if smallest is not None and smallest < processes:
-            raise ValueError(f"{processes} processes need a mini-batch of at least {processes}")
+        if error := _too_few_examples(processes, info.data.get("batch_size")):
+            raise ValueError(f"{processes} processes {error}")
         return processes
+
+    @field_validator("nodes")
+    @classmethod
+    def _world_fits(cls, nodes: int, info: ValidationInfo):
+        processes = info.data.get("processes")
+        if processes is None:
+            return nodes
+        world = nodes * processes
+        if world > MAX_WORLD_SIZE:
+            raise ValueError(
+                f"{nodes} nodes × {processes} processes = {world} ranks exceed {MAX_WORLD_SIZE}"
+            )
+        if error := _too_few_examples(world, info.data.get("batch_size")):
+            raise ValueError(f"{nodes} nodes × {processes} processes = {world} ranks {error}")
+        return nodes
 
     @field_validator("epochs")
     @classmethod
@@ -298,6 +320,11 @@ class RunSpec(SpecModel):
     def parameter_count(self) -> int:
         return self.model.parameter_count(*_shape_args(self.dataset.info))
 
+    @property
+    def world_size(self) -> int:
+        """The ranks that train the run: `processes` on each of `nodes` workers."""
+        return self.nodes * self.processes
+
     def total_steps(self) -> int:
         total = _total_steps_from(dict(self))
         assert total is not None
@@ -307,6 +334,14 @@ class RunSpec(SpecModel):
         """The run's label, by default "optimizer [swept values] · seed N"."""
         return self.label or f"{config_label(self.optimizer.name, self.config)} · seed {self.seed}"
 
+
+
+def _too_few_examples(ranks: int, batch: int | ExponentialBatchSchedule | None) -> str | None:
+    """Why `ranks` ranks cannot share the (first) mini-batch, or None: each needs an example."""
+    smallest = batch.initial if isinstance(batch, ExponentialBatchSchedule) else batch
+    if smallest is not None and smallest < ranks:
+        return f"need a mini-batch of at least {ranks}"
+    return None
 
 
 def _shape_args(info: DatasetInfo) -> tuple[int, int, tuple[int, int, int] | None]:

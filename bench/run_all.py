@@ -33,6 +33,8 @@ BENCHMARKS = {
     "bench_comparison": "The comparison of 100 runs: 5 optimizers × 5 lrs × 4 seeds (issue 8)",
     "bench_distributed": "Data-parallel K-FAC: 2 processes against 1 process × 2 threads "
     "(issue 12)",
+    "bench_nodes": "Data-parallel K-FAC: traffic by world size and width, a run over two nodes "
+    "(issue 12)",
     "bench_list": "The experiments list with 10,000 experiments (issue 15)",
     "bench_list_page": "The experiments list page with 10,000 experiments in Chromium (issue 15)",
 }

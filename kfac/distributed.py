@@ -16,7 +16,8 @@ single-process algorithm), and N ranks use `ProcessGroupCommunicator`:
   `step` runs the forward and backward passes, and it reduces the loss with the gradient;
 - inverses are divided among the ranks by `share` (greedy by cost d³, largest first, onto
   the least loaded rank) and each rank broadcasts what it computed, one bucket per rank, so
-  the inverse update costs about 1/N of the single-process one;
+  the inverse update costs about 1/N of the single-process one.  The block-tridiagonal
+  pieces are divided the same way, one job per layer (`shared_tridiagonal_inverse`);
 - the sampled targets of the true Fisher (§5) come from one generator that every rank seeds
   alike: each rank draws the noise of all the examples of the statistics subset and keeps
   its own examples' rows (`kfac.losses.sample_targets`).  Example i's target then depends on
@@ -36,22 +37,41 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.distributed as dist
 
+from kfac.inverses import Notes, spd_inverse
+from kfac.tridiagonal import (
+    KroneckerDifferenceInverse,
+    TridiagonalLayerInverse,
+    tridiagonal_inverse,
+)
+
+
+def backend_for(device: torch.device | str) -> str:
+    """The torch.distributed backend of ranks on `device`: NCCL on CUDA, gloo otherwise.
+
+    The one rule every launcher asks (worker.distributed); NCCL has no CPU tensors and gloo no
+    fast GPU path."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
 
 @dataclass
 class Job:
-    """One piece of divisible work: `compute()` gives a tensor shaped like `like`, or None."""
+    """One piece of divisible work: `compute()` gives a tensor shaped like `like`, or None.
+
+    `weight` is its cost when the job is not one d×d factorisation (see `cost`)."""
 
     compute: Callable[[], torch.Tensor | None]
     like: torch.Tensor
+    weight: float | None = None
 
     @property
     def cost(self) -> float:
         """An inversion or eigendecomposition of a d×d matrix costs ~d³."""
-        return float(self.like.shape[0]) ** 3
+        return float(self.like.shape[0]) ** 3 if self.weight is None else self.weight
 
 
 class Communicator:
@@ -93,6 +113,10 @@ class Communicator:
     def gather(self, value: float) -> list[float]:
         """Every rank's `value`, by rank (for per-rank timings)."""
         return [value]
+
+    def broadcast_object(self, value: object) -> object:
+        """Rank 0's `value` (any picklable object, e.g. a checkpoint's state) on every rank."""
+        return value
 
     def take_traffic(self) -> dict[str, float]:
         """The bytes moved and seconds spent in collectives since the last call."""
@@ -187,3 +211,107 @@ class ProcessGroupCommunicator(Communicator):
         values = [None] * self.world_size
         dist.all_gather_object(values, value, group=self.group)
         return values
+
+    def broadcast_object(self, value):
+        holder = [value]
+        dist.broadcast_object_list(holder, self._global(0), group=self.group)
+        return holder[0]
+
+
+# ----------------------------------------------------------------------------- block-tridiagonal
+
+
+def shared_tridiagonal_inverse(
+    communicator: Communicator,
+    input_factors: list[torch.Tensor],
+    output_factors: list[torch.Tensor],
+    input_cross: list[torch.Tensor],
+    output_cross: list[torch.Tensor],
+    notes: Notes,
+    names: list[str],
+) -> list[TridiagonalLayerInverse] | None:
+    """`kfac.tridiagonal.tridiagonal_inverse` with its work divided among the ranks (§4.3, App. B).
+
+    Layer i < l's piece (Σ(i|i+1)⁻¹ in its eigenbasis and the couplings Kᵀ Ψ(i,i+1)) depends
+    on layers i and i+1 alone, so it is `tridiagonal_inverse` of that two-layer slice, whose
+    first piece it is, the same arithmetic as in the whole; the last layer's piece is Ā_l⁻¹ and
+    G_l⁻¹.  Each piece is one job (the Cholesky factors of layer i+1 are then computed by the
+    owners of both i and i+1: a d³/3 more next to the two eigendecompositions of the piece),
+    packed flat for the broadcast.  As in the whole, one failed piece fails them all (None: the
+    caller falls back to the block-diagonal inverse).  One process computes the whole at once.
+    """
+    if communicator.world_size == 1:
+        return tridiagonal_inverse(input_factors, output_factors, input_cross, output_cross, notes)
+    last = len(input_factors) - 1
+    jobs = [
+        _pair_job(
+            input_factors[i : i + 2],
+            output_factors[i : i + 2],
+            input_cross[i],
+            output_cross[i],
+            notes,
+            f"{names[i]}–{names[i + 1]}",
+        )
+        for i in range(last)
+    ]
+    jobs += [
+        Job(partial(spd_inverse, factor, notes, f"{names[last]} {key}"), factor)
+        for key, factor in (("A", input_factors[last]), ("G", output_factors[last]))
+    ]
+    results = communicator.share(jobs)
+    if any(result is None for result in results):
+        return None
+    pieces = []
+    for i, flat in enumerate(results[:last]):
+        shapes = _piece_shapes(input_factors[i : i + 2], output_factors[i : i + 2])
+        coupling_a, coupling_g, basis_a, basis_g, scale = (
+            part.view(shape)
+            for part, shape in zip(flat.split([math.prod(s) for s in shapes]), shapes, strict=True)
+        )
+        conditional = KroneckerDifferenceInverse(basis_a, basis_g, scale)
+        pieces.append(TridiagonalLayerInverse(coupling_a, coupling_g, conditional))
+    pieces.append(TridiagonalLayerInverse(input_inverse=results[-2], output_inverse=results[-1]))
+    return pieces
+
+
+def _piece_shapes(pair_a: list[torch.Tensor], pair_g: list[torch.Tensor]) -> list[tuple]:
+    """The shapes of a piece's coupling_a, coupling_g, basis_a, basis_g and scale (the
+    couplings and the scale keep only their r = min(d, d') rows that can be non-zero)."""
+    (a, a_next), (g, g_next) = (len(m) for m in pair_a), (len(m) for m in pair_g)
+    rank_a, rank_g = min(a, a_next), min(g, g_next)
+    return [(rank_a, a_next), (rank_g, g_next), (a, a), (g, g), (rank_g, rank_a)]
+
+
+def _pair_job(
+    pair_a: list[torch.Tensor],
+    pair_g: list[torch.Tensor],
+    cross_a: torch.Tensor,
+    cross_g: torch.Tensor,
+    notes: Notes,
+    label: str,
+) -> Job:
+    """The job of layer i's piece from layers i, i+1 (see `shared_tridiagonal_inverse`)."""
+
+    def compute() -> torch.Tensor | None:
+        local = Notes()  # the slice calls its layers 0 and 1: say which they are
+        pieces = tridiagonal_inverse(pair_a, pair_g, [cross_a], [cross_g], local)
+        for message in local.messages:
+            notes.add(f"{label} (as layers 0, 1): {message}")
+        if pieces is None:
+            return None
+        piece = pieces[0]
+        conditional = piece.conditional
+        parts = (
+            piece.coupling_a,
+            piece.coupling_g,
+            conditional.basis_a,
+            conditional.basis_g,
+            conditional.scale,
+        )
+        return torch.cat([part.reshape(-1) for part in parts])
+
+    shapes = _piece_shapes(pair_a, pair_g)
+    like = pair_a[0].new_empty(sum(math.prod(s) for s in shapes))
+    # Two Cholesky factorisations per side and layer and one eigendecomposition per side.
+    weight = float(sum(len(m) ** 3 for m in (*pair_a, *pair_g)))
+    return Job(compute, like, weight)

@@ -15,7 +15,7 @@ from functools import partial
 
 import torch
 
-from kfac.distributed import Communicator, Job
+from kfac.distributed import Communicator, Job, shared_tridiagonal_inverse
 from kfac.enums import InverseStructure
 from kfac.factors import cross_moment, update_running_average
 from kfac.inverses import Notes, block_diagonal_precondition, damp_factors, spd_inverse
@@ -24,7 +24,6 @@ from kfac.tridiagonal import (
     KroneckerDifferenceInverse,
     TridiagonalLayerInverse,
     block_tridiagonal_precondition,
-    tridiagonal_inverse,
 )
 
 TRIDIAGONAL_KEYS = ("coupling_a", "coupling_g", "basis_a", "basis_g", "scale")
@@ -85,20 +84,21 @@ class KroneckerPreconditioner:
             for b in self.blocks
         ]
         if self.structure is InverseStructure.BLOCK_TRIDIAGONAL:
-            pieces = tridiagonal_inverse(
+            pieces = shared_tridiagonal_inverse(
+                self.communicator,
                 [a for a, _ in damped],
                 [g for _, g in damped],
                 [self.layer_state(b)["A_cross"] for b in self.blocks[:-1]],
                 [self.layer_state(b)["G_cross"] for b in self.blocks[:-1]],
                 notes,
+                [b.name for b in self.blocks],
             )
             if pieces is not None:
                 for block, piece in zip(self.blocks, pieces, strict=True):
                     self._store_piece(self.layer_state(block), piece)
                 return
             notes.add("block-tridiagonal inverse failed; using the block-diagonal one this period")
-        # Divided among the ranks (KAISA); the block-tridiagonal pieces above are coupled
-        # through the neighbours' Cholesky factors and are computed by every rank alike.
+        # Divided among the ranks (KAISA), as the block-tridiagonal pieces above are.
         jobs = [
             Job(partial(spd_inverse, factor, notes, f"{block.name} {key}"), factor)
             for block, pair in zip(self.blocks, damped, strict=True)

@@ -1,22 +1,35 @@
-"""One run over N processes (`RunSpec.processes`): data-parallel ranks under torch.distributed.
+"""One run over several ranks (`RunSpec.processes` on each of `RunSpec.nodes` workers):
+data-parallel ranks under torch.distributed.
 
 Rank 0 is the process that took the run (the Celery task, or the CLI): it hosts the c10d
 TCPStore the ranks rendezvous through, trains with the run's recorder, and alone evaluates,
-snapshots and checkpoints.  Ranks 1..N−1 are started here as `python -m worker.distributed`
-processes (as torchrun starts its ranks: Celery's pool children are daemonic and may not
-have multiprocessing children) and run the same loop (worker.training) on their shards with
-nothing to record; a
-checkpoint written by rank 0 holds the state of every rank (kfac.distributed keeps them
-identical), so every rank resumes from it.
+snapshots and checkpoints.  On each node (worker) the first rank is the worker's own process
+and the node's other ranks are started here as `python -m worker.distributed` processes (as
+torchrun starts its ranks: Celery's pool children are daemonic and may not have
+multiprocessing children); node k holds the global ranks k·P … k·P + P − 1 (P = processes).
+They run the same loop (worker.training) on their shards with nothing to record.  A resumed
+run's state is read from rank 0's checkpoint and broadcast to every rank
+(worker.training), so the other nodes need no access to rank 0's disk.
+
+Across workers (`nodes` > 1; the Celery side is worker/nodes.py): rank 0 publishes its
+store's port through the broker the lab already uses — one `kfac.join_run` task per other
+node, carrying the run's attempt and rank 0's address — and waits `join_timeout_s` for every
+node to sign in (a key `node/k` in the store, taken with compare-and-set, so a node is joined
+once).  A node that never joins fails the run, the reason naming it; a cancel while waiting
+ends it `cancelled`.  A worker busy with a run reserves no other task (late ack, prefetch 1),
+so each node task goes to a distinct free worker.
 
 Failure and cancellation: every collective has the process group's timeout
 (`COLLECTIVE_TIMEOUT_S`; gloo also fails at once when a peer's socket closes), so a rank that
-dies makes rank 0's step raise and the run ends `failed`, its reason naming the rank that
-died.  When rank 0's loop ends for any reason (finished, cancelled, diverged, failed) the
-other ranks are joined for `JOIN_TIMEOUT_S` and killed after that: nothing outlives the run.
-A helper whose rank 0 died is left blocked in a collective until the timeout, then exits.
+dies makes rank 0's step raise and the run ends `failed`, its reason naming the local rank
+that died.  When rank 0's loop ends for any reason (finished, cancelled, diverged, failed)
+its group is destroyed, so every other rank's next collective fails and its node ends; on
+each node the local ranks are joined for `JOIN_TIMEOUT_S` and killed after that: nothing
+outlives the run.  A rank whose rank 0 died is left blocked in a collective until the
+timeout, then exits.
 
-Backend: gloo on CPU, NCCL when the run's device is a GPU (rank r on GPU r mod count).
+Backend: one rule, `kfac.distributed.backend_for` (gloo on CPU, NCCL on CUDA, rank r on GPU
+r mod count).
 """
 
 from __future__ import annotations
@@ -28,21 +41,40 @@ import logging
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from backend.spec import RunSpec
-from kfac.distributed import ProcessGroupCommunicator
-from worker.training import MemoryRecorder, Recorder, RunResult, resolve_device, train
+from kfac.distributed import ProcessGroupCommunicator, backend_for
+from worker.training import (
+    CANCELLED_REASON,
+    MemoryRecorder,
+    Recorder,
+    RunResult,
+    resolve_device,
+    train,
+)
 
 logger = logging.getLogger(__name__)
 
 COLLECTIVE_TIMEOUT_S = 120.0  # a step's collective waits at most this long for a lost peer
 JOIN_TIMEOUT_S = 30.0  # how long the other ranks get to finish after rank 0's loop ends
+LOCAL_HOST = "127.0.0.1"  # the store as the ranks on rank 0's own node reach it
+
+
+@dataclass
+class Rendezvous:
+    """How rank 0 brings the other nodes of a run in: `invite(port)` asks them to join its
+    store (worker/nodes.py sends their tasks), and they have `join_timeout_s` to do so."""
+
+    invite: Callable[[int], None]
+    join_timeout_s: float
 
 
 class _Discard(MemoryRecorder):
@@ -52,73 +84,85 @@ class _Discard(MemoryRecorder):
         pass
 
 
-def _backend(spec: RunSpec) -> str:
-    return "nccl" if resolve_device(spec.device).type == "cuda" else "gloo"
+def node_key(node: int) -> str:
+    """The store key a node signs in under (its worker's id is the value)."""
+    return f"node/{node}"
 
 
 def _join_group(store: dist.Store, rank: int, spec: RunSpec) -> ProcessGroupCommunicator:
-    if _backend(spec) == "nccl":  # NCCL's object collectives use the current device
+    backend = backend_for(resolve_device(spec.device))
+    if backend == "nccl":  # NCCL's object collectives use the current device
         torch.cuda.set_device(resolve_device(spec.device, rank))
     dist.init_process_group(
-        _backend(spec),
+        backend,
         store=store,
         rank=rank,
-        world_size=spec.processes,
+        world_size=spec.world_size,
         timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
     )
     return ProcessGroupCommunicator()
 
 
+def _client_store(host: str, port: int, spec: RunSpec) -> dist.TCPStore:
+    return dist.TCPStore(
+        host,
+        port,
+        spec.world_size,
+        is_master=False,
+        timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Rank r > 0 of a run: join rank 0's store, train its shards, record nothing."""
+    """Rank r of a run, not the first of its node: join the store, train its shards, record
+    nothing."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--host", default=LOCAL_HOST, help="where rank 0's store listens")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--spec", required=True, help="the run spec as JSON")
-    parser.add_argument("--checkpoint-dir", type=Path, help="resume from its latest checkpoint")
     parser.add_argument("--data-dir", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(args.threads)
     spec = RunSpec.model_validate(json.loads(args.spec))
-    store = dist.TCPStore(
-        "127.0.0.1",
-        args.port,
-        spec.processes,
-        is_master=False,
-        timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
-    )
-    communicator = _join_group(store, args.rank, spec)
+    communicator = _join_group(_client_store(args.host, args.port, spec), args.rank, spec)
     try:
-        result = train(
-            spec,
-            _Discard(),
-            checkpoint_dir=args.checkpoint_dir,
-            resume=args.checkpoint_dir is not None,
-            data_dir=args.data_dir,
-            communicator=communicator,
-        )
+        result = train(spec, _Discard(), data_dir=args.data_dir, communicator=communicator)
         logger.info("rank %d: %s at step %d", args.rank, result.status, result.step)
     finally:
         dist.destroy_process_group()
 
 
 def _start_rank(
-    rank: int, spec: RunSpec, port: int, threads: int, checkpoint: Path | None, data: Path | None
+    rank: int, spec: RunSpec, host: str, port: int, threads: int, data: Path | None
 ) -> subprocess.Popen:
     command = [
         sys.executable,
         "-m",
         "worker.distributed",
         f"--rank={rank}",
+        f"--host={host}",
         f"--port={port}",
         f"--threads={threads}",
         f"--spec={spec.model_dump_json()}",
     ]
-    command += [f"--checkpoint-dir={checkpoint}"] if checkpoint else []
     command += [f"--data-dir={data}"] if data else []
     return subprocess.Popen(command)
+
+
+def _start_node_ranks(
+    spec: RunSpec, node: int, host: str, port: int, data_dir: Path | None
+) -> tuple[list[subprocess.Popen], int]:
+    """The node's ranks after its first, started; and the threads each of them gets."""
+    threads = max(1, torch.get_num_threads() // spec.processes)
+    first = node * spec.processes
+    ranks = [
+        _start_rank(first + local, spec, host, port, threads, data_dir)
+        for local in range(1, spec.processes)
+    ]
+    return ranks, threads
 
 
 def train_ranks(
@@ -130,30 +174,33 @@ def train_ranks(
     resume: bool,
     data_dir: Path | None,
     time_limit_s: float | None = None,
+    rendezvous: Rendezvous | None = None,
 ) -> RunResult:
-    """Train `spec` over `spec.processes` ranks, this process being rank 0 (see the module
+    """Train `spec` over its `world_size` ranks, this process being rank 0 (see the module
     doc); returns rank 0's outcome, failed with the reason when another rank died."""
-    threads = max(1, torch.get_num_threads() // spec.processes)
+    if spec.nodes > 1 and rendezvous is None:
+        reason = f"a run over {spec.nodes} nodes needs the lab's workers: submit it to the lab"
+        return RunResult("failed", 0, reason)
     store = dist.TCPStore(
-        "127.0.0.1",
+        LOCAL_HOST,
         0,
-        spec.processes,
+        spec.world_size,
         is_master=True,
         wait_for_workers=False,
         timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
     )
-    resume_from = checkpoint_dir if resume else None
-    ranks = [
-        _start_rank(rank, spec, store.port, threads, resume_from, data_dir)
-        for rank in range(1, spec.processes)
-    ]
+    ranks, threads = _start_node_ranks(spec, 0, LOCAL_HOST, store.port, data_dir)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     result: RunResult | None = None
     try:
-        communicator = _join_group(store, 0, spec)
-        try:
-            result = train(
+        if spec.nodes > 1:
+            rendezvous.invite(store.port)
+            result = _await_nodes(store, spec, should_stop, rendezvous.join_timeout_s)
+        if result is None:
+            result = _train_in_group(
+                store,
+                0,
                 spec,
                 recorder,
                 checkpoint_dir=checkpoint_dir,
@@ -161,27 +208,93 @@ def train_ranks(
                 resume=resume,
                 data_dir=data_dir,
                 time_limit_s=time_limit_s,
-                communicator=communicator,
             )
-        finally:
-            dist.destroy_process_group()
-    except Exception as error:  # the group never formed: a rank failed to start
-        logger.exception("the process group did not form")
-        result = RunResult("failed", 0, f"{type(error).__name__}: {error}")
     finally:
         torch.set_num_threads(previous_threads)
-        dead = _stop_ranks(ranks, wait=result is not None and result.status == "succeeded")
+        dead = _stop_ranks(ranks, 1, wait=result is not None and result.status == "succeeded")
     if result.status == "failed" and dead:
         result.reason = f"{'; '.join(dead)}; rank 0: {result.reason}"
     return result
 
 
-def _stop_ranks(ranks: list[subprocess.Popen], wait: bool) -> list[str]:
-    """Join the other ranks (for JOIN_TIMEOUT_S after a success, at once otherwise), kill
-    what is left, and describe the ranks that had died by themselves."""
+def _train_in_group(store: dist.Store, rank: int, spec: RunSpec, recorder, **options) -> RunResult:
+    """This process's rank of the run, in the process group; failed if the group never
+    formed (a rank did not start)."""
+    try:
+        communicator = _join_group(store, rank, spec)
+        try:
+            return train(spec, recorder, communicator=communicator, **options)
+        finally:
+            dist.destroy_process_group()
+    except Exception as error:
+        logger.exception("the process group did not form")
+        if not dist.is_initialized():
+            _forget_unformed_group()
+        return RunResult("failed", 0, f"{type(error).__name__}: {error}")
+
+
+def _forget_unformed_group() -> None:
+    """Let this process form a process group again after one failed to form.
+
+    torch.distributed names an unnamed group by a per-process counter (its key prefix in the
+    store), which only destroying a formed group resets; a worker's pool process that was a
+    rank of a group that never formed would name its next run's group differently from the
+    fresh ranks it meets there, and wait for keys nobody writes."""
+    dist.distributed_c10d._world.group_count = 0
+
+
+def _await_nodes(
+    store: dist.TCPStore, spec: RunSpec, should_stop: Callable[[], bool], timeout_s: float
+) -> RunResult | None:
+    """None once every other node has signed in; the run's outcome if one never does or the
+    run is cancelled meanwhile."""
+    deadline = time.monotonic() + timeout_s
+    missing = list(range(1, spec.nodes))
+    while True:
+        missing = [node for node in missing if not store.check([node_key(node)])]
+        if not missing:
+            return None
+        if should_stop():
+            return RunResult("cancelled", 0, CANCELLED_REASON)
+        if time.monotonic() > deadline:
+            names = ", ".join(map(str, missing))
+            reason = (
+                f"node {names} of {spec.nodes} did not join within {timeout_s:g} s "
+                "(no free worker on the run's queue took it)"
+            )
+            return RunResult("failed", 0, reason)
+        time.sleep(0.2)
+
+
+def train_node(
+    spec: RunSpec, node: int, host: str, port: int, member: str, data_dir: Path | None
+) -> RunResult | None:
+    """Node `node` > 0 of a run whose rank 0 hosts its store at host:port: sign in as
+    `member` (a worker id), train the node's ranks, record nothing.  None if the node was
+    joined already (a second message for it)."""
+    store = _client_store(host, port, spec)
+    if store.compare_set(node_key(node), "", member) != member.encode():
+        return None
+    ranks, threads = _start_node_ranks(spec, node, host, port, data_dir)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    result: RunResult | None = None
+    try:
+        result = _train_in_group(store, node * spec.processes, spec, _Discard(), data_dir=data_dir)
+    finally:
+        torch.set_num_threads(previous_threads)
+        first = node * spec.processes + 1
+        _stop_ranks(ranks, first, wait=result is not None and result.status == "succeeded")
+    return result
+
+
+def _stop_ranks(ranks: list[subprocess.Popen], first: int, wait: bool) -> list[str]:
+    """Join the node's other ranks (global ranks `first`, …; for JOIN_TIMEOUT_S after a
+    success, at once otherwise), kill what is left, and describe the ranks that had died by
+    themselves."""
     died = [
         _describe(rank, process.returncode)
-        for rank, process in enumerate(ranks, 1)
+        for rank, process in enumerate(ranks, first)
         if process.poll() not in (None, 0)
     ]
     for process in ranks:

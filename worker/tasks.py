@@ -55,6 +55,7 @@ from backend.store.db import session_scope
 from backend.store.models import Run, RunStatus
 from backend.store.queries import run_exists
 from backend.store.writes import claim_run, release_run, set_status
+from worker.nodes import rendezvous_for
 from worker.recording import RunMonitor, StopReason, StoreRecorder, is_transient
 from worker.recovery import requeue_stale_runs
 from worker.run_logs import capture_run_logs
@@ -168,6 +169,7 @@ def _train_claimed(run: Run, settings: Settings, worker: str, stopping: Callable
                 should_stop=monitor.should_stop,
                 data_dir=settings.data_dir,
                 time_limit_s=limit,
+                rendezvous=rendezvous_for(run, spec, settings),
             )
             if result.status == "failed":  # e.g. the time limit: no exception said why
                 logger.warning("run %s: failed at step %d: %s", run.id, result.step, result.reason)

@@ -17,7 +17,7 @@ console one of the CLI both plug in. It owns the three things that make a run sa
   than the time left is not interrupted here: the worker's monitor ends such a run
   (worker/tasks.py).
 
-Data parallelism (`spec.processes` > 1, worker.distributed): every rank runs this loop on its
+Data parallelism (`spec.world_size` > 1, worker.distributed): every rank runs this loop on its
 shard of each mini-batch through a `kfac.distributed` communicator; rank 0 alone evaluates,
 takes snapshots, writes checkpoints and records, and the ranks' step times are gathered into
 `step_time_rank{r}` points.
@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 from torch import nn
@@ -53,6 +53,9 @@ from worker.builders import StepFn
 from worker.snapshots import curvature_snapshot
 from worker.zoo.datasets import BatchIterator, load_dataset
 from worker.zoo.models import build_model, count_parameters
+
+if TYPE_CHECKING:
+    from worker.distributed import Rendezvous
 
 logger = logging.getLogger(__name__)
 
@@ -134,17 +137,20 @@ def train(
     data_dir: Path | None = None,
     time_limit_s: float | None = None,
     communicator: Communicator | None = None,
+    rendezvous: Rendezvous | None = None,
 ) -> RunResult:
     """Run `spec` to completion (or divergence, failure, cancellation) and say how it ended.
 
-    With `spec.processes` > 1 and no communicator, the ranks are launched here (rank 0 in this
-    process); with a communicator, this process is that rank and only rank 0 writes."""
-    if spec.processes > 1 and communicator is None:
+    With `spec.world_size` > 1 and no communicator, the ranks are launched here (rank 0 in
+    this process; the other nodes through `rendezvous`); with a communicator, this process is
+    that rank and only rank 0 writes (and reads the checkpoint it resumes from, which it
+    broadcasts to the other ranks)."""
+    if spec.world_size > 1 and communicator is None:
         from worker.distributed import train_ranks  # it imports this module
 
         return train_ranks(
             spec, recorder, checkpoint_dir=checkpoint_dir, should_stop=should_stop,
-            resume=resume, data_dir=data_dir, time_limit_s=time_limit_s,
+            resume=resume, data_dir=data_dir, time_limit_s=time_limit_s, rendezvous=rendezvous,
         )
     communicator = communicator or Communicator()
     primary = communicator.rank == 0
@@ -152,11 +158,10 @@ def train(
     started = time.monotonic()
     try:
         run = _Run(spec, recorder, data_dir, communicator)
-        if checkpoint_dir is not None:
-            if resume:
-                run.restore(checkpoint_dir)
-            elif primary:
-                checkpoints.clear(checkpoint_dir)
+        resume_from = checkpoint_dir if primary and resume else None
+        run.restore(resume_from)
+        if checkpoint_dir is not None and primary and not resume:
+            checkpoints.clear(checkpoint_dir)
         recorder.info(run.details())
         logger.info(
             "starts on %s: %s parameters, %d steps, data: %s",
@@ -393,8 +398,17 @@ class _Run:
             "final": self.final,
         }
 
-    def restore(self, checkpoint_dir: Path) -> None:
-        state = checkpoints.load_latest(checkpoint_dir, map_location=self.device)
+    def restore(self, checkpoint_dir: Path | None) -> None:
+        """Continue from the latest checkpoint in `checkpoint_dir` (None: none); with several
+        ranks, every rank takes part and gets rank 0's state (the others pass None)."""
+        several = self.communicator.world_size > 1
+        state = None
+        if checkpoint_dir is not None:
+            # Ranks on other devices or machines load what rank 0 sends from the CPU.
+            location = "cpu" if several else self.device
+            state = checkpoints.load_latest(checkpoint_dir, map_location=location)
+        if several:
+            state = self.communicator.broadcast_object(state)
         if state is None:
             return
         if state["spec"] != self.spec.model_dump(mode="json", exclude={"label"}):

@@ -120,6 +120,7 @@ class RunOut(BaseModel):
     progress: float | None = Field(description="step / total_steps, in [0, 1]")
     device: str | None
     processes: int = Field(1, description="data-parallel ranks (the spec's `processes`)")
+    nodes: int = Field(1, description="workers the run spans, `processes` ranks on each")
     data_source: str | None
     error: str | None
     cancel_requested: bool
@@ -164,6 +165,7 @@ class RunOut(BaseModel):
             progress=progress,
             device=run.device,
             processes=(run.spec or {}).get("processes", 1),
+            nodes=(run.spec or {}).get("nodes", 1),
             data_source=run.data_source,
             error=run.error,
             cancel_requested=bool(run.cancel_requested),

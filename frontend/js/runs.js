@@ -26,6 +26,14 @@ export function provenanceText(provenance) {
 }
 
 /** The optimizer's hyper-parameters, without its name, as "lr=0.01 momentum=0.9". */
+// The ranks of a data-parallel run: "2 processes", or "2 nodes × 2 processes" across workers.
+export function worldText(run) {
+  const nodes = run.nodes ?? 1;
+  const processes = run.processes ?? 1;
+  if (nodes > 1) return `${nodes} nodes × ${processes} process${processes > 1 ? "es" : ""}`;
+  return processes > 1 ? `${processes} processes` : "";
+}
+
 function hyperText(optimizer) {
   return Object.entries(optimizer ?? {})
     .filter(([key, value]) => key !== "name" && value !== null)
@@ -78,7 +86,7 @@ export function renderRuns(tbody, runs, groups, { latest, onCancel, onExport }) 
   const rows = runs.map((run) => {
     const cancelRequested = run.cancel_requested && isActive(run);
     const colour = colourOf.get(run.id) ?? "transparent";
-    const key = JSON.stringify([run.label, run.seed, run.status, cancelRequested, run.error, run.device, run.provenance, run.processes, colour, run.optimizer, Boolean(onCancel), run.queue_position, run.status_detail]);
+    const key = JSON.stringify([run.label, run.seed, run.status, cancelRequested, run.error, run.device, run.provenance, run.processes, run.nodes, colour, run.optimizer, Boolean(onCancel), run.queue_position, run.status_detail]);
     let entry = drawn.get(run.id);
     if (entry?.key !== key) {
       const numbers = Array.from({ length: 5 }, (_, i) => el("td", { class: i ? "num" : "mono" }));
@@ -95,7 +103,7 @@ export function renderRuns(tbody, runs, groups, { latest, onCancel, onExport }) 
           run.status_detail ? el("div", { class: "muted" }, run.status_detail) : null,
           run.error ? el("div", { class: "error-text" }, run.error) : null,
         ),
-        el("td", { class: "hide-narrow", title: provenanceText(run.provenance) }, run.device ?? "–", run.provenance ? el("div", { class: "muted" }, run.provenance.host) : null, run.processes > 1 ? el("div", { class: "muted" }, `${run.processes} processes`) : null),
+        el("td", { class: "hide-narrow", title: provenanceText(run.provenance) }, run.device ?? "–", run.provenance ? el("div", { class: "muted" }, run.provenance.host) : null, worldText(run) ? el("div", { class: "muted" }, worldText(run)) : null),
         ...numbers,
         el("td", { class: "hyper hide-narrow" }, hyperText(run.optimizer) || "defaults"),
         el(

@@ -289,3 +289,11 @@ def test_an_unknown_query_parameter_is_422_naming_it(
         assert client.get(path, params={"zz": 1}).status_code == 401
     responses = client.get("/openapi.json").json()["paths"][template]["get"]["responses"]
     assert "422" in responses, template
+
+
+def test_a_run_across_too_many_ranks_is_422_naming_nodes(client: TestClient) -> None:
+    body = {**SMALL_SPEC, "base": {**SMALL_SPEC["base"], "batch_size": 4, "nodes": 5}}
+    response = client.post("/api/experiments", json=body, headers=ADMIN)
+    assert response.status_code == 422, response.text
+    assert error_locs(response) == {"body.base.nodes"}
+    assert "5 nodes × 1 processes = 5 ranks" in response.text

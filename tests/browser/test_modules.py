@@ -175,3 +175,13 @@ def test_a_runs_provenance_reads_as_lines(page: Page) -> None:
         "plugins: kfac-lab-example-plugin 0.1.0",
         None,
     ]
+
+
+def test_the_runs_table_names_a_run_s_ranks(page: Page) -> None:
+    texts = run_module(
+        page,
+        "runs.js",
+        """m => [{}, {processes: 2}, {nodes: 2, processes: 1}, {nodes: 3, processes: 2}]
+          .map(m.worldText)""",
+    )
+    assert texts == ["", "2 processes", "2 nodes × 1 process", "3 nodes × 2 processes"]

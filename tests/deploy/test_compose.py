@@ -51,6 +51,7 @@ def test_all_services_are_declared(config):
         "api",
         "worker-gpu",
         "worker-cpu",
+        "worker-cpu-b",
         "flower",
     }
 
@@ -92,3 +93,21 @@ def test_admin_token_is_required():
     result = compose_config()
     assert result.returncode != 0
     assert "KFAC_ADMIN_TOKEN" in result.stderr
+
+
+def test_the_two_nodes_profile_adds_a_second_cpu_worker_the_first_can_reach(config):
+    """A run with "nodes": 2 across worker-cpu and worker-cpu-b: each publishes, as rank 0, an
+    address the other resolves on the compose network (its own host name), and both take
+    the cpu queue."""
+    services = config["services"]
+    second = services["worker-cpu-b"]
+    assert second["profiles"] == ["two-nodes"]
+    assert "profiles" not in services["worker-cpu"]  # a plain `up` starts one CPU worker
+    names = set()
+    for name in ("worker-cpu", "worker-cpu-b"):
+        worker = services[name]
+        assert worker["command"][worker["command"].index("--queues") + 1] == "cpu"
+        assert worker["environment"]["KFAC_NODE_ADDRESS"] == worker["hostname"]
+        names.add(worker["hostname"])
+    assert len(names) == 2
+    assert second["volumes"] == services["worker-cpu"]["volumes"]  # rank 0's checkpoints

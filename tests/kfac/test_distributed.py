@@ -21,7 +21,13 @@ from torch import nn
 
 from backend.optimizer_specs import KFACSpec, KFACTridiagSpec, KFCPreSpec
 from kfac import KFAC
-from kfac.distributed import Communicator, Job, ProcessGroupCommunicator, assign_owners
+from kfac.distributed import (
+    Communicator,
+    Job,
+    ProcessGroupCommunicator,
+    assign_owners,
+    backend_for,
+)
 
 BATCH, STEPS, RESUME_AT = 20, 50, 25
 TOLERANCE = 1e-6
@@ -169,6 +175,39 @@ def test_communication_is_reported_per_step(ranks):
     assert diagnostics[1]["communication_bytes_broadcast"] == 0
     alone = train("kfac_block_diagonal", Communicator())["diagnostics"]
     assert not any(name.startswith("communication_") for d in alone for name in d)
+
+
+def test_block_tridiagonal_pieces_are_divided_and_broadcast(ranks):
+    """Every inverse step broadcasts each layer's piece once, from the rank that computed it:
+    Σ(i|i+1)⁻¹'s bases K_A, K_G and scale, the couplings Kᵀ Ψ, and the last layer's Ā⁻¹, G⁻¹,
+    each with its flag (8 bytes a value in float64)."""
+    world, results = ranks
+    model = make_model("mlp")
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    a = [m.in_features + 1 for m in linears]  # the bias as a homogeneous coordinate
+    g = [m.out_features for m in linears]
+    # The couplings and the scale keep the r = min(d, d') rows that can be non-zero.
+    rank_a = [min(a[i], a[i + 1]) for i in range(len(linears) - 1)]
+    rank_g = [min(g[i], g[i + 1]) for i in range(len(linears) - 1)]
+    values = sum(
+        rank_a[i] * a[i + 1] + rank_g[i] * g[i + 1] + a[i] ** 2 + g[i] ** 2
+        + rank_g[i] * rank_a[i] + 1
+        for i in range(len(linears) - 1)
+    )
+    values += a[-1] ** 2 + 1 + g[-1] ** 2 + 1
+    diagnostics = results[0]["kfac_block_tridiagonal"]["diagnostics"]
+    # Inverse steps 6, 16, 26 (step 1 also synchronises the parameters; steps 11, 21, 31 try
+    # three γ, §6.6, and invert four times).
+    for step in (6, 16, 26):
+        assert diagnostics[step - 1]["communication_bytes_broadcast"] == 8 * values, step
+    assert diagnostics[11 - 1]["communication_bytes_broadcast"] == 4 * 8 * values
+    assert diagnostics[7 - 1]["communication_bytes_broadcast"] == 0
+
+
+def test_the_backend_is_nccl_on_cuda_and_gloo_elsewhere():
+    assert backend_for("cuda") == backend_for(torch.device("cuda", 1)) == "nccl"
+    assert backend_for("cpu") == backend_for(torch.device("cpu")) == "gloo"
+    assert backend_for("meta") == "gloo"
 
 
 def test_inverses_are_divided_greedily_by_cost():

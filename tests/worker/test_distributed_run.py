@@ -104,3 +104,35 @@ def test_a_killed_rank_fails_the_run_with_a_reason(embedded: Lab) -> None:
     (after,) = embedded.create(run_spec())
     embedded.send(after)
     assert embedded.wait(after, timeout=300)[0].status == "succeeded"
+
+
+def test_a_killed_worker_s_two_process_run_resumes_with_the_same_trajectory(tmp_path) -> None:
+    """SIGKILL the worker (rank 0 and rank 1 with it) after a checkpoint; another worker
+    finds the stale heartbeat and resumes the run from rank 0's checkpoint, both ranks from
+    the same state, to the trajectory of an uninterrupted two-process run."""
+    spec = run_spec(
+        processes=2, optimizer=TWO_RANKS["optimizer"], dtype="float64", steps=1000,
+        model={"name": "mlp", "hidden": [32]}, checkpoint_interval=100, eval_interval=None,
+    )  # fmt: skip
+    with lab(tmp_path, KFAC_HEARTBEAT_TIMEOUT_S="2") as the_lab:
+        artifacts = the_lab.settings.artifacts_dir
+        killed, reference = the_lab.create(spec, spec)
+        first = the_lab.start_worker()
+        the_lab.send(killed)
+        the_lab.wait_for((artifacts / killed / "step-00000100.pt").exists, 300, "a checkpoint")
+        first.kill()
+        assert helper_ranks(the_lab) == []  # rank 1 died with its worker
+        assert the_lab.run(killed).status == "running"
+        assert 100 <= the_lab.points(killed)[-1][0] < 1000
+
+        the_lab.start_worker()
+        (resumed,) = the_lab.wait(killed, timeout=600)
+        assert (resumed.status, resumed.attempts) == ("succeeded", 2), the_lab.logs()
+        the_lab.send(reference)
+        (uninterrupted,) = the_lab.wait(reference, timeout=600)
+        assert uninterrupted.status == "succeeded", the_lab.logs()
+        assert "resumed from the checkpoint of step" in the_lab.workers[1].text()
+        curve = the_lab.points(killed)
+        assert [step for step, _ in curve] == list(range(1, 1001))
+        for (_, ours), (_, theirs) in zip(curve, the_lab.points(reference), strict=True):
+            assert ours == pytest.approx(theirs, rel=1e-9)

@@ -1,0 +1,190 @@
+"""One run across two workers (`nodes: 2`, worker/nodes.py and worker/distributed.py).
+
+Two real `kfac-lab worker` processes share one lab on this machine, as two machines share a
+database and a broker; rank 0's store is published at 127.0.0.1 (KFAC_NODE_ADDRESS) and the
+ranks talk over gloo.  The worker that takes the run is node 0; the other must take node 1's
+task, since a worker busy with a run reserves nothing more.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+import torch.distributed as dist
+
+from backend.api.schemas import RunOut
+from backend.store.db import session_scope
+from backend.store.writes import request_cancel
+from tests.worker.labs import Lab, Worker, lab, run_spec
+from worker.distributed import _await_nodes, node_key, train_ranks
+from worker.training import MemoryRecorder
+
+JOIN_TIMEOUT_S = 45  # generous: a free worker takes a node's task within a second when idle
+KFAC = {"name": "kfac", "inverse_interval": 5}
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    settings = dict(KFAC_NODE_ADDRESS="127.0.0.1", KFAC_NODE_JOIN_TIMEOUT_S=str(JOIN_TIMEOUT_S))
+    with lab(tmp_path_factory.mktemp("nodes"), **settings) as the_lab:
+        the_lab.start_worker()
+        the_lab.start_worker()
+        yield the_lab
+
+
+def logged(the_lab: Lab, pattern: str) -> bool:
+    return any(re.search(pattern, worker.text()) for worker in the_lab.workers)
+
+
+def roles(the_lab: Lab, run_id: str) -> tuple[Worker, Worker]:
+    """(the worker that trains the run as node 0, the one that joined it as node 1)."""
+    (first,) = [w for w in the_lab.workers if f"run {run_id} starts" in w.text()]
+    (other,) = [w for w in the_lab.workers if w is not first]
+    return first, other
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_run_across_two_workers_follows_one_process(two_workers: Lab, processes: int) -> None:
+    """nodes × processes ranks at B/(nodes·processes) each: the trajectory of one process
+    at B; rank 0 (node 0) records every rank's step time."""
+    spec = dict(optimizer=KFAC, dtype="float64")
+    (spread,) = two_workers.create(run_spec(nodes=2, processes=processes, **spec))
+    two_workers.send(spread)
+    (run,) = two_workers.wait(spread, timeout=600)
+    assert (run.status, run.step, run.error) == ("succeeded", 30, None), two_workers.logs()
+    (alone,) = two_workers.create(run_spec(**spec))
+    two_workers.send(alone)
+    (reference,) = two_workers.wait(alone, timeout=600)
+    assert reference.status == "succeeded", two_workers.logs()
+
+    ours, theirs = two_workers.points(spread), two_workers.points(alone)
+    assert [step for step, _ in ours] == list(range(1, 31))
+    for (_, a), (_, b) in zip(ours, theirs, strict=True):
+        assert a == pytest.approx(b, rel=1e-6)
+    world = 2 * processes
+    for rank in range(world):
+        assert len(two_workers.points(spread, f"step_time_rank{rank}")) == 30
+    assert two_workers.points(spread, f"step_time_rank{world}") == []
+
+    shown = RunOut.from_run(run)  # what the page's runs table shows
+    assert (shown.nodes, shown.processes) == (2, processes)
+    node0, node1 = roles(two_workers, spread)
+    assert f"run {spread}: joins as node 1 of 2" in node1.text()
+    assert f"run {spread}: node 1 ended: succeeded at step 30" in node1.text()
+    assert f"run {spread}: joins" not in node0.text()
+
+
+def test_a_node_that_never_joins_fails_the_run_with_a_reason(two_workers: Lab) -> None:
+    """Three nodes, two workers: the third node's task finds no free worker in time."""
+    (run_id,) = two_workers.create(run_spec(nodes=3, optimizer=KFAC))
+    two_workers.send(run_id)
+    (run,) = two_workers.wait(run_id, timeout=JOIN_TIMEOUT_S + 300)
+    assert run.status == "failed", two_workers.logs()
+    assert re.fullmatch(
+        rf"node [12] of 3 did not join within {JOIN_TIMEOUT_S} s "
+        r"\(no free worker on the run's queue took it\)",
+        run.error,
+    ), run.error
+    # The node that had joined ends with rank 0; the late node's task, taken once a worker
+    # is free, finds the attempt over and trains nothing.
+    for pattern, what in [
+        (rf"run {run_id}: node [12] ended: failed", "the joined node to end"),
+        (rf"run {run_id}: node [12] of attempt 1 is not wanted now", "the late node's task"),
+    ]:
+        two_workers.wait_for(lambda p=pattern: logged(two_workers, p), 300, what)
+    # Both workers are free again, and their processes form a group again: the one that had
+    # joined the group that never formed once numbered its next group apart from the others.
+    (after,) = two_workers.create(run_spec(nodes=2))
+    two_workers.send(after)
+    (run,) = two_workers.wait(after, timeout=300)
+    assert run.status == "succeeded", two_workers.logs()
+
+
+def test_cancel_stops_every_node(two_workers: Lab) -> None:
+    long = dict(steps=100_000, eval_interval=None, checkpoint_interval=None)
+    (run_id,) = two_workers.create(run_spec(nodes=2, optimizer=KFAC, **long))
+    two_workers.send(run_id)
+    two_workers.wait_for(lambda: two_workers.points(run_id), 300, "the first points")
+    with session_scope(two_workers.url) as session:
+        assert request_cancel(session, run_id) == "running"
+    (run,) = two_workers.wait(run_id, timeout=120)
+    assert (run.status, run.error) == ("cancelled", "cancelled on request")
+    _, node1 = roles(two_workers, run_id)
+    two_workers.wait_for(
+        lambda: re.search(rf"run {run_id}: node 1 ended: failed", node1.text()),
+        180,
+        "node 1 to end",
+    )
+
+
+@pytest.mark.timeout(1200)  # three workers start, and two runs over two nodes train
+def test_a_run_whose_node_0_is_killed_resumes_on_two_other_workers(tmp_path) -> None:
+    """SIGKILL node 0's worker after a checkpoint: node 1's rank fails at once and its worker
+    is free again; the run's stale heartbeat re-queues it, and the new attempt's node 0 (the
+    freed worker or a new one) reads the checkpoint and broadcasts it to its node 1, ending on
+    the trajectory of an uninterrupted run over two nodes."""
+    spec = run_spec(
+        nodes=2, optimizer=KFAC, dtype="float64", steps=800, eval_interval=None,
+        model={"name": "mlp", "hidden": [32]}, checkpoint_interval=100,
+    )  # fmt: skip
+    settings = dict(
+        KFAC_NODE_ADDRESS="127.0.0.1",
+        KFAC_NODE_JOIN_TIMEOUT_S=str(JOIN_TIMEOUT_S),
+        KFAC_HEARTBEAT_TIMEOUT_S="2",
+    )
+    with lab(tmp_path, **settings) as the_lab:
+        artifacts = the_lab.settings.artifacts_dir
+        the_lab.start_worker()
+        the_lab.start_worker()
+        # Created only when sent: the recovery pass sends a queued run that has waited a
+        # heartbeat timeout, and the reference must not keep a worker from node 1's task.
+        (killed,) = the_lab.create(spec)
+        the_lab.send(killed)
+        the_lab.wait_for((artifacts / killed / "step-00000100.pt").exists, 300, "a checkpoint")
+        node0, node1 = roles(the_lab, killed)
+        node0.kill()
+        assert the_lab.run(killed).status == "running"
+        assert 100 <= the_lab.points(killed)[-1][0] < 800
+        the_lab.wait_for(
+            lambda: f"run {killed}: node 1 ended: failed" in node1.text(), 300, "node 1"
+        )
+        the_lab.start_worker()
+
+        (resumed,) = the_lab.wait(killed, timeout=600)
+        assert (resumed.status, resumed.attempts) == ("succeeded", 2), the_lab.logs()
+        assert logged(the_lab, rf"run {killed}: joins as node 1 of 2 \(attempt 2")
+        (reference,) = the_lab.create(spec)
+        the_lab.send(reference)
+        (uninterrupted,) = the_lab.wait(reference, timeout=600)
+        assert uninterrupted.status == "succeeded", the_lab.logs()
+        curve = the_lab.points(killed)
+        assert [step for step, _ in curve] == list(range(1, 801))
+        for (_, ours), (_, theirs) in zip(curve, the_lab.points(reference), strict=True):
+            assert ours == pytest.approx(theirs, rel=1e-9)
+
+
+def test_a_run_over_nodes_needs_the_lab_s_workers() -> None:
+    """`kfac-lab run` trains in its own process: it has no workers to invite."""
+    result = train_ranks(
+        run_spec(nodes=2), MemoryRecorder(), checkpoint_dir=None, should_stop=lambda: False,
+        resume=False, data_dir=None,
+    )  # fmt: skip
+    assert (result.status, result.step) == ("failed", 0)
+    assert result.reason == "a run over 2 nodes needs the lab's workers: submit it to the lab"
+
+
+def test_rank_0_waits_for_the_nodes_until_cancelled_or_timed_out() -> None:
+    """Without workers: a cancel ends the wait `cancelled`, the timeout `failed` naming the
+    nodes that did not sign in; a node that signed in is not named."""
+    store = dist.TCPStore("127.0.0.1", 0, 3, is_master=True, wait_for_workers=False)
+    spec = run_spec(nodes=3)
+    cancelled = _await_nodes(store, spec, lambda: True, timeout_s=60)
+    assert (cancelled.status, cancelled.reason) == ("cancelled", "cancelled on request")
+    store.set(node_key(1), "host:1")
+    timed_out = _await_nodes(store, spec, lambda: False, timeout_s=0.5)
+    assert (timed_out.status, timed_out.step) == ("failed", 0)
+    assert timed_out.reason.startswith("node 2 of 3 did not join within 0.5 s")
+    store.set(node_key(2), "host:2")
+    assert _await_nodes(store, spec, lambda: False, timeout_s=0.5) is None
