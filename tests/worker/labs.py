@@ -196,7 +196,7 @@ def lab(home: Path, **variables: str) -> Iterator[Lab]:
     home.mkdir(parents=True, exist_ok=True)
     kfac = {"KFAC_HOME": str(home), **variables}
     others = {k: v for k, v in os.environ.items() if not k.startswith("KFAC_")}
-    env = {**others, **kfac, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**others, **kfac, "PYTHONUNBUFFERED": "1"}
     with kfac_environment(kfac):
         the_lab = Lab(env, home)
         try:
