@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from playwright.sync_api import BrowserContext, Page, expect
 
 from tests.browser.support import ROOT, PageWatch, Screenshots, Server, sign_in
 from tests.conftest import missing_service
+from tests.servers import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ADMIN_TOKEN = "browser-test-admin-token"
@@ -54,12 +54,6 @@ def browser_type_launch_args() -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -79,7 +73,7 @@ def _wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The whole embedded lab (`kfac-lab serve`: API + pages + a worker) on a free port."""
     home = tmp_path_factory.mktemp("kfac-home")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "KFAC_HOME": str(home), "KFAC_ADMIN_TOKEN": ADMIN_TOKEN}
     for name in ("KFAC_DATABASE_URL", "KFAC_BROKER_URL", "KFAC_PUBLIC_URL"):
         env.pop(name, None)

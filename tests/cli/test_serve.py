@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,10 @@ from sqlalchemy import select
 
 from backend.store.db import session_scope
 from backend.store.models import Run
+from tests.servers import free_port
 from tests.worker.labs import REPO, TINY_RUN
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def processes_using(home: Path) -> list[int]:
@@ -50,7 +44,7 @@ def test_serve_runs_the_whole_lab_and_stops_cleanly(tmp_path):
     serve = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
         cwd=REPO,
-        env={**env, "KFAC_HOME": str(tmp_path), "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
+        env={**env, "KFAC_HOME": str(tmp_path), "COLUMNS": "200"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -106,7 +100,7 @@ def test_one_ctrl_c_stops_serve_with_a_run_training_and_a_page_streaming(tmp_pat
     serve = subprocess.Popen(
         [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
         cwd=REPO,
-        env={**env, "KFAC_HOME": str(tmp_path), "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
+        env={**env, "KFAC_HOME": str(tmp_path), "COLUMNS": "200"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

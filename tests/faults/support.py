@@ -28,7 +28,7 @@ import redis
 
 from backend.store.db import session_scope
 from backend.store.queries import events_after
-from tests.cli.test_serve import free_port
+from tests.servers import free_port
 from tests.worker.labs import REPO, wait_for
 
 REDIS_SERVER = "/usr/bin/redis-server"
