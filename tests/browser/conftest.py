@@ -26,10 +26,11 @@ from playwright.sync_api import BrowserContext, Page, expect
 from tests.browser.support import ROOT, PageWatch, Screenshots, Server, sign_in
 from tests.conftest import missing_service
 from tests.servers import free_port
+from tests.worker.labs import WORKER_WAIT_S
 
 CHROMIUM = "/usr/bin/chromium"
 ADMIN_TOKEN = "browser-test-admin-token"
-START_TIMEOUT_S = 60
+START_TIMEOUT_S = WORKER_WAIT_S  # serve starts a worker, which imports torch
 
 # Two cores shared by the server, its worker (training) and the browser: be patient.
 expect.set_options(timeout=15_000)

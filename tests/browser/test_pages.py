@@ -17,12 +17,12 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from backend.spec import ExperimentSpec
-from tests.browser.support import PageWatch, Screenshots, Server, sign_in
+from tests.browser.support import WORKER_WAIT_MS, PageWatch, Screenshots, Server, sign_in
 
 pytestmark = pytest.mark.browser
 
 XSS_NAME = "<img src=x onerror=alert(1)>"
-LIVE_TIMEOUT_MS = 120_000
+LIVE_TIMEOUT_MS = WORKER_WAIT_MS  # the smoke runs train meanwhile
 
 POINTS_JS = """id => {
   const node = document.getElementById(id);
@@ -69,7 +69,7 @@ def launched(browser: Browser, browser_context_args: dict, server: Server) -> It
     fill_field(page, "base.eval_interval", "20")
     page.click("#launch")
     # At once: as soon as the API has stored and queued it, long before any run has started.
-    page.wait_for_url("**/experiments/*", wait_until="commit", timeout=10_000)
+    page.wait_for_url("**/experiments/*", wait_until="commit", timeout=60_000)
     experiment_id = page.url.rstrip("/").split("/")[-1]
     yield Launched(experiment_id, page, watch, context)
     context.close()
