@@ -91,9 +91,10 @@ def test_oversized_bodies_get_413(client: TestClient) -> None:
 
 
 def test_the_api_process_never_imports_torch() -> None:
+    """Nor the client's package: the wire contract is the server's (backend.tracking_protocol)."""
     code = (
         "import sys, backend.api.main, backend.cli\n"
-        "heavy = [m for m in ('torch', 'kfac', 'worker') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'kfac', 'kfac_lab', 'worker') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "KFAC_HOME": "/nonexistent/kfac-lab"}

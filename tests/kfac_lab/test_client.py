@@ -156,9 +156,11 @@ def test_bad_values_never_raise_and_good_ones_arrive(server: Server, spool: Path
 
 
 def test_importing_the_client_imports_no_torch_web_or_database_library():
+    """Nor pydantic: the wire contract it shares with the server is pure Python."""
     code = (
         "import sys, kfac_lab; "
-        "print(sorted(m for m in ('torch', 'fastapi', 'sqlalchemy') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'fastapi', 'sqlalchemy', 'pydantic') "
+        "if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
