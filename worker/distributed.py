@@ -37,7 +37,8 @@ import torch.distributed as dist
 
 from backend.spec import RunSpec
 from kfac.distributed import ProcessGroupCommunicator
-from worker.training import MemoryRecorder, Recorder, RunResult, resolve_device, train
+from worker.run_types import MemoryRecorder, Recorder, RunResult
+from worker.training import resolve_device, train
 
 logger = logging.getLogger(__name__)
 

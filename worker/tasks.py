@@ -58,7 +58,8 @@ from backend.store.writes import claim_run, release_run, set_status
 from worker.recording import RunMonitor, StopReason, StoreRecorder, is_transient
 from worker.recovery import requeue_stale_runs
 from worker.run_logs import capture_run_logs
-from worker.training import CANCELLED_REASON, RunResult, time_limit_reason, train
+from worker.run_types import RunResult
+from worker.training import CANCELLED_REASON, time_limit_reason, train
 
 __all__ = ["execute_run", "requeue_stale_runs", "train_run"]
 
