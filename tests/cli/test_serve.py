@@ -37,18 +37,24 @@ def processes_using(home: Path) -> list[int]:
     return pids
 
 
+def start_serve(home: Path, port: int) -> subprocess.Popen:
+    """`kfac-lab serve` on `port` with KFAC_HOME=home (no other KFAC_* variable), in a session
+    of its own, its output in home/serve.log."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KFAC_")}
+    with (home / "serve.log").open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
+            cwd=REPO,
+            env={**env, "KFAC_HOME": str(home), "COLUMNS": "200"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def test_serve_runs_the_whole_lab_and_stops_cleanly(tmp_path):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KFAC_")}
-    log = (tmp_path / "serve.log").open("w+")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
-        cwd=REPO,
-        env={**env, "KFAC_HOME": str(tmp_path), "COLUMNS": "200"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    serve = start_serve(tmp_path, port)
     try:
         url = _wait_for_url(tmp_path / "serve.log", serve)
         assert url.startswith(f"http://127.0.0.1:{port}/?token=")
@@ -95,16 +101,7 @@ def test_one_ctrl_c_stops_serve_with_a_run_training_and_a_page_streaming(tmp_pat
     """One SIGINT stops everything cleanly (the run handed back to the queue); an impatient
     second signal changes nothing: exit status 0, no traceback."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KFAC_")}
-    log = (tmp_path / "serve.log").open("w+")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
-        cwd=REPO,
-        env={**env, "KFAC_HOME": str(tmp_path), "COLUMNS": "200"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    serve = start_serve(tmp_path, port)
     try:
         token = _wait_for_url(tmp_path / "serve.log", serve).split("token=")[1]
         headers = {"Authorization": f"Bearer {token}"}
