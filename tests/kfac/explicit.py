@@ -193,3 +193,17 @@ def explicit_patches(x, conv):
     if conv.bias is not None:
         patches = torch.cat([patches, torch.ones(*patches.shape[:2], 1, dtype=x.dtype)], 2)
     return patches
+
+
+def conv_and_its_linear_twin() -> tuple[nn.Sequential, nn.Sequential]:
+    """A conv net whose 3×3 kernel covers its whole 3×3 input (one output location, |T| = 1)
+    and the Linear net that computes the same function with the same parameters: KFC on the
+    first must equal K-FAC on the second."""
+    torch.manual_seed(2)
+    conv_net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Tanh(), nn.Linear(4, 3))
+    linear_net = nn.Sequential(nn.Flatten(), nn.Linear(18, 4), nn.Tanh(), nn.Linear(4, 3))
+    with torch.no_grad():
+        linear_net[1].weight.copy_(conv_net[0].weight.reshape(4, 18))
+        linear_net[1].bias.copy_(conv_net[0].bias)
+        linear_net[3].load_state_dict(conv_net[3].state_dict())
+    return conv_net, linear_net
