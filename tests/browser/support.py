@@ -57,6 +57,16 @@ class PageWatch:
         assert not self.errors, "console errors:\n" + "\n".join(self.errors)
 
 
+@dataclass
+class Launched:
+    """An experiment launched from the form, and the page of it the form opened."""
+
+    id: str
+    page: Page
+    watch: PageWatch
+    context: BrowserContext
+
+
 def sign_in(context: BrowserContext, server: Server) -> None:
     """What the start-up URL does: the page keeps the token (localStorage) and hides it."""
     page = context.new_page()

@@ -14,17 +14,23 @@ import math
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from backend.store.db import session_scope
 from backend.store.results import write_metrics
 from backend.store.writes import claim_run, create_experiment, set_status
-from tests.browser.support import WORKER_WAIT_MS, PageWatch, Screenshots, Server, sign_in
+from tests.browser.support import (
+    WORKER_WAIT_MS,
+    Launched,
+    PageWatch,
+    Screenshots,
+    Server,
+    sign_in,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -35,14 +41,6 @@ LEGEND_JS = """id => (document.getElementById(id)?.data ?? [])
   .filter((t) => t.showlegend !== false).map((t) => t.name)"""
 FINAL_CELLS_JS = """() => [...document.querySelectorAll('#comparison-rows tr')]
   .map((row) => row.children[2].textContent)"""
-
-
-@dataclass
-class Launched:
-    id: str
-    page: Page
-    watch: PageWatch
-    context: BrowserContext
 
 
 def wait_until(page: Page, expression: str, timeout: float = 60_000, show: str = "null") -> None:

@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from backend.spec import ExperimentSpec
-from tests.browser.support import WORKER_WAIT_MS, PageWatch, Screenshots, Server, sign_in
+from tests.browser.support import (
+    WORKER_WAIT_MS,
+    Launched,
+    PageWatch,
+    Screenshots,
+    Server,
+    sign_in,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -32,14 +38,6 @@ HEATMAP_JS = """id => {
   const trace = document.getElementById(id)?.data?.[0];
   return trace ? JSON.stringify([trace.z.length, trace.z[0]?.slice(0, 40)]) : null;
 }"""
-
-
-@dataclass
-class Launched:
-    id: str
-    page: Page
-    watch: PageWatch
-    context: BrowserContext
 
 
 def wait_until(page: Page, expression: str, timeout: float = 30_000) -> None:
