@@ -4,9 +4,6 @@ reports it, oversized bodies get 413; and the API process never imports torch.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,9 +13,9 @@ from fastapi.testclient import TestClient
 from backend.api.main import create_app
 from backend.settings import Settings
 from tests.api.conftest import ADMIN, ADMIN_TOKEN, SMALL_SPEC, FakeBroker
+from tests.imports import imported_after
 from tests.servers import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 KERNEL_CONNECT_TIMEOUT_S = 127  # Linux: 6 SYN retries, 1 + 2 + ... + 64 s
 
 
@@ -92,14 +89,5 @@ def test_oversized_bodies_get_413(client: TestClient) -> None:
 
 def test_the_api_process_never_imports_torch() -> None:
     """Nor the client's package: the wire contract is the server's (backend.tracking_protocol)."""
-    code = (
-        "import sys, backend.api.main, backend.cli\n"
-        "heavy = [m for m in ('torch', 'kfac', 'kfac_lab', 'worker') if m in sys.modules]\n"
-        "print(','.join(heavy))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "KFAC_HOME": "/nonexistent/kfac-lab"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ""
+    api = ["backend.api.main", "backend.cli"]
+    assert imported_after(api, ["torch", "kfac", "kfac_lab", "worker"]) == []
