@@ -25,7 +25,7 @@ from backend.store.migrate import scratch_database, upgrade
 
 # One torch thread in this process and in every process a test starts (they inherit it): on a
 # loaded machine (CI runs at load ~10 on 2 cores) OpenMP's second thread spins waiting for a
-# core, which made a short training run 3-5x slower there (docs/testing.md). Set before any
+# core, which made a short training run 2.5-4.5x slower there (docs/testing.md). Set before any
 # test imports torch; what a test runs with several threads on purpose sets them itself.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
