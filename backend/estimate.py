@@ -40,7 +40,8 @@ from dataclasses import dataclass
 
 from backend.architectures import ConvNetSpec, LayerShape
 from backend.optimizer_specs import is_kfac
-from backend.spec import ExperimentSpec, RunSpec, batch_size_at
+from backend.run_length import batch_size_at
+from backend.spec import ExperimentSpec, RunSpec
 
 FACTOR_INVERSION_FLOPS = 10.0  # × n³: a Cholesky, a triangular solve against I, the product
 PROBE_MATRICES = 8  # F, F̃, (F̃+λI)⁻¹, F̌⁻¹, F̂⁻¹ and the temporaries of their inverses

@@ -28,6 +28,24 @@ _PAPER_AUTOENCODER = {"name": "autoencoder", "encoder": [1000, 500, 250, 30]}
 _PAPER_CONVNET = {"name": "convnet"}  # 3 × (5×5 conv, 3×3/2 pooling): 32, 32, 64 filters
 _OFFLINE_CONVNET = {"name": "convnet", "width_scale": 0.5}  # 16, 16, 32 filters
 
+
+def _experiment(
+    name: str,
+    *,
+    dataset: str,
+    model: dict[str, Any],
+    batch_size: int | dict[str, Any],
+    steps: int,
+    optimizers: list[dict[str, Any]],
+    seeds: tuple[int, ...] | list[int] = (0,),
+    **run: Any,
+) -> dict[str, Any]:
+    """A preset's experiment in the comparison form: a base run of `model` on `dataset` (with
+    the other run fields `run`) × `optimizers` × `seeds`."""
+    base = {"dataset": dataset, "model": model, "batch_size": batch_size, "steps": steps, **run}
+    return {"name": name, "base": base, "optimizers": optimizers, "seeds": list(seeds)}
+
+
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         description=(
@@ -37,20 +55,17 @@ PRESETS: dict[str, Preset] = {
             "K-FAC ends far below SGD (about 100 nats per image against about 170). One lr is "
             "no tuned baseline: the autoencoder_race preset sweeps SGD's and Adam's."
         ),
-        experiment={
-            "name": "smoke",
-            "base": {
-                "dataset": "digits_offline",
-                "model": {**_PAPER_AUTOENCODER, "width_scale": 0.25},
-                "batch_size": 256,
-                "steps": 300,
-                "eval_interval": 50,
-                "snapshot_interval": 100,
-                "checkpoint_interval": 100,
-            },
-            "optimizers": [{"name": "kfac"}, _SGD_M],
-            "seeds": [0],
-        },
+        experiment=_experiment(
+            "smoke",
+            dataset="digits_offline",
+            model={**_PAPER_AUTOENCODER, "width_scale": 0.25},
+            batch_size=256,
+            steps=300,
+            eval_interval=50,
+            snapshot_interval=100,
+            checkpoint_interval=100,
+            optimizers=[{"name": "kfac"}, _SGD_M],
+        ),
     ),
     "mnist_autoencoder": Preset(
         description=(
@@ -62,25 +77,22 @@ PRESETS: dict[str, Preset] = {
             "IDX files in KFAC_DATA_DIR (`kfac-lab data fetch mnist`, or the override "
             "{\"dataset\": {\"name\": \"mnist\", \"download\": true}}); meant for a GPU worker."
         ),
-        experiment={
-            "name": "mnist autoencoder (paper §13)",
-            "base": {
-                "dataset": "mnist",
-                "model": _PAPER_AUTOENCODER,
-                "batch_size": {
-                    "kind": "exponential",
-                    "initial": 1000,
-                    "growth": round(499 / math.log(60), 1),
-                },
-                "steps": 3000,
-                "eval_interval": 100,
-                "snapshot_interval": 250,
-                "checkpoint_interval": 100,
-                "iterate_averaging": 0.99,
+        experiment=_experiment(
+            "mnist autoencoder (paper §13)",
+            dataset="mnist",
+            model=_PAPER_AUTOENCODER,
+            batch_size={
+                "kind": "exponential",
+                "initial": 1000,
+                "growth": round(499 / math.log(60), 1),
             },
-            "optimizers": [{"name": "kfac"}, _SGD_M, _ADAM],
-            "seeds": [0],
-        },
+            steps=3000,
+            eval_interval=100,
+            snapshot_interval=250,
+            checkpoint_interval=100,
+            iterate_averaging=0.99,
+            optimizers=[{"name": "kfac"}, _SGD_M, _ADAM],
+        ),
     ),
     "digits_autoencoder": Preset(
         description=(
@@ -88,19 +100,16 @@ PRESETS: dict[str, Preset] = {
             "download), batch 256: K-FAC against SGD with momentum and Adam — the setting of "
             "the convergence benchmark."
         ),
-        experiment={
-            "name": "digits autoencoder",
-            "base": {
-                "dataset": "digits_offline",
-                "model": _PAPER_AUTOENCODER,
-                "batch_size": 256,
-                "steps": 1000,
-                "eval_interval": 100,
-                "snapshot_interval": 250,
-            },
-            "optimizers": [{"name": "kfac"}, _SGD_M, _ADAM],
-            "seeds": [0],
-        },
+        experiment=_experiment(
+            "digits autoencoder",
+            dataset="digits_offline",
+            model=_PAPER_AUTOENCODER,
+            batch_size=256,
+            steps=1000,
+            eval_interval=100,
+            snapshot_interval=250,
+            optimizers=[{"name": "kfac"}, _SGD_M, _ADAM],
+        ),
     ),
     "autoencoder_race": Preset(
         description=(
@@ -112,23 +121,21 @@ PRESETS: dict[str, Preset] = {
             "each optimizer's best learning rate, and the steps and seconds K-FAC takes to "
             "reach the best baseline's final loss."
         ),
-        experiment={
-            "name": "autoencoder race",
-            "base": {
-                "dataset": "digits_offline",
-                "model": {**_PAPER_AUTOENCODER, "width_scale": 0.25},
-                "batch_size": 256,
-                "steps": 300,
-                "eval_interval": 50,
-                "checkpoint_interval": 100,
-            },
-            "optimizers": [
-                {"name": "kfac"},
-                {**_SGD_M, "sweep": {"lr": [0.003, 0.01, 0.03, 0.1]}},
-                {**_ADAM, "sweep": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]}},
-            ],
-            "seeds": [0, 1, 2],
-        },
+        experiment=_experiment(
+            "autoencoder race",
+            dataset="digits_offline",
+            model={**_PAPER_AUTOENCODER, "width_scale": 0.25},
+            batch_size=256,
+            steps=300,
+            eval_interval=50,
+            checkpoint_interval=100,
+            optimizers=[
+            {"name": "kfac"},
+            {**_SGD_M, "sweep": {"lr": [0.003, 0.01, 0.03, 0.1]}},
+            {**_ADAM, "sweep": {"lr": [3e-4, 1e-3, 3e-3, 1e-2]}},
+        ],
+            seeds=[0, 1, 2],
+        ),
     ),
     "diag_vs_tridiag": Preset(
         description=(
@@ -136,38 +143,33 @@ PRESETS: dict[str, Preset] = {
             "MNIST autoencoder over the offline digits, two seeds each; the snapshots show how "
             "well each inverse matches (F̃ + λI)⁻¹."
         ),
-        experiment={
-            "name": "block-diagonal vs block-tridiagonal",
-            "base": {
-                "dataset": "digits_offline",
-                "model": {**_PAPER_AUTOENCODER, "width_scale": 0.5},
-                "batch_size": 256,
-                "steps": 500,
-                "eval_interval": 50,
-                "snapshot_interval": 100,
-            },
-            "optimizers": [{"name": "kfac"}, {"name": "kfac_tridiag"}],
-            "seeds": [0, 1],
-        },
+        experiment=_experiment(
+            "block-diagonal vs block-tridiagonal",
+            dataset="digits_offline",
+            model={**_PAPER_AUTOENCODER, "width_scale": 0.5},
+            batch_size=256,
+            steps=500,
+            eval_interval=50,
+            snapshot_interval=100,
+            optimizers=[{"name": "kfac"}, {"name": "kfac_tridiag"}],
+            seeds=[0, 1],
+        ),
     ),
     "digits_classifier": Preset(
         description=(
             "An MLP classifier (64-128-64-10, tanh) on scikit-learn's 8×8 digits: K-FAC "
             "against SGD with momentum and Adam, with test accuracy. Seconds on a CPU."
         ),
-        experiment={
-            "name": "8x8 digits classifier",
-            "base": {
-                "dataset": "digits8x8",
-                "model": {"name": "mlp", "hidden": [128, 64]},
-                "batch_size": 128,
-                "steps": 300,
-                "eval_interval": 25,
-                "snapshot_interval": 100,
-            },
-            "optimizers": [{"name": "kfac"}, {**_SGD_M, "lr": 0.1}, _ADAM],
-            "seeds": [0],
-        },
+        experiment=_experiment(
+            "8x8 digits classifier",
+            dataset="digits8x8",
+            model={"name": "mlp", "hidden": [128, 64]},
+            batch_size=128,
+            steps=300,
+            eval_interval=25,
+            snapshot_interval=100,
+            optimizers=[{"name": "kfac"}, {**_SGD_M, "lr": 0.1}, _ADAM],
+        ),
     ),
     "conv_smoke": Preset(
         description=(
@@ -177,21 +179,18 @@ PRESETS: dict[str, Preset] = {
             "MNIST digits as 28×28×1 images, batch 128, 60 steps, one curvature snapshot per "
             "run. About a minute on 2 CPU cores."
         ),
-        experiment={
-            "name": "conv smoke",
-            "base": {
-                "dataset": "digits_offline",
-                "model": _OFFLINE_CONVNET,
-                "batch_size": 128,
-                "steps": 60,
-                "eval_interval": 20,
-                "snapshot_interval": 60,
-                "checkpoint_interval": 30,
-                "probe": {"units": 8, "examples": 64},
-            },
-            "optimizers": [{"name": "kfc_pre"}, {**_SGD_M, "lr": 0.05}],
-            "seeds": [0],
-        },
+        experiment=_experiment(
+            "conv smoke",
+            dataset="digits_offline",
+            model=_OFFLINE_CONVNET,
+            batch_size=128,
+            steps=60,
+            eval_interval=20,
+            snapshot_interval=60,
+            checkpoint_interval=30,
+            probe={"units": 8, "examples": 64},
+            optimizers=[{"name": "kfc_pre"}, {**_SGD_M, "lr": 0.05}],
+        ),
     ),
     "cifar10_kfc_pre": Preset(
         description=(
@@ -201,20 +200,17 @@ PRESETS: dict[str, Preset] = {
             "reaching a given training error in about 20× fewer iterations. Needs the CIFAR-10 "
             "python batches in KFAC_DATA_DIR; meant for a GPU worker."
         ),
-        experiment={
-            "name": "KFC-pre vs SGD on CIFAR-10 (paper)",
-            "base": {
-                "dataset": "cifar10",
-                "model": _PAPER_CONVNET,
-                "batch_size": 128,
-                "steps": 10_000,
-                "eval_interval": 250,
-                "snapshot_interval": 1000,
-                "checkpoint_interval": 500,
-            },
-            "optimizers": [{"name": "kfc_pre"}, {**_SGD_M, "lr": 0.05}],
-            "seeds": [0],
-        },
+        experiment=_experiment(
+            "KFC-pre vs SGD on CIFAR-10 (paper)",
+            dataset="cifar10",
+            model=_PAPER_CONVNET,
+            batch_size=128,
+            steps=10_000,
+            eval_interval=250,
+            snapshot_interval=1000,
+            checkpoint_interval=500,
+            optimizers=[{"name": "kfc_pre"}, {**_SGD_M, "lr": 0.05}],
+        ),
     ),
     "cifar10_batchnorm": Preset(
         description=(
@@ -224,20 +220,17 @@ PRESETS: dict[str, Preset] = {
             "momentum — the paper's claim is that KFC-pre still beats SGD with BN. Needs the "
             "CIFAR-10 python batches in KFAC_DATA_DIR; meant for a GPU worker."
         ),
-        experiment={
-            "name": "KFC vs SGD, BatchNorm",
-            "base": {
-                "dataset": "cifar10",
-                "model": {**_PAPER_CONVNET, "batch_norm": True},
-                "batch_size": 128,
-                "steps": 10_000,
-                "eval_interval": 250,
-                "snapshot_interval": 1000,
-                "checkpoint_interval": 500,
-            },
-            "optimizers": [{"name": "kfc_pre"}, {"name": "kfc"}, {**_SGD_M, "lr": 0.05}],
-            "seeds": [0],
-        },
+        experiment=_experiment(
+            "KFC vs SGD, BatchNorm",
+            dataset="cifar10",
+            model={**_PAPER_CONVNET, "batch_norm": True},
+            batch_size=128,
+            steps=10_000,
+            eval_interval=250,
+            snapshot_interval=1000,
+            checkpoint_interval=500,
+            optimizers=[{"name": "kfc_pre"}, {"name": "kfc"}, {**_SGD_M, "lr": 0.05}],
+        ),
     ),
 }
 

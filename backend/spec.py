@@ -7,9 +7,10 @@ size, step counts — is computed here from the layer shapes with plain arithmet
 specs live in `backend.architectures`, the optimizer specs in `backend.optimizer_specs`, the
 datasets in `backend.datasets`; all of them, and plugins' ones, reach the spec through the
 registry (`backend.registry`, entry points), which builds `ModelSpec`, `OptimizerSpec` and the
-dataset names here, so `backend.spec` stays the one place to import the spec from. An
-experiment's optimizer entries may sweep their hyper-parameters (`backend.sweeps`). Presets
-live in `backend.presets`, which imports this module (never the other way round).
+dataset names here, so `backend.spec` stays the one place to import the spec from. A run's
+batch schedule and step count follow `backend.run_length`. An experiment's optimizer entries
+may sweep their hyper-parameters (`backend.sweeps`). Presets live in `backend.presets`, which
+imports this module (never the other way round).
 
 Cross-field checks are field validators that read the fields declared before them
 (`info.data`), so that every error names the field at fault (e.g. `runs.1.model`). The order of
@@ -19,7 +20,6 @@ the fields in `RunSpec` is therefore part of the design: dataset, then model, th
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -46,17 +46,22 @@ from backend.optimizer_specs import KFCPreSpec as KFCPreSpec
 from backend.optimizer_specs import KFCSpec as KFCSpec
 from backend.optimizer_specs import SGDMomentumSpec as SGDMomentumSpec
 from backend.optimizer_specs import SGDSpec as SGDSpec
+from backend.run_length import (
+    MAX_BATCH_SIZE,
+    MAX_STEPS,
+    ExponentialBatchSchedule,
+    steps_for_epochs,
+    total_steps_from,
+)
 from backend.spec_base import SpecModel, Text
 from backend.sweeps import MAX_RUNS as MAX_RUNS
 from backend.sweeps import SweepValue, SweptOptimizer, check_expansion_size, config_label
 
 # ---- limits: a single request must not be able to exhaust a worker -------------------------
-MAX_STEPS = 100_000
 MAX_PARAMETERS = 20_000_000
 MAX_LAYER_WIDTH = 8192  # K-FAC inverts (width+1)² factors
 MAX_PROBE_PARAMETERS = 4096  # exact F over the probe is P × P
 MAX_SNAPSHOTS = 200
-MAX_BATCH_SIZE = 60_000
 MAX_PROCESSES = 16  # data-parallel ranks of one run on one worker
 MAX_NODES = 16  # workers (machines) one run spans
 MAX_WORLD_SIZE = 64  # all the ranks of one run: nodes × processes
@@ -95,28 +100,7 @@ class DatasetSpec(SpecModel):
         return DATASETS[self.name]
 
 
-# ---- batch size, probe ----------------------------------------------------------------------
-class ExponentialBatchSchedule(SpecModel):
-    """Paper §13: m_k = min(m₁·exp((k − 1)/b), |S|), growing to the full training set."""
-
-    kind: Literal["exponential"] = "exponential"
-    initial: int = Field(1000, ge=1, le=MAX_BATCH_SIZE, description="m₁")
-    growth: float = Field(125.0, gt=0, le=1e6, description="b, steps per e-fold of m")
-    maximum: int | None = Field(None, ge=1, le=MAX_BATCH_SIZE, description="default: |S|")
-
-    def size_at(self, step: int, n_train: int) -> int:
-        cap = min(n_train, self.maximum or n_train)
-        exponent = min((step - 1) / self.growth, 50.0)
-        return max(1, min(cap, round(self.initial * math.exp(exponent))))
-
-
-def batch_size_at(batch: int | ExponentialBatchSchedule, step: int, n_train: int) -> int:
-    """The mini-batch size of step `step` (1-based); a fixed size never exceeds |S|."""
-    if isinstance(batch, int):
-        return min(batch, n_train)
-    return batch.size_at(step, n_train)
-
-
+# ---- probe ----------------------------------------------------------------------------------
 def probe_units(width: int, units: int) -> list[int]:
     """The units of a layer that a curvature probe keeps: `units` evenly spaced indices."""
     if units >= width:
@@ -286,7 +270,7 @@ class RunSpec(SpecModel):
     @field_validator("snapshot_interval")
     @classmethod
     def _snapshot_count(cls, interval: int | None, info: ValidationInfo):
-        total = _total_steps_from(info.data)
+        total = total_steps_from(info.data)
         if interval is not None and total is not None and total // interval > MAX_SNAPSHOTS:
             raise ValueError(f"{total // interval} snapshots exceed {MAX_SNAPSHOTS}")
         return interval
@@ -326,7 +310,7 @@ class RunSpec(SpecModel):
         return self.nodes * self.processes
 
     def total_steps(self) -> int:
-        total = _total_steps_from(dict(self))
+        total = total_steps_from(dict(self))
         assert total is not None
         return total
 
@@ -350,35 +334,6 @@ def _shape_args(info: DatasetInfo) -> tuple[int, int, tuple[int, int, int] | Non
 
 def _layer_shapes(model: Any, info: DatasetInfo) -> list[LayerShape]:
     return model.layer_shapes(*_shape_args(info))
-
-
-def steps_for_epochs(epochs: float, batch: int | ExponentialBatchSchedule, n_train: int) -> int:
-    """Steps needed to see epochs·|S| examples (each step sees one mini-batch); at most
-    MAX_STEPS + 1, so that asking for too many epochs is cheap to refuse."""
-    needed = epochs * n_train
-    if isinstance(batch, int):
-        return min(math.ceil(needed / batch_size_at(batch, 1, n_train)), MAX_STEPS + 1)
-    cap = batch.size_at(MAX_STEPS + 1, n_train)  # the size once the schedule stops growing
-    seen, step = 0, 0
-    while seen < needed and step <= MAX_STEPS:
-        step += 1
-        size = batch.size_at(step, n_train)
-        seen += size
-        if size == cap:  # constant from here on
-            step += max(0, math.ceil((needed - seen) / cap))
-            break
-    return min(step, MAX_STEPS + 1)
-
-
-def _total_steps_from(data: dict[str, Any]) -> int | None:
-    if data.get("steps") is not None:
-        return data["steps"]
-    epochs, dataset, batch = data.get("epochs"), data.get("dataset"), data.get("batch_size")
-    if epochs is None:
-        return 1000
-    if dataset is None or batch is None:
-        return None
-    return steps_for_epochs(epochs, batch, dataset.info.n_train)
 
 
 def queue_for(spec: RunSpec) -> Literal["gpu", "cpu"]:

@@ -20,7 +20,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from kfac_lab.protocol import LEVEL, MAX_LINE_CHARS, METRIC_NAME, RUNS_PATH, as_step, run_path
+from backend.tracking_protocol import (
+    LEVEL,
+    MAX_LINE_CHARS,
+    METRIC_NAME,
+    RUNS_PATH,
+    as_step,
+    run_path,
+)
 from kfac_lab.provenance import provenance
 from kfac_lab.sender import Connection, LogLine, Request, Sender
 from kfac_lab.spool import Spool, default_root

@@ -33,7 +33,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from kfac_lab.protocol import MAX_BATCH_LINES, MAX_BATCH_POINTS, METRIC_NAME, as_step, run_path
+from backend.tracking_protocol import (
+    MAX_BATCH_LINES,
+    MAX_BATCH_POINTS,
+    METRIC_NAME,
+    as_step,
+    run_path,
+)
 from kfac_lab.spool import Spool
 from kfac_lab.system import SystemSampler
 

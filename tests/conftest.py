@@ -23,6 +23,12 @@ from sqlalchemy.exc import OperationalError
 from backend.store.db import dispose_engines
 from backend.store.migrate import scratch_database, upgrade
 
+# One torch thread in this process and in every process a test starts (they inherit it): on a
+# loaded machine (CI runs at load ~10 on 2 cores) OpenMP's second thread spins waiting for a
+# core, which made a short training run 2.5-4.5x slower there (docs/testing.md). Set before any
+# test imports torch; what a test runs with several threads on purpose sets them itself.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 POSTGRES_URL = os.environ.get(
     "KFAC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

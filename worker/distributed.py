@@ -52,14 +52,8 @@ import torch.distributed as dist
 
 from backend.spec import RunSpec
 from kfac.distributed import ProcessGroupCommunicator, backend_for
-from worker.training import (
-    CANCELLED_REASON,
-    MemoryRecorder,
-    Recorder,
-    RunResult,
-    resolve_device,
-    train,
-)
+from worker.run_types import MemoryRecorder, Recorder, RunResult
+from worker.training import CANCELLED_REASON, resolve_device, train
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from backend.settings import get_settings
 from backend.spec import ExperimentSpec
 from worker.reporting import Tee, report_for
 from worker.run_logs import capture_run_logs
-from worker.training import MetricPoint, Recorder, RunResult, train
+from worker.run_types import MetricPoint, Recorder, RunResult
+from worker.training import train
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 

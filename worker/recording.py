@@ -2,7 +2,7 @@
 
 Both work on background threads so that the training loop never waits for the database:
 
-* `StoreRecorder` implements `worker.training.Recorder`. Metric points, snapshots, run facts
+* `StoreRecorder` implements `worker.run_types.Recorder`. Metric points, snapshots, run facts
   and log lines (`log`, fed by `worker.run_logs.capture_run_logs`) are queued in memory and
   written in order by one writer thread, with consecutive metric (or log) batches merged into
   one transaction. When the database is briefly unavailable (a restart, a

@@ -25,7 +25,7 @@ from backend.store.db import session_scope
 from backend.store.migrate import upgrade
 from backend.store.models import new_id
 from worker.recording import StoreRecorder
-from worker.training import MetricPoint, Recorder, RunResult
+from worker.run_types import MetricPoint, Recorder, RunResult
 
 FINAL_WRITE_TIMEOUT_S = 120.0
 

@@ -59,7 +59,8 @@ from worker.nodes import rendezvous_for
 from worker.recording import RunMonitor, StopReason, StoreRecorder, is_transient
 from worker.recovery import requeue_stale_runs
 from worker.run_logs import capture_run_logs
-from worker.training import CANCELLED_REASON, RunResult, time_limit_reason, train
+from worker.run_types import RunResult
+from worker.training import CANCELLED_REASON, time_limit_reason, train
 
 __all__ = ["execute_run", "requeue_stale_runs", "train_run"]
 

@@ -1,8 +1,9 @@
 """The training loop of one run, independent of Celery and of the database.
 
 `train(spec, recorder, ...)` builds the model, data and optimizer from the spec with the run's
-seed, trains, and reports through a `Recorder`: the store-backed one of the Celery task and the
-console one of the CLI both plug in. It owns the three things that make a run safe to interrupt:
+seed, trains, and reports through a `Recorder` (worker/run_types.py): the store-backed one of
+the Celery task and the console one of the CLI both plug in. It owns the three things that
+make a run safe to interrupt:
 
 - determinism: the model, the batch order (worker.zoo.datasets.BatchIterator) and K-FAC's
   sampled targets each have their own seeded generator, so on CPU a seed fixes the trajectory;
@@ -34,14 +35,14 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from backend.spec import RunSpec, batch_size_at
+from backend.run_length import batch_size_at
+from backend.spec import RunSpec
 from kfac.distributed import Communicator
 from kfac.losses import negative_log_likelihood
 from kfac.schedules import IterateAverage
@@ -50,6 +51,7 @@ from kfac_lab.provenance import provenance
 from kfac_lab.system import SystemSampler
 from worker import checkpoints, plugins
 from worker.builders import StepFn
+from worker.run_types import MetricPoint, Recorder, RunResult, Status
 from worker.snapshots import curvature_snapshot
 from worker.zoo.datasets import BatchIterator, load_dataset
 from worker.zoo.models import build_model, count_parameters
@@ -59,72 +61,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-MetricPoint = tuple[str, int, float, float]  # (name, step, wall_time, value)
-Status = Literal["succeeded", "failed", "diverged", "cancelled"]
-
 CANCELLED_REASON = "cancelled on request"
 FLUSH_SECONDS = 1.0
 STOP_CHECK_SECONDS = 0.25
 EVAL_CHUNK = 1000
-
-
-class Recorder(Protocol):
-    """Where a run's results go. Every write must be idempotent per (run, name, step)."""
-
-    def info(self, details: dict[str, Any]) -> None:
-        """Once per start: data source, parameter count, device, resumed step."""
-
-    def metrics(self, points: list[MetricPoint]) -> None:
-        """A batch of metric points, in step order."""
-
-    def snapshot(self, step: int, payload: dict[str, Any]) -> None:
-        """A curvature snapshot (plain lists / numpy arrays, see worker.snapshots)."""
-
-    def progress(self, step: int) -> None:
-        """The last completed step (also a good moment for a heartbeat)."""
-
-    def sync(self) -> bool:
-        """Block until everything recorded so far is stored; False if it cannot be now.
-
-        Called before each checkpoint: a run resumed from a checkpoint re-sends only the points
-        after it, so the points before it must be stored first. On False the checkpoint is
-        skipped (the next one tries again) and training goes on."""
-
-
-@dataclass
-class RunResult:
-    status: Status
-    step: int
-    reason: str | None = None
-    final: dict[str, float] = field(default_factory=dict)
-    wall_time: float = 0.0
-    resumed_from: int | None = None
-
-
-@dataclass
-class MemoryRecorder:
-    """Keeps everything in memory: for tests, notebooks and the CLI's final table."""
-
-    details: dict[str, Any] = field(default_factory=dict)
-    series: dict[str, dict[int, float]] = field(default_factory=dict)
-    snapshots: dict[int, dict[str, Any]] = field(default_factory=dict)
-    last_step: int = 0
-
-    def info(self, details: dict[str, Any]) -> None:
-        self.details.update(details)
-
-    def metrics(self, points: list[MetricPoint]) -> None:
-        for name, step, _, value in points:
-            self.series.setdefault(name, {}).setdefault(step, value)
-
-    def snapshot(self, step: int, payload: dict[str, Any]) -> None:
-        self.snapshots.setdefault(step, payload)
-
-    def progress(self, step: int) -> None:
-        self.last_step = step
-
-    def sync(self) -> bool:
-        return True
 
 
 def train(

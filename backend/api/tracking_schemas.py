@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field, Strict, field_validator, model_validator
 from backend.spec import MAX_PROBE_PARAMETERS
 from backend.spec_base import SpecModel
 from backend.store.snapshots import MAX_SIDE, pooled_side
-from kfac_lab.protocol import (
+from backend.tracking_protocol import (
     LEVEL_PATTERN,
     MAX_BATCH_LINES,
     MAX_BATCH_POINTS,

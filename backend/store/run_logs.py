@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from backend.store.db import dialect_insert
 from backend.store.models import RunLogLine
 from backend.store.writes import append_event, experiment_of
-from kfac_lab.protocol import MAX_LINE_CHARS
+from backend.tracking_protocol import MAX_LINE_CHARS
 
 MAX_LOG_LINES = 2000  # per run
 LogLine = tuple[int, float, str, str]  # (seq, unix time, level, message)

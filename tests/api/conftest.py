@@ -7,15 +7,11 @@ Tests share the databases, so each creates its own experiments and looks only at
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -24,6 +20,7 @@ from backend.api.main import create_app
 from backend.settings import Settings
 from backend.store.db import session_scope
 from backend.store.writes import claim_run, set_status
+from tests.servers import ThreadedServer
 
 ADMIN_TOKEN = "admin-token-for-tests"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -113,22 +110,11 @@ class LiveServer:
 
 @pytest.fixture
 def live_server(settings: Settings, broker: FakeBroker) -> Iterator[LiveServer]:
-    """An app of its own (one app lives in one event loop) served by uvicorn on a free local
-    port, in a thread; on the same database as `client`."""
-    app = create_app(settings, frontend_dir=settings.home / "frontend")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=1
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    yield LiveServer(f"http://127.0.0.1:{port}", app)
-    server.should_exit = True
-    thread.join(timeout=10)
+    """An app of its own (one app lives in one event loop) served by uvicorn in a thread, on
+    the same database as `client`."""
+    server = ThreadedServer(lambda: create_app(settings, frontend_dir=settings.home / "frontend"))
+    server.start()
+    try:
+        yield LiveServer(server.url, server.app)
+    finally:
+        server.stop()

@@ -23,6 +23,18 @@ from tests.api.conftest import ADMIN, LiveServer
 
 pytestmark = pytest.mark.anyio
 
+# How long a test waits for what the server will do: generous, for a machine at load ~10;
+# waiting polls, so an idle machine waits no longer than the answer takes.
+WAIT_S = 60.0
+
+
+async def eventually(condition: Callable[[], bool], what: str) -> None:
+    """Poll `condition` until it holds; fail after WAIT_S."""
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"waited {WAIT_S} s for {what}"
+        await asyncio.sleep(0.05)
+
 
 @pytest.fixture
 def anyio_backend() -> str:
@@ -36,7 +48,7 @@ class EventStream:
         self.response = response
         self._lines = response.aiter_lines()
 
-    async def next(self, timeout: float = 5.0) -> dict | None:
+    async def next(self, timeout: float = WAIT_S) -> dict | None:
         """The next event (comments and retry-only messages skipped); None at the end."""
         event: dict = {}
         while True:
@@ -54,7 +66,7 @@ class EventStream:
             else:
                 event = {}
 
-    async def take(self, n: int, timeout: float = 5.0) -> list[dict]:
+    async def take(self, n: int, timeout: float = WAIT_S) -> list[dict]:
         return [await self.next(timeout) for _ in range(n)]
 
     async def quiet(self, seconds: float) -> bool:
@@ -71,7 +83,7 @@ async def open_stream(
     server: LiveServer, experiment_id: str, headers: dict | None = None, **params
 ) -> AsyncIterator[EventStream]:
     async with (
-        httpx.AsyncClient(base_url=server.url, timeout=10) as client,
+        httpx.AsyncClient(base_url=server.url, timeout=WAIT_S) as client,
         client.stream(
             "GET",
             f"/api/experiments/{experiment_id}/events",
@@ -166,12 +178,10 @@ async def test_many_streams_share_one_poller_and_leave_when_closed(
         await asyncio.to_thread(write_batch, db_url, run_id, 1)
         received = await asyncio.gather(*(stream.next() for stream in opened))
     assert len({event["data"] for event in received}) == 1  # all eight got the same event
-    for _ in range(50):
-        if not hub.feeds.get(experiment["id"]) or not hub.feeds[experiment["id"]].subscribers:
-            break
-        await asyncio.sleep(0.1)
-    feed = hub.feeds.get(experiment["id"])
-    assert feed is None or not feed.subscribers
+    await eventually(
+        lambda: not getattr(hub.feeds.get(experiment["id"]), "subscribers", None),
+        "the closed streams to leave the feed",
+    )
 
 
 async def test_streams_end_when_access_ends(
@@ -186,10 +196,10 @@ async def test_streams_end_when_access_ends(
     ):
         client.delete(f"/api/experiments/{shared['id']}/share", headers=ADMIN)
         client.delete(f"/api/experiments/{deleted['id']}", headers=ADMIN)
-        ended = await share_stream.next(timeout=5)
+        ended = await share_stream.next()
         assert ended["event"] == "end" and "revoked" in ended["data"]
         assert await share_stream.next() is None
-        ended = await admin_stream.next(timeout=5)
+        ended = await admin_stream.next()
         assert ended["event"] == "end" and "deleted" in ended["data"]
 
 
@@ -198,7 +208,7 @@ async def test_streams_check_access_first(
 ) -> None:
     mine, other = create(), create()
     token = client.post(f"/api/experiments/{mine['id']}/share", headers=ADMIN).json()["token"]
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=5) as http:
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=WAIT_S) as http:
         path = "/api/experiments/{}/events"
         assert (await http.get(path.format(mine["id"]))).status_code == 401
         shared = {"Authorization": f"Bearer {token}"}
@@ -249,7 +259,7 @@ async def test_one_poll_reads_every_watched_experiment(
         asked.clear()
         for experiment in experiments:
             await asyncio.to_thread(write_batch, db_url, experiment["runs"][0]["id"], 1)
-        received = await asyncio.gather(*(stream.next(timeout=10) for stream in streams))
+        received = await asyncio.gather(*(stream.next() for stream in streams))
     assert [json.loads(e["data"])["run_id"] for e in received] == [
         experiment["runs"][0]["id"] for experiment in experiments
     ]
@@ -267,7 +277,7 @@ async def test_a_token_past_its_stream_limit_gets_a_clear_429(
     async with (
         open_stream(live_server, first["id"]),
         open_stream(live_server, second["id"]) as admin_stream,
-        httpx.AsyncClient(base_url=live_server.url, timeout=10) as http,
+        httpx.AsyncClient(base_url=live_server.url, timeout=WAIT_S) as http,
     ):
         refused = await http.get(path.format(first["id"]), headers=ADMIN)
         assert refused.status_code == 429
@@ -278,12 +288,15 @@ async def test_a_token_past_its_stream_limit_gets_a_clear_429(
         async with open_stream(live_server, first["id"], {"Authorization": f"Bearer {token}"}):
             pass
         await admin_stream.response.aclose()  # a page closed: its place is free again
-        for _ in range(100):
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while True:
             async with http.stream("GET", path.format(second["id"]), headers=ADMIN) as again:
                 if again.status_code == 200:
                     break
+            assert asyncio.get_running_loop().time() < deadline, (
+                "the closed stream's place was not given back"
+            )
             await asyncio.sleep(0.1)
-        assert again.status_code == 200, "the closed stream's place was not given back"
 
 
 def test_the_stream_limit_is_a_setting(settings: Settings, broker) -> None:
@@ -299,7 +312,7 @@ async def test_a_refused_request_keeps_no_place_in_the_feed(
     hub = live_server.app.state.event_hub
     hub.max_streams_per_client = 1
     path = f"/api/experiments/{experiment['id']}/events"
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=WAIT_S) as http:
         for _ in range(2):
             bad = await http.get(path, headers={**ADMIN, "Last-Event-ID": "-1"})
             assert bad.status_code == 422

@@ -4,10 +4,6 @@ reports it, oversized bodies get 413; and the API process never imports torch.""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,28 +13,22 @@ from fastapi.testclient import TestClient
 from backend.api.main import create_app
 from backend.settings import Settings
 from tests.api.conftest import ADMIN, ADMIN_TOKEN, SMALL_SPEC, FakeBroker
+from tests.imports import imported_after
+from tests.servers import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def closed_port() -> int:
-    """A local port nothing listens on."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+KERNEL_CONNECT_TIMEOUT_S = 127  # Linux: 6 SYN retries, 1 + 2 + ... + 64 s
 
 
 @pytest.fixture
 def outage_client(tmp_path: Path, broker: FakeBroker):
     """The app pointed at a PostgreSQL server that is not there."""
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{closed_port()}/kfac"
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/kfac"
     settings = Settings(home=tmp_path, database_url=url, admin_token=ADMIN_TOKEN)
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 
 
 def test_a_database_outage_is_503_everywhere_it_matters(outage_client: TestClient) -> None:
-    started = time.monotonic()
     requests = [
         ("GET", "/api/experiments", None),
         ("GET", f"/api/experiments/{'0' * 32}", None),
@@ -54,7 +44,6 @@ def test_a_database_outage_is_503_everywhere_it_matters(outage_client: TestClien
         assert "database" in response.json()["detail"]
     share = {"Authorization": "Bearer some-share-token"}  # checking it needs the database
     assert outage_client.get(f"/api/experiments/{'0' * 32}", headers=share).status_code == 503
-    assert time.monotonic() - started < 10
     assert outage_client.get("/healthz").status_code == 200
     ready = outage_client.get("/readyz")
     assert ready.status_code == 503
@@ -67,15 +56,17 @@ def test_a_database_outage_is_503_everywhere_it_matters(outage_client: TestClien
 def test_a_database_host_that_drops_packets_is_503_not_a_hang(
     tmp_path: Path, broker: FakeBroker
 ) -> None:
+    """Without a connect timeout a request would wait for the kernel's, about two minutes;
+    with it (CONNECT_TIMEOUT_S, 5 s) it is answered in seconds, so one minute tells the two
+    apart on a machine however loaded (where the network has no route at all, both are quick).
+    """
     url = "postgresql+psycopg://postgres@10.255.255.1:5432/kfac"  # routes nowhere
     settings = Settings(home=tmp_path, database_url=url, admin_token=ADMIN_TOKEN)
     with TestClient(create_app(settings)) as client:
-        started = time.monotonic()
-        assert client.get("/api/experiments", headers=ADMIN).status_code == 503
-        assert time.monotonic() - started < 15
-        started = time.monotonic()
-        assert client.get("/readyz").status_code == 503
-        assert time.monotonic() - started < 5
+        for path, headers in (("/api/experiments", ADMIN), ("/readyz", {})):
+            started = time.monotonic()
+            assert client.get(path, headers=headers).status_code == 503
+            assert time.monotonic() - started < KERNEL_CONNECT_TIMEOUT_S / 2, f"{path} hung"
 
 
 def test_readiness_reports_the_broker(client: TestClient, broker: FakeBroker) -> None:
@@ -97,14 +88,6 @@ def test_oversized_bodies_get_413(client: TestClient) -> None:
 
 
 def test_the_api_process_never_imports_torch() -> None:
-    code = (
-        "import sys, backend.api.main, backend.cli\n"
-        "heavy = [m for m in ('torch', 'kfac', 'worker') if m in sys.modules]\n"
-        "print(','.join(heavy))\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "KFAC_HOME": "/nonexistent/kfac-lab"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ""
+    """Nor the client's package: the wire contract is the server's (backend.tracking_protocol)."""
+    api = ["backend.api.main", "backend.cli"]
+    assert imported_after(api, ["torch", "kfac", "kfac_lab", "worker"]) == []

@@ -18,9 +18,9 @@ from backend import queue
 from backend.api.main import create_app
 from backend.settings import Settings, get_settings
 from tests.api.conftest import ADMIN, ADMIN_TOKEN, SMALL_SPEC
-from tests.api.test_api_failures import closed_port
 from tests.conftest import missing_service
 from tests.faults.support import REDIS_SERVER, RedisServer, waiting_runs
+from tests.servers import free_port
 
 
 @pytest.fixture
@@ -60,8 +60,8 @@ def test_readiness_probes_the_apps_own_database_and_broker(
 ) -> None:
     """The process's settings point at a database and a broker that are not there; an app
     built with settings of its own is ready (and its broker folder is under its home)."""
-    monkeypatch.setenv("KFAC_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{closed_port()}/x")
-    monkeypatch.setenv("KFAC_BROKER_URL", f"redis://127.0.0.1:{closed_port()}/0")
+    monkeypatch.setenv("KFAC_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/x")
+    monkeypatch.setenv("KFAC_BROKER_URL", f"redis://127.0.0.1:{free_port()}/0")
     home = embedded_home / "app"
     settings = Settings(home=home, database_url=sqlite_url, broker_url=None)
     with TestClient(create_app(settings)) as client:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,10 +25,12 @@ from playwright.sync_api import BrowserContext, Page, expect
 
 from tests.browser.support import ROOT, PageWatch, Screenshots, Server, sign_in
 from tests.conftest import missing_service
+from tests.servers import free_port
+from tests.worker.labs import WORKER_WAIT_S
 
 CHROMIUM = "/usr/bin/chromium"
 ADMIN_TOKEN = "browser-test-admin-token"
-START_TIMEOUT_S = 60
+START_TIMEOUT_S = WORKER_WAIT_S  # serve starts a worker, which imports torch
 
 # Two cores shared by the server, its worker (training) and the browser: be patient.
 expect.set_options(timeout=15_000)
@@ -54,12 +55,6 @@ def browser_type_launch_args() -> dict:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -79,7 +74,7 @@ def _wait_until_ready(url: str, process: subprocess.Popen, log: Path) -> None:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The whole embedded lab (`kfac-lab serve`: API + pages + a worker) on a free port."""
     home = tmp_path_factory.mktemp("kfac-home")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "KFAC_HOME": str(home), "KFAC_ADMIN_TOKEN": ADMIN_TOKEN}
     for name in ("KFAC_DATABASE_URL", "KFAC_BROKER_URL", "KFAC_PUBLIC_URL"):
         env.pop(name, None)

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from playwright.sync_api import BrowserContext, ConsoleMessage, Page
 
+from tests.worker.labs import WORKER_WAIT_S
+
 ROOT = Path(__file__).resolve().parents[2]
+WORKER_WAIT_MS = int(WORKER_WAIT_S * 1000)  # what a page waits for a worker's training run
+LIVE_UPDATES_JS = "performance.getEntriesByName('kfac:live-update').length"
 DOCS_SCREENSHOTS = ROOT / "docs" / "screenshots"
 
 
@@ -52,6 +57,16 @@ class PageWatch:
         assert not self.errors, "console errors:\n" + "\n".join(self.errors)
 
 
+@dataclass
+class Launched:
+    """An experiment launched from the form, and the page of it the form opened."""
+
+    id: str
+    page: Page
+    watch: PageWatch
+    context: BrowserContext
+
+
 def sign_in(context: BrowserContext, server: Server) -> None:
     """What the start-up URL does: the page keeps the token (localStorage) and hides it."""
     page = context.new_page()
@@ -76,3 +91,12 @@ class Screenshots:
             DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, DOCS_SCREENSHOTS / path.name)
         return path
+
+
+def write_then_await_live_update(page: Page, write: Callable[[], None]) -> None:
+    """`write()` new points to the store, then wait until the open page has applied a live
+    update since (each update is the measure "kfac:live-update"): paced by the page rather than
+    by a sleep, so a loaded machine delays the updates but never merges them into fewer."""
+    seen = page.evaluate(LIVE_UPDATES_JS)
+    write()
+    page.wait_for_function(f"() => {LIVE_UPDATES_JS} > {seen}", polling=100, timeout=60_000)

@@ -14,35 +14,33 @@ import math
 import re
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, Page, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from backend.store.db import session_scope
 from backend.store.results import write_metrics
 from backend.store.writes import claim_run, create_experiment, set_status
-from tests.browser.support import PageWatch, Screenshots, Server, sign_in
+from tests.browser.support import (
+    WORKER_WAIT_MS,
+    Launched,
+    PageWatch,
+    Screenshots,
+    Server,
+    sign_in,
+)
 
 pytestmark = pytest.mark.browser
 
-FINISH_TIMEOUT_MS = 240_000  # three short runs, one after the other, on a busy machine
+FINISH_TIMEOUT_MS = 2 * WORKER_WAIT_MS  # three short runs, one after the other
 ROWS = "#comparison-rows tr"
 # Traces that have a legend entry (a group's mean or single line; not its band or dotted part).
 LEGEND_JS = """id => (document.getElementById(id)?.data ?? [])
   .filter((t) => t.showlegend !== false).map((t) => t.name)"""
 FINAL_CELLS_JS = """() => [...document.querySelectorAll('#comparison-rows tr')]
   .map((row) => row.children[2].textContent)"""
-
-
-@dataclass
-class Launched:
-    id: str
-    page: Page
-    watch: PageWatch
-    context: BrowserContext
 
 
 def wait_until(page: Page, expression: str, timeout: float = 60_000, show: str = "null") -> None:
@@ -88,7 +86,7 @@ def swept(browser: Browser, browser_context_args: dict, server: Server) -> Itera
     page.locator('[name="seeds"]').fill("0")
     expect(count).to_have_text("3 runs in all (3 configurations × 1 seed).")
     page.click("#launch")
-    page.wait_for_url("**/experiments/*", wait_until="commit", timeout=20_000)
+    page.wait_for_url("**/experiments/*", wait_until="commit", timeout=60_000)
     yield Launched(page.url.rstrip("/").split("/")[-1], page, watch, context)
     context.close()
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from playwright.sync_api import Page
 from backend.store.db import session_scope
 from backend.store.results import write_metrics
 from backend.store.writes import claim_run, create_experiment, set_status
-from tests.browser.support import PageWatch, Server
+from tests.browser.support import PageWatch, Server, write_then_await_live_update
 
 pytestmark = pytest.mark.browser
 
@@ -111,16 +110,16 @@ def test_big_sweep_draws_table_and_winners_and_updates_live(
     page.locator("#chart-train_loss").scroll_into_view_if_needed()
     drawn = page.evaluate(POINTS_JS)
 
-    for batch in range(LIVE_BATCHES):  # one new point per run, as the workers' flushes would
-        step = POINTS + 1 + batch
+    def write_batch(step: int) -> None:  # one new point per run, as the workers' flushes would
         with session_scope(server.database_url) as session:
             for run_id, (o, lr, seed) in zip(run_ids, grid, strict=True):
                 write_metrics(
                     session, run_id, [("train_loss", step, step * 0.01, loss(step, o, lr, seed))]
                 )
-        time.sleep(0.25)
+
+    for batch in range(LIVE_BATCHES):
+        write_then_await_live_update(page, lambda step=POINTS + 1 + batch: write_batch(step))
     page.wait_for_function(f"() => ({POINTS_JS})() > {drawn}", timeout=60_000)
-    time.sleep(1.0)
     updates = page.evaluate(
         "performance.getEntriesByName('kfac:live-update').map((e) => e.duration)"
     )

@@ -10,19 +10,25 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from backend.spec import ExperimentSpec
-from tests.browser.support import PageWatch, Screenshots, Server, sign_in
+from tests.browser.support import (
+    WORKER_WAIT_MS,
+    Launched,
+    PageWatch,
+    Screenshots,
+    Server,
+    sign_in,
+)
 
 pytestmark = pytest.mark.browser
 
 XSS_NAME = "<img src=x onerror=alert(1)>"
-LIVE_TIMEOUT_MS = 120_000
+LIVE_TIMEOUT_MS = WORKER_WAIT_MS  # the smoke runs train meanwhile
 
 POINTS_JS = """id => {
   const node = document.getElementById(id);
@@ -32,14 +38,6 @@ HEATMAP_JS = """id => {
   const trace = document.getElementById(id)?.data?.[0];
   return trace ? JSON.stringify([trace.z.length, trace.z[0]?.slice(0, 40)]) : null;
 }"""
-
-
-@dataclass
-class Launched:
-    id: str
-    page: Page
-    watch: PageWatch
-    context: BrowserContext
 
 
 def wait_until(page: Page, expression: str, timeout: float = 30_000) -> None:
@@ -69,7 +67,7 @@ def launched(browser: Browser, browser_context_args: dict, server: Server) -> It
     fill_field(page, "base.eval_interval", "20")
     page.click("#launch")
     # At once: as soon as the API has stored and queued it, long before any run has started.
-    page.wait_for_url("**/experiments/*", wait_until="commit", timeout=10_000)
+    page.wait_for_url("**/experiments/*", wait_until="commit", timeout=60_000)
     experiment_id = page.url.rstrip("/").split("/")[-1]
     yield Launched(experiment_id, page, watch, context)
     context.close()

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from playwright.sync_api import Page
 from backend.store.db import session_scope
 from backend.store.results import write_metrics, write_snapshot
 from backend.store.writes import claim_run, create_experiment, set_status
-from tests.browser.support import PageWatch, Server
+from tests.browser.support import PageWatch, Server, write_then_await_live_update
 
 pytestmark = pytest.mark.browser
 
@@ -168,16 +167,16 @@ def test_big_experiment_loads_fast_and_updates_cheaply(
     )
     drawn = page.evaluate(points_js)
 
-    for batch in range(LIVE_BATCHES):  # one new point per run, as a worker's flush would send
-        step = POINTS + 1 + batch
+    def write_batch(step: int) -> None:  # one new point per run, as a worker's flush would send
         with session_scope(server.database_url) as session:
             for index, run_id in enumerate(run_ids):
                 write_metrics(
                     session, run_id, [("train_loss", step, step * 0.01, loss(step, index))]
                 )
-        time.sleep(0.25)
+
+    for batch in range(LIVE_BATCHES):
+        write_then_await_live_update(page, lambda step=POINTS + 1 + batch: write_batch(step))
     page.wait_for_function(f"() => ({points_js}) > {drawn}")
-    time.sleep(1.0)
     updates = timing(page, "kfac:live-update")
 
     snapshot_id = seed_snapshot(server, run_ids[0])

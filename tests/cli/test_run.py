@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from typer.testing import CliRunner
 
-from tests.worker.labs import REPO, TINY_RUN, kfac_environment
+from tests.worker.labs import REPO, TINY_RUN, WORKER_WAIT_S, kfac_environment
 from worker.cli import app
 
 runner = CliRunner()
@@ -52,7 +52,7 @@ def test_a_preset_with_overrides_runs_from_the_console_script(tmp_path):
         [sys.executable, "-m", "worker.cli", "run", "--preset", "smoke",
          "--override", json.dumps(overrides)],
         cwd=REPO, env={**env, "KFAC_HOME": str(tmp_path), "COLUMNS": "160"},
-        capture_output=True, text=True, timeout=240, check=False,
+        capture_output=True, text=True, timeout=WORKER_WAIT_S, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "smoke: 2 runs" in result.stdout

@@ -19,7 +19,7 @@ from backend.store.models import Experiment, Run, Snapshot
 from backend.store.queries import read_metrics
 from backend.store.run_logs import read_log_lines
 from tests.api.conftest import FakeBroker
-from tests.kfac_lab.conftest import TOKEN, Server, free_port
+from tests.kfac_lab.conftest import TOKEN, Server
 from tests.worker.labs import TINY_RUN, kfac_environment
 from worker.cli import app
 
@@ -69,9 +69,7 @@ def test_no_record_stores_nothing(tmp_path: Path):
 
 @pytest.mark.slow
 def test_with_kfac_lab_url_the_runs_go_to_that_server(sqlite_url: str, tmp_path: Path):
-    server = Server(
-        Settings(home=tmp_path, database_url=sqlite_url, admin_token=TOKEN), free_port()
-    )
+    server = Server(Settings(home=tmp_path, database_url=sqlite_url, admin_token=TOKEN))
     server.start()
     try:
         local = f"sqlite:///{tmp_path / 'local.db'}"

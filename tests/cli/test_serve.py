@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,15 +17,10 @@ from sqlalchemy import select
 
 from backend.store.db import session_scope
 from backend.store.models import Run
-from tests.worker.labs import REPO, TINY_RUN
+from tests.servers import free_port
+from tests.worker.labs import REPO, TINY_RUN, WORKER_WAIT_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def processes_using(home: Path) -> list[int]:
@@ -43,18 +37,24 @@ def processes_using(home: Path) -> list[int]:
     return pids
 
 
+def start_serve(home: Path, port: int) -> subprocess.Popen:
+    """`kfac-lab serve` on `port` with KFAC_HOME=home (no other KFAC_* variable), in a session
+    of its own, its output in home/serve.log."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KFAC_")}
+    with (home / "serve.log").open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
+            cwd=REPO,
+            env={**env, "KFAC_HOME": str(home), "COLUMNS": "200"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def test_serve_runs_the_whole_lab_and_stops_cleanly(tmp_path):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KFAC_")}
-    log = (tmp_path / "serve.log").open("w+")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
-        cwd=REPO,
-        env={**env, "KFAC_HOME": str(tmp_path), "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    serve = start_serve(tmp_path, port)
     try:
         url = _wait_for_url(tmp_path / "serve.log", serve)
         assert url.startswith(f"http://127.0.0.1:{port}/?token=")
@@ -66,7 +66,7 @@ def test_serve_runs_the_whole_lab_and_stops_cleanly(tmp_path):
         created = client.post("/api/experiments", json={"name": "t", "runs": [TINY_RUN]})
         assert created.status_code == 201, created.text
         experiment = created.json()
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + WORKER_WAIT_S
         while experiment["status"] != "succeeded":
             assert time.monotonic() < deadline, experiment
             time.sleep(0.2)
@@ -74,8 +74,8 @@ def test_serve_runs_the_whole_lab_and_stops_cleanly(tmp_path):
         assert len(processes_using(tmp_path)) >= 3  # serve, the worker and its pool child
 
         serve.send_signal(signal.SIGTERM)
-        assert serve.wait(60) == 0
-        deadline = time.monotonic() + 10
+        assert serve.wait(WORKER_WAIT_S) == 0
+        deadline = time.monotonic() + WORKER_WAIT_S
         while processes_using(tmp_path):
             assert time.monotonic() < deadline, "the worker outlived serve"
             time.sleep(0.1)
@@ -86,7 +86,7 @@ def test_serve_runs_the_whole_lab_and_stops_cleanly(tmp_path):
             os.kill(pid, signal.SIGKILL)
 
 
-def _wait_for_url(log: Path, serve: subprocess.Popen, timeout: float = 120) -> str:
+def _wait_for_url(log: Path, serve: subprocess.Popen, timeout: float = WORKER_WAIT_S) -> str:
     deadline = time.monotonic() + timeout
     while True:
         text = log.read_text()
@@ -101,16 +101,7 @@ def test_one_ctrl_c_stops_serve_with_a_run_training_and_a_page_streaming(tmp_pat
     """One SIGINT stops everything cleanly (the run handed back to the queue); an impatient
     second signal changes nothing: exit status 0, no traceback."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KFAC_")}
-    log = (tmp_path / "serve.log").open("w+")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "worker.cli", "serve", "--port", str(port)],
-        cwd=REPO,
-        env={**env, "KFAC_HOME": str(tmp_path), "OMP_NUM_THREADS": "1", "COLUMNS": "200"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    serve = start_serve(tmp_path, port)
     try:
         token = _wait_for_url(tmp_path / "serve.log", serve).split("token=")[1]
         headers = {"Authorization": f"Bearer {token}"}
@@ -120,7 +111,7 @@ def test_one_ctrl_c_stops_serve_with_a_run_training_and_a_page_streaming(tmp_pat
         experiment = client.post("/api/experiments", json={"name": "t", "runs": [endless]})
         assert experiment.status_code == 201, experiment.text
         experiment_id = experiment.json()["id"]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + WORKER_WAIT_S
         while client.get(f"/api/experiments/{experiment_id}").json()["status"] != "running":
             assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
             time.sleep(0.2)
@@ -130,18 +121,18 @@ def test_one_ctrl_c_stops_serve_with_a_run_training_and_a_page_streaming(tmp_pat
         with stream as events:
             assert events.status_code == 200
             serve.send_signal(signal.SIGINT)
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + WORKER_WAIT_S
             while "Stopping the worker" not in (tmp_path / "serve.log").read_text():
                 assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
                 time.sleep(0.05)
             serve.send_signal(signal.SIGTERM)  # an impatient second signal
-            assert serve.wait(60) == 0, (tmp_path / "serve.log").read_text()
+            assert serve.wait(WORKER_WAIT_S) == 0, (tmp_path / "serve.log").read_text()
         text = (tmp_path / "serve.log").read_text()
         # The second signal lands during the cleanup (acknowledged) or after it (ignored; the
         # worker may already be gone when the open stream has held the API its 3 s): either way
         # a clean exit, never a traceback.
         assert "_Stop" not in text and "Traceback" not in text.split("Stopping the worker")[-1]
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + WORKER_WAIT_S
         while processes_using(tmp_path):
             assert time.monotonic() < deadline, "the worker outlived serve"
             time.sleep(0.1)

@@ -28,7 +28,7 @@ import redis
 
 from backend.store.db import session_scope
 from backend.store.queries import events_after
-from tests.cli.test_serve import free_port
+from tests.servers import free_port
 from tests.worker.labs import REPO, wait_for
 
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -121,7 +121,7 @@ class TcpProxy:
 
     def __enter__(self) -> TcpProxy:
         self._thread.start()
-        wait_for(self._listening.is_set, 5, "the proxy to listen")
+        wait_for(self._listening.is_set, 60, "the proxy to listen")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -131,7 +131,7 @@ class TcpProxy:
 
     def cut(self) -> None:
         self._down.set()
-        wait_for(lambda: not self._listening.is_set(), 5, "the proxy to stop listening")
+        wait_for(lambda: not self._listening.is_set(), 60, "the proxy to stop listening")
         self.reset()
 
     def reset(self) -> None:
@@ -143,7 +143,7 @@ class TcpProxy:
 
     def mend(self) -> None:
         self._down.clear()
-        wait_for(self._listening.is_set, 5, "the proxy to listen again")
+        wait_for(self._listening.is_set, 60, "the proxy to listen again")
 
     def _serve(self) -> None:
         """The accept loop; it alone opens and closes the listening socket."""

@@ -20,7 +20,7 @@ from backend.store.queries import last_event_id
 from backend.store.results import write_metrics
 from backend.store.writes import experiment_of
 from tests.faults.support import TOKEN, ApiServer, PageStream, store_ids
-from tests.worker.labs import lab, run_spec, wait_for
+from tests.worker.labs import WORKER_WAIT_S, lab, run_spec, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -74,18 +74,22 @@ def test_pages_resume_after_an_api_restart(tmp_path, postgresql_url: str, restar
 
             with PageStream(api.url, experiment_id, TOKEN, loaded_at) as page:
                 with writing_batches(the_lab.url, run_id):
-                    wait_for(lambda: len(page.events) >= 10, 20, "events before the restart")
+                    wait_for(
+                        lambda: len(page.events) >= 10, WORKER_WAIT_S, "events before the restart"
+                    )
                     if restart == "killed":
                         api.kill()
                     else:
                         api.stop()
                     time.sleep(0.5)  # batches keep coming while the API is away
                     api.start()
-                    wait_for(lambda: page.connections >= 2, 20, "a reconnect")
+                    wait_for(lambda: page.connections >= 2, WORKER_WAIT_S, "a reconnect")
                     seen = len(page.events)
-                    wait_for(lambda: len(page.events) >= seen + 10, 20, "events after it")
+                    wait_for(
+                        lambda: len(page.events) >= seen + 10, WORKER_WAIT_S, "events after it"
+                    )
                 expected = store_ids(the_lab.url, experiment_id, loaded_at)
-                wait_for(lambda: page.ids()[-1:] == expected[-1:], 10, "the last event")
+                wait_for(lambda: page.ids()[-1:] == expected[-1:], WORKER_WAIT_S, "the last event")
             assert loaded_at > 0 and page.failure is None
             assert page.connections == 2, page.dropped
             assert page.ids() == expected  # no gap, nothing twice, in order

@@ -27,7 +27,7 @@ import redis
 
 from tests.conftest import missing_service
 from tests.faults.support import REDIS_SERVER, RedisServer, TcpProxy, waiting_runs
-from tests.worker.labs import lab, run_spec, wait_for
+from tests.worker.labs import WORKER_WAIT_S, lab, run_spec, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -59,7 +59,7 @@ def test_the_broker_going_away_loses_no_run(tmp_path, postgresql_url: str, fault
         spec = run_spec(steps=STEPS, eval_interval=EVAL_INTERVAL)
         ids = the_lab.create(*[spec.model_copy(update={"seed": seed}) for seed in range(RUNS)])
         the_lab.send(*ids)
-        the_lab.wait(ids[0], until={"running"}, timeout=30)
+        the_lab.wait(ids[0], until={"running"})
 
         before = [the_lab.run(run_id).status for run_id in ids]
         down = datetime.now(UTC)
@@ -76,7 +76,7 @@ def test_the_broker_going_away_loses_no_run(tmp_path, postgresql_url: str, fault
         up = datetime.now(UTC) + RECONNECT
         assert "running" in before and "queued" in before, before
 
-        runs = the_lab.wait(*ids, timeout=90)
+        runs = the_lab.wait(*ids)
         for run in runs:
             outcome = (run.status, run.step, run.error, run.attempts)
             assert outcome == ("succeeded", STEPS, None, 1)
@@ -97,7 +97,7 @@ def test_the_broker_going_away_loses_no_run(tmp_path, postgresql_url: str, fault
                 if run_id in ids and not down <= the_lab.run(run_id).finished_at <= up
             ]
 
-        wait_for(lambda: not acks_pending(), 10, "acks")
+        wait_for(lambda: not acks_pending(), WORKER_WAIT_S, "acks")
         logs = "".join(worker.text() for worker in workers)
         for run_id in ids:  # each trained once, by one worker (a second start would log)
             assert len(re.findall(f"run {run_id} starts", logs)) == 1, logs[-5000:]

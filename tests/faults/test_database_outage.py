@@ -20,7 +20,7 @@ from backend.store.queries import last_event_id
 from backend.store.results import write_metrics
 from backend.store.writes import experiment_of
 from tests.faults.support import TOKEN, ApiServer, PageStream, TcpProxy, store_ids
-from tests.worker.labs import lab, run_spec, wait_for
+from tests.worker.labs import WORKER_WAIT_S, lab, run_spec, wait_for
 from worker import recording
 from worker.recording import StoreRecorder
 
@@ -56,7 +56,9 @@ def test_a_database_outage_loses_no_point(tmp_path, postgresql_url: str) -> None
                 PageStream(api.url, experiment, TOKEN, loaded_at) as page,
             ):
                 the_lab.send(reference, interrupted)  # one worker: the reference trains first
-                the_lab.wait_for(lambda: the_lab.points(interrupted), 60, "the run's first points")
+                the_lab.wait_for(
+                    lambda: the_lab.points(interrupted), WORKER_WAIT_S, "the run's first points"
+                )
                 proxy.cut()
                 answers = []
                 end = time.monotonic() + OUTAGE_S
@@ -73,11 +75,15 @@ def test_a_database_outage_loses_no_point(tmp_path, postgresql_url: str) -> None
                 assert all(retry for path, _, retry, _ in answers if path != "/readyz")
                 readiness = [body for path, _, _, body in answers if path == "/readyz"]
                 assert all(body["checks"]["database"] != "ok" for body in readiness)
-                wait_for(lambda: all_ok(client, ["/readyz", *paths]), 30, "the API to recover")
+                wait_for(
+                    lambda: all_ok(client, ["/readyz", *paths]), WORKER_WAIT_S, "the API to recover"
+                )
 
-                runs = the_lab.wait(reference, interrupted, timeout=60)
+                runs = the_lab.wait(reference, interrupted)
                 expected = store_ids(the_lab.url, experiment, loaded_at)
-                wait_for(lambda: page.ids()[-1:] == expected[-1:], 10, "the page's last event")
+                wait_for(
+                    lambda: page.ids()[-1:] == expected[-1:], WORKER_WAIT_S, "the page's last event"
+                )
 
             assert [(run.status, run.attempts) for run in runs] == [("succeeded", 1)] * 2
             assert "storing metrics failed" in worker.text()  # the outage did hit the writer

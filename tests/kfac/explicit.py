@@ -10,6 +10,30 @@ from torch import nn
 from kfac.losses import negative_log_likelihood
 
 
+def tiny_net(bias=True, seed=0, widths=(4, 5, 3, 3)) -> nn.Sequential:
+    """A float64 MLP of Linear layers of these widths with tanh between them."""
+    torch.manual_seed(seed)
+    layers = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=False)):
+        layers.append(nn.Linear(a, b, bias=bias))
+        if i < len(widths) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers).double()
+
+
+def batch(family, n=64, d_in=4, d_out=3, seed=1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and data targets of the loss family (the empirical Fisher's, never sampled)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d_in, generator=gen, dtype=torch.float64)
+    if family == "cross_entropy":
+        y = torch.randint(0, d_out, (n,), generator=gen)
+    elif family == "bce":
+        y = torch.bernoulli(torch.full((n, d_out), 0.5, dtype=torch.float64), generator=gen)
+    else:
+        y = torch.randn(n, d_out, generator=gen, dtype=torch.float64)
+    return x, y
+
+
 def linear_layers(model: nn.Sequential) -> list[nn.Linear]:
     return [m for m in model if isinstance(m, nn.Linear)]
 
@@ -169,3 +193,17 @@ def explicit_patches(x, conv):
     if conv.bias is not None:
         patches = torch.cat([patches, torch.ones(*patches.shape[:2], 1, dtype=x.dtype)], 2)
     return patches
+
+
+def conv_and_its_linear_twin() -> tuple[nn.Sequential, nn.Sequential]:
+    """A conv net whose 3×3 kernel covers its whole 3×3 input (one output location, |T| = 1)
+    and the Linear net that computes the same function with the same parameters: KFC on the
+    first must equal K-FAC on the second."""
+    torch.manual_seed(2)
+    conv_net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Tanh(), nn.Linear(4, 3))
+    linear_net = nn.Sequential(nn.Flatten(), nn.Linear(18, 4), nn.Tanh(), nn.Linear(4, 3))
+    with torch.no_grad():
+        linear_net[1].weight.copy_(conv_net[0].weight.reshape(4, 18))
+        linear_net[1].bias.copy_(conv_net[0].bias)
+        linear_net[3].load_state_dict(conv_net[3].state_dict())
+    return conv_net, linear_net

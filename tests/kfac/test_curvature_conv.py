@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kfac.curvature import fisher_matrices
-from tests.kfac.explicit import damped, explicit_patches
+from tests.kfac.explicit import conv_and_its_linear_twin, damped, explicit_patches
 from tests.kfac.test_curvature import assert_close, assert_inverse, block_diagonal_part, nll_sum
 
 LOSSES = ("cross_entropy", "mse")
@@ -203,13 +203,7 @@ def test_inverses_match_brute_force(conv_case):
 
 
 def test_single_location_conv_gives_the_matrices_of_the_equivalent_linear_layer():
-    torch.manual_seed(2)
-    conv_net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Tanh(), nn.Linear(4, 3))
-    linear_net = nn.Sequential(nn.Flatten(), nn.Linear(18, 4), nn.Tanh(), nn.Linear(4, 3))
-    with torch.no_grad():
-        linear_net[1].weight.copy_(conv_net[0].weight.reshape(4, 18))
-        linear_net[1].bias.copy_(conv_net[0].bias)
-        linear_net[3].load_state_dict(conv_net[3].state_dict())
+    conv_net, linear_net = conv_and_its_linear_twin()
     conv_net, linear_net = conv_net.double(), linear_net.double()
     inputs, targets = make_batch((2, 3, 3), "cross_entropy", count=30)
     conv = fisher_matrices(conv_net, inputs, targets, "cross_entropy", damping=0.05)

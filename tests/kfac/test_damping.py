@@ -7,7 +7,8 @@ import torch
 from kfac.damping import MAX_DAMPING, MIN_DAMPING, levenberg_marquardt
 from kfac.quadratic import SINGULAR_2X2, solve_step_coefficients
 from tests.kfac import explicit
-from tests.kfac.test_optimizer import batch, every_step_kfac, tiny_net
+from tests.kfac.explicit import batch, tiny_net
+from tests.kfac.test_optimizer import every_step_kfac
 
 
 def as_tensors(*rows):

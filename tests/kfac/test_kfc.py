@@ -10,7 +10,7 @@ from torch import nn
 
 from kfac import KFAC
 from kfac.layers import Conv2dBlock, find_blocks
-from tests.kfac.explicit import explicit_patches
+from tests.kfac.explicit import conv_and_its_linear_twin, explicit_patches
 
 
 @pytest.fixture(autouse=True)
@@ -79,13 +79,7 @@ def kfac_step(model, x, y, family="mse", **kwargs):
 
 
 def test_single_location_conv_is_exactly_the_equivalent_linear_layer():
-    torch.manual_seed(2)
-    conv_net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Tanh(), nn.Linear(4, 3))
-    linear_net = nn.Sequential(nn.Flatten(), nn.Linear(18, 4), nn.Tanh(), nn.Linear(4, 3))
-    with torch.no_grad():
-        linear_net[1].weight.copy_(conv_net[0].weight.reshape(4, 18))
-        linear_net[1].bias.copy_(conv_net[0].bias)
-        linear_net[3].load_state_dict(conv_net[3].state_dict())
+    conv_net, linear_net = conv_and_its_linear_twin()
     x, y = torch.randn(40, 2, 3, 3), torch.randn(40, 3)
     torch.testing.assert_close(conv_net(x), linear_net(x))
     kfac_step(conv_net, x, y, damping=0.1)

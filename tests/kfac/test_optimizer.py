@@ -10,30 +10,9 @@ from torch import nn
 from kfac import KFAC
 from kfac.losses import negative_log_likelihood
 from tests.kfac import explicit
+from tests.kfac.explicit import batch, tiny_net
 
 FAMILIES = ["cross_entropy", "bce", "mse"]
-
-
-def tiny_net(bias=True, seed=0, widths=(4, 5, 3, 3)):
-    torch.manual_seed(seed)
-    layers = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=False)):
-        layers.append(nn.Linear(a, b, bias=bias))
-        if i < len(widths) - 2:
-            layers.append(nn.Tanh())
-    return nn.Sequential(*layers).double()
-
-
-def batch(family, n=64, d_in=4, d_out=3, seed=1):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d_in, generator=gen, dtype=torch.float64)
-    if family == "cross_entropy":
-        y = torch.randint(0, d_out, (n,), generator=gen)
-    elif family == "bce":
-        y = torch.bernoulli(torch.full((n, d_out), 0.5, dtype=torch.float64), generator=gen)
-    else:
-        y = torch.randn(n, d_out, generator=gen, dtype=torch.float64)
-    return x, y
 
 
 FIXED_LR = 0.3

@@ -10,11 +10,11 @@ from.
 
 import pytest
 import torch
-from torch import nn
 
 from kfac import KFAC
 from kfac.losses import sample_targets
 from tests.kfac import explicit
+from tests.kfac.explicit import batch, tiny_net
 
 FAMILIES = ["cross_entropy", "bce", "mse"]
 SEED = 7
@@ -24,26 +24,6 @@ INVERSES = {  # F̌⁻¹ (§4.2) and F̂⁻¹ (§4.3)
     "block_diagonal": explicit.block_diagonal_inverse,
     "block_tridiagonal": explicit.block_tridiagonal_inverse,
 }
-
-
-def tiny_net() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3), nn.Tanh(), nn.Linear(3, 3)
-    ).double()
-
-
-def batch(family: str, count: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and data targets; the data targets are never the ones the Fisher should see."""
-    generator = torch.Generator().manual_seed(1)
-    x = torch.randn(count, 4, generator=generator, dtype=torch.float64)
-    if family == "cross_entropy":
-        y = torch.randint(0, 3, (count,), generator=generator)
-    elif family == "bce":
-        y = torch.randint(0, 2, (count, 3), generator=generator).double()
-    else:
-        y = torch.randn(count, 3, generator=generator, dtype=torch.float64)
-    return x, y
 
 
 def true_fisher_factors(model, x, family):

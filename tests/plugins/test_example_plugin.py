@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.worker.labs import REPO, Lab, lab
+from tests.worker.labs import REPO, WORKER_WAIT_S, Lab, lab
 
 TOKEN = "plugin-test-token"
 TERMINAL = {"succeeded", "failed", "diverged", "cancelled"}
@@ -52,7 +52,7 @@ def api_server(the_lab: Lab, pythonpath: str) -> Iterator[httpx.Client]:
         timeout=30,
     )
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + WORKER_WAIT_S
         while True:
             try:
                 if client.get("/healthz").status_code == 200:
@@ -70,7 +70,7 @@ def api_server(the_lab: Lab, pythonpath: str) -> Iterator[httpx.Client]:
 
 
 def wait_finished(client: httpx.Client, the_lab: Lab, experiment_id: str) -> dict:
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + WORKER_WAIT_S
     while True:
         experiment = client.get(f"/api/experiments/{experiment_id}").json()
         if all(run["status"] in TERMINAL for run in experiment["runs"]):

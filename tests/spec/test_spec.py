@@ -1,7 +1,5 @@
 """The run spec: field-level errors, limits, the comparison form, presets, queues."""
 
-import subprocess
-import sys
 
 import pytest
 from pydantic import ValidationError
@@ -18,6 +16,7 @@ from backend.spec import (
     queue_for,
     steps_for_epochs,
 )
+from tests.imports import imported_after
 
 
 def error_fields(error: ValidationError) -> set[tuple]:
@@ -169,9 +168,7 @@ def test_queue_follows_device():
 
 
 def test_spec_imports_neither_torch_nor_fastapi():
-    code = "import sys, backend.spec; print(sorted({'torch', 'fastapi'} & set(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert imported_after(["backend.spec"], ["torch", "fastapi"]) == []
 
 
 def test_a_base_run_without_optimizers_trains_its_own_optimizer() -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import time
+from datetime import timedelta
 from uuid import uuid4
 
+import pytest
+
+from backend.store import queueing
 from backend.store.db import session_scope
-from backend.store.models import Run
+from backend.store.models import Run, utcnow
 from backend.store.queueing import (
     beat_worker,
     forget_worker,
@@ -17,18 +20,23 @@ from backend.store.queueing import (
 from backend.store.writes import claim_run, fail_queued
 
 
-def test_live_queues_are_those_of_workers_beating_within_the_timeout(db_url: str) -> None:
+def test_live_queues_are_those_of_workers_beating_within_the_timeout(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     gpu, cpu = f"gpu-{uuid4().hex}", f"cpu-{uuid4().hex}"  # other tests share the database
+    an_hour_ago = utcnow() - timedelta(hours=1)
+    with monkeypatch.context() as past:  # the beats of an hour ago, whatever the machine's pace
+        past.setattr(queueing, "utcnow", lambda: an_hour_ago)
+        with session_scope(db_url) as session:
+            beat_worker(session, f"{gpu}:1", [gpu, cpu])
+            beat_worker(session, f"{cpu}:2", [cpu])
     with session_scope(db_url) as session:
-        beat_worker(session, f"{gpu}:1", [gpu, cpu])
-        beat_worker(session, f"{cpu}:2", [cpu])
-    with session_scope(db_url) as session:
-        assert {gpu, cpu} <= live_queues(session, 60)
-    time.sleep(0.3)
+        assert {gpu, cpu} <= live_queues(session, 2 * 3600)
+        assert not {gpu, cpu} & live_queues(session, 60)
     with session_scope(db_url) as session:
         beat_worker(session, f"{cpu}:2", [cpu])  # renewing updates the same entry
     with session_scope(db_url) as session:
-        live = live_queues(session, 0.2)
+        live = live_queues(session, 60)
         assert cpu in live and gpu not in live  # the first worker went silent
         forget_worker(session, f"{cpu}:2")
         forget_worker(session, f"{gpu}:1")

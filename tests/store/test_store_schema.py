@@ -1,7 +1,5 @@
 """The schema exists only through the migrations: they must agree with the models."""
 
-import subprocess
-import sys
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -10,6 +8,7 @@ from sqlalchemy import inspect
 from backend.store.db import get_engine
 from backend.store.migrate import upgrade
 from backend.store.models import Base
+from tests.imports import imported_after
 
 
 def test_migrations_match_models(db_url: str) -> None:
@@ -26,12 +25,6 @@ def test_upgrade_is_idempotent(db_url: str) -> None:
 
 def test_the_store_imports_neither_fastapi_nor_torch() -> None:
     """Workers and the API both import the store; it must stay light (see DESIGN.md)."""
-    code = (
-        "import sys, backend.settings, backend.store.access, backend.store.migrate, "
-        "backend.store.queries, backend.store.results, backend.store.writes; "
-        "print(sorted({'fastapi', 'torch'} & set(sys.modules)))"
-    )
-    output = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert output.strip() == "[]"
+    store = ["access", "migrate", "queries", "results", "writes"]
+    modules = ["backend.settings", *(f"backend.store.{name}" for name in store)]
+    assert imported_after(modules, ["fastapi", "torch"]) == []

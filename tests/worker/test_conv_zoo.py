@@ -14,7 +14,8 @@ from torch import nn
 from backend.datafiles import DataUnavailable
 from backend.datasets import CIFAR10, CIFAR10_DIR, CIFAR10_TRAIN
 from backend.spec import DATASETS, DatasetSpec, RunSpec
-from worker.training import MemoryRecorder, train
+from worker.run_types import MemoryRecorder
+from worker.training import train
 from worker.zoo import datasets, image_datasets
 from worker.zoo.datasets import load_dataset
 from worker.zoo.models import build_model, count_parameters, kfac_layers

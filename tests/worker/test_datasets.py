@@ -9,7 +9,8 @@ import torch
 
 from backend.datafiles import DataUnavailable
 from backend.datasets import MNIST
-from backend.spec import DATASETS, DatasetSpec, ExponentialBatchSchedule, batch_size_at
+from backend.run_length import ExponentialBatchSchedule, batch_size_at
+from backend.spec import DATASETS, DatasetSpec
 from worker.zoo import datasets
 from worker.zoo.datasets import BatchIterator, load_dataset, read_idx, write_idx
 

@@ -30,7 +30,8 @@ from worker.celery_app import PRELOAD
 for module in PRELOAD:
     importlib.import_module(module)
 from backend.spec import RunSpec
-from worker.training import MemoryRecorder, train
+from worker.run_types import MemoryRecorder
+from worker.training import train
 
 def status_kib(field):
     with open("/proc/self/status") as status:

@@ -1,7 +1,8 @@
 """A K-FAC/KFC run that blows up ends `diverged`, not `failed` on a sampling error."""
 
 from backend.spec import RunSpec
-from worker.training import MemoryRecorder, train
+from worker.run_types import MemoryRecorder
+from worker.training import train
 
 
 def test_kfc_pre_with_a_huge_learning_rate_ends_diverged():

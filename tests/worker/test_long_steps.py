@@ -17,7 +17,7 @@ import pytest
 
 from backend.store.db import session_scope
 from backend.store.writes import cancel_experiment, delete_experiment, request_cancel
-from tests.worker.labs import REPO, Lab, lab, run_spec
+from tests.worker.labs import REPO, WORKER_WAIT_S, Lab, lab, run_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,12 +55,14 @@ def checkpoints(the_lab: Lab, run_id: str) -> list[str]:
 def test_a_cancel_does_not_wait_for_a_long_step(slow_lab: Lab) -> None:
     (run_id,) = slow_lab.create(run_spec(label=STUCK, steps=20, checkpoint_interval=1))
     slow_lab.send(run_id)
-    slow_lab.wait_for(lambda: checkpoints(slow_lab, run_id), 60, "a checkpoint")
-    slow_lab.wait_for(lambda: len(slow_lab.points(run_id)) == 2, 60, "the first two steps")
+    slow_lab.wait_for(lambda: checkpoints(slow_lab, run_id), WORKER_WAIT_S, "a checkpoint")
+    slow_lab.wait_for(
+        lambda: len(slow_lab.points(run_id)) == 2, WORKER_WAIT_S, "the first two steps"
+    )
     with session_scope(slow_lab.url) as session:
         request_cancel(session, run_id)
 
-    (run,) = slow_lab.wait(run_id, timeout=60)  # the step in progress would take an hour
+    (run,) = slow_lab.wait(run_id)  # the step in progress would take an hour
     assert (run.status, run.step, run.error) == ("cancelled", 2, "cancelled on request")
     assert [step for step, _ in slow_lab.points(run_id)] == [1, 2]  # recorded data intact
     assert checkpoints(slow_lab, run_id) == []
@@ -68,7 +70,7 @@ def test_a_cancel_does_not_wait_for_a_long_step(slow_lab: Lab) -> None:
     # The pool replaced the process; the message put back in the queue trains nothing.
     (after,) = slow_lab.create(run_spec())
     slow_lab.send(after)
-    assert slow_lab.wait(after, timeout=60)[0].status == "succeeded"
+    assert slow_lab.wait(after)[0].status == "succeeded"
     run = slow_lab.run(run_id)
     assert (run.status, run.attempts) == ("cancelled", 1)
 
@@ -77,7 +79,7 @@ def test_a_run_over_its_time_limit_fails_with_the_reason(limited_lab: Lab) -> No
     paced = limited_lab.create(run_spec(label="slow 0.2 from 1", steps=10_000))[0]
     stuck = limited_lab.create(run_spec(label="slow 3600 from 1", steps=10))[0]
     limited_lab.send(paced, stuck)
-    runs = limited_lab.wait(paced, stuck, timeout=120)
+    runs = limited_lab.wait(paced, stuck)
     for run in runs:
         assert run.status == "failed", (run.status, run.error)
         match = re.fullmatch(rf"time limit of {TIME_LIMIT_S} s exceeded at step (\d+)", run.error)
@@ -95,11 +97,11 @@ def test_deleting_an_experiment_while_its_run_trains_leaves_nothing_on_disk(
     spec = run_spec(label="slow 0.02 from 1", steps=5_000, checkpoint_interval=5)
     (run_id,) = slow_lab.create(spec)
     slow_lab.send(run_id)
-    slow_lab.wait_for(lambda: checkpoints(slow_lab, run_id), 60, "a checkpoint")
+    slow_lab.wait_for(lambda: checkpoints(slow_lab, run_id), WORKER_WAIT_S, "a checkpoint")
     experiment_id = slow_lab.run(run_id).experiment_id
     with session_scope(slow_lab.url) as session:  # as DELETE /api/experiments/{id} does
         cancel_experiment(session, experiment_id)
     with session_scope(slow_lab.url) as session:
         delete_experiment(session, experiment_id)
     directory = slow_lab.settings.artifacts_dir / run_id
-    slow_lab.wait_for(lambda: not directory.exists(), 60, "the checkpoints to go")
+    slow_lab.wait_for(lambda: not directory.exists(), WORKER_WAIT_S, "the checkpoints to go")

@@ -80,7 +80,7 @@ def test_sync_waits_until_everything_is_stored(store, run_id):
     recorder.metrics([("train_loss", step, 0.0, 1.0) for step in range(1, 1001)])
     assert recorder.sync()
     assert len(store.points(run_id)) == 1000
-    assert recorder.close(timeout=5)
+    assert recorder.close(timeout=60)
 
 
 def test_a_permanent_error_drops_that_record_only(store, run_id, monkeypatch, fast_retries):
@@ -88,7 +88,7 @@ def test_a_permanent_error_drops_that_record_only(store, run_id, monkeypatch, fa
     recorder = StoreRecorder(run_id, store.url)
     recorder.snapshot(5, {"matrices": {"exact": np.eye(2)}, "blocks": [[0, 2]]})
     recorder.metrics([("train_loss", 5, 0.5, 1.0)])
-    assert recorder.close(timeout=10)
+    assert recorder.close(timeout=60)
     assert store.points(run_id) == [(5, 1.0)]
     with session_scope(store.url) as session:
         assert session.query(Snapshot).filter_by(run_id=run_id).count() == 0

@@ -25,7 +25,7 @@ from backend.store.models import MetricSeries
 from backend.store.run_logs import read_log_lines
 from backend.store.writes import request_cancel
 from tests.conftest import POSTGRES_URL, missing_service
-from tests.worker.labs import Lab, lab, run_spec, wait_for
+from tests.worker.labs import WORKER_WAIT_S, Lab, lab, run_spec, wait_for
 from worker import recovery
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -120,13 +120,15 @@ def test_cancel_a_running_run_and_revoke_a_queued_one(embedded: Lab) -> None:
     with session_scope(embedded.url) as session:
         assert request_cancel(session, running) == "running"
     # The latency is printed, not asserted: the outcome must not depend on the machine's load.
-    (run,) = embedded.wait(running, timeout=60)
+    (run,) = embedded.wait(running)
     print(f"\ncancel latency: {time.monotonic() - asked:.2f} s")
     assert run.status == "cancelled"
     assert 0 < run.step < 100_000 and run.error == "cancelled on request"
 
     discarded = f"Discarding revoked task: {queue.TRAIN_TASK}[{tasks[1]}]"
-    wait_for(lambda: discarded in embedded.workers[0].text(), 10, "the revoked task's discard")
+    wait_for(
+        lambda: discarded in embedded.workers[0].text(), WORKER_WAIT_S, "the revoked task's discard"
+    )
     assert embedded.run(queued).attempts == 0  # never claimed
 
 
@@ -155,12 +157,14 @@ def test_a_killed_worker_s_run_resumes_from_its_checkpoint(tmp_path) -> None:
         first = the_lab.start_worker()
         the_lab.send(killed, reference)
         second = the_lab.start_worker(wait=False)  # takes `reference` once it is up
-        the_lab.wait_for((artifacts / killed / "step-00000200.pt").exists, 120, "a checkpoint")
+        the_lab.wait_for(
+            (artifacts / killed / "step-00000200.pt").exists, WORKER_WAIT_S, "a checkpoint"
+        )
         first.kill()
         assert the_lab.run(killed).status == "running"
         assert 200 <= the_lab.points(killed)[-1][0] < 400  # stored up to the checkpoint at least
 
-        resumed, uninterrupted = the_lab.wait(killed, reference, timeout=60)
+        resumed, uninterrupted = the_lab.wait(killed, reference)
         assert (resumed.status, resumed.attempts) == ("succeeded", 2)
         assert uninterrupted.status == "succeeded"
         with session_scope(the_lab.url) as session:  # the run's log says where it resumed
@@ -178,7 +182,9 @@ def test_a_killed_worker_s_run_resumes_from_its_checkpoint(tmp_path) -> None:
 
         (handed,) = the_lab.create(run_spec(steps=100_000, checkpoint_interval=100))
         the_lab.send(handed)
-        the_lab.wait_for((artifacts / handed / "step-00000100.pt").exists, 60, "a checkpoint")
+        the_lab.wait_for(
+            (artifacts / handed / "step-00000100.pt").exists, WORKER_WAIT_S, "a checkpoint"
+        )
         assert second.stop() == 0
         run = the_lab.run(handed)
         assert (run.status, run.attempts, run.error) == ("queued", 0, None)

@@ -8,7 +8,8 @@ import torch
 
 from backend.spec import RunSpec
 from worker import checkpoints, training
-from worker.training import MemoryRecorder, train
+from worker.run_types import MemoryRecorder
+from worker.training import train
 
 
 def tiny(optimizer=None, **fields) -> RunSpec:

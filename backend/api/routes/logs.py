@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from backend.api.deps import ReaderDep, SessionDep, load_run
 from backend.api.errors import READ_ERRORS
 from backend.store.run_logs import MAX_LOG_LINES, read_log_lines
-from kfac_lab.protocol import MAX_STEP
+from backend.tracking_protocol import MAX_STEP
 
 router = APIRouter(tags=["logs"], responses=READ_ERRORS)
 

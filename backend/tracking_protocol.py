@@ -1,7 +1,9 @@
 """The wire contract between the tracking client and the API's tracking endpoints.
 
-Pure Python, imported by both sides (backend/api/tracking_schemas.py validates with these
-limits, the client batches and encodes by them), so the two cannot drift apart.
+The contract is the server's, so it lives here; the client (kfac_lab/run.py, sender.py)
+imports it too, so the two cannot drift apart: backend/api/tracking_schemas.py validates with
+these limits, the client batches and encodes by them. Pure Python (no FastAPI, pydantic or
+SQLAlchemy): importing it, with the `backend` package, costs the client nothing.
 """
 
 from __future__ import annotations
