@@ -32,7 +32,8 @@ from backend.spec import RunSpec
 from kfac import KFAC
 from kfac.distributed import ProcessGroupCommunicator
 from worker.distributed import Rendezvous, train_node, train_ranks
-from worker.training import MemoryRecorder, train
+from worker.run_types import MemoryRecorder
+from worker.training import train
 
 WIDTHS = (64, 128, 256)
 WORLDS = (2, 3, 4)

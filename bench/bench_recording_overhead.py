@@ -46,8 +46,9 @@ from backend.store.results import write_snapshot
 from backend.store.writes import claim_run, create_experiment
 from bench.support import add_server_option
 from worker.recording import RunMonitor, StoreRecorder
+from worker.run_types import MetricPoint, Recorder
 from worker.snapshots import curvature_snapshot
-from worker.training import MetricPoint, Recorder, train
+from worker.training import train
 from worker.zoo.datasets import load_dataset
 from worker.zoo.models import build_model
 

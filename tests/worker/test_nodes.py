@@ -19,7 +19,7 @@ from backend.store.db import session_scope
 from backend.store.writes import request_cancel
 from tests.worker.labs import Lab, Worker, lab, run_spec
 from worker.distributed import _await_nodes, node_key, train_ranks
-from worker.training import MemoryRecorder
+from worker.run_types import MemoryRecorder
 
 JOIN_TIMEOUT_S = 45  # generous: a free worker takes a node's task within a second when idle
 KFAC = {"name": "kfac", "inverse_interval": 5}
