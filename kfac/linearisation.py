@@ -44,6 +44,8 @@ PER_EXAMPLE_MODULES: tuple[type[nn.Module], ...] = (
     nn.Flatten,
     nn.MaxPool2d,
     nn.AvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.AdaptiveAvgPool2d,
 )
 """Parameter-free modules whose output for one example depends on that example alone, so
 that their Jacobian–vector product with directions stacked as examples is exact."""
