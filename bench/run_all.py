@@ -36,6 +36,7 @@ BENCHMARKS = {
     "(issue 12)",
 
     "bench_list": "The experiments list with 10,000 experiments (issue 15)",
+    "kfac_step_cost --profile": "The default K-FAC step's cost and its parts (issue 16)",
 }
 """Key: a benchmark's command line (its module in bench/, then its arguments); value: the
 heading of its section."""
