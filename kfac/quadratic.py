@@ -105,9 +105,10 @@ class QuadraticModel:
         if used:
             fisher = fisher_gram(*self._output_directions(inputs, used, directions), self.family)
         (fisher,), _ = self.communicator.average([fisher], used)
-        euclidean = fisher.new_tensor(
-            [[float(dot(directions[i], directions[j])) for j in range(count)] for i in range(count)]
-        )
+        euclidean = fisher.new_zeros(count, count)
+        for i in range(count):  # symmetric: each product once, a pass over every parameter
+            for j in range(i, count):
+                euclidean[i, j] = euclidean[j, i] = float(dot(directions[i], directions[j]))
         linear = fisher.new_tensor([float(dot(gradient, d)) for d in directions])
         return fisher + weight_decay * euclidean, damping * euclidean, linear
 
