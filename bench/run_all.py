@@ -37,6 +37,7 @@ BENCHMARKS = {
     "(issue 12)",
     "bench_list": "The experiments list with 10,000 experiments (issue 15)",
     "bench_list_page": "The experiments list page with 10,000 experiments in Chromium (issue 15)",
+    "kfac_step_cost --profile": "The default K-FAC step's cost and its parts (issue 16)",
 }
 """Key: a benchmark's command line (its module in bench/, then its arguments); value: the
 heading of its section."""

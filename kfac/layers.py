@@ -72,6 +72,16 @@ class LinearBlock:
         bias = matrix[:, -1] if self.has_bias else None
         return torch.nn.functional.linear(layer_input, matrix[:, : self.input_columns], bias)
 
+    def apply_parameters(
+        self, layer_input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The layer's map with its weight and bias replaced (tensors shaped like them)."""
+        return torch.nn.functional.linear(layer_input, weight, bias)
+
+    def apply_weight(self, layer_input: torch.Tensor) -> torch.Tensor:
+        """W applied to `layer_input` without the bias: the map's derivative in its input."""
+        return self.apply_parameters(layer_input, self.module.weight.detach(), None)
+
     def input_factor(self, layer_input: torch.Tensor) -> torch.Tensor:
         """Ā = E[ā āᵀ] over the examples of this batch, (d_a, d_a)."""
         rows = self.input_rows(layer_input)
@@ -167,6 +177,14 @@ class Conv2dBlock(LinearBlock):
         conv = self.module
         weight = matrix[:, : self.input_columns].reshape(-1, *conv.weight.shape[1:])
         bias = matrix[:, -1] if self.has_bias else None
+        return torch.nn.functional.conv2d(
+            layer_input, weight, bias, conv.stride, conv.padding, conv.dilation
+        )
+
+    def apply_parameters(
+        self, layer_input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        conv = self.module
         return torch.nn.functional.conv2d(
             layer_input, weight, bias, conv.stride, conv.padding, conv.dilation
         )

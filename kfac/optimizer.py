@@ -35,14 +35,13 @@ from kfac.layers import find_blocks
 from kfac.losses import negative_log_likelihood, sample_targets
 from kfac.preconditioner import KroneckerPreconditioner
 from kfac.quadratic import (
-    dot,
-    fisher_gram,
+    QuadraticModel,
     model_change,
-    output_directions,
     running_statistics_frozen,
     solve_step_coefficients,
 )
 from kfac.settings import KFACSettings
+from kfac.vectors import combine, dot, objective_gradient, squared_norm
 
 
 class KFAC(torch.optim.Optimizer):
@@ -110,7 +109,9 @@ class KFAC(torch.optim.Optimizer):
         self.preconditioner = KroneckerPreconditioner(
             self.blocks, structure, self.block_state, self.communicator
         )
-        self.names = {p: name for name, p in model.named_parameters()}
+        self.quadratic = QuadraticModel(
+            model, self.family, self.blocks, params, self.capture, self.communicator
+        )
         block_params = {id(p) for b in self.blocks for p in b.parameters()}
         self.other_params = [p for p in params if id(p) not in block_params]
         self.generator = torch.Generator(device=params[0].device)
@@ -133,13 +134,14 @@ class KFAC(torch.optim.Optimizer):
             return self._skip_non_finite(loss, step)
         params = group["params"]
         eta = group["weight_decay"]
-        lm_due = group["adapt_damping"] and step % group["damping_interval"] == 0
+        lm_due = self._damping_due(step)
         with torch.no_grad():
-            gradient = [self._objective_gradient(p, eta) for p in params]
+            gradient = [objective_gradient(p, eta) for p in params]
             notes = Notes()
             if (step - 1) % group["inverse_interval"] == 0:
                 self._update_inverses(step, inputs, gradient, notes)
-            preconditioned = self._precondition(gradient, self._per_example_rows(per_example))
+            rows = self.capture.per_example_rows(per_example)
+            preconditioned = self._precondition(gradient, rows)
             previous = [self.state[p].get("previous_update") for p in params]
             adaptive = group["lr"] is None
             if adaptive:
@@ -149,12 +151,12 @@ class KFAC(torch.optim.Optimizer):
             else:
                 scale = -group["lr"] * self._kl_scale(preconditioned, gradient)
                 mu, predicted = (group["momentum"] if previous[0] is not None else 0.0), math.nan
-            update = self._combine(scale, preconditioned, mu, previous)
+            update = combine(scale, preconditioned, mu, previous)
             if lm_due and not adaptive:  # M at δ itself: coefficient 1 on the one direction δ
                 curvature, _, linear = self._quadratic_model(inputs, gradient, [update])
                 predicted = float(model_change(curvature, linear, linear.new_ones(1)))
             if lm_due:
-                objective_before = float(loss) + 0.5 * eta * self._squared_norm(params)
+                objective_before = float(loss) + 0.5 * eta * squared_norm(params)
             for p, u in zip(params, update, strict=True):
                 p.add_(u)
                 self.state[p]["previous_update"] = u
@@ -190,7 +192,11 @@ class KFAC(torch.optim.Optimizer):
         batch = inputs.shape[0]
         # The per-example product needs this step's activations, and no ℓ2 term in ∇h.
         per_example = self._per_example_layers(batch) if group["weight_decay"] == 0 else set()
-        with self.capture.record(enabled=record or bool(per_example)):
+        # So does the quadratic model when it reads J·v off this pass (kfac.linearisation).
+        modelled = self.quadratic.reads_training_pass and (
+            group["lr"] is None or self._damping_due(step)
+        )
+        with self.capture.record(enabled=record or bool(per_example) or modelled):
             outputs = self.model(inputs)
             local_loss = negative_log_likelihood(outputs, targets, self.family).mean()
             # Reduced first, so that every rank agrees on skipping a non-finite step.
@@ -240,6 +246,10 @@ class KFAC(torch.optim.Optimizer):
         solved = solve_step_coefficients(*self._quadratic_model(inputs, gradient, directions))
         return solved.alpha, solved.mu, solved.predicted_change
 
+    def _damping_due(self, step: int) -> bool:
+        group = self.param_groups[0]
+        return group["adapt_damping"] and step % group["damping_interval"] == 0
+
     def _adapt_damping(self, inputs, targets, objective_before: float, predicted: float) -> float:
         """ρ = (h(θ+δ) − h(θ)) / (M(δ) − M(0)) on this mini-batch, and λ's update (§6.5)."""
         eta = self.param_groups[0]["weight_decay"]
@@ -248,7 +258,7 @@ class KFAC(torch.optim.Optimizer):
         after = negative_log_likelihood(after, targets, self.family).mean()
         (after,), _ = self.communicator.average([after], inputs.shape[0])
         params = self.param_groups[0]["params"]
-        objective_after = float(after) + 0.5 * eta * self._squared_norm(params)
+        objective_after = float(after) + 0.5 * eta * squared_norm(params)
         return self.damping.adapt(objective_after - objective_before, predicted)
 
     def _skip_non_finite(self, loss: torch.Tensor, step: int) -> torch.Tensor:
@@ -323,26 +333,7 @@ class KFAC(torch.optim.Optimizer):
     # ------------------------------------------------------------------ directions
 
     def _per_example_layers(self, batch: int) -> set[str]:
-        """The layers whose per-example product (ĝG⁻¹)ᵀ(āĀ⁻¹) is the cheaper one. Its cost
-        grows with the rows ā, one per example and output location: batch × |T| for a conv
-        layer (|T| from the last recorded forward pass; step 1 always records)."""
-        if self.communicator.world_size > 1:  # the rows ĝ, ā of one rank miss the others'
-            return set()
-        rows = self.capture.rows_per_example
-        return {
-            b.name
-            for b in self.blocks
-            if self.preconditioner.prefers_per_example(b, batch * rows.get(b.name, 1))
-        }
-
-    def _per_example_rows(self, names: set[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """(ā, ĝ) rows of the layers in `names` whose output gradients were kept."""
-        inputs, grads = self.capture.inputs, self.capture.output_grads
-        return {
-            b.name: (b.input_rows(inputs[b.name]), b.output_rows(grads[b.name]))
-            for b in self.blocks
-            if b.name in names and b.name in grads
-        }
+        return self.preconditioner.per_example_layers(batch, self.capture.rows_per_example)
 
     def _precondition(self, gradient: list[torch.Tensor], per_example=None) -> list[torch.Tensor]:
         """F̆⁻¹∇h per parameter; other parameters get ∇h/γ² (adaptive) or ∇h (fixed lr)."""
@@ -374,23 +365,9 @@ class KFAC(torch.optim.Optimizer):
         """[vᵢᵀ(F + ηI)vⱼ], [λvᵢᵀvⱼ] and [∇hᵀvᵢ] over the directions, F the exact Fisher (§7)."""
         group = self.param_groups[0]
         used, _ = self._subset(group["quadratic_fraction"])
-        params = group["params"]
-        named = [
-            {self.names[p]: d for p, d in zip(params, direction, strict=True)}
-            for direction in directions
-        ]
-        count = len(directions)
-        fisher = gradient[0].new_zeros(count, count)  # a rank with none of the subset
-        if used:
-            with torch.enable_grad():
-                outputs, products = output_directions(self.model, inputs[:used], named)
-            fisher = fisher_gram(outputs, products, self.family)
-        (fisher,), _ = self.communicator.average([fisher], used)
-        euclidean = fisher.new_tensor(
-            [[float(dot(directions[i], directions[j])) for j in range(count)] for i in range(count)]
+        return self.quadratic.matrices(
+            inputs, used, gradient, directions, group["weight_decay"], group["damping"]
         )
-        linear = fisher.new_tensor([float(dot(gradient, d)) for d in directions])
-        return fisher + group["weight_decay"] * euclidean, group["damping"] * euclidean, linear
 
     def _kl_scale(self, preconditioned, gradient) -> float:
         """ν = min(1, sqrt(κ / (lr² Δᵀ∇h))) when KL-clipping is on, else 1."""
@@ -399,24 +376,6 @@ class KFAC(torch.optim.Optimizer):
             return 1.0
         kl = group["lr"] ** 2 * float(dot(preconditioned, gradient))
         return min(1.0, math.sqrt(group["kl_clip"] / kl)) if kl > 0 else 1.0
-
-    @staticmethod
-    def _objective_gradient(p: torch.Tensor, eta: float) -> torch.Tensor:
-        """∇h = ∇(mean NLL) + ηθ (§6.1)."""
-        if p.grad is None:
-            return eta * p
-        return p.grad if eta == 0 else p.grad + eta * p
-
-    @staticmethod
-    def _combine(alpha, directions, mu, previous) -> list[torch.Tensor]:
-        """δ = α·Δ + μ·δ₀, with one allocation per tensor."""
-        if previous[0] is None or mu == 0:
-            return [alpha * d for d in directions]
-        return [(alpha * d).add_(p, alpha=mu) for d, p in zip(directions, previous, strict=True)]
-
-    @staticmethod
-    def _squared_norm(tensors) -> float:
-        return float(sum(t.pow(2).sum() for t in tensors))
 
     # ------------------------------------------------------------------ state
 

@@ -199,6 +199,18 @@ class KroneckerPreconditioner:
                 )
         return result
 
+    def per_example_layers(self, batch: int, rows_per_example: dict[str, int]) -> set[str]:
+        """The layers whose per-example product (ĝG⁻¹)ᵀ(āĀ⁻¹) is the cheaper one. Its cost
+        grows with the rows ā, one per example and output location: batch × |T| for a conv
+        layer (|T| from the last recorded forward pass; step 1 always records)."""
+        if self.communicator.world_size > 1:  # the rows ĝ, ā of one rank miss the others'
+            return set()
+        return {
+            b.name
+            for b in self.blocks
+            if self.prefers_per_example(b, batch * rows_per_example.get(b.name, 1))
+        }
+
     def prefers_per_example(self, block: LinearBlock, rows: int) -> bool:
         """Whether (ĝG⁻¹)ᵀ(āĀ⁻¹) over `rows` examples is cheaper than G⁻¹ V Ā⁻¹.
 

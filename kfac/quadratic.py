@@ -17,7 +17,9 @@ from torch import nn
 from torch.func import functional_call
 
 from kfac.enums import LossFamily
+from kfac.linearisation import LinearisedChain
 from kfac.losses import output_fisher_bilinear
+from kfac.vectors import dot
 
 # 1 − cos²∠(Δ, δ₀) in the damped metric below which the 2×2 solve is not trusted: the entries
 # come from float32 sums (relative error ~1e-6 each), so det/(Q₀₀Q₁₁) below ~√ε₃₂ ≈ 3e-4
@@ -76,9 +78,50 @@ def fisher_gram(
     return gram
 
 
-def dot(left: list[torch.Tensor], right: list[torch.Tensor]) -> torch.Tensor:
-    """Σ ⟨lᵢ, rᵢ⟩ over a list of tensors (BLAS dot products, no temporaries)."""
-    return sum(torch.dot(a.reshape(-1), b.reshape(-1)) for a, b in zip(left, right, strict=True))
+class QuadraticModel:
+    """The matrices of the quadratic model over given directions for `kfac.KFAC` (§7).
+
+    The Fisher part comes from J·v on the first examples of the batch: read off the training
+    pass that the capture kept when the model is a chain of K-FAC layers
+    (`kfac.linearisation`), from dual forward passes otherwise.
+    """
+
+    def __init__(self, model: nn.Module, family: LossFamily, blocks, params, capture, communicator):
+        self.model, self.family = model, family
+        self.params, self.capture, self.communicator = params, capture, communicator
+        self.names = {p: name for name, p in model.named_parameters()}
+        self.chain = LinearisedChain.of(model, blocks, params)
+
+    @property
+    def reads_training_pass(self) -> bool:
+        """Whether the training pass must keep the layers' activations for the model."""
+        return self.chain is not None
+
+    def matrices(self, inputs, used: int, gradient, directions, weight_decay, damping):
+        """[vᵢᵀ(F + ηI)vⱼ], [λvᵢᵀvⱼ] and [∇hᵀvᵢ], F the exact Fisher of this rank's first `used`
+        examples averaged over the ranks."""
+        count = len(directions)
+        fisher = gradient[0].new_zeros(count, count)  # a rank with none of the subset
+        if used:
+            fisher = fisher_gram(*self._output_directions(inputs, used, directions), self.family)
+        (fisher,), _ = self.communicator.average([fisher], used)
+        euclidean = fisher.new_zeros(count, count)
+        for i in range(count):  # symmetric: each product once, a pass over every parameter
+            for j in range(i, count):
+                euclidean[i, j] = euclidean[j, i] = float(dot(directions[i], directions[j]))
+        linear = fisher.new_tensor([float(dot(gradient, d)) for d in directions])
+        return fisher + weight_decay * euclidean, damping * euclidean, linear
+
+    def _output_directions(self, inputs, used, directions):
+        if self.chain is not None and self.capture.inputs:  # this step's pass was kept
+            keyed = [dict(zip(map(id, self.params), d, strict=True)) for d in directions]
+            return self.chain.output_directions(self.capture, used, keyed)
+        named = [
+            {self.names[p]: d for p, d in zip(self.params, direction, strict=True)}
+            for direction in directions
+        ]
+        with torch.enable_grad():
+            return output_directions(self.model, inputs[:used], named)
 
 
 @dataclass

@@ -1,0 +1,209 @@
+"""What one step of K-FAC with its defaults costs, against SGD-momentum (issue 16).
+
+Per-step time of SGD-m, Adam, K-FAC with a fixed learning rate and K-FAC with its defaults
+(adaptive α, μ from the quadratic model of §7, λ by Levenberg–Marquardt), on the MNIST
+autoencoder at batch 256 and 1000, as ratios to SGD-m's step measured side by side in this one
+process: round-robin rounds of `--steps` steps each (amortised over the statistics and inverse
+periods), the median over `--rounds` rounds. `--cpu-time` times the process's CPU time instead
+of the wall clock: with one thread on a machine loaded by others it counts this process's work
+alone. "kfac (dual passes)" is the default step with
+J·Δ and J·δ₀ from forward passes with dual numbers, as before the quadratic model read them off
+the training pass (kfac.linearisation); it is the "before" of the same run.
+
+`--profile` breaks each default step down into its parts, each summed over the steps of the
+rounds and divided by the SGD-m step of the same rounds.
+
+`--fractions` trains the sparse-initialised autoencoder with the defaults on the offline digits
+(batch 256) and, at a few steps, solves the quadratic model over the step's own Δ and δ₀ with
+the Fisher of a share of the batch, from 1/16 to all of it: how far the α, μ of the default
+quarter lie from the whole batch's.
+
+    python -m bench.kfac_step_cost [--rounds 5] [--steps 20] [--threads N] [--profile]
+    python -m bench.kfac_step_cost --fractions
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+
+from bench.kfac_vs_sgd import autoencoder, make_step, task_data
+from kfac.quadratic import solve_step_coefficients
+
+METHODS = {
+    "sgd_momentum": "SGD-m",
+    "adam": "Adam",
+    "kfac_fixed": "K-FAC fixed lr",
+    "kfac": "K-FAC defaults",
+    "kfac_dual": "K-FAC defaults (dual passes)",
+}
+
+# The parts of the default step, as the optimizer's methods that do them.
+PARTS = {
+    "_forward_backward": "forward, backward (+ statistics every 10)",
+    "_precondition": "F̆⁻¹∇h",
+    "_update_inverses": "inverses (every 20)",
+    "_adaptive_coefficients": "quadratic model: α, μ (§7)",
+    "_output_directions": "… of which J·Δ, J·δ₀",
+    "_adapt_damping": "ρ: forward at θ + δ (every 5)",
+}
+
+
+def stepper(method: str, timings: dict | None):
+    """A step function on a fresh autoencoder; K-FAC's parts are timed into `timings`."""
+    model = autoencoder()
+    if method == "kfac_dual":
+        step = make_step("kfac", model)
+        step.__self__.quadratic.chain = None  # the dual passes of kfac.quadratic
+    else:
+        step = make_step(method, model, lr=1e-3)
+    if timings is not None and method.startswith("kfac") and method != "kfac_fixed":
+        optimizer = step.__self__
+        for name in PARTS:
+            owner = optimizer.quadratic if name == "_output_directions" else optimizer
+            setattr(owner, name, timed(getattr(owner, name), timings[method], name))
+    return step
+
+
+CLOCK = {"now": time.perf_counter}
+
+
+def timed(function, totals: dict, name: str):
+    def wrapper(*args, **kwargs):
+        start = CLOCK["now"]()
+        result = function(*args, **kwargs)
+        totals[name] += CLOCK["now"]() - start
+        return result
+
+    return wrapper
+
+
+def measure(batch: int, rounds: int, steps: int, profile: bool):
+    """Median seconds per step of each method (round-robin), and the parts' seconds per step."""
+    x = torch.rand(batch, 784, generator=torch.Generator().manual_seed(0))
+    timings = defaultdict(lambda: defaultdict(float)) if profile else None
+    steps_of = {m: stepper(m, timings) for m in METHODS}
+    for step in steps_of.values():  # warm-up: first statistics and inverses, the allocator
+        for _ in range(3):
+            step(x, x)
+    for totals in (timings or {}).values():  # the wrappers keep these dicts
+        totals.clear()
+    samples = {m: [] for m in METHODS}
+    for _ in range(rounds):
+        for method, step in steps_of.items():
+            start = CLOCK["now"]()
+            for _ in range(steps):
+                step(x, x)
+            samples[method].append((CLOCK["now"]() - start) / steps)
+    medians = {m: statistics.median(v) for m, v in samples.items()}
+    parts = {}
+    if timings is not None:
+        sgd_total = sum(samples["sgd_momentum"])
+        parts = {
+            method: {name: total / (sgd_total * steps) for name, total in totals.items()}
+            for method, totals in timings.items()
+        }
+    return medians, parts
+
+
+FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+
+
+def fraction_quality(probe_steps=(10, 25, 50, 100, 150), batch: int = 256) -> None:
+    """α, μ of the quadratic model on shares of the batch, against the whole batch's."""
+    x, _ = task_data("autoencoder_sparse")
+    model = autoencoder()
+    step = make_step("kfac", model)
+    optimizer = step.__self__
+    chosen = optimizer._adaptive_coefficients
+    rows = []
+
+    def probing(inputs, gradient, preconditioned, previous):
+        result = chosen(inputs, gradient, preconditioned, previous)
+        if optimizer.counters["step"] in probe_steps and previous[0] is not None:
+            group = optimizer.param_groups[0]
+            solved = {}
+            for fraction in FRACTIONS:
+                matrices = optimizer.quadratic.matrices(
+                    inputs,
+                    round(fraction * inputs.shape[0]),
+                    gradient,
+                    [preconditioned, previous],
+                    group["weight_decay"],
+                    group["damping"],
+                )
+                solved[fraction] = solve_step_coefficients(*matrices)
+            rows.append((optimizer.counters["step"], group["damping"], solved))
+        return result
+
+    optimizer._adaptive_coefficients = probing
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(max(probe_steps)):
+        batch_x = x[torch.randint(0, x.shape[0], (batch,), generator=generator)]
+        step(batch_x, batch_x)
+    print("\nα, μ from the Fisher of a share of the batch, relative to the whole batch's")
+    print("(sparse autoencoder, defaults, batch 256; −α is the coefficient of F̆⁻¹∇h)\n")
+    shares = [f for f in FRACTIONS if f < 1]
+    print("| step | λ | α, μ (whole batch) | " + " | ".join(f"{f:g}" for f in shares) + " |")
+    print("|---|---|---|" + "---|" * len(shares))
+    for step_number, damping, solved in rows:
+        whole = solved[1.0]
+        cells = [
+            f"{solved[f].alpha / whole.alpha - 1:+.1%}, {solved[f].mu - whole.mu:+.3f}"
+            for f in shares
+        ]
+        print(
+            f"| {step_number} | {damping:.3g} | {-whole.alpha:.3f}, {whole.mu:.3f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    print("\n(cells: the relative change of α, the absolute change of μ)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20, help="steps per round and method")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--batches", type=int, nargs="*", default=[256, 1000])
+    parser.add_argument("--profile", action="store_true", help="the default step's parts")
+    parser.add_argument("--fractions", action="store_true", help="α, μ on shares of the batch")
+    parser.add_argument("--cpu-time", action="store_true", help="time the process's CPU time")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.cpu_time:
+        CLOCK["now"] = time.process_time
+    if args.fractions:
+        fraction_quality()
+        return
+    clock = "CPU time" if args.cpu_time else "wall clock"
+    print(f"# K-FAC's step cost — {platform.machine()}, {torch.get_num_threads()} threads, ")
+    print(f"{args.rounds} interleaved rounds of {args.steps} steps, medians, {clock}\n")
+    print("| batch | " + " | ".join(METHODS.values()) + " |")
+    print("|---|" + "---|" * len(METHODS))
+    profiles = {}
+    for batch in args.batches:
+        medians, profiles[batch] = measure(batch, args.rounds, args.steps, args.profile)
+        sgd = medians["sgd_momentum"]
+        cells = [f"{medians[m] / sgd:.2f}× ({medians[m] * 1e3:.0f} ms)" for m in METHODS]
+        print(f"| {batch} | " + " | ".join(cells) + " |")
+    if not args.profile:
+        return
+    print("\nParts of the default step, in SGD-m steps (summed over the rounds, same run)\n")
+    variants = ("kfac", "kfac_dual")
+    header = " | ".join(f"{METHODS[v]}, batch {b}" for b in args.batches for v in variants)
+    print(f"| part | {header} |")
+    print("|---|" + "---|" * (len(args.batches) * len(variants)))
+    for name, label in PARTS.items():
+        cells = [f"{profiles[b][v].get(name, 0.0):.2f}" for b in args.batches for v in variants]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

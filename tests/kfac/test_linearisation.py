@@ -1,0 +1,195 @@
+"""J·v read off the training pass (kfac.linearisation) against brute force, and the default
+adaptive step that uses it: α, μ the exact minimisers of the quadratic model of the batch's
+first quarter (§7), with targets sampled from the model and the default settings."""
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, jvp
+
+from kfac import KFAC
+from tests.kfac import explicit
+from tests.kfac.conftest import LOSSES, NETS, make_batch, make_net
+
+
+def conv_chain() -> nn.Sequential:
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False),
+        nn.ELU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).double()
+
+
+def nested_chain() -> nn.Sequential:
+    """Nested Sequentials, a module before the first layer and after the last one."""
+    torch.manual_seed(4)
+    inner = nn.Sequential(nn.Linear(5, 6), nn.GELU(), nn.Softplus())
+    return nn.Sequential(
+        nn.Identity(),
+        nn.Linear(4, 5),
+        nn.LeakyReLU(0.1),
+        inner,
+        nn.Linear(6, 3, bias=False),
+        nn.SiLU(),
+        nn.Linear(3, 3),
+        nn.Tanh(),
+    ).double()
+
+
+CHAINS = {
+    **{name: lambda name=name: make_net(name) for name in NETS},
+    "conv": conv_chain,
+    "nested": nested_chain,
+}
+
+
+def chain_inputs(name: str, model: nn.Module, count: int = 12) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(5)
+    if name == "conv":
+        return torch.randn(count, 2, 8, 8, generator=generator, dtype=torch.float64)
+    first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+    return torch.randn(count, first.in_features, generator=generator, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", sorted(CHAINS))
+def test_jacobian_vector_products_from_the_captured_pass_are_exact(name):
+    """z and J·v for two directions on the first 7 of 12 examples, from one captured forward
+    pass over all 12, equal torch.func.jvp of the model on those 7 examples."""
+    model = CHAINS[name]()
+    x = chain_inputs(name, model)
+    optimizer = KFAC(model, "mse")
+    chain = optimizer.quadratic.chain
+    assert chain is not None
+    params = optimizer.param_groups[0]["params"]
+    generator = torch.Generator().manual_seed(6)
+    directions = [
+        [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params] for _ in range(2)
+    ]
+    with optimizer.capture.record(), torch.no_grad():
+        model(x)
+    keyed = [dict(zip(map(id, params), d, strict=True)) for d in directions]
+    outputs, products = chain.output_directions(optimizer.capture, 7, keyed)
+
+    names = [name for name, _ in model.named_parameters()]
+    primals = {n: p.detach() for n, p in model.named_parameters()}
+    for direction, product in zip(directions, products, strict=True):
+        tangent = dict(zip(names, direction, strict=True))
+        want_outputs, want = jvp(
+            lambda p: functional_call(model, p, (x[:7],)), (primals,), (tangent,)
+        )
+        torch.testing.assert_close(outputs, want_outputs, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(product, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "model, layers",
+    [
+        (nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3)), None),
+        (nn.Sequential(nn.Linear(4, 5), nn.ReLU(inplace=True), nn.Linear(5, 3)), None),
+        (nn.Sequential(nn.Linear(4, 5), nn.Dropout(0.1), nn.Linear(5, 3)), None),
+        (nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)), ["0"]),
+        (nn.Sequential(nn.Linear(4, 5), nn.PReLU(), nn.Linear(5, 3)), None),
+        (nn.ModuleDict({"a": nn.Linear(4, 3)}), None),
+    ],
+    ids=["batch_norm", "inplace", "dropout", "layer_not_preconditioned", "prelu", "not_sequential"],
+)
+def test_models_whose_jvp_the_training_pass_does_not_give_keep_the_dual_passes(model, layers):
+    """Examples coupled in the batch, outputs overwritten in place, random masks, parameters
+    outside the K-FAC layers or a forward that is not a chain: no plan."""
+    assert KFAC(model, "mse", layers=layers).quadratic.chain is None
+
+
+def count_forward_passes(model: nn.Module) -> list[int]:
+    calls = [0]
+
+    def count(module, args):
+        calls[0] += 1
+
+    model.register_forward_pre_hook(count)
+    return calls
+
+
+def test_the_default_step_runs_the_model_once_and_once_more_for_rho():
+    """The quadratic model reads J·Δ and J·δ₀ off the training pass: one forward pass of the
+    model per step, a second on the Levenberg–Marquardt steps (ρ needs h(θ + δ))."""
+    model = make_net("tanh_bias")
+    x, y = make_batch(model, "cross_entropy")
+    optimizer = KFAC(model, "cross_entropy")
+    calls = count_forward_passes(model)
+    per_step = []
+    for _ in range(10):
+        before = calls[0]
+        optimizer.step(x, y)
+        per_step.append(calls[0] - before)
+    assert per_step == [1, 1, 1, 1, 2, 1, 1, 1, 1, 2]
+
+
+@pytest.mark.parametrize("family", LOSSES)
+@pytest.mark.parametrize("damping", [None, 1e-3])
+def test_default_step_minimises_the_exact_quadratic_model_of_the_batch_quarter(family, damping):
+    """Default settings (sampled targets, quadratic_fraction ¼, λ₀ = 150; and once λ = 1e-3,
+    where F dominates the damped model): on a second step, on another batch than the first,
+    δ = αΔ + μδ₀ with (α, μ) the
+    minimiser of ½cᵀ[vᵢᵀ(F + λI)vⱼ]c + [∇hᵀvᵢ]ᵀc, F the exact Fisher of the batch's first
+    16 of 64 examples by full per-example Jacobians, ∇h the whole batch's gradient."""
+    model = make_net("mixed_four_layers")
+    x, y = make_batch(model, family)
+    options = {} if damping is None else {"damping": damping}
+    optimizer = KFAC(model, family, **options)
+    lam = optimizer.param_groups[0]["damping"]
+    optimizer.step(*make_batch(model, family, seed=2))  # δ₀ not parallel to the next Δ
+    layers = explicit.linear_layers(model)
+    previous_update = torch.cat(
+        [
+            explicit.vec_matrix(
+                m,
+                optimizer.state[m.weight]["previous_update"],
+                None if m.bias is None else optimizer.state[m.bias]["previous_update"],
+            )
+            for m in layers
+        ]
+    )
+    theta = explicit.parameter_vector(model).detach().clone()
+    gradient = explicit.gradient_vector(model, x, y, family)
+    fisher = explicit.exact_fisher(model, x[:16], family)
+    optimizer.step(x, y)
+    d = optimizer.diagnostics
+    assert d["mu"] != 0  # the 2×2 model was solved, not its α-only fall-back
+    delta = explicit.parameter_vector(model).detach() - theta
+    proposal = (delta - d["mu"] * previous_update) / d["alpha"]
+    directions = torch.stack([proposal, previous_update])
+    identity = torch.eye(len(theta), dtype=theta.dtype)
+    undamped = directions @ fisher @ directions.T
+    damped = undamped + lam * directions @ identity @ directions.T
+    linear = directions @ gradient
+    alpha, mu = (-torch.linalg.solve(damped, linear)).tolist()
+    assert d["alpha"] == pytest.approx(alpha, rel=1e-8)
+    assert d["mu"] == pytest.approx(mu, rel=1e-8, abs=1e-12)
+    coefficients = torch.tensor([alpha, mu], dtype=torch.float64)
+    predicted = 0.5 * coefficients @ undamped @ coefficients + linear @ coefficients
+    assert d["quadratic_model"] == pytest.approx(float(predicted), rel=1e-8)
+    # The check can tell: the Fisher of the whole batch gives another step.
+    whole = directions @ explicit.exact_fisher(model_at(model, theta), x, family) @ directions.T
+    other = (-torch.linalg.solve(whole + damped - undamped, linear)).tolist()
+    assert abs(other[0] - alpha) > 1e-6 * abs(alpha) or abs(other[1] - mu) > 1e-6 * abs(mu)
+
+
+def model_at(model: nn.Module, theta: torch.Tensor) -> nn.Module:
+    """The model with its Linear layers' [W b] set back to the column-major vector θ."""
+    start = 0
+    with torch.no_grad():
+        for m in explicit.linear_layers(model):
+            columns = m.in_features + (m.bias is not None)
+            size = m.out_features * columns
+            matrix = theta[start : start + size].reshape(columns, m.out_features).T
+            start += size
+            m.weight.copy_(matrix[:, : m.in_features])
+            if m.bias is not None:
+                m.bias.copy_(matrix[:, -1])
+    return model
