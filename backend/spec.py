@@ -49,6 +49,7 @@ from backend.optimizer_specs import SGDSpec as SGDSpec
 from backend.spec_base import SpecModel, Text
 from backend.sweeps import MAX_RUNS as MAX_RUNS
 from backend.sweeps import SweepValue, SweptOptimizer, check_expansion_size, config_label
+from kfac.units import evenly_spaced
 
 # ---- limits: a single request must not be able to exhaust a worker -------------------------
 MAX_STEPS = 100_000
@@ -115,13 +116,6 @@ def batch_size_at(batch: int | ExponentialBatchSchedule, step: int, n_train: int
     return batch.size_at(step, n_train)
 
 
-def probe_units(width: int, units: int) -> list[int]:
-    """The units of a layer that a curvature probe keeps: `units` evenly spaced indices."""
-    if units >= width:
-        return list(range(width))
-    return [round(i * (width - 1) / (units - 1)) for i in range(units)] if units > 1 else [0]
-
-
 class ProbeSpec(SpecModel):
     """Which parameters a curvature snapshot covers (the paper's Fig. 2 shows the middle 4
     layers of its MNIST autoencoder with a subset of units): of each K-FAC layer `layers`
@@ -149,8 +143,8 @@ class ProbeSpec(SpecModel):
         are the model's layer shapes, or the widths of a stack of Linear layers."""
         shapes = dense_shapes(layers) if layers and isinstance(layers[0], int) else layers
         return sum(
-            (len(probe_units(s.inputs, self.units)) + s.bias)
-            * len(probe_units(s.outputs, self.units))
+            (len(evenly_spaced(self.units, s.inputs)) + s.bias)
+            * len(evenly_spaced(self.units, s.outputs))
             for s in (shapes[i] for i in self.layer_indices(len(shapes)))
         )
 
