@@ -101,11 +101,6 @@ class DatasetSpec(SpecModel):
 
 
 # ---- probe ----------------------------------------------------------------------------------
-def probe_units(width: int, units: int) -> list[int]:
-    """The units of a layer that a curvature probe keeps: `units` evenly spaced indices."""
-    if units >= width:
-        return list(range(width))
-    return [round(i * (width - 1) / (units - 1)) for i in range(units)] if units > 1 else [0]
 
 
 class ProbeSpec(SpecModel):
@@ -131,12 +126,13 @@ class ProbeSpec(SpecModel):
         return list(range(start, start + count))
 
     def parameter_count(self, layers: list[int] | list[LayerShape]) -> int:
-        """P: the probe keeps (|in| + bias)·|out| parameters of each selected layer; `layers`
-        are the model's layer shapes, or the widths of a stack of Linear layers."""
+        """P: the probe keeps (|in| + bias)·|out| parameters of each selected layer, where a
+        side keeps min(units, width) units (`kfac.units.evenly_spaced` picks which, distinct;
+        only their number matters here); `layers` are the model's layer shapes, or the widths
+        of a stack of Linear layers."""
         shapes = dense_shapes(layers) if layers and isinstance(layers[0], int) else layers
         return sum(
-            (len(probe_units(s.inputs, self.units)) + s.bias)
-            * len(probe_units(s.outputs, self.units))
+            (min(self.units, s.inputs) + s.bias) * min(self.units, s.outputs)
             for s in (shapes[i] for i in self.layer_indices(len(shapes)))
         )
 

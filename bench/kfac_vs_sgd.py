@@ -213,12 +213,23 @@ def first_at(curve, target: float) -> int | None:
     return next((step for step, loss in curve if loss <= target), None)
 
 
-def race(task: str, scale: float, budget: int, seeds: int, workers: int, ratios: dict) -> dict:
+def race(
+    task: str,
+    scale: float,
+    budget: int,
+    seeds: int,
+    workers: int,
+    ratios: dict,
+    reused: dict | None = None,
+) -> dict:
     """Every method for `budget` SGD-m steps' worth of time (steps = budget / step-time ratio),
-    `seeds` seeds each; see the module docstring for how the best lr and the times are chosen."""
+    `seeds` seeds each; see the module docstring for how the best lr and the times are chosen.
+    `reused`: an earlier run's result for this task, whose baseline rows stand in for running
+    the baselines again (only K-FAC runs)."""
     grid = {**GRIDS[task.split("_")[0]], "kfac": [None]}
+    run_grid = {"kfac": [None]} if reused else grid
     jobs = {}
-    for method, lrs in grid.items():
+    for method, lrs in run_grid.items():
         steps = max(1, round(budget / ratios[method]))
         for lr in lrs:
             for seed in range(seeds):
@@ -236,21 +247,29 @@ def race(task: str, scale: float, budget: int, seeds: int, workers: int, ratios:
         curves = dict(zip(jobs, pool.map(run_curve, jobs.values(), chunksize=1), strict=True))
     runs = {
         (method, lr): [curves[method, lr, seed] for seed in range(seeds)]
-        for method, lrs in grid.items()
+        for method, lrs in run_grid.items()
         for lr in lrs
     }
-    table = {
-        f"{method} lr={lr}": {
-            "best_losses": [lowest(c) for c in per_seed],
-            "mean_curve": mean_curve(per_seed),
+    table = {key: row for key, row in (reused or {}).get("table", {}).items() if "kfac" not in key}
+    table.update(
+        {
+            f"{method} lr={lr}": {
+                "best_losses": [lowest(c) for c in per_seed],
+                "mean_curve": mean_curve(per_seed),
+            }
+            for (method, lr), per_seed in runs.items()
         }
-        for (method, lr), per_seed in runs.items()
-    }
-    kfac = runs["kfac", None]
+    )
+    return {"table": table, "summary": summarise(table, runs["kfac", None], grid, ratios)}
+
+
+def summarise(table: dict, kfac: list, grid: dict, ratios: dict) -> dict:
+    """K-FAC's time to each baseline's best mean loss (its best lr by mean), as a ratio of the
+    baseline's own time to it: on the mean-over-seeds curve and per seed."""
     summary = {}
     for rival in ("adam", "sgd_momentum"):
-        lr = min(grid[rival], key=lambda r: lowest(mean_curve(runs[rival, r])))
-        rival_curve = mean_curve(runs[rival, lr])
+        lr = min(grid[rival], key=lambda r: lowest(table[f"{rival} lr={r}"]["mean_curve"]))
+        rival_curve = table[f"{rival} lr={lr}"]["mean_curve"]
         target = lowest(rival_curve)
         rival_cost = first_at(rival_curve, target) * ratios[rival]
         kfac_step = first_at(mean_curve(kfac), target)
@@ -266,7 +285,7 @@ def race(task: str, scale: float, budget: int, seeds: int, workers: int, ratios:
                 s * ratios["kfac"] / rival_cost if s else None for s in per_seed
             ],
         }
-    return {"table": table, "summary": summary}
+    return summary
 
 
 def print_race(task: str, result: dict, ratios: dict, sgd_seconds: float, budget: int) -> None:
@@ -310,6 +329,13 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="*", choices=sorted(TASKS), default=list(TASKS))
     parser.add_argument("--no-step-time", action="store_true", help="skip part 1")
     parser.add_argument("--quick", action="store_true", help="short budget, one seed")
+    parser.add_argument(
+        "--reuse-baselines",
+        type=Path,
+        metavar="JSON",
+        help="an earlier run's output: keep its SGD-m and Adam runs and their step-time ratios "
+        "(same budget, seeds and scale), run and time only K-FAC",
+    )
     args = parser.parse_args()
     budget = args.budget or (60 if args.quick else 3000)
     seeds = 1 if args.quick else args.seeds
@@ -330,12 +356,18 @@ def main() -> None:
         "with the lowest mean (over seeds) loss in budget; times to a target are read off the "
         "mean-over-seeds curves, in SGD-m steps' worth, so that machine load cannot move them."
     )
+    earlier = json.loads(args.reuse_baselines.read_text())["race"] if args.reuse_baselines else {}
+    if earlier:
+        print(f"\nThe SGD-m and Adam rows are reused from {args.reuse_baselines.name}.")
     results["race"] = {}
     for task in args.tasks:
         rounds, per_round = (2, 4) if args.quick else (3, 20)
         seconds = race_step_times(task, args.scale, rounds, per_round)
         ratios = {m: t / seconds["sgd_momentum"] for m, t in seconds.items()}
-        result = race(task, args.scale, budget, seeds, args.workers, ratios)
+        reused = earlier.get(task)
+        if reused:  # the baselines' budgets in steps came from their own ratios
+            ratios = {**reused["ratios"], "kfac": ratios["kfac"]}
+        result = race(task, args.scale, budget, seeds, args.workers, ratios, reused)
         print_race(task, result, ratios, seconds["sgd_momentum"], budget)
         results["race"][task] = {"ratios": ratios, "seconds": seconds, **result}
     OUT.mkdir(parents=True, exist_ok=True)

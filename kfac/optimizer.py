@@ -57,9 +57,10 @@ class KFAC(torch.optim.Optimizer):
         fisher: "true" samples the statistics' targets from the model; "empirical" uses y.
         lr: None chooses α, μ from the quadratic model each step (§7); a number gives a fixed
             learning rate with `momentum`.
-        damping: initial λ (the paper starts at 150).
-        weight_decay: η of the ℓ2 term ½η‖θ‖² in h (§6.1); 0 by default, which also lets wide
-            layers use the cheaper per-example preconditioning product.
+        damping: initial λ (the paper starts at 150; 1 here, see `kfac.settings`).
+        weight_decay: η of the ℓ2 term ½η‖θ‖² in h (§6.1); 1e-5 by default, the paper's
+            autoencoders' (§13), which keeps flat directions from drifting (kfac.settings).
+            η = 0 lets wide layers use the cheaper per-example preconditioning product.
         adapt_damping: Levenberg–Marquardt adaptation of λ every `damping_interval` steps with
             ω₁ = damping_decay ** damping_interval (§6.5), the decrease compounded over a run
             of successes (`kfac.damping.levenberg_marquardt`).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from kfac.layers import LinearBlock
+from kfac.units import evenly_spaced
 
 MAX_PARAMETERS = 4096
 """The largest side of the dense matrices; bigger selections need a probe."""
@@ -27,7 +28,8 @@ def probe_units(blocks: list[LinearBlock], probe: int | dict[str, tuple] | None)
     water-filling: smallest layers first, each taking at most an equal share of what is left
     and passing on what it cannot use, so small layers are kept whole and the rest is spread
     evenly.  Within its share a layer keeps the same fraction f of its output and of its input
-    units, evenly spaced, f as large as fits.  Deterministic, so successive snapshots of a run
+    units, evenly spaced (`kfac.units.evenly_spaced`, the rule the API sizes probes by), f as
+    large as fits.  Deterministic, so successive snapshots of a run
     look at the same units.
     """
     everything = [(torch.arange(b.output_dim), torch.arange(b.input_dim)) for b in blocks]
@@ -54,8 +56,7 @@ def probe_units(blocks: list[LinearBlock], probe: int | dict[str, tuple] | None)
 
 
 def _unit_range(count: int, total: int) -> torch.Tensor:
-    """`count` evenly spaced indices out of range(total), distinct when count <= total."""
-    return torch.linspace(0, total - 1, count, dtype=torch.float64).round().long()
+    return torch.tensor(evenly_spaced(count, total), dtype=torch.long)
 
 
 def _units_within(block: LinearBlock, share: int) -> Units:

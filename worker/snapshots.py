@@ -3,12 +3,12 @@
 A snapshot is `kfac.curvature.fisher_matrices` on a probe of the model: the K-FAC layers
 (Linear and Conv2d) `spec.probe.layer_indices(...)` (the middle four by default, like the
 paper's Fig. 2), keeping `spec.probe.units` evenly spaced output and input units of each
-(`backend.spec.probe_units`). In a stack of Linear layers these are the same units at every
-layer boundary, so that the output units of one probed layer are the input units of the next
-and the off-diagonal blocks of F and F̃ couple the same neurons; a conv layer keeps output
-channels and patch coordinates. The spec validated that this probe stays within the parameter
-limit, by the same arithmetic. The model is evaluated in eval mode (batch norm with its running
-statistics), so that every example's gradient is its own.
+(`kfac.units.evenly_spaced`, the rule the spec sized the probe by). In a stack of Linear layers
+these are the same units at every layer boundary, so that the output units of one probed layer
+are the input units of the next and the off-diagonal blocks of F and F̃ couple the same
+neurons; a conv layer keeps output channels and patch coordinates. The spec validated that this
+probe stays within the parameter limit, by the same arithmetic. The model is evaluated in eval
+mode (batch norm with its running statistics), so that every example's gradient is its own.
 
 For a K-FAC run the matrices are damped with the optimizer's current λ + η, so the inverses are
 the ones it applies; other runs use `spec.probe.damping`. The payload has exactly the keyword
@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from backend.spec import RunSpec, probe_units
+from backend.spec import RunSpec
 from kfac.snapshot import snapshot_payload
+from kfac.units import evenly_spaced
 from worker.zoo.models import kfac_layers
 
 
@@ -41,7 +42,7 @@ def curvature_snapshot(
     layers = kfac_layers(model)
     units = spec.probe.units
     kept = [
-        (probe_units(shape.outputs, units), probe_units(shape.inputs, units))
+        (evenly_spaced(units, shape.outputs), evenly_spaced(units, shape.inputs))
         for shape in spec.layer_shapes()
     ]
     selected = spec.probe.layer_indices(len(layers))

@@ -86,7 +86,7 @@ def test_form_shows_field_errors_next_to_the_field(
     expect(page.locator("#form-error")).to_contain_text("correct the fields")
     assert page.url.endswith("/new")
     # The optimizers' fields come from the API's schema, defaults shown.
-    expect(page.locator('[name="optimizers.0.damping"]')).to_have_value("150")
+    expect(page.locator('[name="optimizers.0.damping"]')).to_have_value("1")
     # A 422 is an expected answer, not a page error: the browser logs the failed request only.
     watch.errors[:] = [e for e in watch.errors if "422" not in e]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import datetime
 import math
+import statistics
 
 import pytest
 import torch
@@ -145,7 +146,9 @@ def test_n_ranks_at_b_over_n_follow_one_process_at_b(ranks, references, name):
             zip(result[name]["losses"], reference["losses"], strict=True), 1
         ):
             assert math.isclose(ours, theirs, rel_tol=TOLERANCE), (name, rank, step, ours, theirs)
-    assert reference["losses"][-1] < reference["losses"][0]  # the trajectory goes somewhere
+    # The trajectory goes somewhere: the last ten mini-batch losses against the first (one
+    # batch's loss swings by 2× here, e.g. 0.43 → 2.03 at the last step with η = 1e-5).
+    assert statistics.fmean(reference["losses"][-10:]) < reference["losses"][0]
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -71,6 +71,7 @@ def kfac_step(model, x, y, family="mse", **kwargs):
         fisher="empirical",
         lr=0.5,
         damping=0.0,
+        weight_decay=0.0,  # the ℓ2 term is not invariant
         adapt_damping=False,
         stats_interval=1,
         inverse_interval=1,
@@ -156,7 +157,13 @@ def test_kfc_pre_gives_batch_norm_a_plain_momentum_update():
     )
     x, y = torch.randn(16, 1, 4, 4), torch.randint(0, 3, (16,))
     optimizer = KFAC(
-        model, "cross_entropy", lr=0.1, momentum=0.9, damping=1e-2, adapt_damping=False
+        model,
+        "cross_entropy",
+        lr=0.1,
+        momentum=0.9,
+        damping=1e-2,
+        weight_decay=0.0,
+        adapt_damping=False,
     )
     bn_weight = model[1].weight.detach().clone()
     optimizer.step(x, y)

@@ -22,7 +22,8 @@ def test_conv_layers_count_every_location_as_a_row_of_the_per_example_product():
     (256·(64² + 577² + 64·577) ≈ 96M) costs more than G⁻¹VΩ⁻¹ (64·577·641 ≈ 24M), although
     4 rows would cost only 1.5M. The Linear layer, with 4 rows, still prefers it."""
     model = wide_conv_then_wide_linear()
-    opt = KFAC(model, lr=0.1, damping=0.1, stats_interval=2)
+    opt = KFAC(model, lr=0.1, damping=0.1, weight_decay=0.0, stats_interval=2)  # η = 0: see
+    # KFAC._forward_backward, the per-example product has no ℓ2 term
     chosen = []
     original = opt.preconditioner.precondition
 
@@ -50,7 +51,8 @@ def test_steps_without_statistics_skip_the_capture_when_no_layer_prefers_per_exa
     model = nn.Sequential(
         nn.Conv2d(64, 64, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)
     )
-    opt = KFAC(model, lr=0.1, damping=0.1, stats_interval=2)
+    opt = KFAC(model, lr=0.1, damping=0.1, weight_decay=0.0, stats_interval=2)  # η = 0: see
+    # KFAC._forward_backward, the per-example product has no ℓ2 term
     conv = opt.blocks[0]
     assert opt.preconditioner.prefers_per_example(conv, 16)  # the old, batch-only comparison
     recorded = []
