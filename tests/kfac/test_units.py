@@ -1,14 +1,11 @@
 """The probe's units rule (kfac.units): the units the maths keeps are as many as the API counts."""
 
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 
 from backend.spec import ProbeSpec
 from kfac.units import evenly_spaced
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def nearest_by_search(count: int, total: int) -> list[int]:
