@@ -133,16 +133,17 @@ def test_the_default_step_runs_the_model_once_and_once_more_for_rho():
 @pytest.mark.parametrize("family", LOSSES)
 @pytest.mark.parametrize("damping", [None, 1e-3])
 def test_default_step_minimises_the_exact_quadratic_model_of_the_batch_quarter(family, damping):
-    """Default settings (sampled targets, quadratic_fraction ¼, λ₀ = 150; and once λ = 1e-3,
+    """Default settings (sampled targets, quadratic_fraction ¼, λ₀ = 1, η = 1e-5; and once λ = 1e-3,
     where F dominates the damped model): on a second step, on another batch than the first,
     δ = αΔ + μδ₀ with (α, μ) the
-    minimiser of ½cᵀ[vᵢᵀ(F + λI)vⱼ]c + [∇hᵀvᵢ]ᵀc, F the exact Fisher of the batch's first
-    16 of 64 examples by full per-example Jacobians, ∇h the whole batch's gradient."""
+    minimiser of ½cᵀ[vᵢᵀ(F + (λ + η)I)vⱼ]c + [∇hᵀvᵢ]ᵀc, F the exact Fisher of the batch's first
+    16 of 64 examples by full per-example Jacobians, ∇h the whole batch's gradient with the ℓ2
+    term ηθ (η = 1e-5 by default, §6.1)."""
     model = make_net("mixed_four_layers")
     x, y = make_batch(model, family)
     options = {} if damping is None else {"damping": damping}
     optimizer = KFAC(model, family, **options)
-    lam = optimizer.param_groups[0]["damping"]
+    lam, eta = (optimizer.param_groups[0][key] for key in ("damping", "weight_decay"))
     optimizer.step(*make_batch(model, family, seed=2))  # δ₀ not parallel to the next Δ
     layers = explicit.linear_layers(model)
     previous_update = torch.cat(
@@ -156,7 +157,7 @@ def test_default_step_minimises_the_exact_quadratic_model_of_the_batch_quarter(f
         ]
     )
     theta = explicit.parameter_vector(model).detach().clone()
-    gradient = explicit.gradient_vector(model, x, y, family)
+    gradient = explicit.gradient_vector(model, x, y, family) + eta * theta
     fisher = explicit.exact_fisher(model, x[:16], family)
     optimizer.step(x, y)
     d = optimizer.diagnostics
@@ -164,9 +165,9 @@ def test_default_step_minimises_the_exact_quadratic_model_of_the_batch_quarter(f
     delta = explicit.parameter_vector(model).detach() - theta
     proposal = (delta - d["mu"] * previous_update) / d["alpha"]
     directions = torch.stack([proposal, previous_update])
-    identity = torch.eye(len(theta), dtype=theta.dtype)
-    undamped = directions @ fisher @ directions.T
-    damped = undamped + lam * directions @ identity @ directions.T
+    euclidean = directions @ directions.T
+    undamped = directions @ fisher @ directions.T + eta * euclidean  # the model of h: F + ηI
+    damped = undamped + lam * euclidean
     linear = directions @ gradient
     alpha, mu = (-torch.linalg.solve(damped, linear)).tolist()
     assert d["alpha"] == pytest.approx(alpha, rel=1e-8)
@@ -176,7 +177,7 @@ def test_default_step_minimises_the_exact_quadratic_model_of_the_batch_quarter(f
     assert d["quadratic_model"] == pytest.approx(float(predicted), rel=1e-8)
     # The check can tell: the Fisher of the whole batch gives another step.
     whole = directions @ explicit.exact_fisher(model_at(model, theta), x, family) @ directions.T
-    other = (-torch.linalg.solve(whole + damped - undamped, linear)).tolist()
+    other = (-torch.linalg.solve(whole + (eta + lam) * euclidean, linear)).tolist()
     assert abs(other[0] - alpha) > 1e-6 * abs(alpha) or abs(other[1] - mu) > 1e-6 * abs(mu)
 
 

@@ -21,6 +21,7 @@ class Server(ThreadedServer):
 
     def __init__(self, settings: Settings):
         super().__init__(lambda: create_app(settings, frontend_dir=settings.home / "frontend"))
+        self.settings = settings
 
     def get(self, path: str) -> dict:
         response = httpx.get(
