@@ -75,6 +75,16 @@ class LogLine:
     message: str
 
 
+@dataclass(frozen=True)
+class SystemSample:
+    """CPU % and memory at the step of the latest log call; it names that step, it does not
+    make one (so it never moves the sender's latest step back)."""
+
+    step: int
+    time: float  # seconds since the run started
+    values: dict[str, float]
+
+
 class Permanent(Exception):
     """The server refused the request for good, with HTTP `status`."""
 
@@ -195,7 +205,9 @@ class Sender:
         if self._closing:  # the run has ended (and sampling now would never let it drain)
             return
         if self._last_step is not None and (values := self.system.sample()):
-            self.queue.append((self._last_step, time.perf_counter() - self.started, values))
+            self.queue.append(
+                SystemSample(self._last_step, time.perf_counter() - self.started, values)
+            )
 
     def _drain(self) -> None:
         """Move everything queued to the spool, in order; log entries become batches."""
@@ -212,6 +224,8 @@ class Sender:
             item = self.queue.popleft()
             if isinstance(item, LogLine):
                 lines.append([item.seq, item.time, item.level, item.message])
+            elif isinstance(item, SystemSample):
+                points.extend(_points(item.step, item.time, item.values))
             elif isinstance(item, Request):
                 self._spool_points(points)
                 self._spool_lines(lines)

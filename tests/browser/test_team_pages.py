@@ -84,6 +84,9 @@ def expected_refusals(watch: PageWatch, *codes: int) -> None:
 
 
 def delete_experiment(page: Page, experiment_id: str) -> None:
+    # From the list, not the experiment's own page: that page's requests still in flight would
+    # answer 404 once the experiment is gone (a console error), and a busy machine makes it likely.
+    page.goto("/")
     status = page.evaluate(
         """id => fetch(`/api/experiments/${id}`, { method: "DELETE", headers: { Authorization:
              `Bearer ${localStorage.getItem("kfac-lab.token")}` } }).then((r) => r.status)""",
