@@ -142,6 +142,23 @@ def output_fisher(outputs, family) -> torch.Tensor:
     return torch.eye(k, dtype=outputs.dtype).expand(n, k, k)
 
 
+def linear_parameters(model: nn.Module, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The Linear layers' weights and biases by parameter name, from the column-major [W b]
+    vector of `parameter_vector` (the inverse of its ordering)."""
+    params, start = {}, 0
+    for name, module in model.named_children():
+        if not isinstance(module, nn.Linear):
+            continue
+        columns = module.in_features + (module.bias is not None)
+        size = module.out_features * columns
+        matrix = vector[start : start + size].reshape(columns, module.out_features).T
+        start += size
+        params[f"{name}.weight"] = matrix[:, : module.in_features]
+        if module.bias is not None:
+            params[f"{name}.bias"] = matrix[:, -1]
+    return params
+
+
 def exact_fisher(model, inputs, family) -> torch.Tensor:
     """F = E[Jᵀ F_R J] over all parameters in the column-major [W b] ordering, by full
     per-example Jacobians (the exact Gauss–Newton matrix of the mini-batch)."""
@@ -149,18 +166,7 @@ def exact_fisher(model, inputs, family) -> torch.Tensor:
     theta = parameter_vector(model).detach()
 
     def unflatten(vector):
-        params, start = {}, 0
-        for index, module in enumerate(model):
-            if not isinstance(module, nn.Linear):
-                continue
-            cols = module.in_features + (module.bias is not None)
-            size = module.out_features * cols
-            matrix = vector[start : start + size].reshape(cols, module.out_features).T
-            start += size
-            params[f"{index}.weight"] = matrix[:, : module.in_features]
-            if module.bias is not None:
-                params[f"{index}.bias"] = matrix[:, -1]
-        return params
+        return linear_parameters(model, vector)
 
     def forward(vector):
         return torch.func.functional_call(model, unflatten(vector), (inputs,))

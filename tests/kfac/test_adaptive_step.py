@@ -50,18 +50,7 @@ def fisher_products(model: nn.Module, x, directions: list[dict]) -> torch.Tensor
 def by_name(model: nn.Module, vector: torch.Tensor, others: dict) -> dict:
     """A direction as a dict name → tensor: the Linear layers' part from the column-major
     [W b] vector (explicit's ordering), the other parameters from `others`."""
-    direction, start = dict(others), 0
-    for name, module in model.named_children():
-        if not isinstance(module, nn.Linear):
-            continue
-        columns = module.in_features + (module.bias is not None)
-        size = module.out_features * columns
-        matrix = vector[start : start + size].reshape(columns, module.out_features).T
-        start += size
-        direction[f"{name}.weight"] = matrix[:, : module.in_features]
-        if module.bias is not None:
-            direction[f"{name}.bias"] = matrix[:, -1]
-    return direction
+    return {**others, **explicit.linear_parameters(model, vector)}
 
 
 def flat(model: nn.Module, values: dict) -> torch.Tensor:

@@ -183,14 +183,7 @@ def test_default_step_minimises_the_exact_quadratic_model_of_the_batch_quarter(f
 
 def model_at(model: nn.Module, theta: torch.Tensor) -> nn.Module:
     """The model with its Linear layers' [W b] set back to the column-major vector θ."""
-    start = 0
     with torch.no_grad():
-        for m in explicit.linear_layers(model):
-            columns = m.in_features + (m.bias is not None)
-            size = m.out_features * columns
-            matrix = theta[start : start + size].reshape(columns, m.out_features).T
-            start += size
-            m.weight.copy_(matrix[:, : m.in_features])
-            if m.bias is not None:
-                m.bias.copy_(matrix[:, -1])
+        for name, value in explicit.linear_parameters(model, theta).items():
+            model.get_parameter(name).copy_(value)
     return model
