@@ -17,6 +17,7 @@ from pathlib import Path
 from celery import Celery
 from kombu import Queue
 
+from backend import filesystem_broker
 from backend.settings import Settings, get_settings
 
 TRAIN_TASK = "kfac.train_run"
@@ -27,7 +28,8 @@ VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
 
 
 def filesystem_broker_options(home: Path) -> dict:
-    """kombu's filesystem transport: one folder of message files, shared by all processes."""
+    """The filesystem transport (backend/filesystem_broker.py): one folder of message files,
+    shared by all processes; claimed messages pass through `processed`, beside the queue."""
     folder = home / "broker"
     for sub in ("queue", "processed", "control"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -47,7 +49,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_url = settings.broker_url
         transport_options = {"visibility_timeout": VISIBILITY_TIMEOUT_S}
     else:
-        broker_url = "filesystem://"
+        broker_url = f"{filesystem_broker.SCHEME}://"
         transport_options = filesystem_broker_options(settings.home)
     app.conf.update(
         broker_url=broker_url,
