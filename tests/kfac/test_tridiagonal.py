@@ -96,3 +96,17 @@ def test_a_stack_of_matrices_is_preconditioned_one_by_one():
         alone = block_tridiagonal_precondition([s[k] for s in stacks], pieces)
         for got, want in zip(together, alone, strict=True):
             torch.testing.assert_close(got[k], want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-5])
+def test_the_bench_profile_runs_on_a_small_autoencoder(weight_decay):
+    """bench.bench_tridiagonal reaches into the optimizer; run its profile on a narrow net so
+    that it cannot silently rot (η = 0 takes rows on the layers wider than the batch)."""
+    from bench.bench_tridiagonal import profile
+    from bench.kfac_vs_sgd import autoencoder
+
+    parts = profile(8, 1, weight_decay, model=lambda: autoencoder(0.05))
+    diag, tri = parts["kfac_fixed"], parts["kfac_tridiag_fixed"]
+    assert tri["multiply_adds"] > diag["multiply_adds"] > 0
+    assert (tri["rows"] > 0) == (weight_decay == 0) and diag["rows"] == tri["rows"]
+    assert all(tri[f"{part}_s"] > 0 for part in ("precondition", "inverse", "dense", "coupled"))
