@@ -9,10 +9,12 @@ On the MNIST autoencoder at batch 256 (and 1000), in this one process with one t
    alone (interleaved repetitions, medians), and the multiply-adds of the preconditioning
    products counted by torch's FlopCounterMode, so that the time ratio can be read against
    the work ratio;
-3. two floors: the block-diagonal step plus what an exact F̂⁻¹ adds that no reordering removes
-   at this batch — the dense two-sided products (timed alone on the step's own bases), then
-   also Ψ applied to each successor's gradient (M_G Vᵢ₊₁ M_Aᵀ, through its rows where it
-   comes as rows) — and the difference of the amortised inverse updates.
+3. three floors: the block-diagonal step, the difference of the amortised inverse updates and
+   what an exact F̂⁻¹ adds that no reordering removes at this batch — the dense two-sided
+   products (timed alone on the step's own bases); then also Ψ applied to each successor's
+   gradient (M_G Vᵢ₊₁ M_Aᵀ, through its rows where it comes as rows); then also, for the
+   layers that take rows and a split form, the projection of their rows onto the coupled
+   block (see `floor_products`).
 
 Times are process CPU time (time.process_time), which a loaded machine disturbs less than
 wall time; every ratio is of medians taken side by side in interleaved rounds.
@@ -125,24 +127,27 @@ def profile(
             "rows": len(rows),
             "layers": len(optimizer.blocks),
         }
-    dense, coupled = floor_products(optimizer, gradient, rows)
-    timed["kfac_tridiag_fixed", "dense"] = dense
-    timed["kfac_tridiag_fixed", "coupled"] = coupled
+    for part, run in floor_products(optimizer, gradient, rows).items():
+        timed["kfac_tridiag_fixed", part] = run
     medians = interleaved(timed, rounds)
     for (method, part), seconds in medians.items():
         counts[method][f"{part}_s"] = seconds
     return counts
 
 
-def floor_products(optimizer, gradient: list[torch.Tensor], rows: dict):
-    """Two runs of products of F̂⁻¹ v on the step's own pieces.  `dense`: those whose cost does
-    not fall with the batch — per layer with a successor, its two-sided back-transform (in
-    the form the step takes) and its coupling into the next layer, on random matrices of the
-    shapes they meet.  `coupled`: Ψ applied to each successor's gradient, M_G Vᵢ₊₁ M_Aᵀ, on
-    the step's own rows where they come (N·(d_g'·r_G + d_a'·r_A + r_G·r_A) each)."""
+def floor_products(optimizer, gradient: list[torch.Tensor], rows: dict) -> dict:
+    """Runs of products of F̂⁻¹ v on the step's own pieces, the parts of the floors.
+    `dense`: those whose cost does not fall with the batch — per layer with a successor, its
+    two-sided back-transform (in the form the step takes) and its coupling into the next
+    layer, on random matrices of the shapes they meet.  `coupled`: Ψ applied to each
+    successor's gradient, M_G Vᵢ₊₁ M_Aᵀ, through its rows where they come
+    (N·(d_g'·r_G + d_a'·r_A + r_G·r_A) each).  `projected`: for a layer that takes rows and a
+    split form, its coupled block K_G,rᵀ Vᵢ K_A,r through the rows (N·(d_g·r_G + d_a·r_A +
+    r_G·r_A)), which the block-diagonal product's N·(d_g² + d_a² + d_g·d_a) does not give."""
     pieces = optimizer.preconditioner._tridiagonal_pieces()
-    weights = {id(p): g for p, g in zip(optimizer.param_groups[0]["params"], gradient, strict=True)}
-    products, successors = [], []
+    params = optimizer.param_groups[0]["params"]
+    weights = {id(p): g for p, g in zip(params, gradient, strict=True)}
+    runs = {"dense": [], "coupled": [], "projected": []}
     for block, following, piece in zip(
         optimizer.blocks, optimizer.blocks[1:], pieces, strict=False
     ):
@@ -156,17 +161,19 @@ def floor_products(optimizer, gradient: list[torch.Tensor], rows: dict):
             left, right = basis_g[:, :rank_g], basis_a.T
         else:
             left, right = basis_g, basis_a[:, :rank_a].T
-        products.append((left, torch.randn(left.shape[1], right.shape[0]), right))
-        products.append((piece.coupling_g.T, torch.randn(rank_g, rank_a), piece.coupling_a))
+        if form != FULL:
+            runs["projected"].append((basis_g[:, :rank_g].T, rows[block.name], basis_a[:, :rank_a]))
+        runs["dense"].append((left, torch.randn(left.shape[1], right.shape[0]), right))
+        runs["dense"].append((piece.coupling_g.T, torch.randn(rank_g, rank_a), piece.coupling_a))
         weight, *bias = following.parameters()
         successor = rows.get(following.name) or following.weight_matrix(
             weights[id(weight)], weights[id(bias[0])] if bias else None
         )
-        successors.append((piece.coupling_g, successor, piece.coupling_a.T))
-    return (
-        lambda: [sandwich(*product) for product in products],
-        lambda: [sandwich(*product) for product in successors],
-    )
+        runs["coupled"].append((piece.coupling_g, successor, piece.coupling_a.T))
+    return {
+        name: lambda products=products: [sandwich(*product) for product in products]
+        for name, products in runs.items()
+    }
 
 
 def main() -> None:
@@ -187,9 +194,9 @@ def main() -> None:
         "| batch | η | layers with rows | SGD-m step | block-diag | block-tridiag "
         "| tridiag ÷ diag | F⁻¹∇ diag | F⁻¹∇ tridiag | ratio | GMAC diag | GMAC tridiag "
         "| ratio | inverse diag | inverse tridiag | dense products | Ψ on successors "
-        "| dense floor ÷ diag | + Ψ floor ÷ diag |"
+        "| block projections | floor ÷ diag: dense | + Ψ | + projections |"
     )
-    print("|---" * 19 + "|")
+    print("|---" * 21 + "|")
     for batch in args.batches:
         for weight_decay in args.weight_decays:
             row = table_row(batch, args.rounds, weight_decay)
@@ -222,8 +229,10 @@ def table_row(batch: int, rounds: int, weight_decay: float) -> list[str]:
         f"{tri['inverse_s'] * 1e3:.0f} ms",
         f"{tri['dense_s'] * 1e3:.0f} ms",
         f"{tri['coupled_s'] * 1e3:.0f} ms",
+        f"{tri['projected_s'] * 1e3:.0f} ms",
         f"{floor / diag_step:.2f}×",
         f"{(floor + tri['coupled_s']) / diag_step:.2f}×",
+        f"{(floor + tri['coupled_s'] + tri['projected_s']) / diag_step:.2f}×",
     ]
 
 

@@ -110,3 +110,4 @@ def test_the_bench_profile_runs_on_a_small_autoencoder(weight_decay):
     assert tri["multiply_adds"] > diag["multiply_adds"] > 0
     assert (tri["rows"] > 0) == (weight_decay == 0) and diag["rows"] == tri["rows"]
     assert all(tri[f"{part}_s"] > 0 for part in ("precondition", "inverse", "dense", "coupled"))
+    assert tri["projected_s"] >= 0
