@@ -68,6 +68,13 @@ def fixed_kfac(structure: str, model, weight_decay: float) -> KFAC:
     )
 
 
+def multiply_adds(run) -> float:
+    """Multiply-adds of the products `run()` computes, counted by torch's FlopCounterMode."""
+    with FlopCounterMode(display=False, custom_mapping=COUNTED) as counter:
+        run()
+    return counter.get_total_flops() / 2
+
+
 def interleaved(cases: dict, rounds: int) -> dict[str, float]:
     """Median process CPU seconds of each callable, run round-robin `rounds` times."""
     samples = {name: [] for name in cases}
@@ -99,8 +106,9 @@ def profile(
 ) -> dict[str, dict[str, float]]:
     """Per K-FAC structure: seconds to precondition (as in a step, per-example rows where the
     optimizer takes them), seconds of one inverse update, the preconditioning's multiply-adds
-    and the layers that took rows; for the tridiagonal one also the floors' products
-    (`floor_products`).  Repetitions interleaved between the structures."""
+    and the layers that took rows; for the tridiagonal one also the seconds and multiply-adds
+    of the floors' products (`floor_products`).  Repetitions interleaved between the
+    structures."""
     x = torch.rand(batch, 784, generator=torch.Generator().manual_seed(0))
     timed, counts = {}, {}
     for method, structure in STRUCTURES.items():
@@ -113,8 +121,6 @@ def profile(
         ]
         rows = optimizer.capture.per_example_rows(per_example)
         optimizer.capture.clear()
-        with FlopCounterMode(display=False, custom_mapping=COUNTED) as counter:
-            optimizer._precondition(gradient, rows)
         timed[method, "precondition"] = lambda o=optimizer, g=gradient, r=rows: o._precondition(
             g, r
         )
@@ -122,13 +128,14 @@ def profile(
             1.0, Notes()
         )
         counts[method] = {
-            "multiply_adds": counter.get_total_flops() / 2,
+            "multiply_adds": multiply_adds(timed[method, "precondition"]),
             "inverse_interval": optimizer.param_groups[0]["inverse_interval"],
             "rows": len(rows),
             "layers": len(optimizer.blocks),
         }
     for part, run in floor_products(optimizer, gradient, rows).items():
         timed["kfac_tridiag_fixed", part] = run
+        counts["kfac_tridiag_fixed"][f"{part}_multiply_adds"] = multiply_adds(run)
     medians = interleaved(timed, rounds)
     for (method, part), seconds in medians.items():
         counts[method][f"{part}_s"] = seconds
@@ -227,9 +234,10 @@ def table_row(batch: int, rounds: int, weight_decay: float) -> list[str]:
         f"{tri['multiply_adds'] / diag['multiply_adds']:.2f}×",
         f"{diag['inverse_s'] * 1e3:.0f} ms",
         f"{tri['inverse_s'] * 1e3:.0f} ms",
-        f"{tri['dense_s'] * 1e3:.0f} ms",
-        f"{tri['coupled_s'] * 1e3:.0f} ms",
-        f"{tri['projected_s'] * 1e3:.0f} ms",
+        *(
+            f"{tri[f'{part}_s'] * 1e3:.0f} ms ({tri[f'{part}_multiply_adds'] / 1e9:.2f} G)"
+            for part in ("dense", "coupled", "projected")
+        ),
         f"{floor / diag_step:.2f}×",
         f"{(floor + tri['coupled_s']) / diag_step:.2f}×",
         f"{(floor + tri['coupled_s'] + tri['projected_s']) / diag_step:.2f}×",
