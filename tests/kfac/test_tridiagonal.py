@@ -96,3 +96,23 @@ def test_a_stack_of_matrices_is_preconditioned_one_by_one():
         alone = block_tridiagonal_precondition([s[k] for s in stacks], pieces)
         for got, want in zip(together, alone, strict=True):
             torch.testing.assert_close(got[k], want, rtol=1e-12, atol=1e-14)
+
+
+def test_the_bench_profile_runs_on_a_small_autoencoder():
+    """bench.bench_tridiagonal reaches into the optimizer; run its profile on a narrow net so
+    that it cannot silently rot.  At η = 0 the wide layers take rows (and so does the floor's
+    Ψ on their successors' gradients); the floor's products are a part of the step's."""
+    from bench.bench_tridiagonal import profile
+    from bench.kfac_vs_sgd import autoencoder
+
+    runs = {eta: profile(8, 1, eta, model=lambda: autoencoder(0.05)) for eta in (0.0, 1e-5)}
+    for eta, parts in runs.items():
+        diag, tri = parts["kfac_fixed"], parts["kfac_tridiag_fixed"]
+        assert (tri["rows"] > 0) == (eta == 0) and diag["rows"] == tri["rows"]
+        floor = diag["multiply_adds"] + sum(
+            tri[f"{part}_multiply_adds"] for part in ("dense", "coupled", "projected")
+        )
+        assert diag["multiply_adds"] < floor <= tri["multiply_adds"]
+        assert all(tri[f"{part}_s"] > 0 for part in ("precondition", "inverse", "dense"))
+    coupled = [runs[eta]["kfac_tridiag_fixed"]["coupled_multiply_adds"] for eta in (0.0, 1e-5)]
+    assert coupled[0] < coupled[1]
