@@ -9,6 +9,7 @@ A quick test of the worker's `StoreRecorder` alone checks that it backs off mean
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -20,32 +21,37 @@ from backend.store.queries import last_event_id
 from backend.store.results import write_metrics
 from backend.store.writes import experiment_of
 from tests.faults.support import TOKEN, ApiServer, PageStream, TcpProxy, store_ids
-from tests.worker.labs import WORKER_WAIT_S, lab, run_spec, wait_for
+from tests.worker.labs import WORKER_WAIT_S, lab, run_spec, slow_steps_env, wait_for
 from worker import recording
 from worker.recording import StoreRecorder
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 OUTAGE_S = 10.0
-STEPS, EVAL_INTERVAL = 3000, 500  # a few seconds of training, most of it during the outage
+STEPS, EVAL_INTERVAL = 1500, 250
+# The interrupted run sleeps in every step (tests/worker/slow_steps), so that it trains for
+# 12 s however fast the machine, and the outage, which starts at its first stored points, is
+# sure to meet it training: unslowed, it trained to its end before the outage at load ~15.
+SLOW = "slow 0.008 from 1"
 DATA_ENDPOINTS = ("/api/experiments", "/api/experiments/{experiment}", "/api/runs/{run}/metrics")
 
 
-def test_a_database_outage_loses_no_point(tmp_path, postgresql_url: str) -> None:
-    direct = make_url(postgresql_url)
+def test_a_database_outage_loses_no_point(tmp_path, own_postgresql_url: str) -> None:
+    direct = make_url(own_postgresql_url)
     with (
         TcpProxy((direct.host, direct.port or 5432)) as proxy,
-        lab(tmp_path, KFAC_DATABASE_URL=postgresql_url, KFAC_ADMIN_TOKEN=TOKEN) as the_lab,
+        lab(tmp_path, KFAC_DATABASE_URL=own_postgresql_url, KFAC_ADMIN_TOKEN=TOKEN) as the_lab,
     ):
         proxied = direct.set(host="127.0.0.1", port=proxy.port)
         through_proxy = {"KFAC_DATABASE_URL": proxied.render_as_string(hide_password=False)}
         api = ApiServer({**the_lab.env, **through_proxy}, tmp_path / "api.log")
-        worker = the_lab.start_worker(wait=False, **through_proxy)
+        worker = the_lab.start_worker(wait=False, **through_proxy, **slow_steps_env())
         try:
             api.start()
             worker.wait_ready()
-            spec = run_spec(steps=STEPS, eval_interval=EVAL_INTERVAL, checkpoint_interval=1000)
-            reference, interrupted = the_lab.create(spec, spec)  # same seed: same values
+            spec = run_spec(steps=STEPS, eval_interval=EVAL_INTERVAL, checkpoint_interval=500)
+            slow = spec.model_copy(update={"label": SLOW})
+            reference, interrupted = the_lab.create(spec, slow)  # same seed: same values
             with session_scope(the_lab.url) as session:
                 experiment = experiment_of(session, interrupted)
                 loaded_at = last_event_id(session, experiment)
@@ -86,7 +92,9 @@ def test_a_database_outage_loses_no_point(tmp_path, postgresql_url: str) -> None
                 )
 
             assert [(run.status, run.attempts) for run in runs] == [("succeeded", 1)] * 2
-            assert "storing metrics failed" in worker.text()  # the outage did hit the writer
+            # The outage did hit the writer: it stores a run's records in order, so whichever
+            # was first in line when the outage began (metrics, or the run's log lines) failed.
+            assert re.search(rf"run {interrupted}: storing \w+ failed", worker.text())
             assert stalled_at < STEPS
             curve = the_lab.points(interrupted)
             assert [step for step, _ in curve] == list(range(1, STEPS + 1))
