@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from typing import NoReturn
 
 import pytest
@@ -69,13 +69,30 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     dispose_engines()
 
 
-@pytest.fixture(scope="session")
-def postgresql_url() -> Iterator[str]:
+@contextmanager
+def postgresql_database() -> Iterator[str]:
+    """A new, migrated PostgreSQL database on the server at POSTGRES_URL, dropped at the end."""
     with ExitStack() as stack:
         try:
             url = stack.enter_context(scratch_database(POSTGRES_URL, prefix="kfac_test"))
         except OperationalError as error:
             missing_service("PostgreSQL", f"not reachable at {POSTGRES_URL}: {error}")
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgresql_url() -> Iterator[str]:
+    with postgresql_database() as url:
+        yield url
+
+
+@pytest.fixture
+def own_postgresql_url() -> Iterator[str]:
+    """A PostgreSQL database of the test's own, for a test that starts workers: a worker's
+    lost-message recovery (worker/recovery.py) sends again every long-queued run it finds, and
+    in the session's database those are the runs the API and store tests leave queued, which
+    the test's workers would then train before and between its own runs."""
+    with postgresql_database() as url:
         yield url
 
 

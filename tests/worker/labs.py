@@ -48,6 +48,14 @@ TINY_RUN = {
 }
 
 
+def slow_steps_env() -> dict[str, str]:
+    """The environment of a worker whose runs labelled `slow SECONDS from K` sleep SECONDS in
+    each step from the K-th on (tests/worker/slow_steps/sitecustomize.py, first on its path)."""
+    hooks = Path(__file__).resolve().parent / "slow_steps"
+    path = [str(hooks), str(REPO), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(path)}
+
+
 def run_spec(**fields: Any) -> RunSpec:
     return RunSpec.model_validate({**TINY_RUN, **fields})
 

@@ -8,7 +8,6 @@ any wait below ends only if the worker stops the run without waiting for the ste
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,18 +16,16 @@ import pytest
 
 from backend.store.db import session_scope
 from backend.store.writes import cancel_experiment, delete_experiment, request_cancel
-from tests.worker.labs import REPO, WORKER_WAIT_S, Lab, lab, run_spec
+from tests.worker.labs import WORKER_WAIT_S, Lab, lab, run_spec, slow_steps_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-HOOKS = Path(__file__).resolve().parent / "slow_steps"
 STUCK = "slow 3600 from 3"  # two steps, then a step of an hour
 TIME_LIMIT_S = 6
 
 
 def slow_worker(the_lab: Lab, **env: str) -> None:
-    path = os.pathsep.join([str(HOOKS), str(REPO), os.environ.get("PYTHONPATH", "")])
-    the_lab.start_worker(PYTHONPATH=path, **env)
+    the_lab.start_worker(**slow_steps_env(), **env)
 
 
 @pytest.fixture(scope="module")

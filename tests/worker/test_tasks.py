@@ -16,15 +16,13 @@ from contextlib import ExitStack, contextmanager
 
 import pytest
 import redis
-from sqlalchemy.exc import OperationalError
 
 from backend import queue
 from backend.store.db import session_scope
-from backend.store.migrate import scratch_database
 from backend.store.models import MetricSeries
 from backend.store.run_logs import read_log_lines
 from backend.store.writes import request_cancel
-from tests.conftest import POSTGRES_URL, missing_service
+from tests.conftest import missing_service, postgresql_database
 from tests.worker.labs import WORKER_WAIT_S, Lab, lab, run_spec, wait_for
 from worker import recovery
 
@@ -65,10 +63,7 @@ def redis_database() -> Iterator[str]:
 def team(tmp_path) -> Iterator[Lab]:
     """A team installation: Redis broker, a fresh PostgreSQL database, one worker."""
     with ExitStack() as stack:
-        try:
-            database = stack.enter_context(scratch_database(POSTGRES_URL, prefix="kfac_test"))
-        except OperationalError as error:
-            missing_service("PostgreSQL", f"not reachable at {POSTGRES_URL}: {error}")
+        database = stack.enter_context(postgresql_database())
         broker = stack.enter_context(redis_database())
         the_lab = stack.enter_context(
             lab(tmp_path, KFAC_DATABASE_URL=database, KFAC_BROKER_URL=broker)
