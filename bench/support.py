@@ -9,6 +9,7 @@ admin token; benchmarks talk to it over HTTP like a browser does.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import socket
@@ -30,6 +31,8 @@ from backend.store.listing import list_experiments
 from backend.store.migrate import scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "bench"
+"""Where the benchmarks write their JSON and plots."""
 TOKEN = "bench-admin-token"
 SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
@@ -50,6 +53,12 @@ def free_port() -> int:
 def add_server_option(parser: argparse.ArgumentParser) -> None:
     """`--server`: the PostgreSQL server on which a benchmark makes (and drops) its database."""
     parser.add_argument("--server", default=SERVER, help="PostgreSQL URL (default: %(default)s)")
+
+
+def write_results(name: str, results: dict[str, Any]) -> None:
+    """Keep a benchmark's figures as docs/bench/NAME.json."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(results, indent=1))
 
 
 def add_database_options(parser: argparse.ArgumentParser) -> None:
