@@ -61,6 +61,14 @@ def write_results(name: str, results: dict[str, Any]) -> None:
     (OUT / f"{name}.json").write_text(json.dumps(results, indent=1))
 
 
+def print_goal(met: bool) -> int:
+    """The closing lines of a benchmark's report: the load now and whether the goal is met;
+    the exit status (1: missed)."""
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"goal: {'met' if met else 'MISSED'}")
+    return 0 if met else 1
+
+
 def add_database_options(parser: argparse.ArgumentParser) -> None:
     """`--server`, and `--database`: a database filled by an earlier run, to reuse (see
     `filled_database`)."""
