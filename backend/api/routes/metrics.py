@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from backend.api.aggregate import aggregate
 from backend.api.cache import cached_json
+from backend.api.data_schemas import Aggregate, ExperimentMetrics, RunMetrics
 from backend.api.deps import (
     MaxPoints,
     MetricNamesDep,
@@ -33,7 +34,6 @@ from backend.api.deps import (
     load_run,
 )
 from backend.api.errors import READ_ERRORS
-from backend.api.schemas import Aggregate, ExperimentMetrics, RunMetrics
 from backend.store.db import session_scope
 from backend.store.models import Run
 from backend.store.queries import iter_points, last_event_id, metric_names, read_metrics
