@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from playwright.sync_api import BrowserContext, ConsoleMessage, Page
 
 from tests.worker.labs import WORKER_WAIT_S
@@ -28,6 +29,15 @@ class Server:
     @property
     def database_url(self) -> str:
         return f"sqlite:///{self.home / 'kfac.db'}"
+
+    def post(self, path: str, body: dict) -> dict:
+        """POST `body` to the API as the owner (a script's client would); the answer's JSON."""
+        response = httpx.post(
+            f"{self.url}{path}", json=body, headers={"Authorization": f"Bearer {self.token}"},
+            timeout=30,
+        )
+        assert response.status_code in (200, 201), response.text
+        return response.json()
 
 
 @dataclass
