@@ -58,6 +58,12 @@ class DenseModelSpec(TaggedSpec):
     def layer_dims(self, input_dim: int, n_classes: int) -> list[int]:
         raise NotImplementedError
 
+    def is_chain(self) -> bool:
+        """Whether the built model is a chain of its K-FAC layers joined by parameter-free
+        per-example modules (`kfac.linearisation`), so that K-FAC reads the quadratic model's
+        J·Δ, J·δ₀ off the training pass (§7). A plugin's builder may build anything: no."""
+        return False
+
     def layer_shapes(
         self, input_dim: int, n_classes: int, image_shape: tuple[int, int, int] | None = None
     ) -> list[LayerShape]:
@@ -90,6 +96,9 @@ class AutoencoderSpec(DenseModelSpec):
         enc = _scaled(self.encoder, self.width_scale)
         return [input_dim, *enc, *reversed(enc[:-1]), input_dim]
 
+    def is_chain(self) -> bool:  # Linear layers and activations (worker.zoo.models)
+        return True
+
 
 class MLPSpec(DenseModelSpec):
     """A fully-connected classifier: hidden layers with `activation`, then class logits."""
@@ -105,6 +114,9 @@ class MLPSpec(DenseModelSpec):
 
     def layer_dims(self, input_dim: int, n_classes: int) -> list[int]:
         return [input_dim, *_scaled(self.hidden, self.width_scale), n_classes]
+
+    def is_chain(self) -> bool:  # Linear layers and activations (worker.zoo.models)
+        return True
 
 
 POOL_KERNEL, POOL_STRIDE, POOL_PADDING = 3, 2, 1
@@ -176,6 +188,11 @@ class ConvNetSpec(TaggedSpec):
 
     def layer_dims(self, input_dim: int, n_classes: int) -> list[int]:
         raise ValueError("a conv net has no list of layer widths; use layer_shapes")
+
+    def is_chain(self) -> bool:
+        """Conv, activation, pooling, Flatten and Linear layers are a chain; batch norm couples
+        the examples of the batch and has parameters outside the K-FAC layers."""
+        return not self.batch_norm
 
     def layer_shapes(
         self, input_dim: int, n_classes: int, image_shape: tuple[int, int, int] | None = None

@@ -6,8 +6,14 @@ refuses the same runs with the same function (`resource_errors`). Like `backend.
 module imports no torch: everything is computed from the spec's layer shapes (W̄ = [W b] of
 shape (d_out, d_in + 1) per Linear or Conv2d layer; see backend.architectures).
 
+A run spans `nodes` workers, each running `processes` data-parallel ranks (worker/distributed.py);
+the global mini-batch is dealt out among the `nodes · processes` ranks, so every figure below is
+that of the busiest worker, node 0, whose rank 0 alone evaluates, snapshots and checkpoints.
+
 Memory (bytes), the sum of what lives at the peak of a step — a model for the order of
-magnitude, checked against measured peaks within 2× (tests/worker/test_estimate_memory.py):
+magnitude, checked against measured peaks within 2× (tests/worker/test_estimate_memory.py).
+Each of the worker's ranks holds its own copy of the first three items, with the activations
+of its share of the batch; rank 0 alone holds the last two:
 
 * the data set, held in memory as float32 (plus a copy in the run's dtype if it is float64);
 * parameters, their gradients and the optimizer's state: SGD-momentum's velocity, Adam's two
@@ -23,14 +29,17 @@ magnitude, checked against measured peaks within 2× (tests/worker/test_estimate
 * the curvature probe of a snapshot (P probe parameters): E per-example gradients of P
   entries and the P×P matrices F, F̃, (F̃+λI)⁻¹, F̌⁻¹, F̂⁻¹ with their temporaries, in float64.
 
-Time: floating-point operations per step at the run's mean batch size, divided by the
-worker's throughput (`KFAC_WORKER_FLOPS`). A forward pass costs 2·B·T·d_in·d_out per layer
+Time: floating-point operations per step of node 0 at the run's mean batch size, divided by
+the worker's throughput (`KFAC_WORKER_FLOPS`). A forward pass costs 2·B·T·d_in·d_out per layer
 (T spatial positions of a conv layer, 1 for Linear) and backward twice that; K-FAC adds,
 amortised, the statistics pass (a second backward, the factor products, §5), the inverses
-(~10·n³ per n×n factor every T₃ steps, §8), the two extra passes of the quadratic model for
-α, μ (§7) and applying the inverse (G⁻¹ V Ā⁻¹). Evaluation (a forward pass over the test set
-every `eval_interval` steps) and snapshots (per-example gradients and P×P inverses) are
-amortised over the steps.
+(~10·n³ per n×n factor every T₃ steps, §8), the products J·Δ, J·δ₀ of the quadratic model for
+α, μ (§7; see `_output_directions_flops`) and applying the inverse (G⁻¹ V Ā⁻¹). A worker's ranks
+train its 1/nodes of the batch (forward, backward, statistics, quadratic model) and compute its
+1/nodes of the inverses (`kfac.distributed.assign_owners`), but each rank applies the inverse to
+the whole gradient. Evaluation (a forward pass over the test set every `eval_interval` steps)
+and snapshots (per-example gradients and P×P inverses) are rank 0's, amortised over the steps.
+The all-reduces and broadcasts between ranks are not counted.
 """
 
 from __future__ import annotations
@@ -122,8 +131,8 @@ def memory_bytes(spec: RunSpec) -> int:
     parameters = spec.parameter_count()
     state = _optimizer_state(spec, layers, parameters)
     checkpoint = (parameters + state) if spec.checkpoint_interval else 0
-    values = 2 * parameters + state + checkpoint + _activations(spec, layers)
-    return data + values * item + _probe_bytes(spec)
+    rank = data + (2 * parameters + state + _activations(spec, layers)) * item
+    return spec.processes * rank + checkpoint * item + _probe_bytes(spec)
 
 
 def _optimizer_state(spec: RunSpec, layers: list[_Layer], parameters: int) -> int:
@@ -144,10 +153,11 @@ def _optimizer_state(spec: RunSpec, layers: list[_Layer], parameters: int) -> in
 
 
 def _activations(spec: RunSpec, layers: list[_Layer]) -> int:
-    """Entries held at the peak of a step at the largest batch size: what each layer keeps for
-    backward, the gradients of one layer at a time, and K-FAC's captured g and ĝ (per-example
-    preconditioning) on the statistics' share of the batch, with one conv layer's patches."""
-    batch = _largest_batch(spec)
+    """Entries one rank holds at the peak of a step at its share of the largest batch: what
+    each layer keeps for backward, the gradients of one layer at a time, and K-FAC's captured g
+    and ĝ (per-example preconditioning) on the statistics' share of the batch, with one conv
+    layer's patches. Rank 0 gets the largest share: example i goes to rank i mod ranks."""
+    batch = math.ceil(_largest_batch(spec) / spec.world_size)
     area = spec.model.kernel_size**2 if isinstance(spec.model, ConvNetSpec) else 1
     kept = layers[0].positions * layers[0].shape.inputs // area  # the input of the first layer
     kept += sum(layer.positions * layer.shape.outputs * _maps(layer) for layer in layers)
@@ -182,7 +192,7 @@ def _probe_bytes(spec: RunSpec) -> int:
 def step_flops(spec: RunSpec) -> float:
     """Floating-point operations of an average step, amortised (see the module doc)."""
     layers = _layers(spec)
-    batch = _mean_batch(spec)
+    batch = _mean_batch(spec) / spec.nodes  # what the worker's ranks train on together
     forward = sum(2 * layer.positions * layer.shape.parameters for layer in layers)
     total = 3.0 * forward * batch  # forward + backward
     opt = spec.optimizer
@@ -195,11 +205,11 @@ def step_flops(spec: RunSpec) -> float:
         cubes = sum(layer.side_a**3 + layer.side_g**3 for layer in layers)
         if opt.name == "kfac_tridiag":
             cubes *= 3  # conditional covariances and generalised eigenproblems (Appendix B)
-        total += FACTOR_INVERSION_FLOPS * cubes / opt.inverse_interval
-        total += sum(2 * layer.shape.parameters * (layer.side_a + layer.side_g)
-                     for layer in layers)  # G⁻¹ V Ā⁻¹
-        if opt.lr is None:  # α, μ from the exact quadratic model: two more passes (§7)
-            total += 2 * 3.0 * forward * opt.quadratic_fraction * batch
+        total += FACTOR_INVERSION_FLOPS * cubes / opt.inverse_interval / spec.nodes
+        total += spec.processes * sum(2 * layer.shape.parameters * (layer.side_a + layer.side_g)
+                                      for layer in layers)  # G⁻¹ V Ā⁻¹ on every rank
+        if opt.lr is None:  # α, μ from the exact quadratic model (§7)
+            total += opt.quadratic_fraction * batch * _output_directions_flops(spec, layers)
     if spec.eval_interval:
         total += forward * spec.dataset.info.n_test / spec.eval_interval
     if spec.snapshot_interval:
@@ -209,6 +219,18 @@ def step_flops(spec: RunSpec) -> float:
         snapshot += PROBE_MATRICES * FACTOR_INVERSION_FLOPS * size**3
         total += snapshot / spec.snapshot_interval
     return total
+
+
+def _output_directions_flops(spec: RunSpec, layers: list[_Layer]) -> float:
+    """Per example, J·Δ and J·δ₀ for the quadratic model (§7). Each direction v's tangent costs
+    one product per layer for V ā and one for W ȧ, but the first layer's ȧ is 0
+    (`kfac.linearisation`). A chain of K-FAC layers (`ModelSpec.is_chain`) reads ā off the
+    training pass, so that is all; any other model recomputes it in a dual forward pass, one
+    more product per layer and direction."""
+    products = [2 * layer.positions * layer.shape.parameters for layer in layers]
+    tangent = 2 * sum(products) - products[0]
+    primal = 0 if spec.model.is_chain() else sum(products)
+    return 2 * (tangent + primal)
 
 
 # ---- shapes -----------------------------------------------------------------------------------

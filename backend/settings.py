@@ -19,6 +19,9 @@ from typing import Annotated
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+Seconds = Annotated[float, Field(gt=0)]
+"""A duration or a time limit, in seconds."""
+
 
 class Settings(BaseSettings):
     """All tunables of kfac-lab; each field `x` is read from the variable `KFAC_X`."""
@@ -58,12 +61,11 @@ class Settings(BaseSettings):
         repr=False,
         description="Bearer token for writes; embedded mode generates and stores one if unset.",
     )
-    heartbeat_timeout_s: float = Field(
-        default=60.0, gt=0, description="A running run whose heartbeat is older is re-queued."
+    heartbeat_timeout_s: Seconds = Field(
+        default=60.0, description="A running run whose heartbeat is older is re-queued."
     )
-    tracking_timeout_s: float = Field(
+    tracking_timeout_s: Seconds = Field(
         default=300.0,
-        gt=0,
         description="A tracked run (a script's, through kfac_lab) that has not been heard from "
         "for this long is failed by the recovery pass; its client beats well within it.",
     )
@@ -79,9 +81,8 @@ class Settings(BaseSettings):
         description="The memory one run may use; a run estimated to need more is refused. "
         "Default: half of this machine's physical memory.",
     )
-    run_time_limit_s: float = Field(
+    run_time_limit_s: Seconds = Field(
         default=24 * 3600.0,
-        gt=0,
         description="A run estimated to train longer is refused; one that still overruns it "
         "is stopped and fails.",
     )
@@ -90,9 +91,8 @@ class Settings(BaseSettings):
         description="The address other machines reach this worker at, published when it is "
         "rank 0 of a run over several nodes; default: this machine's host name.",
     )
-    node_join_timeout_s: float = Field(
+    node_join_timeout_s: Seconds = Field(
         default=300.0,
-        gt=0,
         description="How long rank 0 of a run over several nodes waits for the other nodes "
         "(free workers on the run's queue) to join; a node that does not fails the run.",
     )

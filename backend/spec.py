@@ -8,7 +8,8 @@ specs live in `backend.architectures`, the optimizer specs in `backend.optimizer
 datasets in `backend.datasets`; all of them, and plugins' ones, reach the spec through the
 registry (`backend.registry`, entry points), which builds `ModelSpec`, `OptimizerSpec` and the
 dataset names here, so `backend.spec` stays the one place to import the spec from. A run's
-batch schedule and step count follow `backend.run_length`. An experiment's optimizer entries
+batch schedule and step count follow `backend.run_length`, its snapshots' probe is
+`backend.probe_spec` (re-exported here). An experiment's optimizer entries
 may sweep their hyper-parameters (`backend.sweeps`). Presets live in `backend.presets`, which
 imports this module (never the other way round).
 
@@ -34,7 +35,7 @@ from pydantic import (
 
 from backend import registry
 from backend.architectures import Activation as Activation
-from backend.architectures import AutoencoderSpec, LayerShape, dense_shapes
+from backend.architectures import AutoencoderSpec, LayerShape
 from backend.architectures import ConvNetSpec as ConvNetSpec
 from backend.architectures import MLPSpec as MLPSpec
 from backend.architectures import parameter_count as parameter_count
@@ -46,6 +47,7 @@ from backend.optimizer_specs import KFCPreSpec as KFCPreSpec
 from backend.optimizer_specs import KFCSpec as KFCSpec
 from backend.optimizer_specs import SGDMomentumSpec as SGDMomentumSpec
 from backend.optimizer_specs import SGDSpec as SGDSpec
+from backend.probe_spec import ProbeSpec as ProbeSpec
 from backend.run_length import (
     MAX_BATCH_SIZE,
     MAX_STEPS,
@@ -98,43 +100,6 @@ class DatasetSpec(SpecModel):
     @property
     def info(self) -> DatasetInfo:
         return DATASETS[self.name]
-
-
-# ---- probe ----------------------------------------------------------------------------------
-
-
-class ProbeSpec(SpecModel):
-    """Which parameters a curvature snapshot covers (the paper's Fig. 2 shows the middle 4
-    layers of its MNIST autoencoder with a subset of units): of each K-FAC layer `layers`
-    (Linear and Conv2d in model order, 0-based; default: the middle 4), `units` evenly spaced
-    output units (features or channels) and input units (features, or a conv layer's patch
-    coordinates), plus the bias. In a stack of Linear layers these are the same units at every
-    layer boundary, so the off-diagonal blocks couple the same neurons."""
-
-    layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, max_length=12)
-    units: int = Field(16, ge=1, le=256)
-    examples: int = Field(256, ge=1, le=4096, description="examples used by the snapshot")
-    damping: float = Field(
-        1e-3, ge=0, le=1e6, description="λ of the inverses shown for runs without K-FAC"
-    )
-
-    def layer_indices(self, n_layers: int) -> list[int]:
-        if self.layers is not None:
-            return sorted(set(self.layers))
-        count = min(4, n_layers)
-        start = (n_layers - count) // 2
-        return list(range(start, start + count))
-
-    def parameter_count(self, layers: list[int] | list[LayerShape]) -> int:
-        """P: the probe keeps (|in| + bias)·|out| parameters of each selected layer, where a
-        side keeps min(units, width) units (`kfac.units.evenly_spaced` picks which, distinct;
-        only their number matters here); `layers` are the model's layer shapes, or the widths
-        of a stack of Linear layers."""
-        shapes = dense_shapes(layers) if layers and isinstance(layers[0], int) else layers
-        return sum(
-            (min(self.units, s.inputs) + s.bias) * min(self.units, s.outputs)
-            for s in (shapes[i] for i in self.layer_indices(len(shapes)))
-        )
 
 
 # ---- a run ----------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ from bench.support import (
     LoadAverage,
     add_database_options,
     api_on_filled_database,
+    at_least_two,
     percentile,
     print_table,
     rss_mb,
@@ -196,18 +197,13 @@ async def with_open_streams(base: str, experiment_id: str, n: int, pid: int) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=100_000)
-    parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--requests", type=at_least_two, default=30)
     parser.add_argument("--streams", type=int, default=50)
     parser.add_argument("--events", type=int, default=40)
-    add_database_options(parser)
+    add_database_options(parser, points=100_000)
     args = parser.parse_args(argv)
-    if args.requests < 2:
-        parser.error("--requests must be at least 2")
 
-    lab = api_on_filled_database(
-        args.server, args.database, NAME, lambda url: fill(url, args.points)
-    )
+    lab = api_on_filled_database(args, NAME, fill)
     with lab as (url, experiment_id, process, base), LoadAverage() as load:
         with session_scope(url) as session:
             run_ids = [run.id for run in session.get(Experiment, experiment_id).runs]

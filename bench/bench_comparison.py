@@ -43,6 +43,7 @@ from bench.support import (
     LoadAverage,
     add_database_options,
     api_on_filled_database,
+    at_least_two,
     print_table,
     time_requests,
     vacuum_analyze,
@@ -121,16 +122,11 @@ def measure(base: str, experiment_id: str, requests: int, api_pid: int) -> dict[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=10_000)
-    parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--requests", type=at_least_two, default=30)
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    add_database_options(parser)
+    add_database_options(parser, points=10_000)
     args = parser.parse_args(argv)
-    if args.requests < 2:
-        parser.error("--requests must be at least 2")
-    lab = api_on_filled_database(
-        args.server, args.database, NAME, lambda url: fill(url, args.points)
-    )
+    lab = api_on_filled_database(args, NAME, fill)
     with lab as (url, experiment_id, process, base), LoadAverage() as load:
         results = measure(base, experiment_id, args.requests, process.pid)
     results.update(load.as_dict())

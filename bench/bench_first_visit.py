@@ -85,10 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--against", default="HEAD~1", help="the other revision (git)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--points", type=int, default=10_000)
-    add_database_options(parser)
+    add_database_options(parser, points=10_000)
     args = parser.parse_args(argv)
-    filled = filled_database(args.server, args.database, NAME, lambda url: fill(url, args.points))
+    filled = filled_database(args, NAME, fill)
     samples: dict[str, list[dict[str, float]]] = {"this": [], "other": []}
     with (
         filled as (url, experiment_id),

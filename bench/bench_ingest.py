@@ -24,24 +24,21 @@ largest batch misses the goal.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from backend.store.db import session_scope
 from backend.store.migrate import scratch_database
 from backend.store.results import write_metrics
 from backend.store.writes import create_experiment
-from bench.support import add_server_option
+from bench.support import add_server_option, write_results
 
 GOAL_POINTS_PER_S = 50_000
 METRICS = ("train_loss", "step_time", "examples_seen", "update_norm")
-OUT = Path(__file__).resolve().parent.parent / "docs" / "bench"
 
 
 def batch(first_step: int, n_points: int) -> list[tuple[str, int, float, float]]:
@@ -101,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     with scratch_database(args.server, prefix="kfac_bench") as url:
         results = measure(url, args.sizes, args.rounds)
     results["settings"] = {**vars(args), "load_average": os.getloadavg()[0]}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "ingest.json").write_text(json.dumps(results, indent=1))
+    write_results("ingest", results)
     return report(results, args)
 
 

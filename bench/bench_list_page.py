@@ -21,18 +21,13 @@ average, exits with status 1 if a goal is missed.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import tempfile
-import time
-from pathlib import Path
 
 from playwright.sync_api import Page, sync_playwright
 
 from backend.store.listing import SORT_KEYS
-from backend.store.migrate import upgrade
-from bench.bench_list import seed
-from bench.support import TOKEN, percentile, start_api
+from bench.bench_list import seeded_list
+from bench.support import TOKEN, percentile, print_goal, start_api
 
 GOAL_MS = 1000.0
 CHROMIUM = "/usr/bin/chromium"
@@ -76,13 +71,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=10)
     args = parser.parse_args()
     times: dict[str, list[float]] = {"open": [], "search": [], "sort": []}
-    with tempfile.TemporaryDirectory() as folder:
-        url = f"sqlite:///{Path(folder) / 'list.db'}"
-        upgrade(url)
-        start = time.perf_counter()
-        seed(url, args.experiments)
-        print(f"stored {args.experiments:,} experiments in {time.perf_counter() - start:.0f} s")
-        process, base = start_api(url, Path(folder))
+    with seeded_list(args.experiments) as (url, folder):
+        process, base = start_api(url, folder)
         try:
             with sync_playwright() as playwright:
                 browser = playwright.chromium.launch(
@@ -128,9 +118,7 @@ def main() -> int:
             f"| {label} | {len(values)} | {statistics.median(values):.0f} ms | {p95:.0f} ms "
             f"| <= {GOAL_MS / 1000:.0f} s |"
         )
-    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"goal: {'met' if met else 'MISSED'}")
-    return 0 if met else 1
+    return print_goal(met)
 
 
 if __name__ == "__main__":

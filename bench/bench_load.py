@@ -34,13 +34,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -57,11 +55,11 @@ from bench.support import (
     rss_mb,
     running_api,
     scratch_home,
+    write_results,
 )
 from tests.worker.labs import Lab, lab, run_spec
 
 GOAL_COST = 0.05
-OUT = Path(__file__).resolve().parent.parent / "docs" / "bench"
 RUN = {
     "model": {"name": "mlp", "hidden": [256, 256]},
     "batch_size": 128,
@@ -319,8 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             "api_rss_mb": api_rss,
             "api_peak_rss_mb": api_peak,
         }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "load.json").write_text(json.dumps(results, indent=1))
+    write_results("load", results)
     return report(results)
 
 

@@ -28,7 +28,6 @@ if a wall-clock overhead exceeds the goal.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from backend.store.db import session_scope
 from backend.store.migrate import scratch_database
 from backend.store.results import write_snapshot
 from backend.store.writes import claim_run, create_experiment
-from bench.support import add_server_option
+from bench.support import add_server_option, write_results
 from worker.recording import RunMonitor, StoreRecorder
 from worker.run_types import MetricPoint, Recorder
 from worker.snapshots import curvature_snapshot
@@ -53,7 +52,6 @@ from worker.zoo.datasets import load_dataset
 from worker.zoo.models import build_model
 
 GOAL = 0.03
-OUT = Path(__file__).resolve().parent.parent / "docs" / "bench"
 WORKER = "bench"
 
 
@@ -198,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         (run_id,) = new_runs(url, make_spec("kfac", 1, 1), 1)
         compute, store = time_snapshot(make_spec("kfac", 1, 1), url, run_id)
         results["snapshot"] = {"compute_s": compute, "store_s": store}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "recording_overhead.json").write_text(json.dumps(results, indent=1))
+    write_results("recording_overhead", results)
     return report(results)
 
 

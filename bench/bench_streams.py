@@ -43,8 +43,15 @@ from backend.store.access import create_share_link
 from backend.store.db import session_scope
 from backend.store.models import Event
 from backend.store.writes import append_event, create_experiment
-from bench.bench_load import OUT, Viewers, summary, watch
-from bench.support import add_server_option, cpu_seconds, rss_mb, running_api, scratch_home
+from bench.bench_load import Viewers, summary, watch
+from bench.support import (
+    add_server_option,
+    cpu_seconds,
+    rss_mb,
+    running_api,
+    scratch_home,
+    write_results,
+)
 
 GOAL_P95_S = 1.0
 OPEN_TIMEOUT_S = 600  # generous: it fails with what it saw, never by a tight clock
@@ -194,8 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         running_api(url, home) as (api, base),
     ):
         results = asyncio.run(measure(url, base, api.pid, args))
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "streams.json").write_text(json.dumps(results, indent=1))
+    write_results("streams", results)
     return report(results)
 
 

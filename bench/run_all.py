@@ -1,11 +1,15 @@
-"""Run every benchmark and rewrite docs/benchmarks.md with what they printed.
+"""Run every benchmark and collect what they printed in docs/bench/run_all.md.
 
 Each benchmark is its own module that prints a Markdown section (tables of ratios and
 percentiles measured side by side in one process) and writes its JSON and plots under
 docs/bench/.  This runs them one after another in fresh processes, so that none warms up or
 slows down another, and puts their output under a header naming the machine.
 
-    python -m bench.run_all [--quick] [--only NAME ...]
+It writes a file of its own and never docs/benchmarks.md: that is the curated record (each
+section with its command, its load and what the figures mean against the goals, kept by hand
+from outputs like this one), and a regenerated file would drop everything written there since.
+
+    python -m bench.run_all [--quick] [--only NAME ...] [--output PATH]
 """
 
 from __future__ import annotations
@@ -57,11 +61,12 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS))
-    args = parser.parse_args()
+    parser.add_argument("--output", type=Path, help="default: docs/bench/run_all.md")
+    args = parser.parse_args(argv)
     chosen = args.only or list(BENCHMARKS)
     sections, failed = [], []
     for name in chosen:
@@ -81,16 +86,15 @@ def main() -> int:
         )
     today = datetime.date.today().isoformat()
     header = (
-        f"# Benchmarks\n\nWritten by `python -m bench.run_all` on {today}, on {machine()}.\n"
-        "Every figure is a ratio or a percentile measured side by side in one run. Issue numbers\n"
-        "are those of the issues' titles (1. kfac core ... 6. deployment). What the figures\n"
-        "mean against the goals, with profiles where a goal is missed, is at the end.\n"
+        f"# Benchmarks, as run\n\nWritten by `python -m bench.run_all` on {today}, on "
+        f"{machine()}.\nEvery figure is a ratio or a percentile measured side by side in one "
+        "run; docs/benchmarks.md\nkeeps the curated record and what the figures mean against "
+        "the goals.\n"
     )
-    notes = ROOT / "docs" / "benchmark-notes.md"
-    body = "\n".join([header, *sections])
-    if notes.exists():
-        body += "\n" + notes.read_text()
-    (ROOT / "docs" / "benchmarks.md").write_text(body)
+    output = args.output or ROOT / "docs" / "bench" / "run_all.md"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text("\n".join([header, *sections]))
+    print(f"wrote {output}")
     return 1 if failed else 0
 
 

@@ -9,6 +9,7 @@ admin token; benchmarks talk to it over HTTP like a browser does.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import socket
@@ -30,6 +31,8 @@ from backend.store.listing import list_experiments
 from backend.store.migrate import scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "bench"
+"""Where the benchmarks write their JSON and plots."""
 TOKEN = "bench-admin-token"
 SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
@@ -52,9 +55,31 @@ def add_server_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default=SERVER, help="PostgreSQL URL (default: %(default)s)")
 
 
-def add_database_options(parser: argparse.ArgumentParser) -> None:
-    """`--server`, and `--database`: a database filled by an earlier run, to reuse (see
-    `filled_database`)."""
+def write_results(name: str, results: dict[str, Any]) -> None:
+    """Keep a benchmark's figures as docs/bench/NAME.json."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(results, indent=1))
+
+
+def print_goal(met: bool) -> int:
+    """The closing lines of a benchmark's report: the load now and whether the goal is met;
+    the exit status (1: missed)."""
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"goal: {'met' if met else 'MISSED'}")
+    return 0 if met else 1
+
+
+def at_least_two(text: str) -> int:
+    """An argparse type: a count of timed requests, two at least for a 95th percentile."""
+    if int(text) < 2:
+        raise argparse.ArgumentTypeError("must be at least 2")
+    return int(text)
+
+
+def add_database_options(parser: argparse.ArgumentParser, points: int) -> None:
+    """`--points` per series of the experiment `filled_database` writes, `--server`, and
+    `--database`: a database filled by an earlier run, to reuse."""
+    parser.add_argument("--points", type=int, default=points, help="per series")
     add_server_option(parser)
     parser.add_argument("--database", help="reuse this already filled database (not dropped)")
 
@@ -148,30 +173,30 @@ def time_requests(
 
 @contextmanager
 def filled_database(
-    server: str, reuse: str | None, name: str, fill: Callable[[str], str]
+    args: argparse.Namespace, name: str, fill: Callable[[str, int], str]
 ) -> Iterator[tuple[str, str]]:
-    """(URL, experiment id) of a database holding the experiment called `name`: `reuse` as it
-    is when given (filled by an earlier run and kept), else a new database on `server` that
-    `fill(url)` fills (it returns what it stored, for the log) and that is dropped on the way
-    out."""
-    if reuse:
-        yield reuse, experiment_named(reuse, name)
+    """(URL, experiment id) of a database holding the experiment called `name`, from the
+    options of `add_database_options`: `--database` as it is when given (filled by an earlier
+    run and kept), else a new database on `--server` that `fill(url, points)` fills (it returns
+    what it stored, for the log) and that is dropped on the way out."""
+    if args.database:
+        yield args.database, experiment_named(args.database, name)
         return
-    with scratch_database(server, prefix="kfac_bench") as url:
+    with scratch_database(args.server, prefix="kfac_bench") as url:
         start = time.perf_counter()
-        stored = fill(url)
+        stored = fill(url, args.points)
         print(f"stored {stored} in {time.perf_counter() - start:.0f} s")
         yield url, experiment_named(url, name)
 
 
 @contextmanager
 def api_on_filled_database(
-    server: str, reuse: str | None, name: str, fill: Callable[[str], str]
+    args: argparse.Namespace, name: str, fill: Callable[[str, int], str]
 ) -> Iterator[tuple[str, str, subprocess.Popen, str]]:
     """`filled_database`'s database with the API running on it: (database URL, experiment id,
     API process, API base URL)."""
     with (
-        filled_database(server, reuse, name, fill) as (url, experiment_id),
+        filled_database(args, name, fill) as (url, experiment_id),
         tempfile.TemporaryDirectory(prefix="kfac-bench-") as home,
         running_api(url, Path(home)) as (process, base),
     ):

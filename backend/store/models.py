@@ -27,37 +27,35 @@ Tables, and why they look the way they do:
 * `events` — an append-only log per experiment that the API's live stream reads by id, so a page
   that reconnects with `Last-Event-ID` gets exactly what it missed.
 
+The declarative base, its naming convention and the column types are in `backend.store.base`.
 The schema is created only by the Alembic migrations in `migrations/`; a test checks that they
 and these models agree on PostgreSQL and SQLite.
 """
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
-    BigInteger,
     Boolean,
     CheckConstraint,
-    DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
-    MetaData,
     SmallInteger,
     String,
     Text,
-    TypeDecorator,
     UniqueConstraint,
     false,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from backend.store.base import Base, EventId, UTCDateTime, new_id, utcnow
 
 # The pyramid of metric rollups: level k summarises aligned windows of ROLLUP_BASE * 2**k steps
 # (bucket = step // width). Each rollup row keeps the first, lowest, highest and last
@@ -81,54 +79,6 @@ class RunStatus(StrEnum):
     @property
     def terminal(self) -> bool:
         return self not in (RunStatus.QUEUED, RunStatus.RUNNING)
-
-
-def new_id() -> str:
-    """A random 128-bit id as 32 hex characters: unique without coordination between machines."""
-    return uuid.uuid4().hex
-
-
-def utcnow() -> datetime:
-    """The current time, timezone-aware in UTC (the only kind of time the store writes)."""
-    return datetime.now(UTC)
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """A timestamp that always comes back timezone-aware in UTC.
-
-    PostgreSQL keeps the zone; SQLite stores text without it and hands back naive datetimes.
-    Normalising here lets callers compare and serialise times the same way on both.
-    """
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is not None:
-            value = value.astimezone(UTC)
-        return value
-
-    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value
-
-
-# Event ids must be a rowid alias on SQLite (AUTOINCREMENT, never reused) and 64-bit elsewhere.
-EventId = BigInteger().with_variant(Integer(), "sqlite")
-
-# Explicit constraint names: Alembic's batch mode on SQLite needs them to alter tables.
-NAMING_CONVENTION = {
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class Experiment(Base):

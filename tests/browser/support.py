@@ -9,7 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from playwright.sync_api import BrowserContext, ConsoleMessage, Page
+import httpx
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect
 
 from tests.worker.labs import WORKER_WAIT_S
 
@@ -28,6 +29,15 @@ class Server:
     @property
     def database_url(self) -> str:
         return f"sqlite:///{self.home / 'kfac.db'}"
+
+    def post(self, path: str, body: dict) -> dict:
+        """POST `body` to the API as the owner (a script's client would); the answer's JSON."""
+        response = httpx.post(
+            f"{self.url}{path}", json=body, headers={"Authorization": f"Bearer {self.token}"},
+            timeout=30,
+        )
+        assert response.status_code in (200, 201), response.text
+        return response.json()
 
 
 @dataclass
@@ -74,6 +84,35 @@ def sign_in(context: BrowserContext, server: Server) -> None:
     page.wait_for_function("() => localStorage.getItem('kfac-lab.token') !== null")
     assert "token=" not in page.url
     page.close()
+
+
+def smoke_form(
+    browser: Browser,
+    context_args: dict,
+    server: Server,
+    fields: dict[str, str],
+    permissions: tuple[str, ...] = (),
+) -> tuple[BrowserContext, PageWatch, Page]:
+    """A new signed-in context (granted `permissions`) and its watched page on /new, the smoke
+    preset chosen and `fields` (path → value) filled in."""
+    context = browser.new_context(**context_args)
+    context.grant_permissions(list(permissions))
+    sign_in(context, server)
+    watch = PageWatch()
+    page = watch.attach(context.new_page())
+    page.goto("/new")
+    expect(page.locator('.preset[data-name="smoke"]')).to_have_attribute("aria-pressed", "true")
+    for path, value in fields.items():
+        page.locator(f'[name="{path}"]').fill(value)
+    return context, watch, page
+
+
+def launch(context: BrowserContext, watch: PageWatch, page: Page) -> Launched:
+    """Launch the form's experiment and follow the page it opens: at once, as soon as the API
+    has stored and queued it, long before any run has started."""
+    page.click("#launch")
+    page.wait_for_url("**/experiments/*", wait_until="commit", timeout=60_000)
+    return Launched(page.url.rstrip("/").split("/")[-1], page, watch, context)
 
 
 class Screenshots:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import uuid
 
-import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -19,18 +18,9 @@ HOSTILE = "<img src=x onerror=alert(1)><script>window.injected = 1</script>"
 TRACES_JS = """id => (document.getElementById(id)?.data ?? []).map((trace) => [trace.x, trace.y])"""
 
 
-def post(server: Server, path: str, body: dict) -> dict:
-    response = httpx.post(
-        f"{server.url}{path}", json=body, headers={"Authorization": f"Bearer {server.token}"},
-        timeout=30,
-    )
-    assert response.status_code in (200, 201), response.text
-    return response.json()
-
-
 def tracked_run(server: Server, **fields) -> dict:
     body = {"id": uuid.uuid4().hex, "experiment": f"byo {uuid.uuid4().hex[:6]}", **fields}
-    return post(server, "/api/tracking/runs", body)
+    return server.post("/api/tracking/runs", body)
 
 
 def system_points(steps: range) -> list[list]:
@@ -56,8 +46,8 @@ def test_the_system_panel_draws_a_tracked_run_s_cpu_and_memory_live(
     page, _ = owner_page
     run = tracked_run(server, label="my script")
     metrics = f"/api/tracking/runs/{run['run_id']}/metrics"
-    post(server, metrics, {"points": [["train_loss", s, s * 5.0, 1.0 / s] for s in range(1, 4)]})
-    post(server, metrics, {"points": system_points(range(1, 4))})
+    server.post(metrics, {"points": [["train_loss", s, s * 5.0, 1.0 / s] for s in range(1, 4)]})
+    server.post(metrics, {"points": system_points(range(1, 4))})
 
     page.goto(f"/experiments/{run['experiment_id']}")
     panel = page.locator("#system-panel")
@@ -75,13 +65,13 @@ def test_the_system_panel_draws_a_tracked_run_s_cpu_and_memory_live(
     expect(page.locator("#chart-gpu_percent")).to_be_hidden()
 
     expect(page.locator("#live-text")).to_have_text("live", timeout=30_000)
-    post(server, metrics, {"points": system_points(range(4, 6))})
+    server.post(metrics, {"points": system_points(range(4, 6))})
     page.wait_for_function(
         "() => document.getElementById('chart-cpu_percent').data[0].x.length === 5",
         polling=250, timeout=30_000,
     )
     assert drawn(page, "rss_mb")[0] == [[1, 2, 3, 4, 5], [510.0, 520.0, 530.0, 540.0, 550.0]]
-    post(server, f"/api/tracking/runs/{run['run_id']}/end", {"status": "succeeded", "step": 5})
+    server.post(f"/api/tracking/runs/{run['run_id']}/end", {"status": "succeeded", "step": 5})
 
 
 def test_the_provenance_tooltip_shows_where_a_run_ran_as_text(
@@ -111,7 +101,7 @@ def test_the_provenance_tooltip_shows_where_a_run_ran_as_text(
     cell.hover()
     assert page.locator("#runs img, #runs script").count() == 0
     assert page.evaluate("() => window.injected") is None
-    post(server, f"/api/tracking/runs/{run['run_id']}/end", {"status": "succeeded"})
+    server.post(f"/api/tracking/runs/{run['run_id']}/end", {"status": "succeeded"})
 
 
 def test_the_form_marks_datasets_without_files_and_explains_the_refusal(

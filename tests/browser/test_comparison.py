@@ -29,7 +29,8 @@ from tests.browser.support import (
     PageWatch,
     Screenshots,
     Server,
-    sign_in,
+    launch,
+    smoke_form,
 )
 
 pytestmark = pytest.mark.browser
@@ -62,19 +63,13 @@ def wait_for_legend(page: Page, count: int) -> list[str]:
 @pytest.fixture(scope="module")
 def swept(browser: Browser, browser_context_args: dict, server: Server) -> Iterator[Launched]:
     """The smoke preset with SGD-m swept over two learning rates, launched from the form."""
-    context = browser.new_context(**browser_context_args)
-    sign_in(context, server)
-    watch = PageWatch()
-    page = watch.attach(context.new_page())
-    page.goto("/new")
-    expect(page.locator('.preset[data-name="smoke"]')).to_have_attribute("aria-pressed", "true")
-    for path, value in {
+    fields = {
         "name": "lr sweep",
         "base.steps": "20",
         "base.eval_interval": "10",
         "base.snapshot_interval": "20",
-    }.items():
-        page.locator(f'[name="{path}"]').fill(value)
+    }
+    context, watch, page = smoke_form(browser, browser_context_args, server, fields)
     count = page.locator("#run-count")
     expect(count).to_have_text("2 runs in all (2 configurations × 1 seed).")
     lr = page.locator('[name="optimizers.1.lr"]')  # SGD with momentum's learning rate
@@ -85,9 +80,7 @@ def swept(browser: Browser, browser_context_args: dict, server: Server) -> Itera
     expect(count).to_have_text("6 runs in all (3 configurations × 2 seeds).")
     page.locator('[name="seeds"]').fill("0")
     expect(count).to_have_text("3 runs in all (3 configurations × 1 seed).")
-    page.click("#launch")
-    page.wait_for_url("**/experiments/*", wait_until="commit", timeout=60_000)
-    yield Launched(page.url.rstrip("/").split("/")[-1], page, watch, context)
+    yield launch(context, watch, page)
     context.close()
 
 

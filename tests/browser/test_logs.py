@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import uuid
 
-import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -17,24 +16,15 @@ pytestmark = pytest.mark.browser
 INJECTED = "<script>window.injected = 1</script><b>bold</b>"
 
 
-def post(server: Server, path: str, body: dict) -> dict:
-    response = httpx.post(
-        f"{server.url}{path}", json=body, headers={"Authorization": f"Bearer {server.token}"},
-        timeout=30,
-    )
-    assert response.status_code in (200, 201), response.text
-    return response.json()
-
-
 def test_a_run_s_log_panel_shows_its_lines_as_text_and_tails_new_ones(
     owner_page: tuple[Page, PageWatch], server: Server
 ) -> None:
     page, _ = owner_page
-    run = post(server, "/api/tracking/runs", {
+    run = server.post("/api/tracking/runs", {
         "id": uuid.uuid4().hex, "experiment": f"logs {uuid.uuid4().hex[:6]}", "label": "scripted",
     })
     logs = f"/api/tracking/runs/{run['run_id']}/logs"
-    post(server, logs, {"lines": [[0, 1.7e9, "INFO", "started"], [1, 1.7e9, "ERROR", INJECTED]]})
+    server.post(logs, {"lines": [[0, 1.7e9, "INFO", "started"], [1, 1.7e9, "ERROR", INJECTED]]})
 
     page.goto(f"/experiments/{run['experiment_id']}")
     panel = page.locator(f'details.run-log[data-run="{run["run_id"]}"]')
@@ -50,10 +40,10 @@ def test_a_run_s_log_panel_shows_its_lines_as_text_and_tails_new_ones(
     assert page.evaluate("() => window.injected") is None
 
     expect(page.locator("#live-text")).to_have_text("live", timeout=30_000)
-    post(server, logs, {"lines": [[2, 1.7e9, "WARNING", "step 10: slow"]]})
+    server.post(logs, {"lines": [[2, 1.7e9, "WARNING", "step 10: slow"]]})
     expect(lines).to_have_count(3, timeout=30_000)  # no reload: through the stream
     expect(lines.nth(2)).to_contain_text("WARNING step 10: slow")
-    post(server, logs, {"lines": [[2, 1.7e9, "WARNING", "step 10: slow"]]})  # a retry: once
-    post(server, f"/api/tracking/runs/{run['run_id']}/end", {"status": "succeeded", "step": 10})
+    server.post(logs, {"lines": [[2, 1.7e9, "WARNING", "step 10: slow"]]})  # a retry: once
+    server.post(f"/api/tracking/runs/{run['run_id']}/end", {"status": "succeeded", "step": 10})
     expect(page.locator("#live-text")).to_have_text("finished", timeout=30_000)
     expect(lines).to_have_count(3)

@@ -22,7 +22,8 @@ from tests.browser.support import (
     PageWatch,
     Screenshots,
     Server,
-    sign_in,
+    launch,
+    smoke_form,
 )
 
 pytestmark = pytest.mark.browser
@@ -54,22 +55,15 @@ def fill_field(page: Page, path: str, value: str) -> None:
 @pytest.fixture(scope="module")
 def launched(browser: Browser, browser_context_args: dict, server: Server) -> Iterator[Launched]:
     """A smoke comparison launched from the form, and the experiment page it opened."""
-    context = browser.new_context(**browser_context_args)
-    context.grant_permissions(["clipboard-read", "clipboard-write"])
-    sign_in(context, server)
-    watch = PageWatch()
-    page = watch.attach(context.new_page())
-    page.goto("/new")
-    expect(page.locator('.preset[data-name="smoke"]')).to_have_attribute("aria-pressed", "true")
-    fill_field(page, "name", XSS_NAME)
-    fill_field(page, "base.steps", "60")
-    fill_field(page, "base.snapshot_interval", "20")
-    fill_field(page, "base.eval_interval", "20")
-    page.click("#launch")
-    # At once: as soon as the API has stored and queued it, long before any run has started.
-    page.wait_for_url("**/experiments/*", wait_until="commit", timeout=60_000)
-    experiment_id = page.url.rstrip("/").split("/")[-1]
-    yield Launched(experiment_id, page, watch, context)
+    fields = {
+        "name": XSS_NAME,
+        "base.steps": "60",
+        "base.snapshot_interval": "20",
+        "base.eval_interval": "20",
+    }
+    permissions = ("clipboard-read", "clipboard-write")
+    context, watch, page = smoke_form(browser, browser_context_args, server, fields, permissions)
+    yield launch(context, watch, page)
     context.close()
 
 

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from backend.comparison import (
-    BASE_COLOURS,
     Crossing,
     RunOutcome,
     compare,
@@ -20,10 +19,10 @@ from backend.comparison import (
     first_crossing,
     group_runs,
     higher_is_better,
-    shade_colour,
     statistic,
     t_quantile,
 )
+from backend.comparison_groups import BASE_COLOURS, shade_colour
 from backend.comparison_sources import SeriesSource
 
 

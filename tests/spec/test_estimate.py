@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.estimate import estimate, memory_bytes, resource_errors, step_flops
+from backend.estimate import _layers, estimate, memory_bytes, resource_errors, step_flops
 from backend.spec import ExperimentSpec, RunSpec
 
 MLP = {
@@ -90,3 +90,55 @@ def test_a_growing_batch_costs_its_mean_size_per_step() -> None:
     sizes = [run.batch_size.size_at(k, 4000) for k in range(1, 51)]
     mean = sum(sizes) / len(sizes)
     assert step_flops(run) / step_flops(spec(batch_size=1)) == pytest.approx(mean, rel=0.02)
+
+
+def test_the_quadratic_model_reads_a_chain_off_the_training_pass() -> None:
+    """α, μ (§7) need J·Δ, J·δ₀ on a quarter of the batch: per direction V ā on every layer and
+    W ȧ on all but the first; a model that is not a chain adds the dual pass's primal W a."""
+    adaptive, fixed = spec(optimizer={"name": "kfac"}), spec(optimizer={"name": "kfac", "lr": 0.1})
+    products = [2 * 65 * 32, 2 * 33 * 10]  # per example, per layer
+    tangent = 2 * sum(products) - products[0]
+    assert step_flops(adaptive) - step_flops(fixed) == pytest.approx(25 * 2 * tangent)
+
+    def quadratic_cost(model: dict) -> tuple[float, list[int]]:
+        """The adaptive step's extra FLOPs, and the layers' products per example."""
+        run = {"dataset": "digits8x8", "model": model}
+        adaptive = spec(**run, optimizer={"name": "kfc"})
+        layers = [2 * layer.positions * layer.shape.parameters for layer in _layers(adaptive)]
+        fixed = spec(**run, optimizer={"name": "kfc", "lr": 0.1})
+        return step_flops(adaptive) - step_flops(fixed), layers
+
+    # KFC's quadratic model uses the whole batch of 100; batch norm makes the net no chain
+    plain = {"name": "convnet", "channels": [4, 8], "pooling": ["max", "avg"]}
+    cost, products = quadratic_cost(plain)
+    assert cost == pytest.approx(100 * 2 * (2 * sum(products) - products[0]))
+    cost, products = quadratic_cost({**plain, "batch_norm": True})
+    assert cost == pytest.approx(100 * 2 * (3 * sum(products) - products[0]))
+
+
+def test_nodes_share_the_batch_and_the_inverses_but_not_rank_zero_s_work() -> None:
+    """Each of M workers trains B/M examples and inverts 1/M of the factors; every rank applies
+    the inverse; rank 0 alone evaluates."""
+    one = spec(optimizer={"name": "kfac"}, eval_interval=10)
+    two = spec(optimizer={"name": "kfac"}, eval_interval=10, nodes=2)
+    apply = 2 * (65 * 32 * (65 + 32) + 33 * 10 * (33 + 10))
+    evaluation = 2 * (65 * 32 + 33 * 10) * 1000 / 10
+    shared = step_flops(one) - apply - evaluation
+    assert step_flops(two) == pytest.approx(shared / 2 + apply + evaluation)
+    assert step_flops(spec(nodes=4)) == pytest.approx(step_flops(spec()) / 4)
+    assert step_flops(spec(processes=4)) == pytest.approx(step_flops(spec()))
+
+
+def test_a_worker_holds_its_ranks_copies_and_their_share_of_the_activations() -> None:
+    parameters = 65 * 32 + 33 * 10
+    data = 5000 * 64 * 4
+
+    def activations(batch: int) -> int:
+        return batch * (64 + 2 * (32 + 10) + 2 * (65 + 32))
+
+    assert memory_bytes(spec(nodes=4)) == data + 4 * (2 * parameters + activations(25))
+    assert memory_bytes(spec(processes=3, nodes=2)) == 3 * (
+        data + 4 * (2 * parameters + activations(17))  # rank 0 gets ⌈100 / 6⌉ examples
+    )
+    checkpoint = memory_bytes(spec(processes=2, checkpoint_interval=10))
+    assert checkpoint - memory_bytes(spec(processes=2)) == 4 * parameters  # rank 0's alone

@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
 from backend.api.cache import cached_json
+from backend.api.data_schemas import Comparison
 from backend.api.deps import AdminDep, ReaderDep, SessionDep, load_experiment
 from backend.api.errors import READ_ERRORS
-from backend.api.schemas import Comparison
 from backend.comparison import comparison, group_runs
 from backend.comparison_sources import StoreSource
 from backend.store.queries import last_event_id

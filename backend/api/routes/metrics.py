@@ -13,13 +13,16 @@ import csv
 import io
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from sqlalchemy.orm import Session
 
 from backend.api.aggregate import aggregate
 from backend.api.cache import cached_json
+from backend.api.data_schemas import Aggregate, ExperimentMetrics, RunMetrics
 from backend.api.deps import (
     MaxPoints,
     MetricNamesDep,
@@ -31,8 +34,8 @@ from backend.api.deps import (
     load_run,
 )
 from backend.api.errors import READ_ERRORS
-from backend.api.schemas import Aggregate, ExperimentMetrics, RunMetrics
 from backend.store.db import session_scope
+from backend.store.models import Run
 from backend.store.queries import iter_points, last_event_id, metric_names, read_metrics
 
 router = APIRouter(tags=["metrics"], responses=READ_ERRORS)
@@ -42,10 +45,44 @@ EXPORT_CHUNK_ROWS = 5000
 _FAR = 1e12  # an open end of an x range
 
 
-def _x_range(x_min: float | None, x_max: float | None) -> tuple[float, float] | None:
-    if x_min is None and x_max is None:
-        return None
-    return (-_FAR if x_min is None else x_min, _FAR if x_max is None else x_max)
+@dataclass(frozen=True)
+class SeriesQuery:
+    """What a metrics request reads of each run: the metrics `names` (None: every one the runs
+    recorded), on the `x` axis, at most `max_points` per series, within `x_range`."""
+
+    names: list[str] | None
+    x: str
+    max_points: int
+    x_range: tuple[float, float] | None
+
+    def read(self, session: Session, runs: list[Run]) -> dict[str, dict]:
+        """{run id: {name: series}}."""
+        wanted = self.names or sorted(
+            {metric["name"] for run in runs for metric in metric_names(session, run.id)}
+        )
+        ids = [run.id for run in runs]
+        return read_metrics(session, ids, wanted, self.x, self.max_points, self.x_range)
+
+    def key(self) -> tuple:
+        """What the answer depends on besides the runs and the data's version (a cache key)."""
+        return (tuple(self.names or ()), self.x, self.max_points, self.x_range)
+
+
+def series_query(
+    names: MetricNamesDep,
+    x: Axis = "step",
+    max_points: MaxPoints = 2000,
+    x_min: XBound = None,
+    x_max: XBound = None,
+) -> SeriesQuery:
+    """The query parameters of a metrics request; `x_min` / `x_max` zoom in (on the x axis)."""
+    x_range = None
+    if x_min is not None or x_max is not None:
+        x_range = (-_FAR if x_min is None else x_min, _FAR if x_max is None else x_max)
+    return SeriesQuery(names, x, max_points, x_range)
+
+
+SeriesQueryDep = Annotated[SeriesQuery, Depends(series_query)]
 
 
 @router.get("/runs/{run_id}/metrics", response_model=RunMetrics)
@@ -54,25 +91,17 @@ def run_metrics(
     request: Request,
     session: SessionDep,
     principal: ReaderDep,
-    names: MetricNamesDep,
-    x: Axis = "step",
-    max_points: MaxPoints = 2000,
-    x_min: XBound = None,
-    x_max: XBound = None,
+    query: SeriesQueryDep,
 ) -> Response:
     """A run's metrics (`train_loss`, `test_loss`, ...), each at most `max_points` long;
     `x_min` / `x_max` zoom in (on the chosen x axis)."""
     run = load_run(session, principal, run_id)
-    x_range = _x_range(x_min, x_max)
     version = last_event_id(session, run.experiment_id)
 
     def make() -> dict:
-        wanted = names or [metric["name"] for metric in metric_names(session, run.id)]
-        series = read_metrics(session, [run.id], wanted, x, max_points, x_range)
-        return {"run_id": run.id, "series": series.get(run.id, {})}
+        return {"run_id": run.id, "series": query.read(session, [run]).get(run.id, {})}
 
-    key = ("run", run.id, tuple(names or ()), x, max_points, x_range, version)
-    return cached_json(request, key, make)
+    return cached_json(request, ("run", run.id, *query.key(), version), make)
 
 
 @router.get("/experiments/{experiment_id}/metrics", response_model=ExperimentMetrics)
@@ -81,14 +110,10 @@ def experiment_metrics(
     request: Request,
     session: SessionDep,
     principal: ReaderDep,
-    names: MetricNamesDep,
+    query: SeriesQueryDep,
     run_ids: Annotated[
         list[str] | None, Query(max_length=64, description="Default: every run")
     ] = None,
-    x: Axis = "step",
-    max_points: MaxPoints = 2000,
-    x_min: XBound = None,
-    x_max: XBound = None,
 ) -> Response:
     """The metrics of all (or some) runs of an experiment in one request: what the
     experiment page draws. `last_event_id` is read before the data, so the event stream
@@ -96,20 +121,17 @@ def experiment_metrics(
     experiment = load_experiment(session, principal, experiment_id)
     cursor = last_event_id(session, experiment.id)
     runs = [run for run in experiment.runs if not run_ids or run.id in run_ids]
-    x_range = _x_range(x_min, x_max)
 
     def make() -> dict:
-        wanted = names or sorted({m["name"] for run in runs for m in metric_names(session, run.id)})
-        data = read_metrics(session, [run.id for run in runs], wanted, x, max_points, x_range)
+        data = query.read(session, runs)
         return {
             "experiment_id": experiment.id,
             "last_event_id": cursor,
             "runs": [{"run_id": run.id, "series": data.get(run.id, {})} for run in runs],
         }
 
-    key = ("experiment", experiment.id, tuple(names or ()), tuple(r.id for r in runs))
-    key += (x, max_points, x_range)
-    return cached_json(request, (*key, cursor), make)
+    key = ("experiment", experiment.id, tuple(run.id for run in runs), *query.key(), cursor)
+    return cached_json(request, key, make)
 
 
 @router.get("/experiments/{experiment_id}/aggregate", response_model=Aggregate)

@@ -7,9 +7,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from backend.api.cache import cached_json
+from backend.api.data_schemas import SnapshotOut, SnapshotSummary
 from backend.api.deps import ReaderDep, SessionDep, load_run, load_snapshot
 from backend.api.errors import READ_ERRORS
-from backend.api.schemas import SnapshotOut, SnapshotSummary
 from backend.store.queries import list_snapshots, read_snapshot
 from backend.store.snapshots import decode_matrices, to_base64_matrix
 
