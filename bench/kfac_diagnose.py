@@ -4,7 +4,8 @@
 Each variant is `name=JSON`, the JSON being `kfac.KFAC` keyword options on top of the defaults
 (e.g. `floor3='{"damping": 1}'`); "sgd" is SGD with momentum 0.9 at `--sgd-lr` for reference.
 Every run trains the race's digits classifier MLP (bench.kfac_vs_sgd task `mlp_digits`:
-784-256-128-10, tanh, Glorot, cross-entropy, 4,000 offline digits, batch 256) with the race's
+784-256-128-10, tanh, Glorot, cross-entropy, 4,000 offline digits, batch 256 unless
+`--batch`) with the race's
 seeding (model, batch order and sampled targets from the seed), so the "defaults" variant
 repeats the race's K-FAC runs step for step. `--min-damping` changes the λ floor
 (kfac.damping.MIN_DAMPING) for all K-FAC variants of the invocation.
@@ -38,12 +39,11 @@ from kfac.quadratic import solve_step_coefficients
 from kfac.vectors import squared_norm
 
 TASK = "mlp_digits"
-BATCH = 256
 
 
 def run(job) -> dict:
     """One seeded run of `steps` steps; per step the diagnostics and the training set's h."""
-    name, options, seed, steps, floor, sgd_lr, shares = job
+    name, options, seed, steps, floor, sgd_lr, shares, batch = job
     torch.set_num_threads(1)
     kfac.damping.MIN_DAMPING = floor  # read at call time by levenberg_marquardt
     x, y = task_data(TASK)
@@ -66,7 +66,7 @@ def run(job) -> dict:
     rows = []
     nll, h = training_set()
     for k in range(1, steps + 1):
-        idx = torch.randint(0, x.shape[0], (BATCH,), generator=generator)
+        idx = torch.randint(0, x.shape[0], (batch,), generator=generator)
         if name == "sgd":
             sgd.zero_grad(set_to_none=True)
             loss = negative_log_likelihood(model(x[idx]), y[idx], family).mean()
@@ -106,20 +106,20 @@ def probe_shares(optimizer: KFAC) -> None:
         result = chosen(inputs, gradient, preconditioned, previous)
         group = optimizer.param_groups[0]
         directions = [preconditioned] if previous[0] is None else [preconditioned, previous]
-        batch = inputs.shape[0]
+        size = inputs.shape[0]
         whole = optimizer.quadratic.matrices(
-            inputs, batch, gradient, directions, group["weight_decay"], group["damping"]
+            inputs, size, gradient, directions, group["weight_decay"], group["damping"]
         )
-        outputs, (along,) = optimizer.quadratic._output_directions(inputs, batch, [preconditioned])
+        outputs, (along,) = optimizer.quadratic._output_directions(inputs, size, [preconditioned])
         per_example = torch.stack(
             [
                 output_fisher_bilinear(
                     outputs[i : i + 1], along[i : i + 1], along[i : i + 1], optimizer.family
                 )
-                for i in range(batch)
+                for i in range(size)
             ]
         )
-        top = per_example.sort(descending=True).values[: batch // 10].sum()
+        top = per_example.sort(descending=True).values[: size // 10].sum()
         optimizer.probed = {
             "alpha_share_over_whole": result[0] / solve_step_coefficients(*whole).alpha,
             "top_tenth": float(top / per_example.sum()),
@@ -208,17 +208,29 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--min-damping", type=float, default=kfac.damping.MIN_DAMPING)
     parser.add_argument("--sgd-lr", type=float, default=0.3)
+    parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--trace", action="store_true", help="every step of seed 0")
     parser.add_argument("--shares", action="store_true", help="α of the share vs whole batch")
     args = parser.parse_args()
     variants = [v.split("=", 1) if "=" in v else (v, "{}") for v in args.variants]
     seeds = 1 if args.trace else args.seeds
     jobs = [
-        (name, json.loads(options), seed, args.steps, args.min_damping, args.sgd_lr, args.shares)
+        (
+            name,
+            json.loads(options),
+            seed,
+            args.steps,
+            args.min_damping,
+            args.sgd_lr,
+            args.shares,
+            args.batch,
+        )
         for name, options in variants
         for seed in range(seeds)
     ]
-    print(f"load average {os.getloadavg()[0]:.1f}; λ floor {args.min_damping:g}")
+    print(
+        f"load average {os.getloadavg()[0]:.1f}; λ floor {args.min_damping:g}; batch {args.batch}"
+    )
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         results = pool.map(run, jobs, chunksize=1)
     if args.trace:
