@@ -15,6 +15,9 @@ run's medians of α, |μ| = 1 (the bound of kfac.quadratic) and λ, plus "gap": 
 steps of the training set's actual change of h divided by the quadratic model's predicted
 change M(δ) − M(0) (ρ as the whole training set sees it, where the optimizer's ρ is measured
 on the mini-batch that chose δ).  `--trace` prints every step of seed 0 instead.
+`--stratify TOP` fills the quadratic model's share of the batch with the TOP examples of
+largest output-Fisher trace and a uniform draw from the rest, weighted to stay unbiased
+(`stratified_order`); `--stratify 0` is the plain random share, the control.
 
     python -m bench.kfac_diagnose --steps 150 --seeds 3 --workers 2 defaults='{}' \
         eta0='{"weight_decay": 0}' [--min-damping 1e-4] [--trace]
@@ -32,6 +35,7 @@ import statistics
 import torch
 
 import kfac.damping
+import kfac.quadratic
 from bench.kfac_vs_sgd import task_data, task_model
 from kfac import KFAC
 from kfac.losses import negative_log_likelihood, output_fisher_bilinear
@@ -40,12 +44,46 @@ from kfac.vectors import squared_norm
 
 TASK = "mlp_digits"
 
+ROW_WEIGHTS: dict[str, torch.Tensor] = {}
+"""√(wᵢ·S/B) for the rows of the quadratic model's share while a stratified run steps."""
+
+
+def weighted_bilinear(outputs, u, v, family):
+    """(1/B) Σᵢ wᵢ uᵢᵀF_R(zᵢ)vᵢ over the share's S rows: kfac.losses' form is the mean over the
+    rows it is given and bilinear, so each row of u and v is scaled by √(wᵢ·S/B)."""
+    scale = ROW_WEIGHTS.get("scale")
+    if scale is None:
+        return output_fisher_bilinear(outputs, u, v, family)
+    scale = scale.to(u.dtype).view(-1, *([1] * (u.dim() - 1)))
+    return output_fisher_bilinear(outputs, u * scale, v * scale, family)
+
+
+def stratified_order(model, inputs, top: int, share: int, generator) -> torch.Tensor:
+    """The batch reordered so that the quadratic model's share (its first `share` rows) holds
+    the `top` examples of largest output-Fisher trace tr(diag(p) − ppᵀ) = 1 − Σp² with weight
+    1, then `share − top` drawn uniformly from the others with weight (B − top)/(share − top):
+    an unbiased estimate of the batch's mean vᵀFw that keeps the few examples carrying it."""
+    batch = inputs.shape[0]
+    with torch.no_grad():
+        p = torch.softmax(model(inputs), 1)
+    order = (1 - (p * p).sum(1)).argsort(descending=True)
+    rest = order[top:][torch.randperm(batch - top, generator=generator)]
+    drawn = share - top
+    weights = torch.cat([torch.ones(top), torch.full((drawn,), (batch - top) / drawn)])
+    ROW_WEIGHTS["scale"] = (weights * share / batch).sqrt()
+    return torch.cat([order[:top], rest])
+
 
 def run(job) -> dict:
     """One seeded run of `steps` steps; per step the diagnostics and the training set's h."""
-    name, options, seed, steps, floor, sgd_lr, shares, batch = job
+    name, options, seed, steps, floor, sgd_lr, shares, batch, top = job
     torch.set_num_threads(1)
     kfac.damping.MIN_DAMPING = floor  # read at call time by levenberg_marquardt
+    stratified = top is not None and name != "sgd"
+    if stratified:  # read at call time by kfac.quadratic.fisher_gram
+        kfac.quadratic.output_fisher_bilinear = weighted_bilinear
+        share = round(options.get("quadratic_fraction", 0.25) * batch)
+        picker = torch.Generator().manual_seed(1000 + seed)
     x, y = task_data(TASK)
     model, family = task_model(TASK, 1.0, seed)
     eta = options.get("weight_decay", 1e-5) if name != "sgd" else 0.0
@@ -67,6 +105,8 @@ def run(job) -> dict:
     nll, h = training_set()
     for k in range(1, steps + 1):
         idx = torch.randint(0, x.shape[0], (batch,), generator=generator)
+        if stratified:
+            idx = idx[stratified_order(model, x[idx], top, share, picker)]
         if name == "sgd":
             sgd.zero_grad(set_to_none=True)
             loss = negative_log_likelihood(model(x[idx]), y[idx], family).mean()
@@ -209,6 +249,9 @@ def main() -> None:
     parser.add_argument("--min-damping", type=float, default=kfac.damping.MIN_DAMPING)
     parser.add_argument("--sgd-lr", type=float, default=0.3)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument(
+        "--stratify", type=int, metavar="TOP", help="the model's share: TOP hardest + drawn"
+    )
     parser.add_argument("--trace", action="store_true", help="every step of seed 0")
     parser.add_argument("--shares", action="store_true", help="α of the share vs whole batch")
     args = parser.parse_args()
@@ -224,12 +267,14 @@ def main() -> None:
             args.sgd_lr,
             args.shares,
             args.batch,
+            args.stratify,
         )
         for name, options in variants
         for seed in range(seeds)
     ]
     print(
-        f"load average {os.getloadavg()[0]:.1f}; λ floor {args.min_damping:g}; batch {args.batch}"
+        f"load average {os.getloadavg()[0]:.1f}; λ floor {args.min_damping:g}; "
+        f"batch {args.batch}; stratified share: {args.stratify}"
     )
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         results = pool.map(run, jobs, chunksize=1)
