@@ -2,13 +2,12 @@
 (issue 16, docs/benchmarks.md "16, third pass").
 
 Each variant is `name=JSON`, the JSON being `kfac.KFAC` keyword options on top of the defaults
-(e.g. `floor3='{"damping": 1}'`); "sgd" is SGD with momentum 0.9 at `--sgd-lr` for reference.
-Every run trains the race's digits classifier MLP (bench.kfac_vs_sgd task `mlp_digits`:
-784-256-128-10, tanh, Glorot, cross-entropy, 4,000 offline digits, batch 256 unless
-`--batch`) with the race's
-seeding (model, batch order and sampled targets from the seed), so the "defaults" variant
-repeats the race's K-FAC runs step for step. `--min-damping` changes the λ floor
-(kfac.damping.MIN_DAMPING) for all K-FAC variants of the invocation.
+(e.g. `lam01='{"damping": 0.1, "adapt_damping": false}'`); "sgd" is SGD with momentum 0.9 at
+`--sgd-lr` for reference.  Every run trains the race's digits classifier MLP (bench.kfac_vs_sgd
+task `mlp_digits`: 784-256-128-10, tanh, Glorot, cross-entropy, 4,000 offline digits, batch 256
+unless `--batch`) with the race's seeding (model, batch order and sampled targets from the
+seed), so the "defaults" variant repeats the race's K-FAC runs step for step.  `--min-damping`
+changes the λ floor (kfac.damping.MIN_DAMPING) for all K-FAC variants of the invocation.
 
 The summary gives the training loss on all 4,000 examples at a few steps, per seed, and the
 run's medians of α, |μ| = 1 (the bound of kfac.quadratic) and λ, plus "gap": the median over
@@ -20,7 +19,8 @@ largest output-Fisher trace and a uniform draw from the rest, weighted to stay u
 (`stratified_order`); `--stratify 0` is the plain random share, the control.
 
     python -m bench.kfac_diagnose --steps 150 --seeds 3 --workers 2 defaults='{}' \
-        eta0='{"weight_decay": 0}' [--min-damping 1e-4] [--trace]
+        eta0='{"weight_decay": 0}' [--min-damping 1e-4] [--batch 256] [--stratify 32] \
+        [--shares | --trace]
 """
 
 from __future__ import annotations
