@@ -6,9 +6,10 @@ autoencoder at batch 256 and 1000, as ratios to SGD-m's step measured side by si
 process: round-robin rounds of `--steps` steps each (amortised over the statistics and inverse
 periods), the median over `--rounds` rounds. `--cpu-time` times the process's CPU time instead
 of the wall clock: with one thread on a machine loaded by others it counts this process's work
-alone. "kfac (dual passes)" is the default step with
-J·Δ and J·δ₀ from forward passes with dual numbers, as before the quadratic model read them off
-the training pass (kfac.linearisation); it is the "before" of the same run.
+alone. The default step is also run with one option changed: η = 0 (no ℓ2 term, so the wide
+layers take the per-example product), `precision="bfloat16"` (kfac.enums.ProductPrecision), and
+"dual passes" (`--methods ... kfac_dual`: J·Δ and J·δ₀ from forward passes with dual numbers, as
+before the quadratic model read them off the training pass, kfac.linearisation).
 
 `--profile` breaks each default step down into its parts, each summed over the steps of the
 rounds and divided by the SGD-m step of the same rounds.
@@ -19,6 +20,7 @@ the Fisher of a share of the batch, from 1/16 to all of it: how far the α, μ o
 quarter lie from the whole batch's.
 
     python -m bench.kfac_step_cost [--rounds 5] [--steps 20] [--threads N] [--profile]
+        [--cpu-time] [--batches 256 1000] [--methods sgd_momentum kfac kfac_eta0 ...]
     python -m bench.kfac_step_cost --fractions
 """
 
@@ -33,6 +35,7 @@ from collections import defaultdict
 import torch
 
 from bench.kfac_vs_sgd import autoencoder, make_step, task_data
+from kfac import KFAC
 from kfac.quadratic import solve_step_coefficients
 
 METHODS = {
@@ -40,8 +43,13 @@ METHODS = {
     "adam": "Adam",
     "kfac_fixed": "K-FAC fixed lr",
     "kfac": "K-FAC defaults",
+    "kfac_eta0": "K-FAC defaults, η = 0",
+    "kfac_bf16": "K-FAC defaults, bfloat16 products",
     "kfac_dual": "K-FAC defaults (dual passes)",
 }
+DEFAULT_METHODS = ["sgd_momentum", "adam", "kfac_fixed", "kfac", "kfac_eta0", "kfac_bf16"]
+# The default step with one option changed (kfac.KFAC's keywords).
+VARIANTS = {"kfac_eta0": {"weight_decay": 0.0}, "kfac_bf16": {"precision": "bfloat16"}}
 
 # The parts of the default step, as the optimizer's methods that do them.
 PARTS = {
@@ -60,6 +68,8 @@ def stepper(method: str, timings: dict | None):
     if method == "kfac_dual":
         step = make_step("kfac", model)
         step.__self__.quadratic.chain = None  # the dual passes of kfac.quadratic
+    elif method in VARIANTS:
+        step = KFAC(model, "bce", **VARIANTS[method]).step
     else:
         step = make_step(method, model, lr=1e-3)
     if timings is not None and method.startswith("kfac") and method != "kfac_fixed":
@@ -83,17 +93,17 @@ def timed(function, totals: dict, name: str):
     return wrapper
 
 
-def measure(batch: int, rounds: int, steps: int, profile: bool):
+def measure(batch: int, rounds: int, steps: int, profile: bool, methods: list[str]):
     """Median seconds per step of each method (round-robin), and the parts' seconds per step."""
     x = torch.rand(batch, 784, generator=torch.Generator().manual_seed(0))
     timings = defaultdict(lambda: defaultdict(float)) if profile else None
-    steps_of = {m: stepper(m, timings) for m in METHODS}
+    steps_of = {m: stepper(m, timings) for m in methods}
     for step in steps_of.values():  # warm-up: first statistics and inverses, the allocator
         for _ in range(3):
             step(x, x)
     for totals in (timings or {}).values():  # the wrappers keep these dicts
         totals.clear()
-    samples = {m: [] for m in METHODS}
+    samples = {m: [] for m in methods}
     for _ in range(rounds):
         for method, step in steps_of.items():
             start = CLOCK["now"]()
@@ -174,7 +184,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="the default step's parts")
     parser.add_argument("--fractions", action="store_true", help="α, μ on shares of the batch")
     parser.add_argument("--cpu-time", action="store_true", help="time the process's CPU time")
+    parser.add_argument(
+        "--methods", nargs="*", choices=list(METHODS), default=DEFAULT_METHODS, help="sgd first"
+    )
     args = parser.parse_args()
+    methods = ["sgd_momentum"] + [m for m in args.methods if m != "sgd_momentum"]
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.cpu_time:
@@ -185,18 +199,18 @@ def main() -> None:
     clock = "CPU time" if args.cpu_time else "wall clock"
     print(f"# K-FAC's step cost — {platform.machine()}, {torch.get_num_threads()} threads, ")
     print(f"{args.rounds} interleaved rounds of {args.steps} steps, medians, {clock}\n")
-    print("| batch | " + " | ".join(METHODS.values()) + " |")
-    print("|---|" + "---|" * len(METHODS))
+    print("| batch | " + " | ".join(METHODS[m] for m in methods) + " |")
+    print("|---|" + "---|" * len(methods))
     profiles = {}
     for batch in args.batches:
-        medians, profiles[batch] = measure(batch, args.rounds, args.steps, args.profile)
+        medians, profiles[batch] = measure(batch, args.rounds, args.steps, args.profile, methods)
         sgd = medians["sgd_momentum"]
-        cells = [f"{medians[m] / sgd:.2f}× ({medians[m] * 1e3:.0f} ms)" for m in METHODS]
+        cells = [f"{medians[m] / sgd:.2f}× ({medians[m] * 1e3:.0f} ms)" for m in methods]
         print(f"| {batch} | " + " | ".join(cells) + " |")
     if not args.profile:
         return
     print("\nParts of the default step, in SGD-m steps (summed over the rounds, same run)\n")
-    variants = ("kfac", "kfac_dual")
+    variants = [m for m in methods if m.startswith("kfac") and m != "kfac_fixed"]
     header = " | ".join(f"{METHODS[v]}, batch {b}" for b in args.batches for v in variants)
     print(f"| part | {header} |")
     print("|---|" + "---|" * (len(args.batches) * len(variants)))

@@ -73,6 +73,8 @@ class KFAC(torch.optim.Optimizer):
         kl_clip: with a fixed lr, scale steps so that lr²·Δᵀ∇h <= kl_clip.
         layers: names of the layers to precondition (default: all supported ones).
         seed: seeds the generator of the sampled targets (saved in the state dict).
+        precision: "bfloat16" computes the dense products G⁻¹[∇W ∇b]Ā⁻¹ in bfloat16 (an opt-in
+            trade of ~0.4% error in F̆⁻¹∇h for speed, kfac.preconditioner); "exact" by default.
 
     communicator: the ranks of a data-parallel run (kfac.distributed); None is one process.
         The ranks' parameters are made equal (rank 0's) at construction.
@@ -108,7 +110,7 @@ class KFAC(torch.optim.Optimizer):
         self.batch_size = 0  # the global batch of the current step (all ranks' examples)
         self.capture = ActivationCapture(self.blocks)
         self.preconditioner = KroneckerPreconditioner(
-            self.blocks, structure, self.block_state, self.communicator
+            self.blocks, structure, self.block_state, self.communicator, settings.precision
         )
         self.quadratic = QuadraticModel(
             model, self.family, self.blocks, params, self.capture, self.communicator
@@ -353,8 +355,8 @@ class KFAC(torch.optim.Optimizer):
             )
         conditioned = self.preconditioner.precondition(matrices, per_example)
         result = {}
-        for block, matrix in zip(self.blocks, conditioned, strict=True):
-            for p, part in zip(block.parameters(), block.split(matrix), strict=True):
+        for block, parts in zip(self.blocks, conditioned, strict=True):
+            for p, part in zip(block.parameters(), parts, strict=True):
                 result[id(p)] = part
         adaptive = self.param_groups[0]["lr"] is None
         other_scale = 1.0 / self.counters["gamma"] ** 2 if adaptive else 1.0

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from kfac.enums import FisherType, InverseStructure
+from kfac.enums import FisherType, InverseStructure, ProductPrecision
 
-_FIXED = ("structure", "fisher", "layers", "seed")
+_FIXED = ("structure", "fisher", "layers", "seed", "precision")
 """The settings that are not param-group entries."""
 
 
@@ -49,10 +49,12 @@ class KFACSettings:
     kl_clip: float | None = None
     layers: list[str] | None = None
     seed: int = 0
+    precision: ProductPrecision | str = ProductPrecision.EXACT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "structure", InverseStructure(self.structure))
         object.__setattr__(self, "fisher", FisherType(self.fisher))
+        object.__setattr__(self, "precision", ProductPrecision(self.precision))
         for name in ("damping_interval", "gamma_interval", "stats_interval", "inverse_interval"):
             value = getattr(self, name)
             if int(value) != value or value < 1:
@@ -65,10 +67,17 @@ class KFACSettings:
             raise ValueError("damping and weight_decay must be non-negative")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be positive or None (quadratic model), got {self.lr!r}")
+        if (
+            self.precision is not ProductPrecision.EXACT
+            and self.structure is not InverseStructure.BLOCK_DIAGONAL
+        ):
+            raise ValueError(
+                f"precision {self.precision.value!r} is for the block-diagonal structure"
+            )
         if self.gamma_search and self.gamma_interval % self.inverse_interval:
             raise ValueError("gamma_interval must be a multiple of inverse_interval")
 
     def group_defaults(self) -> dict:
         """The param-group entries: every setting but the structure, the Fisher type, the
-        layers and the seed."""
+        layers, the seed and the products' precision."""
         return {k: v for k, v in asdict(self).items() if k not in _FIXED}

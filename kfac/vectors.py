@@ -32,4 +32,4 @@ def objective_gradient(p: torch.Tensor, eta: float) -> torch.Tensor:
     """∇h = ∇(mean NLL) + ηθ (§6.1) for one parameter."""
     if p.grad is None:
         return eta * p
-    return p.grad if eta == 0 else p.grad + eta * p
+    return p.grad if eta == 0 else torch.add(p.grad, p, alpha=eta)
