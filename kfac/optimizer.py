@@ -154,14 +154,14 @@ class KFAC(torch.optim.Optimizer):
             else:
                 scale = -group["lr"] * self._kl_scale(preconditioned, gradient)
                 mu, predicted = (group["momentum"] if previous[0] is not None else 0.0), math.nan
-            update = combine(scale, preconditioned, mu, previous)
+            update = combine(scale, preconditioned, mu, previous)  # over `preconditioned`
             if lm_due and not adaptive:  # M at δ itself: coefficient 1 on the one direction δ
                 curvature, _, linear = self._quadratic_model(inputs, gradient, [update])
                 predicted = float(model_change(curvature, linear, linear.new_ones(1)))
             if lm_due:
                 objective_before = float(loss) + 0.5 * eta * squared_norm(params)
+            torch._foreach_add_(params, update)
             for p, u in zip(params, update, strict=True):
-                p.add_(u)
                 self.state[p]["previous_update"] = u
             rho = math.nan
             if lm_due:
