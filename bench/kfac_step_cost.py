@@ -36,7 +36,10 @@ import torch
 
 from bench.kfac_vs_sgd import autoencoder, make_step, task_data
 from kfac import KFAC
+from kfac.enums import ProductPrecision
+from kfac.losses import negative_log_likelihood
 from kfac.quadratic import solve_step_coefficients
+from kfac.vectors import dot
 
 METHODS = {
     "sgd_momentum": "SGD-m",
@@ -175,6 +178,58 @@ def fraction_quality(probe_steps=(10, 25, 50, 100, 150), batch: int = 256) -> No
     print("\n(cells: the relative change of α, the absolute change of μ)")
 
 
+def precision_quality(probe_steps=(10, 25, 50, 100, 150, 200), batch: int = 256) -> None:
+    """The opt-in bfloat16 products against the exact ones on the sparse autoencoder (defaults,
+    offline digits, batch 256): at each probe step of the exact run, F̆⁻¹∇h and the α, μ solved
+    over it again with bfloat16 products on the same state; and a bfloat16 run on the same
+    batches, its loss on the whole training set against the exact run's."""
+    x, _ = task_data("autoencoder_sparse")
+    runs = {name: KFAC(autoencoder(), "bce", precision=name) for name in ("exact", "bfloat16")}
+    optimizer = runs["exact"]
+    chosen = optimizer._adaptive_coefficients
+    rows = {}
+
+    def probing(inputs, gradient, preconditioned, previous):
+        result = chosen(inputs, gradient, preconditioned, previous)
+        step = optimizer.counters["step"]
+        if step in probe_steps and previous[0] is not None:
+            optimizer.preconditioner.precision = ProductPrecision.BFLOAT16
+            reduced = optimizer._precondition(gradient)
+            optimizer.preconditioner.precision = ProductPrecision.EXACT
+            difference = [r - p for r, p in zip(reduced, preconditioned, strict=True)]
+            error = (
+                float(dot(difference, difference)) / float(dot(preconditioned, preconditioned))
+            ) ** 0.5
+            again = chosen(inputs, gradient, reduced, previous)
+            rows[step] = (error, result[0], result[1], again[0], again[1])
+        return result
+
+    optimizer._adaptive_coefficients = probing
+    generator = torch.Generator().manual_seed(0)
+    losses = {name: {} for name in runs}
+    for step in range(1, max(probe_steps) + 1):
+        batch_x = x[torch.randint(0, x.shape[0], (batch,), generator=generator)]
+        for name, run in runs.items():
+            run.step(batch_x, batch_x)
+            if step in probe_steps:
+                with torch.no_grad():
+                    loss = negative_log_likelihood(run.model(x), x, "bce").mean()
+                losses[name][step] = float(loss)
+    print("\nbfloat16 products against exact ones (sparse autoencoder, defaults, batch 256)\n")
+    print(
+        "| step | ‖F̆⁻¹∇h error‖ / ‖F̆⁻¹∇h‖ | α, μ exact | α, μ bfloat16 (same state) "
+        "| training loss, exact run | bfloat16 run |"
+    )
+    print("|---|---|---|---|---|---|")
+    for step in probe_steps:
+        if step in rows:
+            error, alpha, mu, alpha16, mu16 = rows[step]
+            print(
+                f"| {step} | {error:.1e} | {-alpha:.4g}, {mu:.4g} | {-alpha16:.4g}, {mu16:.4g} "
+                f"| {losses['exact'][step]:.2f} | {losses['bfloat16'][step]:.2f} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -183,6 +238,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="*", default=[256, 1000])
     parser.add_argument("--profile", action="store_true", help="the default step's parts")
     parser.add_argument("--fractions", action="store_true", help="α, μ on shares of the batch")
+    parser.add_argument("--bfloat16-error", action="store_true", help="bfloat16 against exact")
     parser.add_argument("--cpu-time", action="store_true", help="time the process's CPU time")
     parser.add_argument(
         "--methods", nargs="*", choices=list(METHODS), default=DEFAULT_METHODS, help="sgd first"
@@ -195,6 +251,9 @@ def main() -> None:
         CLOCK["now"] = time.process_time
     if args.fractions:
         fraction_quality()
+        return
+    if args.bfloat16_error:
+        precision_quality()
         return
     clock = "CPU time" if args.cpu_time else "wall clock"
     print(f"# K-FAC's step cost — {platform.machine()}, {torch.get_num_threads()} threads, ")
