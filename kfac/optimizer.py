@@ -73,8 +73,9 @@ class KFAC(torch.optim.Optimizer):
         kl_clip: with a fixed lr, scale steps so that lr²·Δᵀ∇h <= kl_clip.
         layers: names of the layers to precondition (default: all supported ones).
         seed: seeds the generator of the sampled targets (saved in the state dict).
-        precision: "bfloat16" computes the dense products G⁻¹[∇W ∇b]Ā⁻¹ in bfloat16 (an opt-in
-            trade of ~0.4% error in F̆⁻¹∇h for speed, kfac.preconditioner); "exact" by default.
+        precision: "bfloat16" computes the dense products G⁻¹[∇W ∇b]Ā⁻¹ in bfloat16, an opt-in
+            trade of 1–3% error in F̆⁻¹∇h for speed (docs/benchmarks.md, "16, third pass");
+            "exact" (the parameters' dtype) by default.
 
     communicator: the ranks of a data-parallel run (kfac.distributed); None is one process.
         The ranks' parameters are made equal (rank 0's) at construction.

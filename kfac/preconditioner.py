@@ -243,7 +243,7 @@ def product_parts(
     bias.  Each part is its own product with its columns of `right`, at the cost of the whole
     one, so that the weight comes out contiguous: the quadratic model's dot products over it
     then run at BLAS speed (over the strided view [:, :-1] of one product they took twice as
-    long, ~0.1 of an SGD-m step on the autoencoder at batch 256)."""
+    long: 0.1–0.2 of an SGD-m step on the autoencoder at batch 256)."""
     columns = block.input_columns
     parts = [(left @ right[:, :columns]).reshape(block.module.weight.shape)]
     if block.has_bias:

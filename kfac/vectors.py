@@ -6,8 +6,9 @@ import torch
 
 
 def dot(left: list[torch.Tensor], right: list[torch.Tensor]) -> torch.Tensor:
-    """Σ ⟨lᵢ, rᵢ⟩ without copies: a layer's part of F̆⁻¹∇h is a strided view of its [W b]
-    matrix, which reshape(-1) would copy before every product."""
+    """Σ ⟨lᵢ, rᵢ⟩ without copies: contiguous tensors by BLAS dot; a strided view (the
+    block-tridiagonal F̂⁻¹∇h's weight, a view of its [W b] matrix) by vecdot, where reshape(-1)
+    would copy it first."""
     return sum(_tensor_dot(a, b) for a, b in zip(left, right, strict=True))
 
 
