@@ -17,11 +17,13 @@ rounds and divided by the SGD-m step of the same rounds.
 `--fractions` trains the sparse-initialised autoencoder with the defaults on the offline digits
 (batch 256) and, at a few steps, solves the quadratic model over the step's own Δ and δ₀ with
 the Fisher of a share of the batch, from 1/16 to all of it: how far the α, μ of the default
-quarter lie from the whole batch's.
+quarter lie from the whole batch's. `--bfloat16-error` measures the opt-in bfloat16 products
+against the exact ones on the same task (see `precision_quality`).
 
     python -m bench.kfac_step_cost [--rounds 5] [--steps 20] [--threads N] [--profile]
         [--cpu-time] [--batches 256 1000] [--methods sgd_momentum kfac kfac_eta0 ...]
     python -m bench.kfac_step_cost --fractions
+    python -m bench.kfac_step_cost --threads 1 --bfloat16-error
 """
 
 from __future__ import annotations
