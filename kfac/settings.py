@@ -17,7 +17,7 @@ the drifting directions, and without it 2 of 5 seeds of the 196-50-25-12-3 autoe
 tests/kfac/test_defaults.py stalled (one fully saturated, at the plateau's loss); with it over
 the first 100 steps, or throughout, none did (over the first 60 steps, 1 of 5 did).  Past the
 flat start (`weight_decay_steps`; None keeps η throughout) η = 0, so the wide layers
-precondition per example: η > 0 costs ~0.85 of an SGD-m step at batch 256 on the full
+precondition per example: η > 0 costs 0.85–0.95 of an SGD-m step at batch 256 on the full
 MNIST autoencoder, and the race's step counts were the same with η = 0 or 1e-5.
 """
 
