@@ -253,7 +253,8 @@ class KFAC(torch.optim.Optimizer):
         """η of h at `step`: `weight_decay` over the first `weight_decay_steps` steps (all of
         them if None), then 0 (the ℓ2 term is for leaving a flat start, see kfac.settings)."""
         group = self.param_groups[0]
-        steps = group["weight_decay_steps"]
+        # A state dict saved before this setting existed trained with η throughout (None).
+        steps = group.get("weight_decay_steps")
         return group["weight_decay"] if steps is None or step <= steps else 0.0
 
     def _damping_due(self, step: int) -> bool:

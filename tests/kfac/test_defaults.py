@@ -127,6 +127,21 @@ def test_the_l2_term_applies_over_its_first_steps_only(family, steps):
     assert opt.weight_decay(1) == applied
 
 
+def test_a_state_dict_from_before_weight_decay_steps_keeps_eta_throughout():
+    """Checkpoints saved before `weight_decay_steps` existed resume as they were trained."""
+    from tests.kfac.explicit import batch, tiny_net
+
+    x, y = batch("bce")
+    optimizer = KFAC(tiny_net(), "bce", weight_decay=1e-3)
+    optimizer.step(x, y)
+    state = optimizer.state_dict()
+    del state["param_groups"][0]["weight_decay_steps"]
+    resumed = KFAC(tiny_net(), "bce")
+    resumed.load_state_dict(state)
+    assert resumed.weight_decay(10**6) == 1e-3
+    assert math.isfinite(float(resumed.step(x, y)))
+
+
 @pytest.mark.parametrize(("successes", "expected"), [(1, 0.5), (2, 0.25), (3, 0.125), (0, 1.0)])
 def test_a_run_of_successes_compounds_the_decrease(successes, expected):
     """The k-th success in a row multiplies λ by ω₁ᵏ; ρ in [1/4, 3/4] leaves it unchanged."""
