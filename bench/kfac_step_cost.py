@@ -6,8 +6,9 @@ autoencoder at batch 256 and 1000, as ratios to SGD-m's step measured side by si
 process: round-robin rounds of `--steps` steps each (amortised over the statistics and inverse
 periods), the median over `--rounds` rounds. `--cpu-time` times the process's CPU time instead
 of the wall clock: with one thread on a machine loaded by others it counts this process's work
-alone. The default step is also run with one option changed: η = 0 (no ℓ2 term, so the wide
-layers take the per-example product), `precision="bfloat16"` (kfac.enums.ProductPrecision), and
+alone. The default step is also run with one option changed: past the ℓ2 phase (η = 0 from
+step 1, as the defaults have from step 101 on: no ℓ2 term, so the wide layers take the
+per-example product), `precision="bfloat16"` (kfac.enums.ProductPrecision), and
 "dual passes" (`--methods ... kfac_dual`: J·Δ and J·δ₀ from forward passes with dual numbers, as
 before the quadratic model read them off the training pass, kfac.linearisation).
 
