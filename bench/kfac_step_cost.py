@@ -6,9 +6,11 @@ autoencoder at batch 256 and 1000, as ratios to SGD-m's step measured side by si
 process: round-robin rounds of `--steps` steps each (amortised over the statistics and inverse
 periods), the median over `--rounds` rounds. `--cpu-time` times the process's CPU time instead
 of the wall clock: with one thread on a machine loaded by others it counts this process's work
-alone. "kfac (dual passes)" is the default step with
-J·Δ and J·δ₀ from forward passes with dual numbers, as before the quadratic model read them off
-the training pass (kfac.linearisation); it is the "before" of the same run.
+alone. The default step is also run with one option changed: past the ℓ2 phase (η = 0 from
+step 1, as the defaults have from step 101 on: no ℓ2 term, so the wide layers take the
+per-example product), `precision="bfloat16"` (kfac.enums.ProductPrecision), and
+"dual passes" (`--methods ... kfac_dual`: J·Δ and J·δ₀ from forward passes with dual numbers, as
+before the quadratic model read them off the training pass, kfac.linearisation).
 
 `--profile` breaks each default step down into its parts, each summed over the steps of the
 rounds and divided by the SGD-m step of the same rounds.
@@ -16,10 +18,13 @@ rounds and divided by the SGD-m step of the same rounds.
 `--fractions` trains the sparse-initialised autoencoder with the defaults on the offline digits
 (batch 256) and, at a few steps, solves the quadratic model over the step's own Δ and δ₀ with
 the Fisher of a share of the batch, from 1/16 to all of it: how far the α, μ of the default
-quarter lie from the whole batch's.
+quarter lie from the whole batch's. `--bfloat16-error` measures the opt-in bfloat16 products
+against the exact ones on the same task (see `precision_quality`).
 
     python -m bench.kfac_step_cost [--rounds 5] [--steps 20] [--threads N] [--profile]
+        [--cpu-time] [--batches 256 1000] [--methods sgd_momentum kfac kfac_eta0 ...]
     python -m bench.kfac_step_cost --fractions
+    python -m bench.kfac_step_cost --threads 1 --bfloat16-error
 """
 
 from __future__ import annotations
@@ -33,15 +38,26 @@ from collections import defaultdict
 import torch
 
 from bench.kfac_vs_sgd import autoencoder, make_step, task_data
+from kfac import KFAC
+from kfac.enums import ProductPrecision
+from kfac.losses import negative_log_likelihood
 from kfac.quadratic import solve_step_coefficients
+from kfac.vectors import dot
 
 METHODS = {
     "sgd_momentum": "SGD-m",
     "adam": "Adam",
     "kfac_fixed": "K-FAC fixed lr",
-    "kfac": "K-FAC defaults",
+    "kfac": "K-FAC defaults, ℓ2 phase (η = 1e-5)",
+    "kfac_eta0": "K-FAC defaults past the ℓ2 phase (η = 0)",
+    "kfac_bf16": "K-FAC defaults, bfloat16 products",
     "kfac_dual": "K-FAC defaults (dual passes)",
 }
+DEFAULT_METHODS = ["sgd_momentum", "adam", "kfac_fixed", "kfac", "kfac_eta0", "kfac_bf16"]
+# The default step with one option changed (kfac.KFAC's keywords). The rounds time steps 4–103,
+# inside the default ℓ2 phase (`weight_decay_steps` = 100), so the step users get from step 101
+# on is timed with that phase left out.
+VARIANTS = {"kfac_eta0": {"weight_decay_steps": 0}, "kfac_bf16": {"precision": "bfloat16"}}
 
 # The parts of the default step, as the optimizer's methods that do them.
 PARTS = {
@@ -60,6 +76,8 @@ def stepper(method: str, timings: dict | None):
     if method == "kfac_dual":
         step = make_step("kfac", model)
         step.__self__.quadratic.chain = None  # the dual passes of kfac.quadratic
+    elif method in VARIANTS:
+        step = KFAC(model, "bce", **VARIANTS[method]).step
     else:
         step = make_step(method, model, lr=1e-3)
     if timings is not None and method.startswith("kfac") and method != "kfac_fixed":
@@ -83,17 +101,17 @@ def timed(function, totals: dict, name: str):
     return wrapper
 
 
-def measure(batch: int, rounds: int, steps: int, profile: bool):
+def measure(batch: int, rounds: int, steps: int, profile: bool, methods: list[str]):
     """Median seconds per step of each method (round-robin), and the parts' seconds per step."""
     x = torch.rand(batch, 784, generator=torch.Generator().manual_seed(0))
     timings = defaultdict(lambda: defaultdict(float)) if profile else None
-    steps_of = {m: stepper(m, timings) for m in METHODS}
+    steps_of = {m: stepper(m, timings) for m in methods}
     for step in steps_of.values():  # warm-up: first statistics and inverses, the allocator
         for _ in range(3):
             step(x, x)
     for totals in (timings or {}).values():  # the wrappers keep these dicts
         totals.clear()
-    samples = {m: [] for m in METHODS}
+    samples = {m: [] for m in methods}
     for _ in range(rounds):
         for method, step in steps_of.items():
             start = CLOCK["now"]()
@@ -134,7 +152,7 @@ def fraction_quality(probe_steps=(10, 25, 50, 100, 150), batch: int = 256) -> No
                     round(fraction * inputs.shape[0]),
                     gradient,
                     [preconditioned, previous],
-                    group["weight_decay"],
+                    optimizer.weight_decay(optimizer.counters["step"]),
                     group["damping"],
                 )
                 solved[fraction] = solve_step_coefficients(*matrices)
@@ -165,6 +183,58 @@ def fraction_quality(probe_steps=(10, 25, 50, 100, 150), batch: int = 256) -> No
     print("\n(cells: the relative change of α, the absolute change of μ)")
 
 
+def precision_quality(probe_steps=(10, 25, 50, 100, 150, 200), batch: int = 256) -> None:
+    """The opt-in bfloat16 products against the exact ones on the sparse autoencoder (defaults,
+    offline digits, batch 256): at each probe step of the exact run, F̆⁻¹∇h and the α, μ solved
+    over it again with bfloat16 products on the same state; and a bfloat16 run on the same
+    batches, its loss on the whole training set against the exact run's."""
+    x, _ = task_data("autoencoder_sparse")
+    runs = {name: KFAC(autoencoder(), "bce", precision=name) for name in ("exact", "bfloat16")}
+    optimizer = runs["exact"]
+    chosen = optimizer._adaptive_coefficients
+    rows = {}
+
+    def probing(inputs, gradient, preconditioned, previous):
+        result = chosen(inputs, gradient, preconditioned, previous)
+        step = optimizer.counters["step"]
+        if step in probe_steps and previous[0] is not None:
+            optimizer.preconditioner.precision = ProductPrecision.BFLOAT16
+            reduced = optimizer._precondition(gradient)
+            optimizer.preconditioner.precision = ProductPrecision.EXACT
+            difference = [r - p for r, p in zip(reduced, preconditioned, strict=True)]
+            error = (
+                float(dot(difference, difference)) / float(dot(preconditioned, preconditioned))
+            ) ** 0.5
+            again = chosen(inputs, gradient, reduced, previous)
+            rows[step] = (error, result[0], result[1], again[0], again[1])
+        return result
+
+    optimizer._adaptive_coefficients = probing
+    generator = torch.Generator().manual_seed(0)
+    losses = {name: {} for name in runs}
+    for step in range(1, max(probe_steps) + 1):
+        batch_x = x[torch.randint(0, x.shape[0], (batch,), generator=generator)]
+        for name, run in runs.items():
+            run.step(batch_x, batch_x)
+            if step in probe_steps:
+                with torch.no_grad():
+                    loss = negative_log_likelihood(run.model(x), x, "bce").mean()
+                losses[name][step] = float(loss)
+    print("\nbfloat16 products against exact ones (sparse autoencoder, defaults, batch 256)\n")
+    print(
+        "| step | ‖F̆⁻¹∇h error‖ / ‖F̆⁻¹∇h‖ | α, μ exact | α, μ bfloat16 (same state) "
+        "| training loss, exact run | bfloat16 run |"
+    )
+    print("|---|---|---|---|---|---|")
+    for step in probe_steps:
+        if step in rows:
+            error, alpha, mu, alpha16, mu16 = rows[step]
+            print(
+                f"| {step} | {error:.1e} | {-alpha:.4g}, {mu:.4g} | {-alpha16:.4g}, {mu16:.4g} "
+                f"| {losses['exact'][step]:.2f} | {losses['bfloat16'][step]:.2f} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -173,8 +243,13 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="*", default=[256, 1000])
     parser.add_argument("--profile", action="store_true", help="the default step's parts")
     parser.add_argument("--fractions", action="store_true", help="α, μ on shares of the batch")
+    parser.add_argument("--bfloat16-error", action="store_true", help="bfloat16 against exact")
     parser.add_argument("--cpu-time", action="store_true", help="time the process's CPU time")
+    parser.add_argument(
+        "--methods", nargs="*", choices=list(METHODS), default=DEFAULT_METHODS, help="sgd first"
+    )
     args = parser.parse_args()
+    methods = ["sgd_momentum"] + [m for m in args.methods if m != "sgd_momentum"]
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.cpu_time:
@@ -182,21 +257,24 @@ def main() -> None:
     if args.fractions:
         fraction_quality()
         return
+    if args.bfloat16_error:
+        precision_quality()
+        return
     clock = "CPU time" if args.cpu_time else "wall clock"
     print(f"# K-FAC's step cost — {platform.machine()}, {torch.get_num_threads()} threads, ")
     print(f"{args.rounds} interleaved rounds of {args.steps} steps, medians, {clock}\n")
-    print("| batch | " + " | ".join(METHODS.values()) + " |")
-    print("|---|" + "---|" * len(METHODS))
+    print("| batch | " + " | ".join(METHODS[m] for m in methods) + " |")
+    print("|---|" + "---|" * len(methods))
     profiles = {}
     for batch in args.batches:
-        medians, profiles[batch] = measure(batch, args.rounds, args.steps, args.profile)
+        medians, profiles[batch] = measure(batch, args.rounds, args.steps, args.profile, methods)
         sgd = medians["sgd_momentum"]
-        cells = [f"{medians[m] / sgd:.2f}× ({medians[m] * 1e3:.0f} ms)" for m in METHODS]
+        cells = [f"{medians[m] / sgd:.2f}× ({medians[m] * 1e3:.0f} ms)" for m in methods]
         print(f"| {batch} | " + " | ".join(cells) + " |")
     if not args.profile:
         return
     print("\nParts of the default step, in SGD-m steps (summed over the rounds, same run)\n")
-    variants = ("kfac", "kfac_dual")
+    variants = [m for m in methods if m.startswith("kfac") and m != "kfac_fixed"]
     header = " | ".join(f"{METHODS[v]}, batch {b}" for b in args.batches for v in variants)
     print(f"| part | {header} |")
     print("|---|" + "---|" * (len(args.batches) * len(variants)))

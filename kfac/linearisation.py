@@ -31,7 +31,7 @@ from torch.func import jvp
 from kfac.capture import ActivationCapture
 from kfac.layers import LinearBlock
 
-PER_EXAMPLE_MODULES: tuple[type[nn.Module], ...] = (
+ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.Sigmoid,
     nn.Tanh,
     nn.ReLU,
@@ -41,6 +41,11 @@ PER_EXAMPLE_MODULES: tuple[type[nn.Module], ...] = (
     nn.SiLU,
     nn.Softplus,
     nn.Identity,
+)
+"""Modules y = f(s) entry by entry: ẏ = f'(s) ṡ, so f'(s) is found once, for the examples,
+and multiplies every direction's tangent."""
+
+PER_EXAMPLE_MODULES: tuple[type[nn.Module], ...] = ELEMENTWISE_MODULES + (
     nn.Flatten,
     nn.MaxPool2d,
     nn.AvgPool2d,
@@ -123,6 +128,10 @@ class LinearisedChain:
             tangent = produced
             primal = capture.outputs[block.name][:used].detach()
             for module in stage.after:
+                if type(module) in ELEMENTWISE_MODULES:  # no copy of s per direction
+                    primal, slope = jvp(module, (primal,), (torch.ones_like(primal),))
+                    tangent = (tangent.view(count, *primal.shape) * slope).view(tangent.shape)
+                    continue
                 repeated = primal.repeat(count, *([1] * (primal.dim() - 1)))
                 primal, tangent = jvp(module, (repeated,), (tangent,))
                 primal = primal[:used]

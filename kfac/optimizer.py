@@ -58,9 +58,11 @@ class KFAC(torch.optim.Optimizer):
         lr: None chooses α, μ from the quadratic model each step (§7); a number gives a fixed
             learning rate with `momentum`.
         damping: initial λ (the paper starts at 150; 1 here, see `kfac.settings`).
-        weight_decay: η of the ℓ2 term ½η‖θ‖² in h (§6.1); 1e-5 by default, the paper's
-            autoencoders' (§13), which keeps flat directions from drifting (kfac.settings).
-            η = 0 lets wide layers use the cheaper per-example preconditioning product.
+        weight_decay, weight_decay_steps: η of the ℓ2 term ½η‖θ‖² in h (§6.1) over the first
+            `weight_decay_steps` steps (None: throughout), then η = 0; by default 1e-5 (the
+            paper's autoencoders', §13) over 100 steps: it keeps directions of tiny curvature
+            from drifting into saturated units while the net leaves a flat start, and η = 0
+            afterwards lets wide layers use the cheaper per-example product (kfac.settings).
         adapt_damping: Levenberg–Marquardt adaptation of λ every `damping_interval` steps with
             ω₁ = damping_decay ** damping_interval (§6.5), the decrease compounded over a run
             of successes (`kfac.damping.levenberg_marquardt`).
@@ -73,6 +75,9 @@ class KFAC(torch.optim.Optimizer):
         kl_clip: with a fixed lr, scale steps so that lr²·Δᵀ∇h <= kl_clip.
         layers: names of the layers to precondition (default: all supported ones).
         seed: seeds the generator of the sampled targets (saved in the state dict).
+        precision: "bfloat16" computes the dense products G⁻¹[∇W ∇b]Ā⁻¹ in bfloat16, an opt-in
+            trade of 1–3% error in F̆⁻¹∇h for speed (docs/benchmarks.md, "16, third pass");
+            "exact" (the parameters' dtype) by default.
 
     communicator: the ranks of a data-parallel run (kfac.distributed); None is one process.
         The ranks' parameters are made equal (rank 0's) at construction.
@@ -108,7 +113,7 @@ class KFAC(torch.optim.Optimizer):
         self.batch_size = 0  # the global batch of the current step (all ranks' examples)
         self.capture = ActivationCapture(self.blocks)
         self.preconditioner = KroneckerPreconditioner(
-            self.blocks, structure, self.block_state, self.communicator
+            self.blocks, structure, self.block_state, self.communicator, settings.precision
         )
         self.quadratic = QuadraticModel(
             model, self.family, self.blocks, params, self.capture, self.communicator
@@ -117,7 +122,7 @@ class KFAC(torch.optim.Optimizer):
         self.other_params = [p for p in params if id(p) not in block_params]
         self.generator = torch.Generator(device=params[0].device)
         self.generator.manual_seed(settings.seed)
-        gamma = math.sqrt(settings.damping + settings.weight_decay)
+        gamma = math.sqrt(settings.damping + self.weight_decay(1))
         self.counters = {"step": 0, "stat_updates": 0, "gamma": gamma}
         self.damping = DampingController(self.param_groups[0], self.counters)
         self.diagnostics: dict[str, float] = {}
@@ -134,7 +139,7 @@ class KFAC(torch.optim.Optimizer):
         if not torch.isfinite(loss):
             return self._skip_non_finite(loss, step)
         params = group["params"]
-        eta = group["weight_decay"]
+        eta = self.weight_decay(step)
         lm_due = self._damping_due(step)
         with torch.no_grad():
             gradient = [objective_gradient(p, eta) for p in params]
@@ -152,14 +157,14 @@ class KFAC(torch.optim.Optimizer):
             else:
                 scale = -group["lr"] * self._kl_scale(preconditioned, gradient)
                 mu, predicted = (group["momentum"] if previous[0] is not None else 0.0), math.nan
-            update = combine(scale, preconditioned, mu, previous)
+            update = combine(scale, preconditioned, mu, previous)  # over `preconditioned`
             if lm_due and not adaptive:  # M at δ itself: coefficient 1 on the one direction δ
                 curvature, _, linear = self._quadratic_model(inputs, gradient, [update])
                 predicted = float(model_change(curvature, linear, linear.new_ones(1)))
             if lm_due:
                 objective_before = float(loss) + 0.5 * eta * squared_norm(params)
+            torch._foreach_add_(params, update)
             for p, u in zip(params, update, strict=True):
-                p.add_(u)
                 self.state[p]["previous_update"] = u
             rho = math.nan
             if lm_due:
@@ -192,7 +197,7 @@ class KFAC(torch.optim.Optimizer):
         self.zero_grad(set_to_none=True)
         batch = inputs.shape[0]
         # The per-example product needs this step's activations, and no ℓ2 term in ∇h.
-        per_example = self._per_example_layers(batch) if group["weight_decay"] == 0 else set()
+        per_example = self._per_example_layers(batch) if self.weight_decay(step) == 0 else set()
         # So does the quadratic model when it reads J·v off this pass (kfac.linearisation).
         modelled = self.quadratic.reads_training_pass and (
             group["lr"] is None or self._damping_due(step)
@@ -237,7 +242,7 @@ class KFAC(torch.optim.Optimizer):
             self._search_gamma(inputs, gradient, notes)
             return
         if not group["gamma_search"]:
-            self.counters["gamma"] = math.sqrt(group["damping"] + group["weight_decay"])
+            self.counters["gamma"] = math.sqrt(group["damping"] + self.weight_decay(step))
         self.preconditioner.update_inverses(self.counters["gamma"], notes)
 
     def _adaptive_coefficients(self, inputs, gradient, preconditioned, previous):
@@ -247,13 +252,21 @@ class KFAC(torch.optim.Optimizer):
         solved = solve_step_coefficients(*self._quadratic_model(inputs, gradient, directions))
         return solved.alpha, solved.mu, solved.predicted_change
 
+    def weight_decay(self, step: int) -> float:
+        """η of h at `step`: `weight_decay` over the first `weight_decay_steps` steps (all of
+        them if None), then 0 (the ℓ2 term is for leaving a flat start, see kfac.settings)."""
+        group = self.param_groups[0]
+        # A state dict saved before this setting existed trained with η throughout (None).
+        steps = group.get("weight_decay_steps")
+        return group["weight_decay"] if steps is None or step <= steps else 0.0
+
     def _damping_due(self, step: int) -> bool:
         group = self.param_groups[0]
         return group["adapt_damping"] and step % group["damping_interval"] == 0
 
     def _adapt_damping(self, inputs, targets, objective_before: float, predicted: float) -> float:
         """ρ = (h(θ+δ) − h(θ)) / (M(δ) − M(0)) on this mini-batch, and λ's update (§6.5)."""
-        eta = self.param_groups[0]["weight_decay"]
+        eta = self.weight_decay(self.counters["step"])
         with running_statistics_frozen(self.model):
             after = self.model(inputs)
         after = negative_log_likelihood(after, targets, self.family).mean()
@@ -353,8 +366,8 @@ class KFAC(torch.optim.Optimizer):
             )
         conditioned = self.preconditioner.precondition(matrices, per_example)
         result = {}
-        for block, matrix in zip(self.blocks, conditioned, strict=True):
-            for p, part in zip(block.parameters(), block.split(matrix), strict=True):
+        for block, parts in zip(self.blocks, conditioned, strict=True):
+            for p, part in zip(block.parameters(), parts, strict=True):
                 result[id(p)] = part
         adaptive = self.param_groups[0]["lr"] is None
         other_scale = 1.0 / self.counters["gamma"] ** 2 if adaptive else 1.0
@@ -366,9 +379,8 @@ class KFAC(torch.optim.Optimizer):
         """[vᵢᵀ(F + ηI)vⱼ], [λvᵢᵀvⱼ] and [∇hᵀvᵢ] over the directions, F the exact Fisher (§7)."""
         group = self.param_groups[0]
         used, _ = self._subset(group["quadratic_fraction"])
-        return self.quadratic.matrices(
-            inputs, used, gradient, directions, group["weight_decay"], group["damping"]
-        )
+        eta = self.weight_decay(self.counters["step"])
+        return self.quadratic.matrices(inputs, used, gradient, directions, eta, group["damping"])
 
     def _kl_scale(self, preconditioned, gradient) -> float:
         """ν = min(1, sqrt(κ / (lr² Δᵀ∇h))) when KL-clipping is on, else 1."""

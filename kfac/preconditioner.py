@@ -16,9 +16,9 @@ from functools import partial
 import torch
 
 from kfac.distributed import Communicator, Job, shared_tridiagonal_inverse
-from kfac.enums import InverseStructure
+from kfac.enums import InverseStructure, ProductPrecision
 from kfac.factors import cross_moment, update_running_average
-from kfac.inverses import Notes, block_diagonal_precondition, damp_factors, spd_inverse
+from kfac.inverses import Notes, damp_factors, spd_inverse
 from kfac.layers import LinearBlock
 from kfac.tridiagonal import (
     KroneckerDifferenceInverse,
@@ -37,11 +37,15 @@ class KroneckerPreconditioner:
         structure: InverseStructure,
         layer_state: Callable[[LinearBlock], dict],
         communicator: Communicator | None = None,
+        precision: ProductPrecision = ProductPrecision.EXACT,
     ):
         self.blocks = blocks
         self.structure = structure
         self.layer_state = layer_state
         self.communicator = communicator or Communicator()
+        self.precision = ProductPrecision(precision)
+        self._reduced: dict[str, tuple[torch.Tensor, ...]] = {}
+        """Per layer: (Ā⁻¹, G⁻¹) as stored and their bfloat16 copies, cast once per inverse."""
 
     # ------------------------------------------------------------------ statistics (§5)
 
@@ -161,10 +165,11 @@ class KroneckerPreconditioner:
 
     def precondition(
         self,
-        gradients: list[torch.Tensor],
+        gradients: list[torch.Tensor | None],
         per_example: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ) -> list[torch.Tensor]:
-        """F̆⁻¹ applied to the layers' gradient matrices [∇W ∇b], each (d_g, d_a).
+    ) -> list[list[torch.Tensor]]:
+        """F̆⁻¹ applied to the layers' gradient matrices [∇W ∇b], each (d_g, d_a); returns each
+        layer's result cut into tensors shaped like its parameters (weight, bias).
 
         `per_example` optionally maps a layer name to its rows (ā, ĝ) with ∇W̄ = ĝᵀā; for those
         layers the block-diagonal product is computed as (ĝG⁻¹)ᵀ(āĀ⁻¹), which costs
@@ -176,28 +181,38 @@ class KroneckerPreconditioner:
         if self.structure is InverseStructure.BLOCK_TRIDIAGONAL:
             pieces = self._tridiagonal_pieces()
             if pieces is not None:
-                return block_tridiagonal_precondition(
+                matrices = block_tridiagonal_precondition(
                     [
                         per_example.get(block.name, gradient)
                         for block, gradient in zip(self.blocks, gradients, strict=True)
                     ],
                     pieces,
                 )
+                return [b.split(m) for b, m in zip(self.blocks, matrices, strict=True)]
         result = []
         for block, gradient in zip(self.blocks, gradients, strict=True):
             state = self.layer_state(block)
-            if block.name in per_example:
+            input_inverse, output_inverse = state["input_inverse"], state["output_inverse"]
+            dtype = input_inverse.dtype
+            if block.name in per_example:  # F̆⁻¹∇W̄ = (ĝG⁻¹)ᵀ (āĀ⁻¹)
                 a_rows, g_rows = per_example[block.name]
-                result.append(
-                    (g_rows @ state["output_inverse"]).T @ (a_rows @ state["input_inverse"])
-                )
-            else:
-                result.append(
-                    block_diagonal_precondition(
-                        gradient, state["input_inverse"], state["output_inverse"]
-                    )
-                )
+                left, right = (g_rows @ output_inverse).T, a_rows @ input_inverse
+            else:  # F̆⁻¹∇W̄ = (G⁻¹ ∇W̄) Ā⁻¹, §4.2 (`kfac.inverses.block_diagonal_precondition`)
+                if self.precision is ProductPrecision.BFLOAT16:
+                    input_inverse, output_inverse = self._bfloat16_inverses(block.name, state)
+                left, right = output_inverse @ gradient.to(output_inverse.dtype), input_inverse
+            result.append([part.to(dtype) for part in product_parts(block, left, right)])
         return result
+
+    def _bfloat16_inverses(self, name: str, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer's (Ā⁻¹, G⁻¹) in bfloat16, cast again only when the stored inverses change
+        (a new inversion, a loaded state dict)."""
+        stored = (state["input_inverse"], state["output_inverse"])
+        cached = self._reduced.get(name)
+        if cached is None or cached[0] is not stored[0] or cached[1] is not stored[1]:
+            cached = (*stored, *(m.to(torch.bfloat16) for m in stored))
+            self._reduced[name] = cached
+        return cached[2], cached[3]
 
     def per_example_layers(self, batch: int, rows_per_example: dict[str, int]) -> set[str]:
         """The layers whose per-example product (ĝG⁻¹)ᵀ(āĀ⁻¹) is the cheaper one. Its cost
@@ -219,3 +234,18 @@ class KroneckerPreconditioner:
         """
         d_a, d_g = block.input_dim, block.output_dim
         return rows * (d_g * d_g + d_a * d_a + d_g * d_a) < d_g * d_a * (d_g + d_a)
+
+
+def product_parts(
+    block: LinearBlock, left: torch.Tensor, right: torch.Tensor
+) -> list[torch.Tensor]:
+    """left @ right, a (d_g, d_a) matrix [W b], as tensors shaped like the layer's weight and
+    bias.  Each part is its own product with its columns of `right`, at the cost of the whole
+    one, so that the weight comes out contiguous: the quadratic model's dot products over it
+    then run at BLAS speed (over the strided view [:, :-1] of one product they took twice as
+    long: 0.1–0.2 of an SGD-m step on the autoencoder at batch 256)."""
+    columns = block.input_columns
+    parts = [(left @ right[:, :columns]).reshape(block.module.weight.shape)]
+    if block.has_bias:
+        parts.append(left @ right[:, columns])
+    return parts

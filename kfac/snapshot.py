@@ -118,8 +118,8 @@ def optimizer_damping(optimizer: Any, default: float) -> float:
     """The damping a snapshot's inverses should use: for a `kfac.KFAC` its current λ + η (the
     inverses it applies, §6.3), for any other optimizer `default`."""
     if isinstance(optimizer, KFAC):
-        group = optimizer.param_groups[0]
-        return float(group["damping"] + group["weight_decay"])
+        eta = optimizer.weight_decay(optimizer.counters["step"])
+        return float(optimizer.param_groups[0]["damping"] + eta)
     return default
 
 

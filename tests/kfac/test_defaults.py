@@ -91,14 +91,55 @@ def train_from_a_flat_start(steps: int, **options) -> tuple[float, float, float]
     return saturated, loss, plateau
 
 
-def test_the_defaults_leave_a_flat_start_without_saturating_its_units():
+@pytest.mark.parametrize("seed", [0, 3])
+def test_the_defaults_leave_a_flat_start_without_saturating_its_units(seed):
     """The stall of issue 16: from PyTorch's default initialisation the earlier defaults
     (λ₀ = 150, η = 0, μ unbounded) pushed 68% of a hidden layer's units into saturation here,
     where no signal passes, and were at 0.84 of the mean-image plateau's loss at step 200.
-    The defaults keep every layer's saturated share at or below 13% and reach 0.75."""
-    saturated, loss, plateau = train_from_a_flat_start(200)
+    The defaults (η = 1e-5 over the first 100 steps) keep every layer's saturated share at or
+    below 35% and reach 0.74–0.77 on seeds 0 to 4 of the sampled targets.  Seed 3 is one of
+    the two of five that η = 0 left on the plateau, fully saturated (loss at the plateau's)."""
+    saturated, loss, plateau = train_from_a_flat_start(200, seed=seed)
     assert saturated < 0.5
     assert loss < 0.8 * plateau, (loss, plateau)
+
+
+@pytest.mark.parametrize("family", ["cross_entropy", "bce"])
+@pytest.mark.parametrize("steps", [0, 1])
+def test_the_l2_term_applies_over_its_first_steps_only(family, steps):
+    """A step within `weight_decay_steps` is −lr·F̌⁻¹(∇L + ηθ) at γ = sqrt(λ + η); one after
+    them is −lr·F̌⁻¹∇L at γ = sqrt(λ) (explicit Kronecker inverse), through the per-example
+    product here (layers wider than the batch), which η > 0 turns off."""
+    from tests.kfac.explicit import batch, block_diagonal_inverse, tiny_net
+    from tests.kfac.test_optimizer import explicit_fixed_step, one_fixed_step
+
+    model, (x, y) = tiny_net(widths=(4, 30, 25, 3)), batch(family, n=8)
+    damping, eta = 0.05, 1e-3
+    applied = eta if steps else 0.0
+    expected, _ = explicit_fixed_step(
+        model, x, y, family, block_diagonal_inverse, (damping + applied) ** 0.5, applied
+    )
+    update, opt = one_fixed_step(
+        model, x, y, family, damping=damping, weight_decay=eta, weight_decay_steps=steps
+    )
+    torch.testing.assert_close(update, expected, rtol=1e-9, atol=1e-12)
+    assert any(opt.preconditioner.prefers_per_example(b, 8) for b in opt.blocks)
+    assert opt.weight_decay(1) == applied
+
+
+def test_a_state_dict_from_before_weight_decay_steps_keeps_eta_throughout():
+    """Checkpoints saved before `weight_decay_steps` existed resume as they were trained."""
+    from tests.kfac.explicit import batch, tiny_net
+
+    x, y = batch("bce")
+    optimizer = KFAC(tiny_net(), "bce", weight_decay=1e-3)
+    optimizer.step(x, y)
+    state = optimizer.state_dict()
+    del state["param_groups"][0]["weight_decay_steps"]
+    resumed = KFAC(tiny_net(), "bce")
+    resumed.load_state_dict(state)
+    assert resumed.weight_decay(10**6) == 1e-3
+    assert math.isfinite(float(resumed.step(x, y)))
 
 
 @pytest.mark.parametrize(("successes", "expected"), [(1, 0.5), (2, 0.25), (3, 0.125), (0, 1.0)])

@@ -2,11 +2,12 @@
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
 from kfac import KFAC
-from kfac.inverses import Notes, spd_inverse
+from kfac.inverses import Notes, all_finite, spd_inverse
 from kfac.tridiagonal import tridiagonal_inverse
 
 
@@ -16,6 +17,17 @@ def test_non_finite_factor_is_not_inverted_and_is_reported():
     matrix[0, 1] = float("nan")
     assert spd_inverse(matrix, notes, "A") is None
     assert "non-finite" in notes.messages[0]
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", [(0, 0), (2, 1), (1, 2)])
+def test_all_finite_finds_any_non_finite_entry_and_passes_a_sum_that_overflows(bad, where):
+    matrix = torch.ones(3, 3)
+    assert all_finite(matrix)
+    matrix[where] = bad
+    assert not all_finite(matrix)
+    huge = torch.full((3, 3), 3e38)  # finite entries, the float32 sum is inf
+    assert not torch.isfinite(huge.sum()) and all_finite(huge)
 
 
 def test_singular_factor_is_inverted_with_jitter_and_reported():

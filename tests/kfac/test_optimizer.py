@@ -87,6 +87,74 @@ def test_per_example_preconditioning_of_wide_layers_matches_the_formula(family):
     torch.testing.assert_close(update, expected, rtol=1e-8, atol=1e-11)
 
 
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).norm() / want.norm())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_bfloat16_products_are_the_formula_to_bfloat16_accuracy_and_follow_new_inverses(family):
+    """precision="bfloat16" (opt-in) multiplies G⁻¹[∇W ∇b]Ā⁻¹ in bfloat16: F̌⁻¹∇h to ~2⁻⁸
+    relative, not exactly; over steps with new statistics and inverses each step's update stays
+    that close to the exact run's (the bfloat16 copies of the inverses are refreshed)."""
+    model, (x, y) = tiny_net(), batch(family)
+    damping, eta = 0.05, 1e-3
+    expected, _ = explicit_fixed_step(
+        model, x, y, family, explicit.block_diagonal_inverse, (damping + eta) ** 0.5, eta
+    )
+    exact_model = copy.deepcopy(model)
+    update, opt = one_fixed_step(
+        model, x, y, family, damping=damping, weight_decay=eta, precision="bfloat16"
+    )
+    assert 1e-5 < relative_error(update, expected) < 2e-2
+    exact_update, exact = one_fixed_step(
+        exact_model, x, y, family, damping=damping, weight_decay=eta
+    )
+    for seed in (2, 3, 4):  # other batches: the factors and their inverses move
+        x, y = batch(family, seed=seed)
+        before = explicit.parameter_vector(model).detach().clone()
+        exact_before = explicit.parameter_vector(exact_model).detach().clone()
+        opt.step(x, y)
+        exact.step(x, y)
+        step = explicit.parameter_vector(model).detach() - before
+        exact_step = explicit.parameter_vector(exact_model).detach() - exact_before
+        assert relative_error(step, exact_step) < 2e-2
+
+
+def test_bfloat16_leaves_the_per_example_product_exact():
+    """The option changes the dense products only: with η = 0 the wide layers' (ĝG⁻¹)ᵀ(āĀ⁻¹)
+    stays in the parameters' dtype, so a net of such layers gets the exact F̌⁻¹∇h."""
+    model = tiny_net(widths=(4, 30, 25, 3))
+    x, y = batch("bce", n=6)
+    expected, _ = explicit_fixed_step(model, x, y, "bce", explicit.block_diagonal_inverse, 0.1**0.5)
+    update, opt = one_fixed_step(
+        model, x, y, "bce", damping=0.1, weight_decay=0.0, precision="bfloat16"
+    )
+    start = 0
+    for block in opt.blocks:  # 30 → 25 takes the rows; 4 → 30 and 25 → 3 are dense
+        end = start + sum(p.numel() for p in block.parameters())
+        got, want = update[start:end], expected[start:end]
+        if opt.preconditioner.prefers_per_example(block, 6):
+            torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-11)
+        else:
+            assert 1e-5 < relative_error(got, want) < 2e-2
+        start = end
+    assert [opt.preconditioner.prefers_per_example(b, 6) for b in opt.blocks] == [0, 1, 0]
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+def test_preconditioned_weights_come_out_contiguous(weight_decay):
+    """Dense and per-example products alike give each weight its own contiguous tensor, which
+    the quadratic model's dot products read at BLAS speed (a strided view took twice as long)."""
+    model = tiny_net(widths=(4, 30, 25, 3))
+    x, y = batch("bce", n=6)
+    _, opt = one_fixed_step(model, x, y, "bce", damping=0.1, weight_decay=weight_decay)
+    _, per_example = opt._forward_backward(x, y, 2)
+    gradient = [p.grad for p in opt.param_groups[0]["params"]]
+    rows = opt.capture.per_example_rows(per_example)
+    assert bool(rows) == (weight_decay == 0)
+    assert all(part.is_contiguous() for part in opt._precondition(gradient, rows))
+
+
 @pytest.mark.parametrize(
     "family, damping",
     # The softmax output's G is singular (Σ g = 0), so the undamped case uses the other two.
@@ -345,6 +413,8 @@ def test_float32_runs_and_reports_diagnostics():
         dict(stats_fraction=1.5),
         dict(lr=-1.0),
         dict(gamma_search=True, gamma_interval=30, inverse_interval=20),
+        dict(precision="float16"),
+        dict(precision="bfloat16", structure="block_tridiagonal"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_error(bad):
