@@ -52,7 +52,7 @@ class KFACSettings:
     factor_decay: float = 0.95
     stats_fraction: float = 1.0
     quadratic_fraction: float = 0.25
-    quadratic_sampling: QuadraticSampling | str = QuadraticSampling.CURVATURE
+    quadratic_sampling: QuadraticSampling | str = QuadraticSampling.AUTO
     kl_clip: float | None = None
     layers: list[str] | None = None
     seed: int = 0

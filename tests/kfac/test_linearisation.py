@@ -137,19 +137,19 @@ def test_the_default_step_runs_the_model_once_and_once_more_for_rho():
 
 @pytest.mark.parametrize("family", LOSSES)
 @pytest.mark.parametrize("damping", [None, 1e-3])
-@pytest.mark.parametrize("sampling", [None, "first"])
+@pytest.mark.parametrize("sampling", [None, "curvature", "first"])
 @pytest.mark.parametrize("path", ["training_pass", "dual_passes"])
 def test_default_step_minimises_the_exact_quadratic_model_of_the_chosen_rows(
     family, damping, sampling, path
 ):
-    """Default settings (sampled targets, quadratic_fraction ¼ with the stratified rows, λ₀ = 1,
-    η = 1e-5; and once λ = 1e-3, where F dominates the damped model): on a second step, on
-    another batch than the first, δ = αΔ + μδ₀ with (α, μ) the minimiser of
-    ½cᵀ[vᵢᵀ(F + (λ + η)I)vⱼ]c + [∇hᵀvᵢ]ᵀc, F = Σᵢ wᵢJᵢᵀF_R Jᵢ/Σᵢ wᵢ over the 16 chosen rows by full
-    per-example Jacobians, ∇h the whole batch's gradient with the ℓ2 term ηθ (§6.1).  The
-    rows: the 8 of largest tr F_R(zᵢ) with weight 1, then 8 others with weight 56/8; with
-    `quadratic_sampling="first"` the first 16, weight 1.  J·v read off the training pass or,
-    that plan removed, from dual passes."""
+    """Default settings (sampled targets, quadratic_fraction ¼ with the rows of "auto": by
+    curvature for cross-entropy, the first otherwise; λ₀ = 1, η = 1e-5; and once λ = 1e-3,
+    where F dominates the damped model): on a second step, on another batch than the first,
+    δ = αΔ + μδ₀ with (α, μ) the minimiser of ½cᵀ[vᵢᵀ(F + (λ + η)I)vⱼ]c + [∇hᵀvᵢ]ᵀc,
+    F = Σᵢ wᵢJᵢᵀF_R Jᵢ/Σᵢ wᵢ over the 16 chosen rows by full per-example Jacobians, ∇h the
+    whole batch's gradient with the ℓ2 term ηθ (§6.1).  The rows by curvature: the 8 of
+    largest tr F_R(zᵢ) with weight 1, then 8 others with weight 56/8; the first: the first 16,
+    weight 1.  J·v read off the training pass or, that plan removed, from dual passes."""
     model = make_net("mixed_four_layers")
     x, y = make_batch(model, family)
     options = {} if damping is None else {"damping": damping}
@@ -180,7 +180,7 @@ def test_default_step_minimises_the_exact_quadratic_model_of_the_chosen_rows(
     delta = explicit.parameter_vector(model).detach() - theta
     rows = torch.arange(64)[optimizer.quadratic.rows].tolist()
     weights = optimizer.quadratic.weights.tolist()
-    if sampling == "first":
+    if sampling == "first" or (sampling is None and family != "cross_entropy"):
         assert rows == list(range(16)) and weights == [1.0] * 16
     else:
         top = sorted(range(64), key=lambda i: -float(trace[i]))[:8]  # stable: ties keep order
