@@ -129,3 +129,18 @@ def column_major(layers, direction: list[torch.Tensor]) -> torch.Tensor:
         pieces.append(explicit.vec_matrix(m, direction[position], bias))
         position += 1 if bias is None else 2
     return torch.cat(pieces)
+
+
+def test_a_state_dict_from_before_quadratic_sampling_keeps_the_first_rows():
+    """Checkpoints saved before `quadratic_sampling` existed resume as they were trained."""
+    x, y = explicit.batch("cross_entropy", n=16)
+    optimizer = KFAC(explicit.tiny_net(), "cross_entropy")
+    optimizer.step(x, y)
+    assert isinstance(optimizer.quadratic.rows, torch.Tensor)  # "auto": by curvature here
+    state = optimizer.state_dict()
+    del state["param_groups"][0]["quadratic_sampling"]
+    resumed = KFAC(explicit.tiny_net(), "cross_entropy")
+    resumed.load_state_dict(state)
+    resumed.step(x, y)
+    assert resumed.quadratic.rows == slice(0, 4)
+    assert resumed.quadratic.weights.tolist() == [1.0] * 4
