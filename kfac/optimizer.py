@@ -212,9 +212,9 @@ class KFAC(torch.optim.Optimizer):
             if record:
                 self._update_factors(outputs, targets)
             if uses_model:  # its rows, from this pass's outputs (after the targets' draw)
-                used, _ = self._subset(group["quadratic_fraction"])
+                _, size = self._subset(group["quadratic_fraction"])
                 sampling = group.get("quadratic_sampling", "first")  # older checkpoints: as trained
-                self.quadratic.choose_rows(outputs, used, sampling, self.generator, self.batch_size)
+                self.quadratic.choose_rows(outputs, size, sampling, self.generator, self.batch_size)
             if per_example:  # again, with this pass's rows per example
                 per_example = self._per_example_layers(batch)
             if per_example:

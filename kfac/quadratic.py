@@ -138,50 +138,59 @@ class QuadraticModel:
         self.names = {p: name for name, p in model.named_parameters()}
         self.chain = LinearisedChain.of(model, blocks, params)
         self.rows: slice | torch.Tensor = slice(0, 0)
-        self.weights = torch.zeros(0)
+        self.weights, self.count = torch.zeros(0), 0
 
     @property
     def reads_training_pass(self) -> bool:
         """Whether the training pass must keep the layers' activations for the model."""
         return self.chain is not None
 
-    def choose_rows(self, outputs, count: int, sampling, generator, batch: int) -> None:
-        """This step's rows of the model, `count` of this rank's examples, and their weights.
+    def choose_rows(self, outputs, share: int, sampling, generator, batch: int) -> None:
+        """This step's rows of the model among this rank's examples, their weights and the
+        count their weighted sum is divided by; `share` of the global `batch` in all.
 
-        FIRST: the first `count`, weight 1.  CURVATURE: `stratified_rows` over this rank's
-        examples (each rank stratifies its own; their weights sum to its batch), the draw's keys
-        taken from U[0, 1) noise over the global `batch` at this rank's positions, so that every
-        rank's generator advances alike and one process holding the batch draws the same.
+        FIRST: the global batch's first `share`, weight 1, count their number on this rank.
+        CURVATURE: `stratified_rows` over the global batch, the same on every rank: the ranks'
+        tr F_R are put together (one all-reduce of B numbers) and the draw's keys are U[0, 1)
+        noise over the batch from the generator, which every rank advances alike; each rank
+        keeps the chosen rows that are its own, count its shard's size, so the average below is
+        Σ over the chosen rows of wᵢ(…)/B, what one process holding the batch computes.
         AUTO: CURVATURE for the categorical, FIRST otherwise (the module docstring says why).
         """
-        self.rows, self.weights = slice(0, count), outputs.new_ones(count).detach()
+        used = self.communicator.prefix(share)
+        self.rows, self.weights, self.count = slice(0, used), outputs.new_ones(used), used
         sampling = QuadraticSampling(sampling)
         if sampling is QuadraticSampling.AUTO:
             categorical = self.family is LossFamily.CROSS_ENTROPY
             sampling = QuadraticSampling.CURVATURE if categorical else QuadraticSampling.FIRST
         if sampling is QuadraticSampling.FIRST:
             return
-        noise = torch.rand(batch, generator=generator, device=generator.device)
-        if count:  # a rank with no rows still draws, to keep the ranks' generators alike
-            keys = noise[self.communicator.positions(outputs.shape[0], generator.device)]
-            curvature = curvature_weights(outputs.detach(), self.family)
-            self.rows, self.weights = stratified_rows(curvature, count, keys.to(outputs.device))
+        keys = torch.rand(batch, generator=generator, device=generator.device)
+        local, world = outputs.shape[0], self.communicator.world_size
+        curvature = outputs.new_zeros(batch, dtype=torch.float64)
+        positions = self.communicator.positions(local, outputs.device)
+        curvature[positions] = curvature_weights(outputs.detach(), self.family).double()
+        # Each example lives on one rank: the mean over ranks is every tr F_R divided by N.
+        (curvature,), _ = self.communicator.average([curvature], 1)
+        chosen, weights = stratified_rows(curvature, share, keys.to(outputs.device))
+        mine = chosen % world == self.communicator.rank
+        self.rows, self.count = chosen[mine] // world, local
+        self.weights = weights[mine].to(outputs.dtype)
 
     def matrices(self, inputs, gradient, directions, weight_decay, damping):
         """[vᵢᵀ(F + ηI)vⱼ], [λvᵢᵀvⱼ] and [∇hᵀvᵢ], F the exact Fisher estimated on the chosen
-        rows: Σᵢ wᵢ(Jᵢvⱼ)ᵀF_R(Jᵢvₖ)/Σᵢ wᵢ on each rank, averaged over the ranks weighted by
-        Σᵢ wᵢ (its examples for CURVATURE, its rows for FIRST)."""
+        rows: Σᵢ wᵢ(Jᵢvⱼ)ᵀF_R(Jᵢvₖ)/count on each rank, averaged over the ranks weighted by
+        their counts (`choose_rows`)."""
         count = len(directions)
         fisher = gradient[0].new_zeros(count, count)  # a rank with none of the subset
         used = self.weights.numel()
-        total = round(float(self.weights.sum()))
         if used:
             outputs, products = self._output_directions(inputs, directions)
             # Bilinear in the products: scaling row i of each by √wᵢ weighs its term by wᵢ.
             root = self.weights.sqrt().to(outputs.dtype).view(-1, *([1] * (outputs.dim() - 1)))
             weighted = [product * root for product in products]
-            fisher = fisher_gram(outputs, weighted, self.family) * (used / total)
-        (fisher,), _ = self.communicator.average([fisher], total)
+            fisher = fisher_gram(outputs, weighted, self.family) * (used / self.count)
+        (fisher,), _ = self.communicator.average([fisher], self.count)
         euclidean = fisher.new_zeros(count, count)
         for i in range(count):  # symmetric: each product once, a pass over every parameter
             for j in range(i, count):

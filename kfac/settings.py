@@ -91,4 +91,6 @@ class KFACSettings:
     def group_defaults(self) -> dict:
         """The param-group entries: every setting but the structure, the Fisher type, the
         layers, the seed and the products' precision."""
-        return {k: v for k, v in asdict(self).items() if k not in _FIXED}
+        group = {k: v for k, v in asdict(self).items() if k not in _FIXED}
+        group["quadratic_sampling"] = self.quadratic_sampling.value  # weights-only checkpoints
+        return group

@@ -1,6 +1,6 @@
 """The quadratic model's rows chosen by curvature (kfac.quadratic.stratified_rows, issue 16)
 against brute force: the most curved half, a uniform draw from the rest, weights that make
-Σᵢ wᵢ JᵢᵀF_R Jᵢ / B unbiased for the batch's Fisher, and the per-rank estimate."""
+Σᵢ wᵢ JᵢᵀF_R Jᵢ / B unbiased for the batch's Fisher, and the model's estimate on them."""
 
 import itertools
 
@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from kfac import KFAC
-from kfac.distributed import Communicator
 from kfac.enums import LossFamily
 from kfac.quadratic import curvature_weights, stratified_rows
 from tests.kfac import explicit
@@ -62,22 +61,13 @@ def test_the_mean_over_every_draw_is_the_whole_batch_fisher(family):
     )
 
 
-class Rank(Communicator):
-    """Rank `rank` of `world` whose collectives the test does by hand."""
-
-    def __init__(self, rank: int, world: int) -> None:
-        super().__init__()
-        self.rank, self.world_size = rank, world
-
-
-@pytest.mark.parametrize("world", [1, 3])
 @pytest.mark.parametrize("family", LOSSES)
-def test_each_rank_stratifies_its_shard_and_the_ranks_average_by_their_batch(family, world):
-    """B = 20 over `world` ranks (7, 7, 6): each rank keeps its ⌊m/2⌋ most curved examples and
-    draws the rest by U[0, 1) keys over the global batch at its positions (one draw of 20 from
-    the optimizer's generator on every rank); its weights sum to its shard, and the
-    all-reduce's weighted mean of the ranks' Σᵢ wᵢ(Jᵢv)ᵀF_R(Jᵢw)/Σᵢ wᵢ by Σᵢ wᵢ is
-    Σ over all ranks' rows of wᵢ vᵀFᵢw / B (dual-pass path: no captured pass)."""
+def test_the_rows_are_the_most_curved_and_a_seeded_draw_and_the_estimate_weighs_them(family):
+    """B = 20, a share of 5: the 2 examples of largest tr F_R (explicit output Fisher) with
+    weight 1 and the 3 others of smallest U[0, 1) keys, the optimizer generator's first draw of
+    20, with weight 18/3; the model's Fisher block is Σᵢ wᵢ vᵀFᵢw / B over them by full
+    per-example Jacobians (dual-pass path: no captured pass).  tests/kfac/test_distributed.py
+    checks that N ranks choose and weigh the same rows as one process."""
     model = make_net("mixed_four_layers")
     x, _ = make_batch(model, family, count=20)
     keys = torch.rand(20, generator=torch.Generator().manual_seed(4))
@@ -88,36 +78,24 @@ def test_each_rank_stratifies_its_shard_and_the_ranks_average_by_their_batch(fam
         [torch.randn(p.shape, dtype=p.dtype, generator=generator) for p in params] for _ in "vw"
     ]
     vectors = torch.stack([column_major(layers, d) for d in directions])
-    sums, counts, states, expected = [], [], [], torch.zeros(2, 2, dtype=torch.float64)
-    for rank in range(world):
-        communicator = Rank(rank, world)
-        optimizer = KFAC(model, family, communicator=communicator, seed=4)
-        shard = communicator.shard(x)
-        with torch.no_grad():
-            outputs = model(shard)
-        used = communicator.prefix(5)  # the quarter of 20
-        optimizer.quadratic.choose_rows(outputs, used, "curvature", optimizer.generator, 20)
-        states.append(optimizer.generator.get_state())
-        rows = optimizer.quadratic.rows.tolist()
-        weights = optimizer.quadratic.weights
-        positions = list(range(rank, 20, world))
-        curvature = explicit.output_fisher(outputs, family).diagonal(dim1=1, dim2=2).sum(1)
-        top = sorted(range(len(positions)), key=lambda i: -float(curvature[i]))[: used // 2]
-        rest = sorted(
-            set(range(len(positions))) - set(top), key=lambda i: float(keys[positions[i]])
-        )
-        assert sorted(rows[: used // 2]) == sorted(top)
-        assert rows[used // 2 :] == rest[: used - used // 2]
-        assert float(weights.sum()) == pytest.approx(len(positions), rel=1e-12)
-        gradient = [torch.zeros_like(p) for p in params]
-        fisher, _, _ = optimizer.quadratic.matrices(shard, gradient, directions, 0.0, 0.0)
-        sums.append(fisher * float(weights.sum()))
-        counts.append(float(weights.sum()))
-        for i, w in zip(rows, weights.tolist(), strict=True):
-            single = explicit.exact_fisher(model, shard[i : i + 1], family)
-            expected += w * vectors @ single @ vectors.T / 20
-    torch.testing.assert_close(sum(sums) / sum(counts), expected, rtol=1e-10, atol=1e-14)
-    assert all(state.equal(states[0]) for state in states)  # the ranks' generators stay alike
+    optimizer = KFAC(model, family, seed=4)
+    with torch.no_grad():
+        outputs = model(x)
+    optimizer.quadratic.choose_rows(outputs, 5, "curvature", optimizer.generator, 20)
+    rows = optimizer.quadratic.rows.tolist()
+    weights = optimizer.quadratic.weights.tolist()
+    curvature = explicit.output_fisher(outputs, family).diagonal(dim1=1, dim2=2).sum(1)
+    top = sorted(range(20), key=lambda i: -float(curvature[i]))[:2]  # ties: the first
+    rest = sorted(set(range(20)) - set(top), key=lambda i: float(keys[i]))
+    assert sorted(rows[:2]) == sorted(top) and rows[2:] == rest[:3]
+    assert weights == [1.0, 1.0, 6.0, 6.0, 6.0]
+    gradient = [torch.zeros_like(p) for p in params]
+    fisher, _, _ = optimizer.quadratic.matrices(x, gradient, directions, 0.0, 0.0)
+    expected = sum(
+        w * vectors @ explicit.exact_fisher(model, x[i : i + 1], family) @ vectors.T
+        for i, w in zip(rows, weights, strict=True)
+    )
+    torch.testing.assert_close(fisher, expected / 20, rtol=1e-10, atol=1e-14)
 
 
 def column_major(layers, direction: list[torch.Tensor]) -> torch.Tensor:
