@@ -78,6 +78,11 @@ class _KFACBase(TaggedSpec):
     factor_decay: float = Field(0.95, gt=0, le=1, description="ε of the moving averages (§5)")
     stats_fraction: float = Field(1.0, gt=0, le=1)
     quadratic_fraction: float = Field(0.25, gt=0, le=1, description="of the batch, for α, μ")
+    quadratic_sampling: Literal["auto", "curvature", "first"] = Field(
+        "auto",
+        description="that share: the most curved half + a weighted draw (auto: for"
+        " cross-entropy), or the first examples",
+    )
     gamma_search: bool = Field(False, description="choose γ by the quadratic model (§6.6)")
     gamma_interval: int = Field(20, ge=1, le=10_000, description="T2, a multiple of T3")
     kl_clip: float | None = Field(None, gt=0)

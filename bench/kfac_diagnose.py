@@ -82,6 +82,7 @@ def run(job) -> dict:
     stratified = top is not None and name != "sgd"
     if stratified:  # read at call time by kfac.quadratic.fisher_gram
         kfac.quadratic.output_fisher_bilinear = weighted_bilinear
+        options = {**options, "quadratic_sampling": "first"}  # this reordering's rows, weights
         share = round(options.get("quadratic_fraction", 0.25) * batch)
         picker = torch.Generator().manual_seed(1000 + seed)
     x, y = task_data(TASK)

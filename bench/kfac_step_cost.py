@@ -52,12 +52,17 @@ METHODS = {
     "kfac_eta0": "K-FAC defaults past the ℓ2 phase (η = 0)",
     "kfac_bf16": "K-FAC defaults, bfloat16 products",
     "kfac_dual": "K-FAC defaults (dual passes)",
+    "kfac_curvature": "K-FAC defaults, the model's quarter by curvature",
 }
 DEFAULT_METHODS = ["sgd_momentum", "adam", "kfac_fixed", "kfac", "kfac_eta0", "kfac_bf16"]
 # The default step with one option changed (kfac.KFAC's keywords). The rounds time steps 4–103,
 # inside the default ℓ2 phase (`weight_decay_steps` = 100), so the step users get from step 101
 # on is timed with that phase left out.
-VARIANTS = {"kfac_eta0": {"weight_decay_steps": 0}, "kfac_bf16": {"precision": "bfloat16"}}
+VARIANTS = {
+    "kfac_eta0": {"weight_decay_steps": 0},
+    "kfac_bf16": {"precision": "bfloat16"},
+    "kfac_curvature": {"quadratic_sampling": "curvature"},  # "auto" takes the first here
+}
 
 # The parts of the default step, as the optimizer's methods that do them.
 PARTS = {

@@ -32,3 +32,11 @@ class ProductPrecision(StrEnum):
 
     EXACT = "exact"  # in the parameters' dtype (the default)
     BFLOAT16 = "bfloat16"  # bfloat16 operands, float32 accumulation: ~4× faster with AMX, GPUs
+
+
+class QuadraticSampling(StrEnum):
+    """Which examples of the mini-batch the quadratic model's Fisher products use (§7)."""
+
+    AUTO = "auto"  # CURVATURE for the categorical, FIRST otherwise (kfac.quadratic)
+    CURVATURE = "curvature"  # the largest output curvature plus a uniform draw, weighted
+    FIRST = "first"  # the batch's first examples, each weight 1

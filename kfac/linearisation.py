@@ -104,16 +104,16 @@ class LinearisedChain:
     def output_directions(
         self,
         capture: ActivationCapture,
-        used: int,
+        rows: slice | torch.Tensor,
         directions: list[dict[int, torch.Tensor]],
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The outputs z and J·v of the first `used` examples of the captured pass, one J·v per
-        direction (a dict id(parameter) → tensor)."""
+        """The outputs z and J·v of the captured pass's examples `rows` (a slice or indices),
+        one J·v per direction (a dict id(parameter) → tensor)."""
         count = len(directions)
         tangent = None  # ȧ of the current layer, the directions stacked as examples
         for stage in self.stages:
             block = stage.block
-            layer_input = capture.inputs[block.name][:used]
+            layer_input = capture.inputs[block.name][rows]
             weight, bias = block.module.weight, block.module.bias
             produced = torch.cat(
                 [
@@ -126,7 +126,8 @@ class LinearisedChain:
             if tangent is not None:
                 produced += block.apply_weight(tangent)
             tangent = produced
-            primal = capture.outputs[block.name][:used].detach()
+            primal = capture.outputs[block.name][rows].detach()
+            used = primal.shape[0]
             for module in stage.after:
                 if type(module) in ELEMENTWISE_MODULES:  # no copy of s per direction
                     primal, slope = jvp(module, (primal,), (torch.ones_like(primal),))

@@ -72,6 +72,7 @@ class KFAC(torch.optim.Optimizer):
         factor_decay: the running averages' decay (ε = min(1 − 1/k, decay), §5).
         stats_fraction, quadratic_fraction: the share of the mini-batch used for the factor
             statistics (§5) and for the quadratic model's Fisher products.
+        quadratic_sampling: which examples those are (kfac.quadratic.QuadraticModel.choose_rows).
         kl_clip: with a fixed lr, scale steps so that lr²·Δᵀ∇h <= kl_clip.
         layers: names of the layers to precondition (default: all supported ones).
         seed: seeds the generator of the sampled targets (saved in the state dict).
@@ -199,9 +200,8 @@ class KFAC(torch.optim.Optimizer):
         # The per-example product needs this step's activations, and no ℓ2 term in ∇h.
         per_example = self._per_example_layers(batch) if self.weight_decay(step) == 0 else set()
         # So does the quadratic model when it reads J·v off this pass (kfac.linearisation).
-        modelled = self.quadratic.reads_training_pass and (
-            group["lr"] is None or self._damping_due(step)
-        )
+        uses_model = group["lr"] is None or self._damping_due(step)
+        modelled = self.quadratic.reads_training_pass and uses_model
         with self.capture.record(enabled=record or bool(per_example) or modelled):
             outputs = self.model(inputs)
             local_loss = negative_log_likelihood(outputs, targets, self.family).mean()
@@ -211,6 +211,10 @@ class KFAC(torch.optim.Optimizer):
                 return loss, set()
             if record:
                 self._update_factors(outputs, targets)
+            if uses_model:  # its rows, from this pass's outputs (after the targets' draw)
+                _, size = self._subset(group["quadratic_fraction"])
+                sampling = group.get("quadratic_sampling", "first")  # older checkpoints: as trained
+                self.quadratic.choose_rows(outputs, size, sampling, self.generator, self.batch_size)
             if per_example:  # again, with this pass's rows per example
                 per_example = self._per_example_layers(batch)
             if per_example:
@@ -378,9 +382,8 @@ class KFAC(torch.optim.Optimizer):
     def _quadratic_model(self, inputs, gradient, directions):
         """[vᵢᵀ(F + ηI)vⱼ], [λvᵢᵀvⱼ] and [∇hᵀvᵢ] over the directions, F the exact Fisher (§7)."""
         group = self.param_groups[0]
-        used, _ = self._subset(group["quadratic_fraction"])
         eta = self.weight_decay(self.counters["step"])
-        return self.quadratic.matrices(inputs, used, gradient, directions, eta, group["damping"])
+        return self.quadratic.matrices(inputs, gradient, directions, eta, group["damping"])
 
     def _kl_scale(self, preconditioned, gradient) -> float:
         """ν = min(1, sqrt(κ / (lr² Δᵀ∇h))) when KL-clipping is on, else 1."""

@@ -4,6 +4,17 @@ M(δ) = h(θ) + ∇hᵀδ + ½ δᵀ(F + (λ + η)I)δ, with F the exact Fisher 
 mini-batch.  For δ = αΔ + μδ₀ only the 2×2 matrix of products vᵀ C w between Δ and δ₀ matters;
 the Fisher part vᵀFw = E[(Jv)ᵀ F_R (Jw)] needs one forward-mode Jacobian–vector product per
 direction, never the matrix itself.
+
+Which examples estimate it (issue 16, docs/benchmarks.md "16, third pass: the digits MLP"):
+on a softmax classifier near convergence the curvature sits on the few examples the model is
+not yet sure of, and a plain quarter of the batch often misses them, making α several times
+too large.  `stratified_rows` keeps the m/2 examples of largest output curvature tr F_R(zᵢ)
+with weight 1 and draws m/2 of the other B − m/2 uniformly with weight (B − m/2)/(m/2): the
+weights sum to B and Σᵢ wᵢ (Jᵢv)ᵀF_R(Jᵢw)/B is unbiased for the batch's mean vᵀFw.  By default
+(AUTO) only for the categorical, where the curvature is concentrated: with the Bernoulli on the
+sigmoid autoencoder of tests/kfac/test_defaults.py (batch 64, rows 8 + 8 × weight 7) the
+unequal weights' extra variance made 2 of 5 flat starts diverge; the Gaussian's curvature is
+the same for every example, so there it only adds variance.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ import torch.autograd.forward_ad as forward_ad
 from torch import nn
 from torch.func import functional_call
 
-from kfac.enums import LossFamily
+from kfac.enums import LossFamily, QuadraticSampling
 from kfac.linearisation import LinearisedChain
 from kfac.losses import output_fisher_bilinear
 from kfac.vectors import dot
@@ -71,6 +82,34 @@ def running_statistics_frozen(model: nn.Module):
             m.track_running_stats = value
 
 
+def curvature_weights(outputs: torch.Tensor, family: LossFamily) -> torch.Tensor:
+    """tr F_R(zᵢ) per example: 1 − Σp² (categorical), Σp(1 − p) (Bernoulli), 1 (Gaussian)."""
+    if family is LossFamily.CROSS_ENTROPY:
+        p = torch.softmax(outputs, dim=1)
+        return 1 - (p * p).sum(1)
+    if family is LossFamily.BCE:
+        p = torch.sigmoid(outputs)
+        return (p * (1 - p)).flatten(1).sum(1)
+    return outputs.new_ones(outputs.shape[0])
+
+
+def stratified_rows(
+    curvature: torch.Tensor, count: int, keys: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` rows and their weights: the count // 2 of largest `curvature` (weight 1, ties to
+    the earlier row) and the rest drawn uniformly without replacement from the other rows, the
+    ones of smallest `keys` (uniform random, one per row), weight (B − top)/drawn each."""
+    batch = curvature.shape[0]
+    order = torch.sort(curvature, descending=True, stable=True).indices
+    top = count // 2
+    others = order[top:]
+    drawn = others[keys[others].argsort()[: count - top]]
+    weights = torch.cat(
+        [curvature.new_ones(top), curvature.new_full((count - top,), (batch - top) / (count - top))]
+    )
+    return torch.cat([order[:top], drawn]), weights
+
+
 def fisher_gram(
     outputs: torch.Tensor, products: list[torch.Tensor], family: LossFamily
 ) -> torch.Tensor:
@@ -88,9 +127,9 @@ def fisher_gram(
 class QuadraticModel:
     """The matrices of the quadratic model over given directions for `kfac.KFAC` (§7).
 
-    The Fisher part comes from J·v on the first examples of the batch: read off the training
-    pass that the capture kept when the model is a chain of K-FAC layers
-    (`kfac.linearisation`), from dual forward passes otherwise.
+    The Fisher part comes from J·v on the rows that `choose_rows` picked from this step's
+    training pass: read off that pass, which the capture kept, when the model is a chain of
+    K-FAC layers (`kfac.linearisation`), from dual forward passes otherwise.
     """
 
     def __init__(self, model: nn.Module, family: LossFamily, blocks, params, capture, communicator):
@@ -98,20 +137,60 @@ class QuadraticModel:
         self.params, self.capture, self.communicator = params, capture, communicator
         self.names = {p: name for name, p in model.named_parameters()}
         self.chain = LinearisedChain.of(model, blocks, params)
+        self.rows: slice | torch.Tensor = slice(0, 0)
+        self.weights, self.count = torch.zeros(0), 0
 
     @property
     def reads_training_pass(self) -> bool:
         """Whether the training pass must keep the layers' activations for the model."""
         return self.chain is not None
 
-    def matrices(self, inputs, used: int, gradient, directions, weight_decay, damping):
-        """[vᵢᵀ(F + ηI)vⱼ], [λvᵢᵀvⱼ] and [∇hᵀvᵢ], F the exact Fisher of this rank's first `used`
-        examples averaged over the ranks."""
+    def choose_rows(self, outputs, share: int, sampling, generator, batch: int) -> None:
+        """This step's rows of the model among this rank's examples, their weights and the
+        count their weighted sum is divided by; `share` of the global `batch` in all.
+
+        FIRST: the global batch's first `share`, weight 1, count their number on this rank.
+        CURVATURE: `stratified_rows` over the global batch, the same on every rank: the ranks'
+        tr F_R are put together (one all-reduce of B numbers) and the draw's keys are U[0, 1)
+        noise over the batch from the generator, which every rank advances alike; each rank
+        keeps the chosen rows that are its own, count its shard's size, so the average below is
+        Σ over the chosen rows of wᵢ(…)/B, what one process holding the batch computes.
+        AUTO: CURVATURE for the categorical, FIRST otherwise (the module docstring says why).
+        """
+        used = self.communicator.prefix(share)
+        self.rows, self.weights, self.count = slice(0, used), outputs.new_ones(used), used
+        sampling = QuadraticSampling(sampling)
+        if sampling is QuadraticSampling.AUTO:
+            categorical = self.family is LossFamily.CROSS_ENTROPY
+            sampling = QuadraticSampling.CURVATURE if categorical else QuadraticSampling.FIRST
+        if sampling is QuadraticSampling.FIRST:
+            return
+        keys = torch.rand(batch, generator=generator, device=generator.device)
+        local, world = outputs.shape[0], self.communicator.world_size
+        curvature = outputs.new_zeros(batch, dtype=torch.float64)
+        positions = self.communicator.positions(local, outputs.device)
+        curvature[positions] = curvature_weights(outputs.detach(), self.family).double()
+        # Each example lives on one rank: the mean over ranks is every tr F_R divided by N.
+        (curvature,), _ = self.communicator.average([curvature], 1)
+        chosen, weights = stratified_rows(curvature, share, keys.to(outputs.device))
+        mine = chosen % world == self.communicator.rank
+        self.rows, self.count = chosen[mine] // world, local
+        self.weights = weights[mine].to(outputs.dtype)
+
+    def matrices(self, inputs, gradient, directions, weight_decay, damping):
+        """[vᵢᵀ(F + ηI)vⱼ], [λvᵢᵀvⱼ] and [∇hᵀvᵢ], F the exact Fisher estimated on the chosen
+        rows: Σᵢ wᵢ(Jᵢvⱼ)ᵀF_R(Jᵢvₖ)/count on each rank, averaged over the ranks weighted by
+        their counts (`choose_rows`)."""
         count = len(directions)
         fisher = gradient[0].new_zeros(count, count)  # a rank with none of the subset
+        used = self.weights.numel()
         if used:
-            fisher = fisher_gram(*self._output_directions(inputs, used, directions), self.family)
-        (fisher,), _ = self.communicator.average([fisher], used)
+            outputs, products = self._output_directions(inputs, directions)
+            # Bilinear in the products: scaling row i of each by √wᵢ weighs its term by wᵢ.
+            root = self.weights.sqrt().to(outputs.dtype).view(-1, *([1] * (outputs.dim() - 1)))
+            weighted = [product * root for product in products]
+            fisher = fisher_gram(outputs, weighted, self.family) * (used / self.count)
+        (fisher,), _ = self.communicator.average([fisher], self.count)
         euclidean = fisher.new_zeros(count, count)
         for i in range(count):  # symmetric: each product once, a pass over every parameter
             for j in range(i, count):
@@ -119,16 +198,16 @@ class QuadraticModel:
         linear = fisher.new_tensor([float(dot(gradient, d)) for d in directions])
         return fisher + weight_decay * euclidean, damping * euclidean, linear
 
-    def _output_directions(self, inputs, used, directions):
+    def _output_directions(self, inputs, directions):
         if self.chain is not None and self.capture.inputs:  # this step's pass was kept
             keyed = [dict(zip(map(id, self.params), d, strict=True)) for d in directions]
-            return self.chain.output_directions(self.capture, used, keyed)
+            return self.chain.output_directions(self.capture, self.rows, keyed)
         named = [
             {self.names[p]: d for p, d in zip(self.params, direction, strict=True)}
             for direction in directions
         ]
         with torch.enable_grad():
-            return output_directions(self.model, inputs[:used], named)
+            return output_directions(self.model, inputs[self.rows], named)
 
 
 @dataclass

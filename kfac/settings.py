@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from kfac.enums import FisherType, InverseStructure, ProductPrecision
+from kfac.enums import FisherType, InverseStructure, ProductPrecision, QuadraticSampling
 
 _FIXED = ("structure", "fisher", "layers", "seed", "precision")
 """The settings that are not param-group entries."""
@@ -52,6 +52,7 @@ class KFACSettings:
     factor_decay: float = 0.95
     stats_fraction: float = 1.0
     quadratic_fraction: float = 0.25
+    quadratic_sampling: QuadraticSampling | str = QuadraticSampling.AUTO
     kl_clip: float | None = None
     layers: list[str] | None = None
     seed: int = 0
@@ -61,6 +62,7 @@ class KFACSettings:
         object.__setattr__(self, "structure", InverseStructure(self.structure))
         object.__setattr__(self, "fisher", FisherType(self.fisher))
         object.__setattr__(self, "precision", ProductPrecision(self.precision))
+        object.__setattr__(self, "quadratic_sampling", QuadraticSampling(self.quadratic_sampling))
         for name in ("damping_interval", "gamma_interval", "stats_interval", "inverse_interval"):
             value = getattr(self, name)
             if int(value) != value or value < 1:
@@ -89,4 +91,6 @@ class KFACSettings:
     def group_defaults(self) -> dict:
         """The param-group entries: every setting but the structure, the Fisher type, the
         layers, the seed and the products' precision."""
-        return {k: v for k, v in asdict(self).items() if k not in _FIXED}
+        group = {k: v for k, v in asdict(self).items() if k not in _FIXED}
+        group["quadratic_sampling"] = self.quadratic_sampling.value  # weights-only checkpoints
+        return group

@@ -1,6 +1,9 @@
 """J·v read off the training pass (kfac.linearisation) against brute force, and the default
 adaptive step that uses it: α, μ the exact minimisers of the quadratic model of the batch's
-first quarter (§7), with targets sampled from the model and the default settings."""
+quarter chosen by curvature (§7), with targets sampled from the model and the default
+settings."""
+
+import math
 
 import pytest
 import torch
@@ -57,10 +60,12 @@ def chain_inputs(name: str, model: nn.Module, count: int = 12) -> torch.Tensor:
     return torch.randn(count, first.in_features, generator=generator, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("rows", [slice(0, 7), torch.tensor([9, 2, 5, 11, 0, 7, 3])])
 @pytest.mark.parametrize("name", sorted(CHAINS))
-def test_jacobian_vector_products_from_the_captured_pass_are_exact(name):
-    """z and J·v for two directions on the first 7 of 12 examples, from one captured forward
-    pass over all 12, equal torch.func.jvp of the model on those 7 examples."""
+def test_jacobian_vector_products_from_the_captured_pass_are_exact(name, rows):
+    """z and J·v for two directions on 7 of 12 examples (the first, or scattered as the
+    quadratic model's stratified rows are), from one captured forward pass over all 12, equal
+    torch.func.jvp of the model on those 7 examples."""
     model = CHAINS[name]()
     x = chain_inputs(name, model)
     optimizer = KFAC(model, "mse")
@@ -74,14 +79,14 @@ def test_jacobian_vector_products_from_the_captured_pass_are_exact(name):
     with optimizer.capture.record(), torch.no_grad():
         model(x)
     keyed = [dict(zip(map(id, params), d, strict=True)) for d in directions]
-    outputs, products = chain.output_directions(optimizer.capture, 7, keyed)
+    outputs, products = chain.output_directions(optimizer.capture, rows, keyed)
 
     names = [name for name, _ in model.named_parameters()]
     primals = {n: p.detach() for n, p in model.named_parameters()}
     for direction, product in zip(directions, products, strict=True):
         tangent = dict(zip(names, direction, strict=True))
         want_outputs, want = jvp(
-            lambda p: functional_call(model, p, (x[:7],)), (primals,), (tangent,)
+            lambda p: functional_call(model, p, (x[rows],)), (primals,), (tangent,)
         )
         torch.testing.assert_close(outputs, want_outputs, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(product, want, rtol=1e-10, atol=1e-12)
@@ -132,17 +137,26 @@ def test_the_default_step_runs_the_model_once_and_once_more_for_rho():
 
 @pytest.mark.parametrize("family", LOSSES)
 @pytest.mark.parametrize("damping", [None, 1e-3])
-def test_default_step_minimises_the_exact_quadratic_model_of_the_batch_quarter(family, damping):
-    """Default settings (sampled targets, quadratic_fraction ¼, λ₀ = 1, η = 1e-5; and once λ = 1e-3,
+@pytest.mark.parametrize("sampling", [None, "curvature", "first"])
+@pytest.mark.parametrize("path", ["training_pass", "dual_passes"])
+def test_default_step_minimises_the_exact_quadratic_model_of_the_chosen_rows(
+    family, damping, sampling, path
+):
+    """Default settings (sampled targets, quadratic_fraction ¼ with the rows of "auto": by
+    curvature for cross-entropy, the first otherwise; λ₀ = 1, η = 1e-5; and once λ = 1e-3,
     where F dominates the damped model): on a second step, on another batch than the first,
-    δ = αΔ + μδ₀ with (α, μ) the
-    minimiser of ½cᵀ[vᵢᵀ(F + (λ + η)I)vⱼ]c + [∇hᵀvᵢ]ᵀc, F the exact Fisher of the batch's first
-    16 of 64 examples by full per-example Jacobians, ∇h the whole batch's gradient with the ℓ2
-    term ηθ (η = 1e-5 by default, §6.1)."""
+    δ = αΔ + μδ₀ with (α, μ) the minimiser of ½cᵀ[vᵢᵀ(F + (λ + η)I)vⱼ]c + [∇hᵀvᵢ]ᵀc,
+    F = Σᵢ wᵢJᵢᵀF_R Jᵢ/Σᵢ wᵢ over the 16 chosen rows by full per-example Jacobians, ∇h the
+    whole batch's gradient with the ℓ2 term ηθ (§6.1).  The rows by curvature: the 8 of
+    largest tr F_R(zᵢ) with weight 1, then 8 others with weight 56/8; the first: the first 16,
+    weight 1.  J·v read off the training pass or, that plan removed, from dual passes."""
     model = make_net("mixed_four_layers")
     x, y = make_batch(model, family)
     options = {} if damping is None else {"damping": damping}
+    options |= {} if sampling is None else {"quadratic_sampling": sampling}
     optimizer = KFAC(model, family, **options)
+    if path == "dual_passes":
+        optimizer.quadratic.chain = None
     lam, eta = (optimizer.param_groups[0][key] for key in ("damping", "weight_decay"))
     optimizer.step(*make_batch(model, family, seed=2))  # δ₀ not parallel to the next Δ
     layers = explicit.linear_layers(model)
@@ -158,11 +172,25 @@ def test_default_step_minimises_the_exact_quadratic_model_of_the_batch_quarter(f
     )
     theta = explicit.parameter_vector(model).detach().clone()
     gradient = explicit.gradient_vector(model, x, y, family) + eta * theta
-    fisher = explicit.exact_fisher(model, x[:16], family)
+    with torch.no_grad():
+        trace = explicit.output_fisher(model(x), family).diagonal(dim1=1, dim2=2).sum(1)
     optimizer.step(x, y)
     d = optimizer.diagnostics
     assert d["mu"] != 0  # the 2×2 model was solved, not its α-only fall-back
     delta = explicit.parameter_vector(model).detach() - theta
+    rows = torch.arange(64)[optimizer.quadratic.rows].tolist()
+    weights = optimizer.quadratic.weights.tolist()
+    if sampling == "first" or (sampling is None and family != "cross_entropy"):
+        assert rows == list(range(16)) and weights == [1.0] * 16
+    else:
+        top = sorted(range(64), key=lambda i: -float(trace[i]))[:8]  # stable: ties keep order
+        assert sorted(rows[:8]) == sorted(top)
+        assert len(set(rows)) == 16
+        assert weights == [1.0] * 8 + [56 / 8] * 8
+    model_at(model, theta)
+    pairs = zip(rows, weights, strict=True)
+    fisher = sum(w * explicit.exact_fisher(model, x[i : i + 1], family) for i, w in pairs)
+    fisher = fisher / sum(weights)
     proposal = (delta - d["mu"] * previous_update) / d["alpha"]
     directions = torch.stack([proposal, previous_update])
     euclidean = directions @ directions.T
@@ -170,13 +198,16 @@ def test_default_step_minimises_the_exact_quadratic_model_of_the_batch_quarter(f
     damped = undamped + lam * euclidean
     linear = directions @ gradient
     alpha, mu = (-torch.linalg.solve(damped, linear)).tolist()
+    if abs(mu) > 1:  # the convex model's minimum over |μ| <= 1 (kfac.quadratic) is on the edge
+        mu = math.copysign(1.0, mu)
+        alpha = float(-(linear[0] + mu * damped[0, 1]) / damped[0, 0])
     assert d["alpha"] == pytest.approx(alpha, rel=1e-8)
     assert d["mu"] == pytest.approx(mu, rel=1e-8, abs=1e-12)
     coefficients = torch.tensor([alpha, mu], dtype=torch.float64)
     predicted = 0.5 * coefficients @ undamped @ coefficients + linear @ coefficients
     assert d["quadratic_model"] == pytest.approx(float(predicted), rel=1e-8)
     # The check can tell: the Fisher of the whole batch gives another step.
-    whole = directions @ explicit.exact_fisher(model_at(model, theta), x, family) @ directions.T
+    whole = directions @ explicit.exact_fisher(model, x, family) @ directions.T
     other = (-torch.linalg.solve(whole + (eta + lam) * euclidean, linear)).tolist()
     assert abs(other[0] - alpha) > 1e-6 * abs(alpha) or abs(other[1] - mu) > 1e-6 * abs(mu)
 
