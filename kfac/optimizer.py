@@ -40,7 +40,7 @@ from kfac.quadratic import (
     running_statistics_frozen,
     solve_step_coefficients,
 )
-from kfac.settings import KFACSettings
+from kfac.settings import SETTINGS_BEFORE_THEY_EXISTED, KFACSettings
 from kfac.vectors import combine, dot, objective_gradient, squared_norm
 
 
@@ -213,7 +213,7 @@ class KFAC(torch.optim.Optimizer):
                 self._update_factors(outputs, targets)
             if uses_model:  # its rows, from this pass's outputs (after the targets' draw)
                 _, size = self._subset(group["quadratic_fraction"])
-                sampling = group.get("quadratic_sampling", "first")  # older checkpoints: as trained
+                sampling = group["quadratic_sampling"]
                 self.quadratic.choose_rows(outputs, size, sampling, self.generator, self.batch_size)
             if per_example:  # again, with this pass's rows per example
                 per_example = self._per_example_layers(batch)
@@ -260,8 +260,7 @@ class KFAC(torch.optim.Optimizer):
         """η of h at `step`: `weight_decay` over the first `weight_decay_steps` steps (all of
         them if None), then 0 (the ℓ2 term is for leaving a flat start, see kfac.settings)."""
         group = self.param_groups[0]
-        # A state dict saved before this setting existed trained with η throughout (None).
-        steps = group.get("weight_decay_steps")
+        steps = group["weight_decay_steps"]
         return group["weight_decay"] if steps is None or step <= steps else 0.0
 
     def _damping_due(self, step: int) -> bool:
@@ -404,6 +403,8 @@ class KFAC(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         extra = state_dict.pop("kfac")
         super().load_state_dict(state_dict)
+        for key, value in SETTINGS_BEFORE_THEY_EXISTED.items():
+            self.param_groups[0].setdefault(key, value)
         self.counters = dict(extra["counters"])
         self.generator.set_state(extra["generator"])
         self.damping = DampingController(self.param_groups[0], self.counters)

@@ -27,6 +27,10 @@ from dataclasses import asdict, dataclass
 
 from kfac.enums import FisherType, InverseStructure, ProductPrecision, QuadraticSampling
 
+SETTINGS_BEFORE_THEY_EXISTED = {"weight_decay_steps": None, "quadratic_sampling": "first"}
+"""The param-group entries a state dict saved before they existed lacks: the values it was
+trained with (ℓ2 throughout, the batch's first share), so that it resumes as it was trained."""
+
 _FIXED = ("structure", "fisher", "layers", "seed", "precision")
 """The settings that are not param-group entries."""
 
