@@ -14,12 +14,13 @@ run's medians of α, |μ| = 1 (the bound of kfac.quadratic) and λ, plus "gap": 
 steps of the training set's actual change of h divided by the quadratic model's predicted
 change M(δ) − M(0) (ρ as the whole training set sees it, where the optimizer's ρ is measured
 on the mini-batch that chose δ).  `--trace` prints every step of seed 0 instead.
-`--stratify TOP` fills the quadratic model's share of the batch with the TOP examples of
-largest output-Fisher trace and a uniform draw from the rest, weighted to stay unbiased
-(`stratified_order`); `--stratify 0` is the plain random share, the control.
+The quadratic model's share of the batch is chosen by `quadratic_sampling` (the defaults: by
+curvature for this classifier; `first='{"quadratic_sampling": "first"}'` for the batch's first
+quarter).  The section's `--stratify TOP` runs used a prototype of the curvature rows that
+reordered the batch outside kfac/; kfac.quadratic.stratified_rows replaced it.
 
     python -m bench.kfac_diagnose --steps 150 --seeds 3 --workers 2 defaults='{}' \
-        eta0='{"weight_decay": 0}' [--min-damping 1e-4] [--batch 256] [--stratify 32] \
+        eta0='{"weight_decay": 0}' [--min-damping 1e-4] [--batch 256] \
         [--shares | --trace]
 """
 
@@ -35,7 +36,6 @@ import statistics
 import torch
 
 import kfac.damping
-import kfac.quadratic
 from bench.kfac_vs_sgd import task_data, task_model
 from kfac import KFAC
 from kfac.losses import negative_log_likelihood, output_fisher_bilinear
@@ -44,50 +44,13 @@ from kfac.vectors import squared_norm
 
 TASK = "mlp_digits"
 
-ROW_WEIGHTS: dict[str, torch.Tensor] = {}
-"""√(wᵢ·S/B) for the rows of the quadratic model's share while a stratified run steps."""
-
-
-def weighted_bilinear(outputs, u, v, family):
-    """(1/B) Σᵢ wᵢ uᵢᵀF_R(zᵢ)vᵢ over the share's S rows: kfac.losses' form is the mean over the
-    rows it is given and bilinear, so each row of u and v is scaled by √(wᵢ·S/B)."""
-    scale = ROW_WEIGHTS.get("scale")
-    if scale is None:
-        return output_fisher_bilinear(outputs, u, v, family)
-    scale = scale.to(u.dtype).view(-1, *([1] * (u.dim() - 1)))
-    return output_fisher_bilinear(outputs, u * scale, v * scale, family)
-
-
-def stratified_order(model, inputs, top: int, share: int, generator) -> torch.Tensor:
-    """The batch reordered so that the quadratic model's share (its first `share` rows) holds
-    the `top` examples of largest output-Fisher trace tr(diag(p) − ppᵀ) = 1 − Σp² with weight
-    1, then `share − top` drawn uniformly from the others with weight (B − top)/(share − top):
-    an unbiased estimate of the batch's mean vᵀFw that keeps the few examples carrying it."""
-    batch = inputs.shape[0]
-    with torch.no_grad():
-        p = torch.softmax(model(inputs), 1)
-    order = (1 - (p * p).sum(1)).argsort(descending=True)
-    rest = order[top:][torch.randperm(batch - top, generator=generator)]
-    drawn = share - top
-    weights = torch.cat([torch.ones(top), torch.full((drawn,), (batch - top) / drawn)])
-    ROW_WEIGHTS["scale"] = (weights * share / batch).sqrt()
-    return torch.cat([order[:top], rest])
-
-
 def run(job) -> dict:
     """One seeded run of `steps` steps; per step the diagnostics and the training set's h."""
-    name, options, seed, steps, floor, sgd_lr, shares, batch, top = job
+    name, options, seed, steps, floor, sgd_lr, shares, batch = job
     torch.set_num_threads(1)
     kfac.damping.MIN_DAMPING = floor  # read at call time by levenberg_marquardt
-    stratified = top is not None and name != "sgd"
-    if stratified:  # read at call time by kfac.quadratic.fisher_gram
-        kfac.quadratic.output_fisher_bilinear = weighted_bilinear
-        options = {**options, "quadratic_sampling": "first"}  # this reordering's rows, weights
-        share = round(options.get("quadratic_fraction", 0.25) * batch)
-        picker = torch.Generator().manual_seed(1000 + seed)
     x, y = task_data(TASK)
     model, family = task_model(TASK, 1.0, seed)
-    eta = options.get("weight_decay", 1e-5) if name != "sgd" else 0.0
     if name == "sgd":
         sgd = torch.optim.SGD(model.parameters(), lr=sgd_lr, momentum=0.9)
     else:
@@ -97,22 +60,22 @@ def run(job) -> dict:
     generator = torch.Generator().manual_seed(seed)
 
     def training_set() -> tuple[float, float]:
-        """(mean NLL, h = NLL + ½η‖θ‖²) on all training examples."""
+        """(mean NLL on all training examples, ‖θ‖²): h = NLL + ½η‖θ‖² for any η."""
         with torch.no_grad():
             nll = float(negative_log_likelihood(model(x), y, family).mean())
-            return nll, nll + 0.5 * eta * squared_norm(list(model.parameters()))
+            return nll, squared_norm(list(model.parameters()))
 
     rows = []
-    nll, h = training_set()
+    nll_before, norm_before = training_set()
     for k in range(1, steps + 1):
         idx = torch.randint(0, x.shape[0], (batch,), generator=generator)
-        if stratified:
-            idx = idx[stratified_order(model, x[idx], top, share, picker)]
+        eta = 0.0 if name == "sgd" else optimizer.weight_decay(k)  # the η of this step's h
         if name == "sgd":
             sgd.zero_grad(set_to_none=True)
             loss = negative_log_likelihood(model(x[idx]), y[idx], family).mean()
             loss.backward()
             sgd.step()
+            loss = loss.detach()
             diagnostics = {}
         else:
             loss = optimizer.step(x[idx], y[idx])
@@ -120,18 +83,19 @@ def run(job) -> dict:
         if not torch.isfinite(loss):
             rows.append({"step": k, "nll": math.nan})
             break
-        nll, h_after = training_set()
+        nll, norm = training_set()
+        change = nll - nll_before + 0.5 * eta * (norm - norm_before)
         predicted = diagnostics.get("quadratic_model", math.nan)
         rows.append(
             {
                 "step": k,
                 "batch_loss": float(loss),
                 "nll": nll,
-                "gap": (h_after - h) / predicted if predicted < 0 else math.nan,
+                "gap": change / predicted if predicted < 0 else math.nan,
                 **diagnostics,
             }
         )
-        h = h_after
+        nll_before, norm_before = nll, norm
     return {"name": name, "seed": seed, "rows": rows}
 
 
@@ -250,9 +214,6 @@ def main() -> None:
     parser.add_argument("--min-damping", type=float, default=kfac.damping.MIN_DAMPING)
     parser.add_argument("--sgd-lr", type=float, default=0.3)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument(
-        "--stratify", type=int, metavar="TOP", help="the model's share: TOP hardest + drawn"
-    )
     parser.add_argument("--trace", action="store_true", help="every step of seed 0")
     parser.add_argument("--shares", action="store_true", help="α of the share vs whole batch")
     args = parser.parse_args()
@@ -268,14 +229,13 @@ def main() -> None:
             args.sgd_lr,
             args.shares,
             args.batch,
-            args.stratify,
         )
         for name, options in variants
         for seed in range(seeds)
     ]
     print(
         f"load average {os.getloadavg()[0]:.1f}; λ floor {args.min_damping:g}; "
-        f"batch {args.batch}; stratified share: {args.stratify}"
+        f"batch {args.batch}"
     )
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         results = pool.map(run, jobs, chunksize=1)
