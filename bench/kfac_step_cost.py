@@ -39,7 +39,7 @@ import torch
 
 from bench.kfac_vs_sgd import autoencoder, make_step, task_data
 from kfac import KFAC
-from kfac.enums import ProductPrecision
+from kfac.enums import ProductPrecision, QuadraticSampling
 from kfac.losses import negative_log_likelihood
 from kfac.quadratic import solve_step_coefficients
 from kfac.vectors import dot
@@ -149,18 +149,22 @@ def fraction_quality(probe_steps=(10, 25, 50, 100, 150), batch: int = 256) -> No
     def probing(inputs, gradient, preconditioned, previous):
         result = chosen(inputs, gradient, preconditioned, previous)
         if optimizer.counters["step"] in probe_steps and previous[0] is not None:
-            group = optimizer.param_groups[0]
+            group, model = optimizer.param_groups[0], optimizer.quadratic
+            chosen_rows = model.rows, model.weights, model.count
             solved = {}
-            for fraction in FRACTIONS:
-                matrices = optimizer.quadratic.matrices(
+            for fraction in FRACTIONS:  # the batch's first share of each size, weight 1
+                share, batch = round(fraction * inputs.shape[0]), inputs.shape[0]
+                # FIRST reads no outputs but their dtype: the inputs serve
+                model.choose_rows(inputs, share, QuadraticSampling.FIRST, None, batch)
+                matrices = model.matrices(
                     inputs,
-                    round(fraction * inputs.shape[0]),
                     gradient,
                     [preconditioned, previous],
                     optimizer.weight_decay(optimizer.counters["step"]),
                     group["damping"],
                 )
                 solved[fraction] = solve_step_coefficients(*matrices)
+            model.rows, model.weights, model.count = chosen_rows
             rows.append((optimizer.counters["step"], group["damping"], solved))
         return result
 
