@@ -70,11 +70,11 @@ def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @contextmanager
-def postgresql_database() -> Iterator[str]:
+def postgresql_database(prefix: str = "kfac_test") -> Iterator[str]:
     """A new, migrated PostgreSQL database on the server at POSTGRES_URL, dropped at the end."""
     with ExitStack() as stack:
         try:
-            url = stack.enter_context(scratch_database(POSTGRES_URL, prefix="kfac_test"))
+            url = stack.enter_context(scratch_database(POSTGRES_URL, prefix=prefix))
         except OperationalError as error:
             missing_service("PostgreSQL", f"not reachable at {POSTGRES_URL}: {error}")
         yield url

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import pytest
 from alembic import command
 from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
 
 from backend.store.db import dispose_engines, get_engine, session_scope
 from backend.store.listing import SORT_KEYS, list_experiments
-from backend.store.migrate import alembic_config, scratch_database, upgrade
+from backend.store.migrate import alembic_config, upgrade
 from backend.store.models import ExperimentTag
 from backend.store.organise import set_archived, set_notes, set_tags
 from backend.store.queries import get_experiment
@@ -30,7 +28,7 @@ from backend.store.writes import (
     heartbeat,
     set_status,
 )
-from tests.conftest import POSTGRES_URL, missing_service
+from tests.conftest import postgresql_database
 
 
 @dataclass
@@ -252,11 +250,7 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path) -> Iterator[str]:
         yield url
         dispose_engines()
         return
-    with ExitStack() as stack:
-        try:
-            url = stack.enter_context(scratch_database(POSTGRES_URL, prefix="kfac_migration"))
-        except OperationalError as error:
-            missing_service("PostgreSQL", f"not reachable at {POSTGRES_URL}: {error}")
+    with postgresql_database(prefix="kfac_migration") as url:
         yield url
 
 
