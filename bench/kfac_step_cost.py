@@ -34,6 +34,7 @@ import platform
 import statistics
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 
 import torch
 
@@ -137,6 +138,20 @@ def measure(batch: int, rounds: int, steps: int, profile: bool, methods: list[st
 FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 
 
+@contextmanager
+def first_rows(optimizer: KFAC, inputs: torch.Tensor, share: int):
+    """Within the block, the optimizer's quadratic model reads the batch's first `share`
+    examples (weight 1); the rows it chose for its own step are put back afterwards."""
+    model = optimizer.quadratic
+    chosen_rows = model.rows, model.weights, model.count
+    # FIRST reads no outputs but their dtype: the inputs serve
+    model.choose_rows(inputs, share, QuadraticSampling.FIRST, None, inputs.shape[0])
+    try:
+        yield model
+    finally:
+        model.rows, model.weights, model.count = chosen_rows
+
+
 def fraction_quality(probe_steps=(10, 25, 50, 100, 150), batch: int = 256) -> None:
     """α, μ of the quadratic model on shares of the batch, against the whole batch's."""
     x, _ = task_data("autoencoder_sparse")
@@ -149,23 +164,20 @@ def fraction_quality(probe_steps=(10, 25, 50, 100, 150), batch: int = 256) -> No
     def probing(inputs, gradient, preconditioned, previous):
         result = chosen(inputs, gradient, preconditioned, previous)
         if optimizer.counters["step"] in probe_steps and previous[0] is not None:
-            group, model = optimizer.param_groups[0], optimizer.quadratic
-            chosen_rows = model.rows, model.weights, model.count
             solved = {}
             for fraction in FRACTIONS:  # the batch's first share of each size, weight 1
-                share, batch = round(fraction * inputs.shape[0]), inputs.shape[0]
-                # FIRST reads no outputs but their dtype: the inputs serve
-                model.choose_rows(inputs, share, QuadraticSampling.FIRST, None, batch)
-                matrices = model.matrices(
-                    inputs,
-                    gradient,
-                    [preconditioned, previous],
-                    optimizer.weight_decay(optimizer.counters["step"]),
-                    group["damping"],
-                )
+                share = round(fraction * inputs.shape[0])
+                with first_rows(optimizer, inputs, share) as model:
+                    matrices = model.matrices(
+                        inputs,
+                        gradient,
+                        [preconditioned, previous],
+                        optimizer.weight_decay(optimizer.counters["step"]),
+                        optimizer.param_groups[0]["damping"],
+                    )
                 solved[fraction] = solve_step_coefficients(*matrices)
-            model.rows, model.weights, model.count = chosen_rows
-            rows.append((optimizer.counters["step"], group["damping"], solved))
+            damping = optimizer.param_groups[0]["damping"]
+            rows.append((optimizer.counters["step"], damping, solved))
         return result
 
     optimizer._adaptive_coefficients = probing

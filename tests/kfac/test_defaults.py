@@ -91,17 +91,22 @@ def train_from_a_flat_start(steps: int, **options) -> tuple[float, float, float]
     return saturated, loss, plateau
 
 
-@pytest.mark.parametrize("seed", [0, 3])
-def test_the_defaults_leave_a_flat_start_without_saturating_its_units(seed):
-    """The stall of issue 16: from PyTorch's default initialisation the earlier defaults
-    (λ₀ = 150, η = 0, μ unbounded) pushed 68% of a hidden layer's units into saturation here,
-    where no signal passes, and were at 0.84 of the mean-image plateau's loss at step 200.
-    The defaults (η = 1e-5 over the first 100 steps) keep every layer's saturated share at or
-    below 35% and reach 0.74–0.77 on seeds 0 to 4 of the sampled targets.  Seed 3 is one of
-    the two of five that η = 0 left on the plateau, fully saturated (loss at the plateau's)."""
-    saturated, loss, plateau = train_from_a_flat_start(200, seed=seed)
-    assert saturated < 0.5
-    assert loss < 0.8 * plateau, (loss, plateau)
+FLAT_START_SEEDS = range(8)
+
+
+def test_the_defaults_leave_a_flat_start_on_most_seeds_without_saturating_its_units():
+    """The stall of issue 16, over seeds rather than on chosen ones: leaving a flat start is
+    chaotic (which seeds leave changes with rounding), so a test of one or two seeds passes by
+    luck.  Counted: seeds whose loss at step 200 is below 0.85 of the mean-image plateau's with
+    no hidden layer ever more than half saturated.  The defaults: 6 of seeds 0–7 (seed 6 leaves
+    with a saturated layer, seed 7 stays on the plateau).  Measured with the earlier choices
+    that the defaults replaced: λ₀ = 150, 1 of 8; η = 0, 2; the momentum unbounded, 0 (three
+    of them diverge)."""
+    passed = []
+    for seed in FLAT_START_SEEDS:
+        saturated, loss, plateau = train_from_a_flat_start(200, seed=seed)
+        passed.append(saturated < 0.5 and loss < 0.85 * plateau)
+    assert sum(passed) >= 5, passed
 
 
 @pytest.mark.parametrize("family", ["cross_entropy", "bce"])
