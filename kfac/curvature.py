@@ -62,8 +62,9 @@ from kfac.exact_fisher import exact_fisher
 from kfac.factors import cross_moment
 from kfac.inverses import Notes, block_diagonal_precondition, damp_factors, spd_inverse
 from kfac.layers import find_blocks
-from kfac.losses import negative_log_likelihood, sample_targets
+from kfac.losses import sample_targets
 from kfac.probe import MAX_PARAMETERS, Units, probe_units
+from kfac.statistics import output_gradients
 from kfac.tridiagonal import block_tridiagonal_precondition, tridiagonal_inverse
 
 __all__ = ["MAX_PARAMETERS", "CurvatureMatrices", "fisher_matrices", "probe_units"]
@@ -281,10 +282,10 @@ def _pair_factors(left: _LayerStatistics, right: _LayerStatistics):
 def _layer_statistics(model, blocks, units, inputs, targets, family, generator):
     """Every layer's `_LayerStatistics` on this batch, and the targets used.
 
-    One forward pass with the optimizer's own hooks; g comes from autograd on the sum (not the
-    mean) of the per-example losses, so that each row is one example's gradient (§3).  The
-    rows are the optimizer's (`input_rows`, `output_rows`), so a conv layer's are its patches
-    and derivatives at every location, example-major.
+    One forward pass with the optimizer's own hooks and its own g = Ds, one example's gradient
+    a row (`kfac.statistics.output_gradients`, §3).  The rows are the optimizer's
+    (`input_rows`, `output_rows`), so a conv layer's are its patches and derivatives at every
+    location, example-major.
     """
     capture = ActivationCapture(blocks)
     try:
@@ -294,9 +295,7 @@ def _layer_statistics(model, blocks, units, inputs, targets, family, generator):
                 if targets != "sampled":
                     raise ValueError(f'targets must be a tensor or "sampled", got {targets!r}')
                 targets = sample_targets(outputs, family, generator)
-            total = negative_log_likelihood(outputs, targets, family).sum()
-            layer_outputs = [capture.outputs[b.name] for b in blocks]
-            output_grads = torch.autograd.grad(total, layer_outputs)
+            output_grads = output_gradients(capture, blocks, outputs, targets, family)
         statistics = []
         for block, output_grad, (rows, cols) in zip(blocks, output_grads, units, strict=True):
             layer_input, output_grad = capture.inputs[block.name], output_grad.detach()

@@ -5,7 +5,7 @@ One call of `step(inputs, targets)` is one iteration of the paper's algorithm:
 1. forward; on statistics steps (every `stats_interval`) the layers' inputs ā and outputs s are
    kept, targets are sampled from the model (true Fisher, §5) and g = Ds comes from a separate
    autograd call, so the real gradient is untouched;
-2. the Kronecker factors are updated as running averages (§5);
+2. the Kronecker factors are updated as running averages (§5, kfac.statistics);
 3. every `inverse_interval` steps the damped factors are inverted (§4.2, §4.3, §6.3);
 4. the proposal Δ = −F̆⁻¹∇h is formed layer by layer, ∇h including the ℓ2 term ηθ (§6.1);
 5. δ = αΔ + μδ₀ with α, μ minimising the exact quadratic model (§7), or δ = −lr·Δ' + m·δ₀
@@ -29,10 +29,10 @@ from torch import nn
 from kfac.capture import ActivationCapture
 from kfac.damping import DampingController
 from kfac.distributed import Communicator
-from kfac.enums import FisherType, InverseStructure, LossFamily
+from kfac.enums import InverseStructure, LossFamily
 from kfac.inverses import Notes
 from kfac.layers import find_blocks
-from kfac.losses import negative_log_likelihood, sample_targets
+from kfac.losses import negative_log_likelihood
 from kfac.preconditioner import KroneckerPreconditioner
 from kfac.quadratic import (
     QuadraticModel,
@@ -41,6 +41,7 @@ from kfac.quadratic import (
     solve_step_coefficients,
 )
 from kfac.settings import SETTINGS_BEFORE_THEY_EXISTED, KFACSettings
+from kfac.statistics import FactorStatistics
 from kfac.vectors import combine, dot, objective_gradient, squared_norm
 
 
@@ -123,6 +124,14 @@ class KFAC(torch.optim.Optimizer):
         self.other_params = [p for p in params if id(p) not in block_params]
         self.generator = torch.Generator(device=params[0].device)
         self.generator.manual_seed(settings.seed)
+        self.statistics = FactorStatistics(
+            self.capture,
+            self.preconditioner,
+            self.family,
+            self.fisher,
+            self.communicator,
+            self.generator,
+        )
         gamma = math.sqrt(settings.damping + self.weight_decay(1))
         self.counters = {"step": 0, "stat_updates": 0, "gamma": gamma}
         self.damping = DampingController(self.param_groups[0], self.counters)
@@ -212,7 +221,7 @@ class KFAC(torch.optim.Optimizer):
             if record:
                 self._update_factors(outputs, targets)
             if uses_model:  # its rows, from this pass's outputs (after the targets' draw)
-                _, size = self._subset(group["quadratic_fraction"])
+                size = self._share(group["quadratic_fraction"])
                 sampling = group["quadratic_sampling"]
                 self.quadratic.choose_rows(outputs, size, sampling, self.generator, self.batch_size)
             if per_example:  # again, with this pass's rows per example
@@ -291,35 +300,16 @@ class KFAC(torch.optim.Optimizer):
     # ------------------------------------------------------------------ statistics
 
     def _update_factors(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        """Sample targets (true Fisher) and fold this batch's factors into the averages (§5)."""
+        """Fold this pass's statistics into the running factors (§5, kfac.statistics)."""
         group = self.param_groups[0]
-        used, share = self._subset(group["stats_fraction"])
-        if self.fisher is FisherType.TRUE:
-            positions = self.communicator.positions(used)
-            stat_targets = sample_targets(
-                outputs[:used], self.family, self.generator, positions, share
-            )
-        else:
-            stat_targets = targets[:used]
-        # The sum (not the mean) over examples, so that each row of Ds is a per-example g.
-        stat_loss = negative_log_likelihood(outputs[:used], stat_targets, self.family).sum()
-        layer_outputs = [self.capture.outputs[b.name] for b in self.blocks]
-        output_grads = torch.autograd.grad(stat_loss, layer_outputs, retain_graph=True)
         self.counters["stat_updates"] += 1
-        with torch.no_grad():
-            self.preconditioner.update_factors(
-                [self.capture.inputs[b.name][:used] for b in self.blocks],
-                [g[:used] for g in output_grads],
-                used,
-                self.counters["stat_updates"],
-                group["factor_decay"],
-            )
+        share, count = self._share(group["stats_fraction"]), self.counters["stat_updates"]
+        self.statistics.update(outputs, targets, share, count, group["factor_decay"])
 
-    def _subset(self, fraction: float) -> tuple[int, int]:
-        """The global batch's first max(1, round(fraction·B)) examples, the share of the
-        statistics and of the quadratic model: (how many are this rank's, how many in all)."""
-        share = max(1, round(fraction * self.batch_size))
-        return self.communicator.prefix(share), share
+    def _share(self, fraction: float) -> int:
+        """max(1, round(fraction·B)): how many of the global batch's first examples the
+        statistics and the quadratic model use."""
+        return max(1, round(fraction * self.batch_size))
 
     def block_state(self, block) -> dict:
         """The state of one K-FAC layer, kept under its weight so state_dict() carries it."""
