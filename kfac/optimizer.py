@@ -6,7 +6,8 @@ One call of `step(inputs, targets)` is one iteration of the paper's algorithm:
    kept, targets are sampled from the model (true Fisher, §5) and g = Ds comes from a separate
    autograd call, so the real gradient is untouched;
 2. the Kronecker factors are updated as running averages (§5, kfac.statistics);
-3. every `inverse_interval` steps the damped factors are inverted (§4.2, §4.3, §6.3);
+3. every `inverse_interval` steps the damped factors are inverted (§4.2, §4.3, §6.3) at γ
+   (kfac.gamma);
 4. the proposal Δ = −F̆⁻¹∇h is formed layer by layer, ∇h including the ℓ2 term ηθ (§6.1);
 5. δ = αΔ + μδ₀ with α, μ minimising the exact quadratic model (§7), or δ = −lr·Δ' + m·δ₀
    with a fixed learning rate and momentum (optionally KL-clipped);
@@ -22,6 +23,7 @@ means, shares the inverse work and keeps every rank's state identical (see kfac.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
@@ -30,12 +32,14 @@ from kfac.capture import ActivationCapture
 from kfac.damping import DampingController
 from kfac.distributed import Communicator
 from kfac.enums import InverseStructure, LossFamily
+from kfac.gamma import gamma_search_due, search_gamma, tied_gamma
 from kfac.inverses import Notes
 from kfac.layers import find_blocks
 from kfac.losses import negative_log_likelihood
 from kfac.preconditioner import KroneckerPreconditioner
 from kfac.quadratic import (
     QuadraticModel,
+    StepCoefficients,
     model_change,
     running_statistics_frozen,
     solve_step_coefficients,
@@ -132,7 +136,7 @@ class KFAC(torch.optim.Optimizer):
             self.communicator,
             self.generator,
         )
-        gamma = math.sqrt(settings.damping + self.weight_decay(1))
+        gamma = tied_gamma(settings.damping, self.weight_decay(1))
         self.counters = {"step": 0, "stat_updates": 0, "gamma": gamma}
         self.damping = DampingController(self.param_groups[0], self.counters)
         self.diagnostics: dict[str, float] = {}
@@ -242,28 +246,33 @@ class KFAC(torch.optim.Optimizer):
             p.grad = g
 
     def _update_inverses(self, step: int, inputs, gradient, notes: Notes) -> None:
-        """Re-invert the damped factors at γ = sqrt(λ + η), or at the γ chosen by the
-        quadratic model every `gamma_interval` steps (§6.6)."""
+        """Re-invert the damped factors at γ = sqrt(λ + η), or at the γ kept so far, or at the
+        γ the quadratic model chooses every `gamma_interval` steps (§6.6, kfac.gamma)."""
         group = self.param_groups[0]
-        search = (
-            group["lr"] is None
-            and group["gamma_search"]
-            and step > 1
-            and (step - 1) % group["gamma_interval"] == 0
-        )
-        if search:
-            self._search_gamma(inputs, gradient, notes)
-            return
-        if not group["gamma_search"]:
-            self.counters["gamma"] = math.sqrt(group["damping"] + self.weight_decay(step))
+        if gamma_search_due(group, step):
+            damped_change = partial(self._damped_change, inputs, gradient, notes)
+            self.counters["gamma"] = search_gamma(self.counters["gamma"], group, damped_change)
+        elif not group["gamma_search"]:
+            self.counters["gamma"] = tied_gamma(group["damping"], self.weight_decay(step))
         self.preconditioner.update_inverses(self.counters["gamma"], notes)
+
+    def _damped_change(self, inputs, gradient, notes: Notes, gamma: float) -> float:
+        """M̂(δ) − M̂(0) of the step (§7) with the inverses formed at γ, a candidate of §6.6."""
+        self.preconditioner.update_inverses(gamma, notes)
+        previous = [self.state[p].get("previous_update") for p in self.param_groups[0]["params"]]
+        preconditioned = self._precondition(gradient)
+        return self._solve_step(inputs, gradient, preconditioned, previous).damped_change
 
     def _adaptive_coefficients(self, inputs, gradient, preconditioned, previous):
         """(c, μ, M(δ) − M(0)) of δ = c·F̆⁻¹∇h + μδ₀ minimising the quadratic model (§7);
         c = −α, as the model is solved over F̆⁻¹∇h = −Δ itself."""
-        directions = [preconditioned] if previous[0] is None else [preconditioned, previous]
-        solved = solve_step_coefficients(*self._quadratic_model(inputs, gradient, directions))
+        solved = self._solve_step(inputs, gradient, preconditioned, previous)
         return solved.alpha, solved.mu, solved.predicted_change
+
+    def _solve_step(self, inputs, gradient, preconditioned, previous) -> StepCoefficients:
+        """The quadratic model's minimum over span{F̆⁻¹∇h, δ₀}, or F̆⁻¹∇h alone on a first step."""
+        directions = [preconditioned] if previous[0] is None else [preconditioned, previous]
+        return solve_step_coefficients(*self._quadratic_model(inputs, gradient, directions))
 
     def weight_decay(self, step: int) -> float:
         """η of h at `step`: `weight_decay` over the first `weight_decay_steps` steps (all of
@@ -314,28 +323,6 @@ class KFAC(torch.optim.Optimizer):
     def block_state(self, block) -> dict:
         """The state of one K-FAC layer, kept under its weight so state_dict() carries it."""
         return self.state[block.module.weight]
-
-    def _search_gamma(self, inputs, gradient, notes: Notes) -> None:
-        """§6.6: keep the γ among {γω₂, γ, γ/ω₂} whose update gives the lowest M(δ)."""
-        group = self.param_groups[0]
-        omega = math.sqrt(group["damping_decay"]) ** group["gamma_interval"]
-        params = group["params"]
-        previous = [self.state[p].get("previous_update") for p in params]
-        best = None
-        for gamma in (
-            self.counters["gamma"] * omega,
-            self.counters["gamma"],
-            self.counters["gamma"] / omega,
-        ):
-            self.preconditioner.update_inverses(gamma, notes)
-            preconditioned = self._precondition(gradient)
-            directions = [preconditioned, previous] if previous[0] is not None else [preconditioned]
-            model = self._quadratic_model(inputs, gradient, directions)
-            change = solve_step_coefficients(*model).damped_change
-            if best is None or change < best[0]:
-                best = (change, gamma)
-        self.counters["gamma"] = best[1]
-        self.preconditioner.update_inverses(best[1], notes)
 
     # ------------------------------------------------------------------ directions
 
