@@ -8,7 +8,8 @@ One call of `step(inputs, targets)` is one iteration of the paper's algorithm:
 2. the Kronecker factors are updated as running averages (§5, kfac.statistics);
 3. every `inverse_interval` steps the damped factors are inverted (§4.2, §4.3, §6.3) at γ
    (kfac.gamma);
-4. the proposal Δ = −F̆⁻¹∇h is formed layer by layer, ∇h including the ℓ2 term ηθ (§6.1);
+4. the proposal Δ = −F̆⁻¹∇h is formed layer by layer, ∇h including the ℓ2 term ηθ (§6.1;
+   kfac.natural_gradient);
 5. δ = αΔ + μδ₀ with α, μ minimising the exact quadratic model (§7), or δ = −lr·Δ' + m·δ₀
    with a fixed learning rate and momentum (optionally KL-clipped);
 6. every `damping_interval` steps λ moves by the Levenberg–Marquardt rule (§6.5).
@@ -36,6 +37,7 @@ from kfac.gamma import gamma_search_due, search_gamma, tied_gamma
 from kfac.inverses import Notes
 from kfac.layers import find_blocks
 from kfac.losses import negative_log_likelihood
+from kfac.natural_gradient import NaturalGradient
 from kfac.preconditioner import KroneckerPreconditioner
 from kfac.quadratic import (
     QuadraticModel,
@@ -124,8 +126,7 @@ class KFAC(torch.optim.Optimizer):
         self.quadratic = QuadraticModel(
             model, self.family, self.blocks, params, self.capture, self.communicator
         )
-        block_params = {id(p) for b in self.blocks for p in b.parameters()}
-        self.other_params = [p for p in params if id(p) not in block_params]
+        self.natural_gradient = NaturalGradient(params, self.preconditioner)
         self.generator = torch.Generator(device=params[0].device)
         self.generator.manual_seed(settings.seed)
         self.statistics = FactorStatistics(
@@ -331,29 +332,9 @@ class KFAC(torch.optim.Optimizer):
 
     def _precondition(self, gradient: list[torch.Tensor], per_example=None) -> list[torch.Tensor]:
         """F̆⁻¹∇h per parameter; other parameters get ∇h/γ² (adaptive) or ∇h (fixed lr)."""
-        params = self.param_groups[0]["params"]
-        per_example = per_example or {}
-        by_param = dict(zip(map(id, params), gradient, strict=True))
-        matrices = []
-        for block in self.blocks:
-            weight, *bias = block.parameters()
-            matrices.append(
-                None
-                if block.name in per_example
-                else block.weight_matrix(
-                    by_param[id(weight)], by_param[id(bias[0])] if bias else None
-                )
-            )
-        conditioned = self.preconditioner.precondition(matrices, per_example)
-        result = {}
-        for block, parts in zip(self.blocks, conditioned, strict=True):
-            for p, part in zip(block.parameters(), parts, strict=True):
-                result[id(p)] = part
         adaptive = self.param_groups[0]["lr"] is None
         other_scale = 1.0 / self.counters["gamma"] ** 2 if adaptive else 1.0
-        for p in self.other_params:
-            result[id(p)] = by_param[id(p)] * other_scale
-        return [result[id(p)] for p in params]
+        return self.natural_gradient(gradient, other_scale, per_example)
 
     def _quadratic_model(self, inputs, gradient, directions):
         """[vᵢᵀ(F + ηI)vⱼ], [λvᵢᵀvⱼ] and [∇hᵀvᵢ] over the directions, F the exact Fisher (§7)."""
