@@ -1,14 +1,15 @@
 """Dense curvature matrices for inspection: the exact Fisher F and what K-FAC / KFC make of it.
 
-`fisher_matrices` gives, over one parameter ordering, F (from per-example gradients, §2.2), its
-Kronecker-factored approximation F̃ (§3), (F̃ + λI)⁻¹ and the structured inverses the optimizer
-uses: block-diagonal F̌⁻¹ (§4.2) and block-tridiagonal F̂⁻¹ (§4.3, Appendix B).  They serve the
-dashboard and the tests, so they favour plain correctness over speed, with one rule: the
-factors come from the optimizer's own layer code (`kfac.layers`: rows ā, g, patches ⟦ā⟧_t,
-factors Ā, G, Ω, Γ) and the structured inverses are built by applying the optimizer's own
-functions (`kfac.inverses`) to the columns of the identity, so what is shown, and what the
-tests check against brute force, is exactly what the optimizer applies to a gradient.  The
-factors are this batch's expectations (§3), not the optimizer's running averages (§5).
+`fisher_matrices` gives, over one parameter ordering, F (from per-example gradients, §2.2,
+`kfac.exact_fisher`), its Kronecker-factored approximation F̃ (§3), (F̃ + λI)⁻¹ and the
+structured inverses the optimizer uses: block-diagonal F̌⁻¹ (§4.2) and block-tridiagonal F̂⁻¹
+(§4.3, Appendix B).  They serve the dashboard and the tests, so they favour plain correctness
+over speed, with one rule: the factors come from the optimizer's own layer code
+(`kfac.layers`: rows ā, g, patches ⟦ā⟧_t, factors Ā, G, Ω, Γ) and the structured inverses are
+built by applying the optimizer's own functions (`kfac.inverses`) to the columns of the
+identity, so what is shown, and what the tests check against brute force, is exactly what
+the optimizer applies to a gradient.  The factors are this batch's expectations (§3), not the
+optimizer's running averages (§5).
 
 Ordering (DESIGN.md): layer by layer in model order; within a layer the column-major vec of
 W̄ = [W b] (d_g × d_a), so vec(DW̄) = vec(g āᵀ) = ā ⊗ g and (A ⊗ G) vec(V) = vec(G V Aᵀ), as
@@ -54,20 +55,19 @@ from itertools import pairwise
 
 import torch
 from torch import nn
-from torch.func import grad, vmap
 
 from kfac.capture import ActivationCapture
 from kfac.enums import LossFamily
+from kfac.exact_fisher import exact_fisher
 from kfac.factors import cross_moment
 from kfac.inverses import Notes, block_diagonal_precondition, damp_factors, spd_inverse
 from kfac.layers import find_blocks
-from kfac.losses import negative_log_likelihood, sample_targets
+from kfac.losses import sample_targets
 from kfac.probe import MAX_PARAMETERS, Units, probe_units
+from kfac.statistics import output_gradients
 from kfac.tridiagonal import block_tridiagonal_precondition, tridiagonal_inverse
 
 __all__ = ["MAX_PARAMETERS", "CurvatureMatrices", "fisher_matrices", "probe_units"]
-
-_CHUNK_ELEMENTS = 1 << 22  # per-example gradients held at once (32 MB in float64)
 
 
 @dataclass
@@ -164,7 +164,7 @@ def fisher_matrices(
     notes = Notes()
     with torch.no_grad():
         locations = [s.a.shape[1] for s in statistics]
-        exact = _exact_fisher(model, blocks, units, locations, inputs, targets, family)
+        exact = exact_fisher(model, blocks, units, locations, inputs, targets, family)
         kronecker = exact.new_zeros(total, total)
         for i, (a, b) in enumerate(slices):
             for j, (c, d) in enumerate(slices):
@@ -282,10 +282,10 @@ def _pair_factors(left: _LayerStatistics, right: _LayerStatistics):
 def _layer_statistics(model, blocks, units, inputs, targets, family, generator):
     """Every layer's `_LayerStatistics` on this batch, and the targets used.
 
-    One forward pass with the optimizer's own hooks; g comes from autograd on the sum (not the
-    mean) of the per-example losses, so that each row is one example's gradient (§3).  The
-    rows are the optimizer's (`input_rows`, `output_rows`), so a conv layer's are its patches
-    and derivatives at every location, example-major.
+    One forward pass with the optimizer's own hooks and its own g = Ds, one example's gradient
+    a row (`kfac.statistics.output_gradients`, §3).  The rows are the optimizer's
+    (`input_rows`, `output_rows`), so a conv layer's are its patches and derivatives at every
+    location, example-major.
     """
     capture = ActivationCapture(blocks)
     try:
@@ -295,9 +295,7 @@ def _layer_statistics(model, blocks, units, inputs, targets, family, generator):
                 if targets != "sampled":
                     raise ValueError(f'targets must be a tensor or "sampled", got {targets!r}')
                 targets = sample_targets(outputs, family, generator)
-            total = negative_log_likelihood(outputs, targets, family).sum()
-            layer_outputs = [capture.outputs[b.name] for b in blocks]
-            output_grads = torch.autograd.grad(total, layer_outputs)
+            output_grads = output_gradients(capture, blocks, outputs, targets, family)
         statistics = []
         for block, output_grad, (rows, cols) in zip(blocks, output_grads, units, strict=True):
             layer_input, output_grad = capture.inputs[block.name], output_grad.detach()
@@ -322,67 +320,6 @@ def _layer_statistics(model, blocks, units, inputs, targets, family, generator):
     finally:
         capture.remove()
     return statistics, targets.detach()
-
-
-def _exact_fisher(model, blocks, units, locations, inputs, targets, family) -> torch.Tensor:
-    """F = E[∇log p(y|x) ∇log p(y|x)ᵀ] over the batch, from per-example gradients (§2.2).
-
-    The per-example gradients come from torch.func: vmap over the examples of grad with respect
-    to a zero perturbation δᵢ of the kept entries W̄ᵢ[R, C].  A forward hook adds δᵢ's effect,
-    s[R] += δᵢ ā[C], to the layer's output (exactly what W̄ᵢ[R, C] += δᵢ does, once per call of
-    the layer; for a conv layer at every location t, s_t[R] += δᵢ ⟦ā⟧_t[C], a convolution with
-    δᵢ scattered into a zero kernel), so ∂(−log p)/∂δᵢ is the gradient of those parameters and
-    no full per-example weight gradient is ever formed: the cost is one batched forward and
-    backward pass.
-    """
-    device, dtype = blocks[0].module.weight.device, blocks[0].module.weight.dtype
-    units = [(rows.to(device), cols.to(device)) for rows, cols in units]
-    active: dict[str, torch.Tensor] = {}
-
-    def hook_for(block, rows, cols):
-        def hook(module, args, output):
-            if block.name not in active:
-                return None
-            delta = active[block.name]
-            matrix = delta.new_zeros(len(rows), block.input_dim).index_copy(1, cols, delta)
-            term = block.apply_matrix(args[0], matrix)  # s[R] of W̄[R] = δ on C, 0 elsewhere
-            return output.index_add(block.output_channel_dim, rows, term)
-
-        return hook
-
-    def loss_of(deltas, x, y):
-        active.update(zip((b.name for b in blocks), deltas, strict=True))
-        try:
-            output = model(x.unsqueeze(0))
-        finally:
-            active.clear()
-        return negative_log_likelihood(output, y.unsqueeze(0), family).sum()
-
-    zeros = [torch.zeros(len(r), len(c), dtype=dtype, device=device) for r, c in units]
-
-    def kept_gradient(x, y):
-        return torch.cat([d.T.reshape(-1) for d in grad(loss_of)(zeros, x, y)])  # vec, column-major
-
-    # Memory per example: its kept gradient plus (roughly) the layers' activations.
-    per_example = sum(r.numel() * c.numel() for r, c in units)
-    per_example += sum(
-        t * (b.input_dim + b.output_dim) for b, t in zip(blocks, locations, strict=True)
-    )
-    chunk = max(1, _CHUNK_ELEMENTS // per_example)
-    handles = [
-        b.module.register_forward_hook(hook_for(b, r, c))
-        for b, (r, c) in zip(blocks, units, strict=True)
-    ]
-    try:
-        fisher = 0
-        for start in range(0, inputs.shape[0], chunk):
-            stop = start + chunk
-            rows = vmap(kept_gradient)(inputs[start:stop], targets[start:stop])
-            fisher = fisher + rows.T @ rows
-    finally:
-        for handle in handles:
-            handle.remove()
-    return fisher / inputs.shape[0]
 
 
 def _dense_operator(apply, shapes, eye, chunk: int = 512) -> torch.Tensor:

@@ -5,9 +5,11 @@ One call of `step(inputs, targets)` is one iteration of the paper's algorithm:
 1. forward; on statistics steps (every `stats_interval`) the layers' inputs ā and outputs s are
    kept, targets are sampled from the model (true Fisher, §5) and g = Ds comes from a separate
    autograd call, so the real gradient is untouched;
-2. the Kronecker factors are updated as running averages (§5);
-3. every `inverse_interval` steps the damped factors are inverted (§4.2, §4.3, §6.3);
-4. the proposal Δ = −F̆⁻¹∇h is formed layer by layer, ∇h including the ℓ2 term ηθ (§6.1);
+2. the Kronecker factors are updated as running averages (§5, kfac.statistics);
+3. every `inverse_interval` steps the damped factors are inverted (§4.2, §4.3, §6.3) at γ
+   (kfac.gamma);
+4. the proposal Δ = −F̆⁻¹∇h is formed layer by layer, ∇h including the ℓ2 term ηθ (§6.1;
+   kfac.natural_gradient);
 5. δ = αΔ + μδ₀ with α, μ minimising the exact quadratic model (§7), or δ = −lr·Δ' + m·δ₀
    with a fixed learning rate and momentum (optionally KL-clipped);
 6. every `damping_interval` steps λ moves by the Levenberg–Marquardt rule (§6.5).
@@ -22,6 +24,7 @@ means, shares the inverse work and keeps every rank's state identical (see kfac.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import nn
@@ -29,18 +32,22 @@ from torch import nn
 from kfac.capture import ActivationCapture
 from kfac.damping import DampingController
 from kfac.distributed import Communicator
-from kfac.enums import FisherType, InverseStructure, LossFamily
+from kfac.enums import InverseStructure, LossFamily
+from kfac.gamma import gamma_search_due, search_gamma, tied_gamma
 from kfac.inverses import Notes
 from kfac.layers import find_blocks
-from kfac.losses import negative_log_likelihood, sample_targets
+from kfac.losses import negative_log_likelihood
+from kfac.natural_gradient import NaturalGradient
 from kfac.preconditioner import KroneckerPreconditioner
 from kfac.quadratic import (
     QuadraticModel,
+    StepCoefficients,
     model_change,
     running_statistics_frozen,
     solve_step_coefficients,
 )
 from kfac.settings import SETTINGS_BEFORE_THEY_EXISTED, KFACSettings
+from kfac.statistics import FactorStatistics
 from kfac.vectors import combine, dot, objective_gradient, squared_norm
 
 
@@ -119,11 +126,18 @@ class KFAC(torch.optim.Optimizer):
         self.quadratic = QuadraticModel(
             model, self.family, self.blocks, params, self.capture, self.communicator
         )
-        block_params = {id(p) for b in self.blocks for p in b.parameters()}
-        self.other_params = [p for p in params if id(p) not in block_params]
+        self.natural_gradient = NaturalGradient(params, self.preconditioner)
         self.generator = torch.Generator(device=params[0].device)
         self.generator.manual_seed(settings.seed)
-        gamma = math.sqrt(settings.damping + self.weight_decay(1))
+        self.statistics = FactorStatistics(
+            self.capture,
+            self.preconditioner,
+            self.family,
+            self.fisher,
+            self.communicator,
+            self.generator,
+        )
+        gamma = tied_gamma(settings.damping, self.weight_decay(1))
         self.counters = {"step": 0, "stat_updates": 0, "gamma": gamma}
         self.damping = DampingController(self.param_groups[0], self.counters)
         self.diagnostics: dict[str, float] = {}
@@ -212,7 +226,7 @@ class KFAC(torch.optim.Optimizer):
             if record:
                 self._update_factors(outputs, targets)
             if uses_model:  # its rows, from this pass's outputs (after the targets' draw)
-                _, size = self._subset(group["quadratic_fraction"])
+                size = self._share(group["quadratic_fraction"])
                 sampling = group["quadratic_sampling"]
                 self.quadratic.choose_rows(outputs, size, sampling, self.generator, self.batch_size)
             if per_example:  # again, with this pass's rows per example
@@ -233,28 +247,33 @@ class KFAC(torch.optim.Optimizer):
             p.grad = g
 
     def _update_inverses(self, step: int, inputs, gradient, notes: Notes) -> None:
-        """Re-invert the damped factors at γ = sqrt(λ + η), or at the γ chosen by the
-        quadratic model every `gamma_interval` steps (§6.6)."""
+        """Re-invert the damped factors at γ = sqrt(λ + η), or at the γ kept so far, or at the
+        γ the quadratic model chooses every `gamma_interval` steps (§6.6, kfac.gamma)."""
         group = self.param_groups[0]
-        search = (
-            group["lr"] is None
-            and group["gamma_search"]
-            and step > 1
-            and (step - 1) % group["gamma_interval"] == 0
-        )
-        if search:
-            self._search_gamma(inputs, gradient, notes)
-            return
-        if not group["gamma_search"]:
-            self.counters["gamma"] = math.sqrt(group["damping"] + self.weight_decay(step))
+        if gamma_search_due(group, step):
+            damped_change = partial(self._damped_change, inputs, gradient, notes)
+            self.counters["gamma"] = search_gamma(self.counters["gamma"], group, damped_change)
+        elif not group["gamma_search"]:
+            self.counters["gamma"] = tied_gamma(group["damping"], self.weight_decay(step))
         self.preconditioner.update_inverses(self.counters["gamma"], notes)
+
+    def _damped_change(self, inputs, gradient, notes: Notes, gamma: float) -> float:
+        """M̂(δ) − M̂(0) of the step (§7) with the inverses formed at γ, a candidate of §6.6."""
+        self.preconditioner.update_inverses(gamma, notes)
+        previous = [self.state[p].get("previous_update") for p in self.param_groups[0]["params"]]
+        preconditioned = self._precondition(gradient)
+        return self._solve_step(inputs, gradient, preconditioned, previous).damped_change
 
     def _adaptive_coefficients(self, inputs, gradient, preconditioned, previous):
         """(c, μ, M(δ) − M(0)) of δ = c·F̆⁻¹∇h + μδ₀ minimising the quadratic model (§7);
         c = −α, as the model is solved over F̆⁻¹∇h = −Δ itself."""
-        directions = [preconditioned] if previous[0] is None else [preconditioned, previous]
-        solved = solve_step_coefficients(*self._quadratic_model(inputs, gradient, directions))
+        solved = self._solve_step(inputs, gradient, preconditioned, previous)
         return solved.alpha, solved.mu, solved.predicted_change
+
+    def _solve_step(self, inputs, gradient, preconditioned, previous) -> StepCoefficients:
+        """The quadratic model's minimum over span{F̆⁻¹∇h, δ₀}, or F̆⁻¹∇h alone on a first step."""
+        directions = [preconditioned] if previous[0] is None else [preconditioned, previous]
+        return solve_step_coefficients(*self._quadratic_model(inputs, gradient, directions))
 
     def weight_decay(self, step: int) -> float:
         """η of h at `step`: `weight_decay` over the first `weight_decay_steps` steps (all of
@@ -291,61 +310,20 @@ class KFAC(torch.optim.Optimizer):
     # ------------------------------------------------------------------ statistics
 
     def _update_factors(self, outputs: torch.Tensor, targets: torch.Tensor) -> None:
-        """Sample targets (true Fisher) and fold this batch's factors into the averages (§5)."""
+        """Fold this pass's statistics into the running factors (§5, kfac.statistics)."""
         group = self.param_groups[0]
-        used, share = self._subset(group["stats_fraction"])
-        if self.fisher is FisherType.TRUE:
-            positions = self.communicator.positions(used)
-            stat_targets = sample_targets(
-                outputs[:used], self.family, self.generator, positions, share
-            )
-        else:
-            stat_targets = targets[:used]
-        # The sum (not the mean) over examples, so that each row of Ds is a per-example g.
-        stat_loss = negative_log_likelihood(outputs[:used], stat_targets, self.family).sum()
-        layer_outputs = [self.capture.outputs[b.name] for b in self.blocks]
-        output_grads = torch.autograd.grad(stat_loss, layer_outputs, retain_graph=True)
         self.counters["stat_updates"] += 1
-        with torch.no_grad():
-            self.preconditioner.update_factors(
-                [self.capture.inputs[b.name][:used] for b in self.blocks],
-                [g[:used] for g in output_grads],
-                used,
-                self.counters["stat_updates"],
-                group["factor_decay"],
-            )
+        share, count = self._share(group["stats_fraction"]), self.counters["stat_updates"]
+        self.statistics.update(outputs, targets, share, count, group["factor_decay"])
 
-    def _subset(self, fraction: float) -> tuple[int, int]:
-        """The global batch's first max(1, round(fraction·B)) examples, the share of the
-        statistics and of the quadratic model: (how many are this rank's, how many in all)."""
-        share = max(1, round(fraction * self.batch_size))
-        return self.communicator.prefix(share), share
+    def _share(self, fraction: float) -> int:
+        """max(1, round(fraction·B)): how many of the global batch's first examples the
+        statistics and the quadratic model use."""
+        return max(1, round(fraction * self.batch_size))
 
     def block_state(self, block) -> dict:
         """The state of one K-FAC layer, kept under its weight so state_dict() carries it."""
         return self.state[block.module.weight]
-
-    def _search_gamma(self, inputs, gradient, notes: Notes) -> None:
-        """§6.6: keep the γ among {γω₂, γ, γ/ω₂} whose update gives the lowest M(δ)."""
-        group = self.param_groups[0]
-        omega = math.sqrt(group["damping_decay"]) ** group["gamma_interval"]
-        params = group["params"]
-        previous = [self.state[p].get("previous_update") for p in params]
-        best = None
-        for gamma in (
-            self.counters["gamma"] * omega,
-            self.counters["gamma"],
-            self.counters["gamma"] / omega,
-        ):
-            self.preconditioner.update_inverses(gamma, notes)
-            preconditioned = self._precondition(gradient)
-            directions = [preconditioned, previous] if previous[0] is not None else [preconditioned]
-            model = self._quadratic_model(inputs, gradient, directions)
-            change = solve_step_coefficients(*model).damped_change
-            if best is None or change < best[0]:
-                best = (change, gamma)
-        self.counters["gamma"] = best[1]
-        self.preconditioner.update_inverses(best[1], notes)
 
     # ------------------------------------------------------------------ directions
 
@@ -354,29 +332,9 @@ class KFAC(torch.optim.Optimizer):
 
     def _precondition(self, gradient: list[torch.Tensor], per_example=None) -> list[torch.Tensor]:
         """F̆⁻¹∇h per parameter; other parameters get ∇h/γ² (adaptive) or ∇h (fixed lr)."""
-        params = self.param_groups[0]["params"]
-        per_example = per_example or {}
-        by_param = dict(zip(map(id, params), gradient, strict=True))
-        matrices = []
-        for block in self.blocks:
-            weight, *bias = block.parameters()
-            matrices.append(
-                None
-                if block.name in per_example
-                else block.weight_matrix(
-                    by_param[id(weight)], by_param[id(bias[0])] if bias else None
-                )
-            )
-        conditioned = self.preconditioner.precondition(matrices, per_example)
-        result = {}
-        for block, parts in zip(self.blocks, conditioned, strict=True):
-            for p, part in zip(block.parameters(), parts, strict=True):
-                result[id(p)] = part
         adaptive = self.param_groups[0]["lr"] is None
         other_scale = 1.0 / self.counters["gamma"] ** 2 if adaptive else 1.0
-        for p in self.other_params:
-            result[id(p)] = by_param[id(p)] * other_scale
-        return [result[id(p)] for p in params]
+        return self.natural_gradient(gradient, other_scale, per_example)
 
     def _quadratic_model(self, inputs, gradient, directions):
         """[vᵢᵀ(F + ηI)vⱼ], [λvᵢᵀvⱼ] and [∇hᵀvᵢ] over the directions, F the exact Fisher (§7)."""

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
+import kfac.optimizer
 from kfac import KFAC
 from tests.kfac import explicit
 
@@ -118,12 +119,13 @@ def test_batch_norm_parameters_get_the_damped_identity_as_curvature():
 
 # With λ = 0.03 the lowest candidate γω₂ wins, with λ = 0.3 the highest γ/ω₂: a search that
 # keeps the worse one, keeps γ, or keeps the inverses of the last candidate tried fails one.
+# The candidates' model values are checked too: here they rank alike without δ₀.
 @pytest.mark.parametrize("damping", [0.03, 0.3])
-def test_gamma_search_keeps_the_candidate_with_the_lowest_quadratic_model(damping):
+def test_gamma_search_keeps_the_candidate_with_the_lowest_quadratic_model(damping, monkeypatch):
     """Statistics on step 1 only, a search on step 3 among {γω₂, γ, γ/ω₂}, ω₂ = sqrt(19/20)^T₂.
     For each candidate: Δ = −F̌⁻¹(γ)∇h from the step-1 factors, (α, μ) minimising the damped
-    model over span{Δ, δ₀} (δ₀ = step 2's update); the optimizer must keep the γ whose minimum is
-    lowest and take that candidate's step."""
+    model over span{Δ, δ₀} (δ₀ = step 2's update); the optimizer must try the candidates with
+    those model values, keep the γ whose minimum is lowest and take that candidate's step."""
     eta, decay, interval = 1e-3, 19 / 20, 2
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
@@ -163,12 +165,24 @@ def test_gamma_search_keeps_the_candidate_with_the_lowest_quadratic_model(dampin
         coefficients = -torch.linalg.solve(damped, linear)
         change = float(0.5 * coefficients @ damped @ coefficients + linear @ coefficients)
         candidates.append((change, candidate, coefficients @ directions))
+    search_gamma, tried = kfac.optimizer.search_gamma, []
+
+    def recording_search(gamma, group, damped_change):
+        def recorded(candidate):
+            tried.append((candidate, damped_change(candidate)))
+            return tried[-1][1]
+
+        return search_gamma(gamma, group, recorded)
+
+    monkeypatch.setattr(kfac.optimizer, "search_gamma", recording_search)
+    expected = [(candidate, change) for change, candidate, _ in candidates]
     candidates.sort(key=lambda c: c[0])
     (best, best_gamma, best_step), (runner_up, *_) = candidates[0], candidates[1]
     assert best < runner_up - 1e-6 * abs(best), candidates  # a choice the test can tell apart
     assert best_gamma != gamma, candidates  # and not merely "γ stays"
 
     opt.step(x, y)
+    assert tried == [(pytest.approx(g, rel=1e-12), pytest.approx(c, rel=1e-8)) for g, c in expected]
     assert opt.diagnostics["gamma"] == pytest.approx(best_gamma, rel=1e-12)
     step = explicit.parameter_vector(model).detach() - theta
     torch.testing.assert_close(step, best_step, rtol=1e-8, atol=1e-12)
