@@ -103,9 +103,15 @@ class LinearBlock:
         return self.weight_matrix(self.module.weight.grad, bias_grad)
 
     def split(self, matrix: torch.Tensor) -> list[torch.Tensor]:
-        """Cut a (d_g, d_a) matrix back into tensors shaped like [weight, bias]."""
+        """Cut a (d_g, d_a) matrix back into contiguous tensors shaped like [weight, bias].
+
+        Contiguous, not views of `matrix`: a checkpoint's copy of a strided view comes back
+        contiguous, and float32 sums over the two layouts differ in the last bits, so a run
+        resumed from the copy would leave the uninterrupted one's trajectory (seen with the
+        block-tridiagonal δ₀ on an AMD EPYC); the quadratic model's dot products also run at
+        BLAS speed over contiguous tensors (`kfac.vectors.dot`)."""
         weight = self.module.weight
-        parts = [matrix[:, : weight[0].numel()].reshape(weight.shape)]
+        parts = [matrix[:, : weight[0].numel()].reshape(weight.shape).contiguous()]
         if self.has_bias:
             parts.append(matrix[:, -1].contiguous())
         return parts

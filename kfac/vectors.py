@@ -6,9 +6,9 @@ import torch
 
 
 def dot(left: list[torch.Tensor], right: list[torch.Tensor]) -> torch.Tensor:
-    """Σ ⟨lᵢ, rᵢ⟩ without copies: contiguous tensors by BLAS dot; a strided view (the
-    block-tridiagonal F̂⁻¹∇h's weight, a view of its [W b] matrix) by vecdot, where reshape(-1)
-    would copy it first."""
+    """Σ ⟨lᵢ, rᵢ⟩ without copies: contiguous tensors by BLAS dot, any other layout by vecdot,
+    where reshape(-1) would copy it first.  The optimizer's own vectors are contiguous
+    (`kfac.preconditioner.product_parts`, `kfac.layers.LinearBlock.split`)."""
     return sum(_tensor_dot(a, b) for a, b in zip(left, right, strict=True))
 
 
