@@ -91,7 +91,7 @@ def train_run(self, run_id: str) -> str:
     """Train one run (see the module doc); returns what happened, for the worker's log."""
     outcome = execute_run(run_id, get_settings(), worker_id=worker_id())
     if outcome == HANDED_BACK:
-        raise Reject("handed back to the queue (a worker of the run is shutting down)", True)
+        raise Reject("handed back: a worker of the run is shutting down", requeue=True)
     return outcome
 
 
