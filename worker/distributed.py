@@ -19,6 +19,13 @@ once).  A node that never joins fails the run, the reason naming it; a cancel wh
 ends it `cancelled`.  A worker busy with a run reserves no other task (late ack, prefetch 1),
 so each node task goes to a distinct free worker.
 
+A warm shutdown hands the run back whichever node's worker stops.  Node 0's worker stops the
+run like any (worker/tasks.py: the run goes back to the queue) and leaves its group, so the
+other nodes end at once, as at a cancel.  Another node's worker asks rank 0 to hand the run
+back (the key `HAND_BACK_KEY` in the store, set between two steps) and trains on until rank 0,
+which reads the key at its next stop check, ends the run for every rank: a node that left by
+itself would fail the run instead.
+
 Failure and cancellation: every collective has the process group's timeout
 (`COLLECTIVE_TIMEOUT_S`; gloo also fails at once when a peer's socket closes), so a rank that
 dies makes rank 0's step raise and the run ends `failed`, its reason naming the local rank
@@ -57,6 +64,7 @@ from worker.training import CANCELLED_REASON, resolve_device, train
 
 logger = logging.getLogger(__name__)
 
+HAND_BACK_KEY = "hand back"  # set by a node whose worker shuts down; its value says why
 COLLECTIVE_TIMEOUT_S = 120.0  # a step's collective waits at most this long for a lost peer
 JOIN_TIMEOUT_S = 30.0  # how long the other ranks get to finish after rank 0's loop ends
 LOCAL_HOST = "127.0.0.1"  # the store as the ranks on rank 0's own node reach it
@@ -65,10 +73,14 @@ LOCAL_HOST = "127.0.0.1"  # the store as the ranks on rank 0's own node reach it
 @dataclass
 class Rendezvous:
     """How rank 0 brings the other nodes of a run in: `invite(port)` asks them to join its
-    store (worker/nodes.py sends their tasks), and they have `join_timeout_s` to do so."""
+    store (worker/nodes.py sends their tasks), and they have `join_timeout_s` to do so.
+    `hand_back()` is called once if one of them asks for the run to be handed back (its
+    worker is shutting down): rank 0 then stops the run as at a cancel, and the caller, told
+    so, puts it back in the queue."""
 
     invite: Callable[[int], None]
     join_timeout_s: float
+    hand_back: Callable[[], None] = lambda: None
 
 
 class _Discard(MemoryRecorder):
@@ -189,6 +201,7 @@ def train_ranks(
     result: RunResult | None = None
     try:
         if spec.nodes > 1:
+            should_stop = _or_when_a_node_leaves(store, should_stop, rendezvous.hand_back)
             rendezvous.invite(store.port)
             result = _await_nodes(store, spec, should_stop, rendezvous.join_timeout_s)
         if result is None:
@@ -237,6 +250,25 @@ def _forget_unformed_group() -> None:
     dist.distributed_c10d._world.group_count = 0
 
 
+def _or_when_a_node_leaves(
+    store: dist.TCPStore, should_stop: Callable[[], bool], hand_back: Callable[[], None]
+) -> Callable[[], bool]:
+    """Rank 0's `should_stop` for a run over nodes: it also stops the run, handed back, once
+    another node has asked for it (`HAND_BACK_KEY`, see the module doc)."""
+    asked = False
+
+    def stop() -> bool:
+        nonlocal asked
+        if not asked and store.check([HAND_BACK_KEY]):
+            asked = True
+            why = store.get(HAND_BACK_KEY).decode()
+            logger.warning("%s: the run goes back to the queue", why)
+            hand_back()
+        return should_stop() or asked  # should_stop first: it learns the reason
+
+    return stop
+
+
 def _await_nodes(
     store: dist.TCPStore, spec: RunSpec, should_stop: Callable[[], bool], timeout_s: float
 ) -> RunResult | None:
@@ -261,25 +293,61 @@ def _await_nodes(
 
 
 def train_node(
-    spec: RunSpec, node: int, host: str, port: int, member: str, data_dir: Path | None
+    spec: RunSpec,
+    node: int,
+    host: str,
+    port: int,
+    member: str,
+    data_dir: Path | None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> RunResult | None:
     """Node `node` > 0 of a run whose rank 0 hosts its store at host:port: sign in as
     `member` (a worker id), train the node's ranks, record nothing.  None if the node was
-    joined already (a second message for it)."""
+    joined already (a second message for it).  Once `stopping()` (its worker shuts down), the
+    node asks rank 0 to hand the run back, and ends `cancelled` with that reason when rank 0
+    has ended the run."""
     store = _client_store(host, port, spec)
     if store.compare_set(node_key(node), "", member) != member.encode():
         return None
     ranks, threads = _start_node_ranks(spec, node, host, port, data_dir)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    leaving = _HandBackRequest(store, node, stopping)
     result: RunResult | None = None
     try:
-        result = _train_in_group(store, node * spec.processes, spec, _Discard(), data_dir=data_dir)
+        result = _train_in_group(
+            store, node * spec.processes, spec, _Discard(), data_dir=data_dir, should_stop=leaving
+        )
     finally:
         torch.set_num_threads(previous_threads)
         first = node * spec.processes + 1
         _stop_ranks(ranks, first, wait=result is not None and result.status == "succeeded")
+    if leaving.asked and result.status != "succeeded":
+        return RunResult("cancelled", result.step, f"{leaving.reason}; rank 0 hands the run back")
     return result
+
+
+@dataclass
+class _HandBackRequest:
+    """The `should_stop` of a node other than node 0: never stops the node's loop by itself
+    (rank 0 ends the run for every rank), but once `stopping()` asks rank 0, through the
+    store, to hand the run back."""
+
+    store: dist.Store
+    node: int
+    stopping: Callable[[], bool]
+    asked: bool = False
+
+    @property
+    def reason(self) -> str:
+        return f"node {self.node}'s worker is shutting down"
+
+    def __call__(self) -> bool:
+        if not self.asked and self.stopping():
+            self.store.set(HAND_BACK_KEY, self.reason)
+            self.asked = True
+            logger.info("%s: asked rank 0 to hand the run back", self.reason)
+        return False
 
 
 def _stop_ranks(ranks: list[subprocess.Popen], first: int, wait: bool) -> list[str]:

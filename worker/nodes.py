@@ -10,14 +10,19 @@ nothing (rank 0 does) and claims nothing in the store.
 
 The task is acknowledged late, so a worker holding one takes no other message, and never
 redelivered: a node that dies fails its attempt (rank 0's collectives raise), and a new
-attempt invites its own nodes.
+attempt invites its own nodes.  A warm shutdown of the node's worker hands the run back
+instead (worker/distributed.py: rank 0 stops the run and it goes back to the queue); a
+message taken during the shutdown is handed back unopened, for another free worker.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 from functools import partial
+
+from celery.exceptions import Reject
 
 from backend import queue
 from backend.settings import Settings, get_settings
@@ -29,14 +34,16 @@ from worker.distributed import Rendezvous, train_node
 logger = logging.getLogger(__name__)
 
 
-def rendezvous_for(run: Run, spec: RunSpec, settings: Settings) -> Rendezvous | None:
-    """How rank 0 of this attempt invites the run's other nodes; None for a run on one."""
+def rendezvous_for(
+    run: Run, spec: RunSpec, settings: Settings, hand_back: Callable[[], None]
+) -> Rendezvous | None:
+    """How rank 0 of this attempt invites the run's other nodes, calling `hand_back` if one
+    of them shuts down (see `Rendezvous`); None for a run on one node."""
     if spec.nodes == 1:
         return None
     address = settings.node_address or socket.gethostname()
-    return Rendezvous(
-        partial(_invite, run.id, run.attempts, spec, address), settings.node_join_timeout_s
-    )
+    invite = partial(_invite, run.id, run.attempts, spec, address)
+    return Rendezvous(invite, settings.node_join_timeout_s, hand_back)
 
 
 def _invite(run_id: str, attempt: int, spec: RunSpec, address: str, port: int) -> None:
@@ -49,10 +56,14 @@ def _invite(run_id: str, attempt: int, spec: RunSpec, address: str, port: int) -
     name=queue.NODE_TASK, acks_late=True, reject_on_worker_lost=False, ignore_result=True
 )
 def join_run(run_id: str, attempt: int, node: int, address: str, port: int) -> str:
-    """Be node `node` of the run's attempt `attempt` (see the module doc); never raises."""
-    from worker.tasks import worker_id  # the id the store knows this process by
+    """Be node `node` of the run's attempt `attempt` (see the module doc); raises only to
+    hand its message back during a shutdown."""
+    from worker.tasks import worker_id, worker_stopping  # tasks.py imports this module
 
-    return join_node(run_id, attempt, node, address, port, get_settings(), worker_id())
+    if worker_stopping():
+        raise Reject("the worker is shutting down", requeue=True)
+    settings, member = get_settings(), worker_id()
+    return join_node(run_id, attempt, node, address, port, settings, member, worker_stopping)
 
 
 def join_node(
@@ -63,8 +74,10 @@ def join_node(
     port: int,
     settings: Settings,
     member: str,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> str:
-    """What `join_run` does, without Celery: returns what happened, for the worker's log."""
+    """What `join_run` does, without Celery: returns what happened, for the worker's log;
+    `stopping()` tells whether the worker is shutting down."""
     try:
         with session_scope(settings.database_url) as session:
             run = session.get(Run, run_id)
@@ -79,7 +92,7 @@ def join_node(
             "run %s: joins as node %d of %d (attempt %d, rank 0 at %s:%d)",
             run_id, node, spec.nodes, attempt, address, port,
         )  # fmt: skip
-        result = train_node(spec, node, address, port, member, settings.data_dir)
+        result = train_node(spec, node, address, port, member, settings.data_dir, stopping)
     except Exception as error:  # noqa: BLE001 - a node's failure is rank 0's to report
         logger.exception("run %s: node %d could not join", run_id, node)
         return f"failed: {type(error).__name__}"

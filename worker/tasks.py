@@ -25,7 +25,9 @@ puts its message back in the queue — where the next worker finds the run finis
 When the worker shuts down (SIGTERM, Ctrl-C), a running run stops within a second and is handed
 back: `queued` again (the attempt not counted) and its message rejected back into the queue, so
 it resumes from its checkpoint on the next worker, or on this one after a restart. A message
-taken during the shutdown is handed back the same way without being claimed.
+taken during the shutdown is handed back the same way without being claimed. A run over
+several nodes is handed back the same way when any of its nodes' workers shuts down (another
+node asks through rank 0's store: worker/distributed.py); this worker then goes on.
 
 Apart from that rejection the task always returns normally: an exception fails the run, never
 the worker. Runs whose worker died are found by their stale heartbeat (worker/recovery.py;
@@ -39,6 +41,7 @@ import multiprocessing
 import os
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -88,7 +91,7 @@ def train_run(self, run_id: str) -> str:
     """Train one run (see the module doc); returns what happened, for the worker's log."""
     outcome = execute_run(run_id, get_settings(), worker_id=worker_id())
     if outcome == HANDED_BACK:
-        raise Reject("the worker is shutting down", requeue=True)
+        raise Reject("handed back: a worker of the run is shutting down", requeue=True)
     return outcome
 
 
@@ -153,9 +156,15 @@ def _train_claimed(run: Run, settings: Settings, worker: str, stopping: Callable
     checkpoint_dir = settings.artifacts_dir / run.id
     beat = min(2.0, settings.heartbeat_timeout_s / 4)
     limit = settings.run_time_limit_s
+    node_leaving = threading.Event()  # another node's worker shuts down: hand the run back
+
+    def this_or_a_node_s_worker_stopping() -> bool:
+        return stopping() or node_leaving.is_set()
+
     with RunMonitor(
-        run.id, worker, url, beat, worker_stopping=stopping, time_limit_s=limit
-    ) as monitor:
+        run.id, worker, url, beat, worker_stopping=this_or_a_node_s_worker_stopping,
+        time_limit_s=limit,
+    ) as monitor:  # fmt: skip
         recorder = StoreRecorder(run.id, url, monitor)
 
         def abandon(reason: StopReason) -> None:
@@ -170,7 +179,7 @@ def _train_claimed(run: Run, settings: Settings, worker: str, stopping: Callable
                 should_stop=monitor.should_stop,
                 data_dir=settings.data_dir,
                 time_limit_s=limit,
-                rendezvous=rendezvous_for(run, spec, settings),
+                rendezvous=rendezvous_for(run, spec, settings, node_leaving.set),
             )
             if result.status == "failed":  # e.g. the time limit: no exception said why
                 logger.warning("run %s: failed at step %d: %s", run.id, result.step, result.reason)

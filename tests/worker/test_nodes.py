@@ -9,15 +9,19 @@ task, since a worker busy with a run reserves nothing more.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
 import torch.distributed as dist
+from sqlalchemy import select
 
 from backend.api.schemas import RunOut
 from backend.store.db import session_scope
+from backend.store.models import Event
+from backend.store.run_logs import read_log_lines
 from backend.store.writes import request_cancel
-from tests.worker.labs import WORKER_WAIT_S, Lab, Worker, lab, run_spec
+from tests.worker.labs import TERMINAL, WORKER_WAIT_S, Lab, Worker, lab, run_spec
 from worker.distributed import _await_nodes, node_key, train_ranks
 from worker.run_types import MemoryRecorder
 
@@ -162,6 +166,79 @@ def test_a_run_whose_node_0_is_killed_resumes_on_two_other_workers(tmp_path) -> 
         (uninterrupted,) = the_lab.wait(reference, timeout=600)
         assert uninterrupted.status == "succeeded", the_lab.logs()
         curve = the_lab.points(killed)
+        assert [step for step, _ in curve] == list(range(1, 801))
+        for (_, ours), (_, theirs) in zip(curve, the_lab.points(reference), strict=True):
+            assert ours == pytest.approx(theirs, rel=1e-9)
+
+
+def statuses(the_lab: Lab, run_id: str) -> list[str]:
+    """The run's status changes, in order, from the experiment's event log."""
+    with session_scope(the_lab.url) as session:
+        payloads = session.scalars(select(Event.payload).where(Event.kind == "status"))
+        return [p["status"] for p in payloads if p["run_id"] == run_id]
+
+
+def run_log(the_lab: Lab, run_id: str) -> str:
+    with session_scope(the_lab.url) as session:
+        return "\n".join(line["message"] for line in read_log_lines(session, run_id))
+
+
+@pytest.mark.timeout(1200)  # three workers start, and two runs over two nodes train
+@pytest.mark.parametrize(
+    ("stopped", "why"),
+    [(0, r"run \w+: stopping \(shutdown\)"), (1, r"node 1's worker is shutting down")],
+    ids=["node 0", "node 1"],
+)
+def test_a_warm_shutdown_of_either_node_s_worker_hands_the_run_back(
+    tmp_path, stopped: int, why: str
+) -> None:
+    """SIGTERM to the worker of node `stopped` after a checkpoint: that worker ends by itself
+    without waiting for the run, which goes back to `queued` (its attempt not counted), says
+    why in its log, and is taken again by the other worker, whose ranks were stopped for it.
+    It waits there for a second worker, which joins it as node 1: the run resumes from the
+    checkpoint and ends on the trajectory of an uninterrupted run over two nodes."""
+    spec = run_spec(
+        nodes=2, optimizer=KFAC, dtype="float64", steps=800, eval_interval=None,
+        model={"name": "mlp", "hidden": [32]}, checkpoint_interval=100,
+    )  # fmt: skip
+    # Node 0 of the run handed back waits for a new worker to start: generously.
+    settings = dict(KFAC_NODE_ADDRESS="127.0.0.1", KFAC_NODE_JOIN_TIMEOUT_S=str(WORKER_WAIT_S))
+    with lab(tmp_path, **settings) as the_lab:
+        artifacts = the_lab.settings.artifacts_dir
+        the_lab.start_worker()
+        the_lab.start_worker()
+        (handed,) = the_lab.create(spec)
+        the_lab.send(handed)
+        the_lab.wait_for((artifacts / handed / "step-00000100.pt").exists, 300, "a checkpoint")
+        workers = roles(the_lab, handed)
+        asked = time.monotonic()
+        assert workers[stopped].stop(timeout=WORKER_WAIT_S) == 0, the_lab.logs()
+        # One worker is left, so the run cannot have ended: the stopped one took none of it.
+        assert the_lab.run(handed).status not in TERMINAL, the_lab.logs()
+        # Node 0 hands the run back once its ranks have left, maybe after node 1's worker ended.
+        the_lab.wait_for(
+            lambda: len(statuses(the_lab, handed)) > 1, WORKER_WAIT_S, "the run's hand-back"
+        )
+        assert statuses(the_lab, handed)[:2] == ["running", "queued"]
+        assert re.search(why, run_log(the_lab, handed)), run_log(the_lab, handed)
+        starts = f"run {handed} starts (attempt 1)"
+        the_lab.wait_for(
+            lambda: sum(w.text().count(starts) for w in the_lab.workers) == 2,
+            WORKER_WAIT_S,
+            "the other worker to take the run again",
+        )  # its ranks were stopped: it is free
+        print(f"\nfrom SIGTERM to the run taken again: {time.monotonic() - asked:.1f} s")
+
+        the_lab.start_worker()
+        (resumed,) = the_lab.wait(handed, timeout=600)
+        assert (resumed.status, resumed.attempts) == ("succeeded", 1), the_lab.logs()
+        assert statuses(the_lab, handed) == ["running", "queued", "running", "succeeded"]
+        assert re.search(r"resumed from the checkpoint of step [1-7]00", run_log(the_lab, handed))
+        (reference,) = the_lab.create(spec)
+        the_lab.send(reference)
+        (uninterrupted,) = the_lab.wait(reference, timeout=600)
+        assert uninterrupted.status == "succeeded", the_lab.logs()
+        curve = the_lab.points(handed)
         assert [step for step, _ in curve] == list(range(1, 801))
         for (_, ours), (_, theirs) in zip(curve, the_lab.points(reference), strict=True):
             assert ours == pytest.approx(theirs, rel=1e-9)
