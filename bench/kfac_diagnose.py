@@ -45,7 +45,6 @@ from bench.kfac_step_cost import first_rows
 from bench.kfac_vs_sgd import TASKS, task_data, task_model
 from kfac import KFAC
 from kfac.losses import negative_log_likelihood, output_fisher_bilinear
-from kfac.quadratic import solve_step_coefficients
 from kfac.vectors import squared_norm
 
 PLATEAU_SHARE = 0.95
@@ -114,12 +113,9 @@ def probe_shares(optimizer: KFAC) -> None:
 
     def probing(inputs, gradient, preconditioned, previous):
         result = chosen(inputs, gradient, preconditioned, previous)
-        group = optimizer.param_groups[0]
-        directions = [preconditioned] if previous[0] is None else [preconditioned, previous]
         size = inputs.shape[0]
-        eta = optimizer.weight_decay(optimizer.counters["step"])
         with first_rows(optimizer, inputs, size) as model:
-            whole = model.matrices(inputs, gradient, directions, eta, group["damping"])
+            whole = optimizer._solve_step(inputs, gradient, preconditioned, previous)
             outputs, (along,) = model._output_directions(inputs, [preconditioned])
         per_example = torch.stack(
             [
@@ -131,7 +127,7 @@ def probe_shares(optimizer: KFAC) -> None:
         )
         top = per_example.sort(descending=True).values[: size // 10].sum()
         optimizer.probed = {
-            "alpha_share_over_whole": result[0] / solve_step_coefficients(*whole).alpha,
+            "alpha_share_over_whole": result[0] / whole.alpha,
             "top_tenth": float(top / per_example.sum()),
         }
         return result

@@ -42,7 +42,6 @@ from bench.kfac_vs_sgd import autoencoder, make_step, task_data
 from kfac import KFAC
 from kfac.enums import ProductPrecision, QuadraticSampling
 from kfac.losses import negative_log_likelihood
-from kfac.quadratic import solve_step_coefficients
 from kfac.vectors import dot
 
 METHODS = {
@@ -167,15 +166,10 @@ def fraction_quality(probe_steps=(10, 25, 50, 100, 150), batch: int = 256) -> No
             solved = {}
             for fraction in FRACTIONS:  # the batch's first share of each size, weight 1
                 share = round(fraction * inputs.shape[0])
-                with first_rows(optimizer, inputs, share) as model:
-                    matrices = model.matrices(
-                        inputs,
-                        gradient,
-                        [preconditioned, previous],
-                        optimizer.weight_decay(optimizer.counters["step"]),
-                        optimizer.param_groups[0]["damping"],
+                with first_rows(optimizer, inputs, share):
+                    solved[fraction] = optimizer._solve_step(
+                        inputs, gradient, preconditioned, previous
                     )
-                solved[fraction] = solve_step_coefficients(*matrices)
             damping = optimizer.param_groups[0]["damping"]
             rows.append((optimizer.counters["step"], damping, solved))
         return result
