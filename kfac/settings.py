@@ -10,14 +10,13 @@ Why λ₀ = 1, |μ| <= 1 and an ℓ2 term over the first 100 steps only (issue 1
 the steps' components along directions the loss does not see (tiny curvature) drift freely and
 can push whole hidden layers into saturation, after which no signal passes. With λ₀ = 150 K-FAC
 stayed on the mean-image plateau on 2 seeds of 3; λ₀ = 1 (KFC's already) and |μ| <= 1
-(kfac.quadratic) took the race's autoencoder (width ¼) off it on every seed measured then, with
-or without ℓ2 — but not robustly: on the code as merged later, which changed only rounding,
-seeds 1 and 2 stay on the plateau for 400 steps (open in issue 16; docs/benchmarks.md "16, third
-pass: where the goals stand after merging"). The ℓ2 term η₁ = 1e-5 (the paper's autoencoders'
-value, §13) is for the smaller nets: its natural-gradient step F̆⁻¹η₁θ is largest exactly along
-the drifting directions, and without it 2 of 5 seeds of the 196-50-25-12-3 autoencoder of
-tests/kfac/test_defaults.py stalled (one fully saturated, at the plateau's loss); with it over
-the first 100 steps, or throughout, none did (over the first 60 steps, 1 of 5 did). Past the
+(kfac.quadratic) take the race's autoencoder (width ¼) off it on most seeds, not all: which
+seeds leave is decided by rounding (another CPU, or an exact refactor, changes them), and 11 of
+12 leave within 300 steps (docs/benchmarks.md "16, fourth pass"; open in issue 16). The ℓ2
+term η₁ = 1e-5 (the paper's autoencoders' value, §13) is for the smaller nets: its
+natural-gradient step F̆⁻¹η₁θ is largest exactly along the drifting directions; of seeds 0–7 of
+the 196-50-25-12-3 autoencoder of tests/kfac/test_defaults.py, 6 leave the flat start without
+saturating a layer with it over the first 100 steps, 2 without it. Past the
 flat start (`weight_decay_steps`; None keeps η throughout) η = 0, so the wide layers
 precondition per example: η > 0 costs 0.85–0.95 of an SGD-m step at batch 256 on the full MNIST
 autoencoder.
