@@ -37,10 +37,10 @@ logger = logging.getLogger(__name__)
 
 
 def rendezvous_for(
-    run: Run, spec: RunSpec, settings: Settings, hand_back: Callable[[], None]
+    run: Run, spec: RunSpec, settings: Settings, hand_back: Callable[[str], None]
 ) -> Rendezvous | None:
-    """How rank 0 of this claim invites the run's other nodes, calling `hand_back` if one
-    of them shuts down (see `Rendezvous`); None for a run on one node."""
+    """How rank 0 of this claim invites the run's other nodes, calling `hand_back(why)` if
+    one of their workers shuts down (see `Rendezvous`); None for a run on one node."""
     if spec.nodes == 1:
         return None
     address = settings.node_address or socket.gethostname()
