@@ -13,7 +13,7 @@ run's state is read from rank 0's checkpoint and broadcast to every rank
 
 Across workers (`nodes` > 1; the Celery side is worker/nodes.py): rank 0 publishes its
 store's port through the broker the lab already uses — one `kfac.join_run` task per other
-node, carrying the run's attempt and rank 0's address — and waits `join_timeout_s` for every
+node, carrying the run's claim and rank 0's address — and waits `join_timeout_s` for every
 node to sign in (a key `node/k` in the store, taken with compare-and-set, so a node is joined
 once).  A node that never joins fails the run, the reason naming it; a cancel while waiting
 ends it `cancelled`.  A worker busy with a run reserves no other task (late ack, prefetch 1),
