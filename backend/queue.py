@@ -81,10 +81,12 @@ def send_run(run_id: str, queue: str) -> str:
     return result.id
 
 
-def send_node(run_id: str, attempt: int, node: int, address: str, port: int, queue: str) -> str:
-    """Ask a free worker to be node `node` of attempt `attempt` of a run whose rank 0 hosts
-    its rendezvous store at address:port; returns the task id."""
-    args = [run_id, attempt, node, address, port]
+def send_node(
+    run_id: str, attempt: int, claim_id: str, node: int, address: str, port: int, queue: str
+) -> str:
+    """Ask a free worker to be node `node` of attempt `attempt` of a run, claimed under
+    `claim_id`, whose rank 0 hosts its rendezvous store at address:port; returns the task id."""
+    args = [run_id, attempt, claim_id, node, address, port]
     return celery_app().send_task(NODE_TASK, args=args, queue=queue).id
 
 

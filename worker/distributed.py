@@ -13,7 +13,7 @@ run's state is read from rank 0's checkpoint and broadcast to every rank
 
 Across workers (`nodes` > 1; the Celery side is worker/nodes.py): rank 0 publishes its
 store's port through the broker the lab already uses — one `kfac.join_run` task per other
-node, carrying the run's attempt and rank 0's address — and waits `join_timeout_s` for every
+node, carrying the run's claim and rank 0's address — and waits `join_timeout_s` for every
 node to sign in (a key `node/k` in the store, taken with compare-and-set, so a node is joined
 once).  A node that never joins fails the run, the reason naming it; a cancel while waiting
 ends it `cancelled`.  A worker busy with a run reserves no other task (late ack, prefetch 1),
@@ -74,13 +74,13 @@ LOCAL_HOST = "127.0.0.1"  # the store as the ranks on rank 0's own node reach it
 class Rendezvous:
     """How rank 0 brings the other nodes of a run in: `invite(port)` asks them to join its
     store (worker/nodes.py sends their tasks), and they have `join_timeout_s` to do so.
-    `hand_back()` is called once if one of them asks for the run to be handed back (its
-    worker is shutting down): rank 0 then stops the run as at a cancel, and the caller, told
-    so, puts it back in the queue."""
+    `hand_back(why)` is called once if one of them asks for the run to be handed back (its
+    worker is shutting down; `why` says which): rank 0 then stops the run as at a cancel, and
+    the caller, told so, says why in the run's log and puts it back in the queue."""
 
     invite: Callable[[int], None]
     join_timeout_s: float
-    hand_back: Callable[[], None] = lambda: None
+    hand_back: Callable[[str], None] = lambda why: None
 
 
 class _Discard(MemoryRecorder):
@@ -251,7 +251,7 @@ def _forget_unformed_group() -> None:
 
 
 def _or_when_a_node_leaves(
-    store: dist.TCPStore, should_stop: Callable[[], bool], hand_back: Callable[[], None]
+    store: dist.TCPStore, should_stop: Callable[[], bool], hand_back: Callable[[str], None]
 ) -> Callable[[], bool]:
     """Rank 0's `should_stop` for a run over nodes: it also stops the run, handed back, once
     another node has asked for it (`HAND_BACK_KEY`, see the module doc)."""
@@ -261,9 +261,7 @@ def _or_when_a_node_leaves(
         nonlocal asked
         if not asked and store.check([HAND_BACK_KEY]):
             asked = True
-            why = store.get(HAND_BACK_KEY).decode()
-            logger.warning("%s: the run goes back to the queue", why)
-            hand_back()
+            hand_back(store.get(HAND_BACK_KEY).decode())
         return should_stop() or asked  # should_stop first: it learns the reason
 
     return stop

@@ -2,10 +2,12 @@
 
 The worker that takes a run is its node 0 (rank 0; worker/tasks.py).  When the run asks for
 more nodes, `rendezvous_for` gives the training loop what it needs to invite them: it sends
-one `kfac.join_run` task per other node to the run's queue, with the run's attempt and the
-address and port of rank 0's store.  `join_run` on another worker checks that this attempt
-is still the one running (a task that waited past its attempt — cancelled, failed, resumed
-by a new attempt — is dropped), then trains the node's ranks until rank 0 ends; it records
+one `kfac.join_run` task per other node to the run's queue, with the run's claim (`claim_id`,
+new at each claim: a run handed back is claimed again under the same attempt number) and the
+address and port of rank 0's store.  `join_run` on another worker checks in the database that
+this claim is still the run's and running (a task that waited past its claim — cancelled,
+failed, handed back, resumed by a new attempt — is dropped as stale at once, before it tries
+to reach a store that may be gone), then trains the node's ranks until rank 0 ends; it records
 nothing (rank 0 does) and claims nothing in the store.
 
 The task is acknowledged late, so a worker holding one takes no other message, and never
@@ -35,40 +37,42 @@ logger = logging.getLogger(__name__)
 
 
 def rendezvous_for(
-    run: Run, spec: RunSpec, settings: Settings, hand_back: Callable[[], None]
+    run: Run, spec: RunSpec, settings: Settings, hand_back: Callable[[str], None]
 ) -> Rendezvous | None:
-    """How rank 0 of this attempt invites the run's other nodes, calling `hand_back` if one
-    of them shuts down (see `Rendezvous`); None for a run on one node."""
+    """How rank 0 of this claim invites the run's other nodes, calling `hand_back(why)` if
+    one of their workers shuts down (see `Rendezvous`); None for a run on one node."""
     if spec.nodes == 1:
         return None
     address = settings.node_address or socket.gethostname()
-    invite = partial(_invite, run.id, run.attempts, spec, address)
+    invite = partial(_invite, run, spec, address)
     return Rendezvous(invite, settings.node_join_timeout_s, hand_back)
 
 
-def _invite(run_id: str, attempt: int, spec: RunSpec, address: str, port: int) -> None:
+def _invite(run: Run, spec: RunSpec, address: str, port: int) -> None:
     for node in range(1, spec.nodes):
-        queue.send_node(run_id, attempt, node, address, port, queue_for(spec))
-    logger.info("run %s: invited %d more nodes to %s:%d", run_id, spec.nodes - 1, address, port)
+        queue.send_node(run.id, run.attempts, run.claim_id, node, address, port, queue_for(spec))
+    logger.info("run %s: invited %d more nodes to %s:%d", run.id, spec.nodes - 1, address, port)
 
 
 @queue.celery_app().task(
     name=queue.NODE_TASK, acks_late=True, reject_on_worker_lost=False, ignore_result=True
 )
-def join_run(run_id: str, attempt: int, node: int, address: str, port: int) -> str:
-    """Be node `node` of the run's attempt `attempt` (see the module doc); raises only to
-    hand its message back during a shutdown."""
+def join_run(run_id: str, attempt: int, claim_id: str, node: int, address: str, port: int) -> str:
+    """Be node `node` of the run's attempt `attempt`, claimed under `claim_id` (see the module
+    doc); raises only to hand its message back during a shutdown."""
     from worker.tasks import worker_id, worker_stopping  # tasks.py imports this module
 
     if worker_stopping():
         raise Reject("the worker is shutting down", requeue=True)
     settings, member = get_settings(), worker_id()
-    return join_node(run_id, attempt, node, address, port, settings, member, worker_stopping)
+    invitation = (run_id, attempt, claim_id, node, address, port)
+    return join_node(*invitation, settings, member, worker_stopping)
 
 
 def join_node(
     run_id: str,
     attempt: int,
+    claim_id: str,
     node: int,
     address: str,
     port: int,
@@ -82,11 +86,15 @@ def join_node(
         with session_scope(settings.database_url) as session:
             run = session.get(Run, run_id)
             current = run is not None and (
-                run.status == RunStatus.RUNNING.value and run.attempts == attempt
+                run.status == RunStatus.RUNNING.value and run.claim_id == claim_id
             )
             spec = RunSpec.model_validate(run.spec) if current else None
         if spec is None:
-            logger.info("run %s: node %d of attempt %d is not wanted now", run_id, node, attempt)
+            logger.info(
+                "run %s: node %d of attempt %d is not wanted now (a stale invitation: "
+                "that claim of the run is over)",
+                run_id, node, attempt,
+            )  # fmt: skip
             return "stale"
         logger.info(
             "run %s: joins as node %d of %d (attempt %d, rank 0 at %s:%d)",

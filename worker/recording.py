@@ -240,7 +240,6 @@ class StoreRecorder:
             else:
                 set_run_info(session, self.run_id, **item.data)
 
-
     def _numbered(self, session: Any, item: _Item) -> list[tuple[int, float, str, str]]:
         """The item's lines with their numbers, given once: a retry sends the same numbers."""
         if not item.numbered:
@@ -264,15 +263,17 @@ class RunMonitor:
     """Heartbeat, progress and stop signals of one running run, on a daemon thread.
 
     Use as a context manager around the training; `should_stop` is its `should_stop`, and
-    `training_over()` is called as soon as it returns. `worker_stopping` tells whether the
-    worker process is shutting down; `on_stuck` and `time_limit_s`: see the module doc.
+    `training_over()` is called as soon as it returns. `shutting_down` says why a worker of
+    the run is shutting down (say "this worker is shutting down"), None while none is; the
+    run's log then says why and that the run goes back to the queue. `on_stuck` and
+    `time_limit_s`: see the module doc.
     """
 
     run_id: str
     worker_id: str
     database_url: str
     heartbeat_interval: float
-    worker_stopping: Callable[[], bool] = lambda: False
+    shutting_down: Callable[[], str | None] = lambda: None
     time_limit_s: float | None = None
     on_stuck: Callable[[StopReason], None] | None = None
     grace_s: float = STEP_GRACE_S
@@ -284,8 +285,8 @@ class RunMonitor:
     _thread: threading.Thread | None = field(default=None, init=False, repr=False)
 
     def should_stop(self) -> bool:
-        if self.reason is None and self.worker_stopping():
-            self._stop(StopReason.SHUTDOWN)
+        if self.reason is None and (why := self.shutting_down()):
+            self._stop(StopReason.SHUTDOWN, f"{why}: the run goes back to the queue")
         return self.reason is not None
 
     def training_over(self) -> None:
@@ -341,8 +342,8 @@ class RunMonitor:
         self.on_stuck(reason)
         return True
 
-    def _stop(self, reason: StopReason) -> None:
+    def _stop(self, reason: StopReason, what_happens: str | None = None) -> None:
         if self.reason is None:
-            logger.info("run %s: stopping (%s)", self.run_id, reason)
+            logger.info("run %s: %s", self.run_id, what_happens or f"stopping ({reason})")
             self._stopped_at = time.monotonic()
             self.reason = reason

@@ -41,7 +41,6 @@ import multiprocessing
 import os
 import shutil
 import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -156,13 +155,16 @@ def _train_claimed(run: Run, settings: Settings, worker: str, stopping: Callable
     checkpoint_dir = settings.artifacts_dir / run.id
     beat = min(2.0, settings.heartbeat_timeout_s / 4)
     limit = settings.run_time_limit_s
-    node_leaving = threading.Event()  # another node's worker shuts down: hand the run back
+    # Why another node's worker asked rank 0 to hand the run back (worker/distributed.py).
+    node_leaving: list[str] = []
 
-    def this_or_a_node_s_worker_stopping() -> bool:
-        return stopping() or node_leaving.is_set()
+    def this_or_a_node_s_worker_stopping() -> str | None:
+        if stopping():
+            return "this worker is shutting down"
+        return node_leaving[0] if node_leaving else None
 
     with RunMonitor(
-        run.id, worker, url, beat, worker_stopping=this_or_a_node_s_worker_stopping,
+        run.id, worker, url, beat, shutting_down=this_or_a_node_s_worker_stopping,
         time_limit_s=limit,
     ) as monitor:  # fmt: skip
         recorder = StoreRecorder(run.id, url, monitor)
@@ -179,7 +181,7 @@ def _train_claimed(run: Run, settings: Settings, worker: str, stopping: Callable
                 should_stop=monitor.should_stop,
                 data_dir=settings.data_dir,
                 time_limit_s=limit,
-                rendezvous=rendezvous_for(run, spec, settings, node_leaving.set),
+                rendezvous=rendezvous_for(run, spec, settings, node_leaving.append),
             )
             if result.status == "failed":  # e.g. the time limit: no exception said why
                 logger.warning("run %s: failed at step %d: %s", run.id, result.step, result.reason)

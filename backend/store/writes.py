@@ -26,6 +26,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
+from backend.store.base import new_id
 from backend.store.models import (
     Event,
     Experiment,
@@ -158,7 +159,7 @@ def claim_run(
 
     A worker may take a queued run, a running run it already owns (a retry), or a running run
     whose heartbeat is older than `stale_after_s` (its worker died). Not a finished run, a
-    cancelled one, or one another live worker is training.
+    cancelled one, or one another live worker is training. Each claim gets a new `claim_id`.
     """
     now = utcnow()
     claimable = or_(
@@ -172,6 +173,7 @@ def claim_run(
         "status": RunStatus.RUNNING,
         "worker_id": worker_id,
         "attempts": Run.attempts + 1,
+        "claim_id": new_id(),
         "heartbeat_at": now,
         "started_at": func.coalesce(Run.started_at, literal(now, UTCDateTime)),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -117,9 +118,13 @@ def test_the_monitor_notices_a_run_it_lost(store, run_id):
     assert monitor.reason is StopReason.LOST
 
 
-def test_the_monitor_relays_a_worker_shutdown(store, run_id):
-    stopping = [False]
-    with RunMonitor(run_id, "me", store.url, 1.0, worker_stopping=lambda: stopping[0]) as monitor:
+def test_the_monitor_relays_a_worker_shutdown(store, run_id, caplog):
+    """...and the run's log says why and what happens."""
+    caplog.set_level(logging.INFO, logger="worker.recording")
+    why: list[str | None] = [None]
+    with RunMonitor(run_id, "me", store.url, 1.0, shutting_down=lambda: why[0]) as monitor:
         assert not monitor.should_stop()
-        stopping[0] = True
+        why[0] = "this worker is shutting down"
         assert monitor.should_stop() and monitor.reason is StopReason.SHUTDOWN
+    told = f"run {run_id}: this worker is shutting down: the run goes back to the queue"
+    assert told in caplog.messages
