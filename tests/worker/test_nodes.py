@@ -133,10 +133,7 @@ def test_a_run_whose_node_0_is_killed_resumes_on_two_other_workers(tmp_path) -> 
     is free again; the run's stale heartbeat re-queues it, and the new attempt's node 0 (the
     freed worker or a new one) reads the checkpoint and broadcasts it to its node 1, ending on
     the trajectory of an uninterrupted run over two nodes."""
-    spec = run_spec(
-        nodes=2, optimizer=KFAC, dtype="float64", steps=800, eval_interval=None,
-        model={"name": "mlp", "hidden": [32]}, checkpoint_interval=100,
-    )  # fmt: skip
+    spec = resumable_run()
     settings = dict(
         KFAC_NODE_ADDRESS="127.0.0.1",
         KFAC_NODE_JOIN_TIMEOUT_S=str(JOIN_TIMEOUT_S),
@@ -154,7 +151,7 @@ def test_a_run_whose_node_0_is_killed_resumes_on_two_other_workers(tmp_path) -> 
         node0, node1 = roles(the_lab, killed)
         node0.kill()
         assert the_lab.run(killed).status == "running"
-        assert 100 <= the_lab.points(killed)[-1][0] < 800
+        assert 100 <= the_lab.points(killed)[-1][0] < RESUMABLE_STEPS
         the_lab.wait_for(
             lambda: f"run {killed}: node 1 ended: failed" in node1.text(), 300, "node 1"
         )
@@ -163,14 +160,32 @@ def test_a_run_whose_node_0_is_killed_resumes_on_two_other_workers(tmp_path) -> 
         (resumed,) = the_lab.wait(killed, timeout=600)
         assert (resumed.status, resumed.attempts) == ("succeeded", 2), the_lab.logs()
         assert logged(the_lab, rf"run {killed}: joins as node 1 of 2 \(attempt 2")
-        (reference,) = the_lab.create(spec)
-        the_lab.send(reference)
-        (uninterrupted,) = the_lab.wait(reference, timeout=600)
-        assert uninterrupted.status == "succeeded", the_lab.logs()
-        curve = the_lab.points(killed)
-        assert [step for step, _ in curve] == list(range(1, 801))
-        for (_, ours), (_, theirs) in zip(curve, the_lab.points(reference), strict=True):
-            assert ours == pytest.approx(theirs, rel=1e-9)
+        assert_matches_an_uninterrupted_run(the_lab, spec, killed)
+
+
+RESUMABLE_STEPS = 800
+
+
+def resumable_run() -> dict:
+    """A float64 K-FAC run over two nodes, long enough to be interrupted after its first
+    checkpoint (every 100 steps) and still be training."""
+    return run_spec(
+        nodes=2, optimizer=KFAC, dtype="float64", steps=RESUMABLE_STEPS, eval_interval=None,
+        model={"name": "mlp", "hidden": [32]}, checkpoint_interval=100,
+    )  # fmt: skip
+
+
+def assert_matches_an_uninterrupted_run(the_lab: Lab, spec, run_id: str) -> None:
+    """The resumed run's curve covers every step and equals, to 1e-9, that of the
+    same spec trained without interruption."""
+    (reference,) = the_lab.create(spec)
+    the_lab.send(reference)
+    (uninterrupted,) = the_lab.wait(reference, timeout=600)
+    assert uninterrupted.status == "succeeded", the_lab.logs()
+    curve = the_lab.points(run_id)
+    assert [step for step, _ in curve] == list(range(1, RESUMABLE_STEPS + 1))
+    for (_, ours), (_, theirs) in zip(curve, the_lab.points(reference), strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-9)
 
 
 def statuses(the_lab: Lab, run_id: str) -> list[str]:
@@ -199,10 +214,7 @@ def test_a_warm_shutdown_of_either_node_s_worker_hands_the_run_back(
     why in its log, and is taken again by the other worker, whose ranks were stopped for it.
     It waits there for a second worker, which joins it as node 1: the run resumes from the
     checkpoint and ends on the trajectory of an uninterrupted run over two nodes."""
-    spec = run_spec(
-        nodes=2, optimizer=KFAC, dtype="float64", steps=800, eval_interval=None,
-        model={"name": "mlp", "hidden": [32]}, checkpoint_interval=100,
-    )  # fmt: skip
+    spec = resumable_run()
     # Node 0 of the run handed back waits for a new worker to start: generously.
     settings = dict(KFAC_NODE_ADDRESS="127.0.0.1", KFAC_NODE_JOIN_TIMEOUT_S=str(WORKER_WAIT_S))
     with lab(tmp_path, **settings) as the_lab:
@@ -237,14 +249,7 @@ def test_a_warm_shutdown_of_either_node_s_worker_hands_the_run_back(
         assert (resumed.status, resumed.attempts) == ("succeeded", 1), the_lab.logs()
         assert statuses(the_lab, handed) == ["running", "queued", "running", "succeeded"]
         assert re.search(r"resumed from the checkpoint of step [1-7]00", run_log(the_lab, handed))
-        (reference,) = the_lab.create(spec)
-        the_lab.send(reference)
-        (uninterrupted,) = the_lab.wait(reference, timeout=600)
-        assert uninterrupted.status == "succeeded", the_lab.logs()
-        curve = the_lab.points(handed)
-        assert [step for step, _ in curve] == list(range(1, 801))
-        for (_, ours), (_, theirs) in zip(curve, the_lab.points(reference), strict=True):
-            assert ours == pytest.approx(theirs, rel=1e-9)
+        assert_matches_an_uninterrupted_run(the_lab, spec, handed)
 
 
 def test_an_invitation_left_from_a_claim_handed_back_is_dropped_unopened(tmp_path, monkeypatch):
