@@ -84,7 +84,9 @@ class KFAC(torch.optim.Optimizer):
         layers: names of the layers to precondition (default: all supported ones).
         seed: seeds the generator of the sampled targets (saved in the state dict).
         precision: "bfloat16" computes the dense products G⁻¹[∇W ∇b]Ā⁻¹ in bfloat16, an opt-in
-            trade of 1–3% error in F̆⁻¹∇h for speed (docs/benchmarks.md, "16, third pass");
+            trade of 1–3% error in F̆⁻¹∇h for speed where the hardware multiplies bfloat16
+            natively (a CPU with AMX, a recent GPU); elsewhere it is slower (4.5× the step on
+            an AMD EPYC without it: docs/benchmarks.md, "16, third pass" and "fourth pass");
             "exact" (the parameters' dtype) by default.
 
     communicator: the ranks of a data-parallel run (kfac.distributed); None is one process.
