@@ -133,21 +133,13 @@ def test_a_run_whose_node_0_is_killed_resumes_on_two_other_workers(tmp_path) -> 
     is free again; the run's stale heartbeat re-queues it, and the new attempt's node 0 (the
     freed worker or a new one) reads the checkpoint and broadcasts it to its node 1, ending on
     the trajectory of an uninterrupted run over two nodes."""
-    spec = resumable_run()
     settings = dict(
         KFAC_NODE_ADDRESS="127.0.0.1",
         KFAC_NODE_JOIN_TIMEOUT_S=str(JOIN_TIMEOUT_S),
         KFAC_HEARTBEAT_TIMEOUT_S="2",
     )
     with lab(tmp_path, **settings) as the_lab:
-        artifacts = the_lab.settings.artifacts_dir
-        the_lab.start_worker()
-        the_lab.start_worker()
-        # Created only when sent: the recovery pass sends a queued run that has waited a
-        # heartbeat timeout, and the reference must not keep a worker from node 1's task.
-        (killed,) = the_lab.create(spec)
-        the_lab.send(killed)
-        the_lab.wait_for((artifacts / killed / "step-00000100.pt").exists, 300, "a checkpoint")
+        killed = resumable_run_past_its_first_checkpoint(the_lab)
         node0, node1 = roles(the_lab, killed)
         node0.kill()
         assert the_lab.run(killed).status == "running"
@@ -160,7 +152,7 @@ def test_a_run_whose_node_0_is_killed_resumes_on_two_other_workers(tmp_path) -> 
         (resumed,) = the_lab.wait(killed, timeout=600)
         assert (resumed.status, resumed.attempts) == ("succeeded", 2), the_lab.logs()
         assert logged(the_lab, rf"run {killed}: joins as node 1 of 2 \(attempt 2")
-        assert_matches_an_uninterrupted_run(the_lab, spec, killed)
+        assert_matches_an_uninterrupted_run(the_lab, killed)
 
 
 RESUMABLE_STEPS = 800
@@ -175,10 +167,24 @@ def resumable_run() -> dict:
     )  # fmt: skip
 
 
-def assert_matches_an_uninterrupted_run(the_lab: Lab, spec, run_id: str) -> None:
-    """The resumed run's curve covers every step and equals, to 1e-9, that of the
-    same spec trained without interruption."""
-    (reference,) = the_lab.create(spec)
+def resumable_run_past_its_first_checkpoint(the_lab: Lab) -> str:
+    """Two workers, and a `resumable_run` sent to them once its first checkpoint is written;
+    its id.  Created only when sent: the recovery pass sends a queued run that has waited a
+    heartbeat timeout, and a reference waiting in the queue must not keep a worker from node
+    1's task."""
+    the_lab.start_worker()
+    the_lab.start_worker()
+    (run_id,) = the_lab.create(resumable_run())
+    the_lab.send(run_id)
+    checkpoint = the_lab.settings.artifacts_dir / run_id / "step-00000100.pt"
+    the_lab.wait_for(checkpoint.exists, 300, "a checkpoint")
+    return run_id
+
+
+def assert_matches_an_uninterrupted_run(the_lab: Lab, run_id: str) -> None:
+    """The resumed `resumable_run`'s curve covers every step and equals, to 1e-9, that of
+    the same spec trained without interruption."""
+    (reference,) = the_lab.create(resumable_run())
     the_lab.send(reference)
     (uninterrupted,) = the_lab.wait(reference, timeout=600)
     assert uninterrupted.status == "succeeded", the_lab.logs()
@@ -214,16 +220,10 @@ def test_a_warm_shutdown_of_either_node_s_worker_hands_the_run_back(
     why in its log, and is taken again by the other worker, whose ranks were stopped for it.
     It waits there for a second worker, which joins it as node 1: the run resumes from the
     checkpoint and ends on the trajectory of an uninterrupted run over two nodes."""
-    spec = resumable_run()
     # Node 0 of the run handed back waits for a new worker to start: generously.
     settings = dict(KFAC_NODE_ADDRESS="127.0.0.1", KFAC_NODE_JOIN_TIMEOUT_S=str(WORKER_WAIT_S))
     with lab(tmp_path, **settings) as the_lab:
-        artifacts = the_lab.settings.artifacts_dir
-        the_lab.start_worker()
-        the_lab.start_worker()
-        (handed,) = the_lab.create(spec)
-        the_lab.send(handed)
-        the_lab.wait_for((artifacts / handed / "step-00000100.pt").exists, 300, "a checkpoint")
+        handed = resumable_run_past_its_first_checkpoint(the_lab)
         workers = roles(the_lab, handed)
         asked = time.monotonic()
         assert workers[stopped].stop(timeout=WORKER_WAIT_S) == 0, the_lab.logs()
@@ -249,7 +249,7 @@ def test_a_warm_shutdown_of_either_node_s_worker_hands_the_run_back(
         assert (resumed.status, resumed.attempts) == ("succeeded", 1), the_lab.logs()
         assert statuses(the_lab, handed) == ["running", "queued", "running", "succeeded"]
         assert re.search(r"resumed from the checkpoint of step [1-7]00", run_log(the_lab, handed))
-        assert_matches_an_uninterrupted_run(the_lab, spec, handed)
+        assert_matches_an_uninterrupted_run(the_lab, handed)
 
 
 def test_an_invitation_left_from_a_claim_handed_back_is_dropped_unopened(tmp_path, monkeypatch):
