@@ -21,11 +21,16 @@ serve: $(STAMP)
 # the broker-outage tests start and kill redis-server processes of their own.
 SYSTEM_TOOLS := chromium docker-compose redis-server
 
+# The suite runs in one process per core (at most 4), a test file to a process (module
+# fixtures start workers and servers once): most of its time is spent waiting on real worker
+# processes, which another file's tests fill (docs/testing.md "Time budget").
+PARALLEL := --numprocesses=auto --maxprocesses=4 --dist=loadfile
+
 test: $(STAMP)
 	@for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest $(PARALLEL)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

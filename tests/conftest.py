@@ -13,6 +13,7 @@ on a developer's machine and fails where the services are required (`.ci/run`).
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import NoReturn
@@ -100,3 +101,18 @@ def own_postgresql_url() -> Iterator[str]:
 def db_url(request: pytest.FixtureRequest) -> str:
     """The URL of a migrated database: the SQLite file, then the PostgreSQL database."""
     return request.getfixturevalue(f"{request.param}_url")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test a node id of its own: pytest-xdist (`make test`) schedules tests by
+    node id and runs one test per id.  schemathesis names each operation's test after it
+    (`test_api_answers_as_documented[GET /api/experiments]`) but gives them all the node id
+    of the function it parametrizes (pytest 9 builds a test's id from its function's name and
+    its parametrization, which schemathesis does not use); the operation goes back into it."""
+    for item in items:
+        operation = item.name.removeprefix(getattr(item, "originalname", item.name))
+        if operation.startswith("[") and not item.nodeid.endswith(operation):
+            item._id = item._id.with_params(operation[1:-1])
+    shared = [nodeid for nodeid, count in Counter(i.nodeid for i in items).items() if count > 1]
+    if shared:
+        raise pytest.UsageError(f"tests share a node id, so only one of each would run: {shared}")

@@ -21,7 +21,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from backend.comparison import Points, comparison, group_runs
 from backend.comparison_sources import SeriesSource
@@ -173,7 +173,8 @@ def _comparison_table(
     answer = comparison(SeriesSource(series), group_runs(runs), COMPARED)
     target = "none" if answer["target"] is None else f"{answer['target']:.4g}"
     table = Table(
-        "configuration", "seeds", "final", "best", "steps to target", "step (ms)",
+        Column("configuration", no_wrap=True),  # a label is what the reader looks up
+        "seeds", "final", "best", "steps to target", "step (ms)",
         title=f"{COMPARED}: mean ± sd over seeds; target {target}; ★ best of its optimizer",
     )  # fmt: skip
     for group in answer["groups"]:

@@ -106,17 +106,24 @@ def test_a_killed_rank_fails_the_run_with_a_reason(embedded: Lab) -> None:
     assert embedded.wait(after, timeout=300)[0].status == "succeeded"
 
 
-def test_a_killed_worker_s_two_process_run_resumes_with_the_same_trajectory(tmp_path) -> None:
+RESUMABLE = dict(
+    processes=2, optimizer=TWO_RANKS["optimizer"], dtype="float64", steps=1000,
+    model={"name": "mlp", "hidden": [32]}, checkpoint_interval=100, eval_interval=None,
+)  # fmt: skip
+
+
+def test_a_killed_worker_s_two_process_run_resumes_with_the_same_trajectory(
+    embedded: Lab, tmp_path
+) -> None:
     """SIGKILL the worker (rank 0 and rank 1 with it) after a checkpoint; another worker
     finds the stale heartbeat and resumes the run from rank 0's checkpoint, both ranks from
-    the same state, to the trajectory of an uninterrupted two-process run."""
-    spec = run_spec(
-        processes=2, optimizer=TWO_RANKS["optimizer"], dtype="float64", steps=1000,
-        model={"name": "mlp", "hidden": [32]}, checkpoint_interval=100, eval_interval=None,
-    )  # fmt: skip
+    the same state, to the trajectory of an uninterrupted two-process run (trained by the
+    module's worker meanwhile: the same in any lab)."""
+    (reference,) = embedded.create(run_spec(**RESUMABLE))
+    embedded.send(reference)
     with lab(tmp_path, KFAC_HEARTBEAT_TIMEOUT_S="2") as the_lab:
         artifacts = the_lab.settings.artifacts_dir
-        killed, reference = the_lab.create(spec, spec)
+        (killed,) = the_lab.create(run_spec(**RESUMABLE))
         first = the_lab.start_worker()
         the_lab.send(killed)
         the_lab.wait_for((artifacts / killed / "step-00000100.pt").exists, 300, "a checkpoint")
@@ -128,11 +135,10 @@ def test_a_killed_worker_s_two_process_run_resumes_with_the_same_trajectory(tmp_
         the_lab.start_worker()
         (resumed,) = the_lab.wait(killed, timeout=600)
         assert (resumed.status, resumed.attempts) == ("succeeded", 2), the_lab.logs()
-        the_lab.send(reference)
-        (uninterrupted,) = the_lab.wait(reference, timeout=600)
-        assert uninterrupted.status == "succeeded", the_lab.logs()
         assert "resumed from the checkpoint of step" in the_lab.workers[1].text()
         curve = the_lab.points(killed)
-        assert [step for step, _ in curve] == list(range(1, 1001))
-        for (_, ours), (_, theirs) in zip(curve, the_lab.points(reference), strict=True):
-            assert ours == pytest.approx(theirs, rel=1e-9)
+    (uninterrupted,) = embedded.wait(reference, timeout=600)
+    assert uninterrupted.status == "succeeded", embedded.logs()
+    assert [step for step, _ in curve] == list(range(1, 1001))
+    for (_, ours), (_, theirs) in zip(curve, embedded.points(reference), strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-9)

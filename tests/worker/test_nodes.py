@@ -128,7 +128,9 @@ def test_cancel_stops_every_node(two_workers: Lab) -> None:
 
 
 @pytest.mark.timeout(1200)  # three workers start, and two runs over two nodes train
-def test_a_run_whose_node_0_is_killed_resumes_on_two_other_workers(tmp_path) -> None:
+def test_a_run_whose_node_0_is_killed_resumes_on_two_other_workers(
+    tmp_path, uninterrupted_curve: list[tuple[int, float]]
+) -> None:
     """SIGKILL node 0's worker after a checkpoint: node 1's rank fails at once and its worker
     is free again; the run's stale heartbeat re-queues it, and the new attempt's node 0 (the
     freed worker or a new one) reads the checkpoint and broadcasts it to its node 1, ending on
@@ -152,7 +154,7 @@ def test_a_run_whose_node_0_is_killed_resumes_on_two_other_workers(tmp_path) -> 
         (resumed,) = the_lab.wait(killed, timeout=600)
         assert (resumed.status, resumed.attempts) == ("succeeded", 2), the_lab.logs()
         assert logged(the_lab, rf"run {killed}: joins as node 1 of 2 \(attempt 2")
-        assert_matches_an_uninterrupted_run(the_lab, killed)
+        assert_matches_an_uninterrupted_run(the_lab, killed, uninterrupted_curve)
 
 
 RESUMABLE_STEPS = 800
@@ -181,16 +183,25 @@ def resumable_run_past_its_first_checkpoint(the_lab: Lab) -> str:
     return run_id
 
 
-def assert_matches_an_uninterrupted_run(the_lab: Lab, run_id: str) -> None:
+@pytest.fixture(scope="module")
+def uninterrupted_curve(two_workers: Lab) -> list[tuple[int, float]]:
+    """The curve of a `resumable_run` trained over two nodes without interruption: the
+    same in any lab, so the resume tests share it."""
+    (reference,) = two_workers.create(resumable_run())
+    two_workers.send(reference)
+    (uninterrupted,) = two_workers.wait(reference, timeout=600)
+    assert uninterrupted.status == "succeeded", two_workers.logs()
+    return two_workers.points(reference)
+
+
+def assert_matches_an_uninterrupted_run(
+    the_lab: Lab, run_id: str, uninterrupted_curve: list[tuple[int, float]]
+) -> None:
     """The resumed `resumable_run`'s curve covers every step and equals, to 1e-9, that of
     the same spec trained without interruption."""
-    (reference,) = the_lab.create(resumable_run())
-    the_lab.send(reference)
-    (uninterrupted,) = the_lab.wait(reference, timeout=600)
-    assert uninterrupted.status == "succeeded", the_lab.logs()
     curve = the_lab.points(run_id)
     assert [step for step, _ in curve] == list(range(1, RESUMABLE_STEPS + 1))
-    for (_, ours), (_, theirs) in zip(curve, the_lab.points(reference), strict=True):
+    for (_, ours), (_, theirs) in zip(curve, uninterrupted_curve, strict=True):
         assert ours == pytest.approx(theirs, rel=1e-9)
 
 
@@ -213,7 +224,7 @@ def run_log(the_lab: Lab, run_id: str) -> str:
     ids=["node 0", "node 1"],
 )
 def test_a_warm_shutdown_of_either_node_s_worker_hands_the_run_back(
-    tmp_path, stopped: int, why: str
+    tmp_path, uninterrupted_curve: list[tuple[int, float]], stopped: int, why: str
 ) -> None:
     """SIGTERM to the worker of node `stopped` after a checkpoint: that worker ends by itself
     without waiting for the run, which goes back to `queued` (its attempt not counted), says
@@ -249,7 +260,7 @@ def test_a_warm_shutdown_of_either_node_s_worker_hands_the_run_back(
         assert (resumed.status, resumed.attempts) == ("succeeded", 1), the_lab.logs()
         assert statuses(the_lab, handed) == ["running", "queued", "running", "succeeded"]
         assert re.search(r"resumed from the checkpoint of step [1-7]00", run_log(the_lab, handed))
-        assert_matches_an_uninterrupted_run(the_lab, handed)
+        assert_matches_an_uninterrupted_run(the_lab, handed, uninterrupted_curve)
 
 
 def test_an_invitation_left_from_a_claim_handed_back_is_dropped_unopened(tmp_path, monkeypatch):
