@@ -104,15 +104,22 @@ def db_url(request: pytest.FixtureRequest) -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Give every test a node id of its own: pytest-xdist (`make test`) schedules tests by
-    node id and runs one test per id.  schemathesis names each operation's test after it
-    (`test_api_answers_as_documented[GET /api/experiments]`) but gives them all the node id
-    of the function it parametrizes (pytest 9 builds a test's id from its function's name and
-    its parametrization, which schemathesis does not use); the operation goes back into it."""
+    """Order the files for a parallel run, and give every test a node id of its own.
+
+    pytest-xdist (`make test`) schedules a file's tests by node id and runs one test per id.
+    schemathesis names each operation's test after it (`test_api_answers_as_documented[GET
+    /api/experiments]`) but gives them all the node id of the function it parametrizes (pytest
+    9 builds a test's id from its function's name and parametrization, which schemathesis
+    does not use); the operation goes back into the id."""
     for item in items:
         operation = item.name.removeprefix(getattr(item, "originalname", item.name))
         if operation.startswith("[") and not item.nodeid.endswith(operation):
             item._id = item._id.with_params(operation[1:-1])
+    # Run in parallel, the files with slow tests start first and the many quick ones fill in
+    # around them, rather than one long file trailing alone at the end (a stable sort: each
+    # file's tests stay together and in order).
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
     shared = [nodeid for nodeid, count in Counter(i.nodeid for i in items).items() if count > 1]
     if shared:
         raise pytest.UsageError(f"tests share a node id, so only one of each would run: {shared}")

@@ -31,6 +31,8 @@ from kfac.distributed import (
 )
 
 BATCH, STEPS, RESUME_AT = 20, 50, 25
+pytestmark = pytest.mark.slow  # spawns worlds of 2 and 3 processes
+
 TOLERANCE = 1e-6
 # Intervals short enough that 50 steps hold many statistics, inverse and λ updates.
 SHORT = dict(stats_interval=2, inverse_interval=5, damping_interval=5)

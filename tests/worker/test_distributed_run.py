@@ -18,6 +18,8 @@ from backend.store.db import session_scope
 from backend.store.writes import request_cancel
 from tests.worker.labs import Lab, lab, run_spec
 
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 LONG = dict(steps=100_000, eval_interval=None, checkpoint_interval=None)
 TWO_RANKS = dict(processes=2, optimizer={"name": "kfac", "inverse_interval": 5})
 

@@ -27,6 +27,8 @@ from worker.distributed import _await_nodes, node_key, train_ranks
 from worker.nodes import join_node
 from worker.run_types import MemoryRecorder, RunResult
 
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
 JOIN_TIMEOUT_S = 45  # generous: a free worker takes a node's task within a second when idle
 KFAC = {"name": "kfac", "inverse_interval": 5}
 
