@@ -12,9 +12,12 @@ on a developer's machine and fails where the services are required (`.ci/run`).
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from typing import NoReturn
 
@@ -123,3 +126,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     shared = [nodeid for nodeid, count in Counter(i.nodeid for i in items).items() if count > 1]
     if shared:
         raise pytest.UsageError(f"tests share a node id, so only one of each would run: {shared}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run an `async def` test in an event loop of its own, on a thread of its own.
+
+    Playwright's sync API keeps its event loop running on the main thread from a process's
+    first browser test (pytest-playwright's `playwright` fixture lives for the session) to its
+    end, and no second loop can run there; in a parallel run (`make test`) a process may take
+    a file of async tests after one with a browser (tests/faults opens pages, for one)."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    arguments = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        thread.submit(asyncio.run, pyfuncitem.obj(**arguments)).result()
+    return True

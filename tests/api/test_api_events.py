@@ -21,8 +21,6 @@ from backend.store.queries import events_after
 from backend.store.results import write_metrics
 from tests.api.conftest import ADMIN, LiveServer
 
-pytestmark = pytest.mark.anyio
-
 # How long a test waits for what the server will do: generous, for a machine at load ~10;
 # waiting polls, so an idle machine waits no longer than the answer takes.
 WAIT_S = 60.0
@@ -34,11 +32,6 @@ async def eventually(condition: Callable[[], bool], what: str) -> None:
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, f"waited {WAIT_S} s for {what}"
         await asyncio.sleep(0.05)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 class EventStream:

@@ -77,17 +77,11 @@ def test_every_kind_of_answer_carries_the_headers(
         assert_secured(response), kind
 
 
-@pytest.mark.anyio
 async def test_event_streams_carry_the_headers(
     live_server: LiveServer, create: Callable[..., dict]
 ) -> None:
     async with open_stream(live_server, create()["id"]) as stream:
         assert_secured(stream.response)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 def inline_script_hashes(html: str) -> set[str]:
