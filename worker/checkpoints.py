@@ -31,9 +31,14 @@ KEEP = 2
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
 
 
+def checkpoint_path(directory: Path, step: int) -> Path:
+    """Where the checkpoint of `step` is (or will be) in a run's directory."""
+    return directory / f"step-{step:08d}.pt"
+
+
 def save(directory: Path, step: int, state: dict[str, Any]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    target = directory / f"step-{step:08d}.pt"
+    target = checkpoint_path(directory, step)
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=".step-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from backend import queue
@@ -28,6 +29,7 @@ from backend.store.db import dispose_engines, session_scope
 from backend.store.migrate import upgrade
 from backend.store.models import MetricPoint, MetricSeries, Run, RunStatus
 from backend.store.writes import create_experiment, set_task_id
+from worker.checkpoints import checkpoint_files, checkpoint_path
 
 REPO = Path(__file__).resolve().parents[2]
 # How long a test waits for what a worker process does (start, train, stop): a machine at load
@@ -58,6 +60,16 @@ def slow_steps_env() -> dict[str, str]:
 
 def run_spec(**fields: Any) -> RunSpec:
     return RunSpec.model_validate({**TINY_RUN, **fields})
+
+
+def assert_same_trajectory(
+    curve: list[tuple[int, float]], uninterrupted: list[tuple[int, float]], steps: int
+) -> None:
+    """A resumed run's curve has a point at every step 1…`steps` and equals, to 1e-9, that
+    of the same spec trained without interruption."""
+    assert [step for step, _ in curve] == list(range(1, steps + 1))
+    for (_, ours), (_, theirs) in zip(curve, uninterrupted, strict=True):
+        assert ours == pytest.approx(theirs, rel=1e-9)
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
@@ -183,6 +195,25 @@ class Lab:
                     .order_by(MetricPoint.step)
                 )
             ]
+
+    # -- checkpoints --
+    def checkpoints(self, run_id: str) -> list[Path]:
+        """The run's checkpoints on disk, newest first."""
+        return checkpoint_files(self.settings.artifacts_dir / run_id)
+
+    def wait_for_checkpoint(self, run_id: str, step: int) -> None:
+        """Until the run's checkpoint of `step` is written."""
+        path = checkpoint_path(self.settings.artifacts_dir / run_id, step)
+        self.wait_for(path.exists, WORKER_WAIT_S, f"the checkpoint of step {step}")
+
+    def wait_for_no_checkpoints(self, *run_ids: str) -> None:
+        """Until every run's directory is gone: a run's end is stored first and its
+        checkpoints removed after (were the write to fail, it would resume from them), so a
+        moment after its status, on a busy machine."""
+        directories = [self.settings.artifacts_dir / run_id for run_id in run_ids]
+        self.wait_for(
+            lambda: not any(d.exists() for d in directories), WORKER_WAIT_S, "the checkpoints to go"
+        )
 
     # -- workers --
     def start_worker(self, wait: bool = True, **env: str) -> Worker:

@@ -16,7 +16,7 @@ import pytest
 from backend.api.schemas import RunOut
 from backend.store.db import session_scope
 from backend.store.writes import request_cancel
-from tests.worker.labs import Lab, lab, run_spec
+from tests.worker.labs import Lab, assert_same_trajectory, lab, run_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -124,11 +124,10 @@ def test_a_killed_worker_s_two_process_run_resumes_with_the_same_trajectory(
     (reference,) = embedded.create(run_spec(**RESUMABLE))
     embedded.send(reference)
     with lab(tmp_path, KFAC_HEARTBEAT_TIMEOUT_S="2") as the_lab:
-        artifacts = the_lab.settings.artifacts_dir
         (killed,) = the_lab.create(run_spec(**RESUMABLE))
         first = the_lab.start_worker()
         the_lab.send(killed)
-        the_lab.wait_for((artifacts / killed / "step-00000100.pt").exists, 300, "a checkpoint")
+        the_lab.wait_for_checkpoint(killed, 100)
         first.kill()
         assert helper_ranks(the_lab) == []  # rank 1 died with its worker
         assert the_lab.run(killed).status == "running"
@@ -141,6 +140,4 @@ def test_a_killed_worker_s_two_process_run_resumes_with_the_same_trajectory(
         curve = the_lab.points(killed)
     (uninterrupted,) = embedded.wait(reference, timeout=600)
     assert uninterrupted.status == "succeeded", embedded.logs()
-    assert [step for step, _ in curve] == list(range(1, 1001))
-    for (_, ours), (_, theirs) in zip(curve, embedded.points(reference), strict=True):
-        assert ours == pytest.approx(theirs, rel=1e-9)
+    assert_same_trajectory(curve, embedded.points(reference), RESUMABLE["steps"])

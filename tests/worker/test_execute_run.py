@@ -10,6 +10,7 @@ from backend.store.db import session_scope
 from backend.store.writes import claim_run, set_status
 from tests.worker.labs import Lab, lab, run_spec
 from worker import training
+from worker.checkpoints import checkpoint_path
 from worker.tasks import HANDED_BACK, execute_run
 
 
@@ -48,7 +49,7 @@ def test_an_invalid_spec_fails_the_run(store):
 
 def test_a_worker_shutdown_hands_the_run_back(store):
     (run_id,) = store.create(run_spec(steps=100_000, checkpoint_interval=50))
-    checkpoint = store.settings.artifacts_dir / run_id / "step-00000050.pt"
+    checkpoint = checkpoint_path(store.settings.artifacts_dir / run_id, 50)
     assert execute_run(run_id, store.settings, worker_id="w", stopping=checkpoint.exists) == (
         HANDED_BACK
     )

@@ -44,25 +44,10 @@ def limited_lab(tmp_path: Path) -> Iterator[Lab]:
         yield the_lab
 
 
-def checkpoints(the_lab: Lab, run_id: str) -> list[str]:
-    directory = the_lab.settings.artifacts_dir / run_id
-    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
-
-
-def checkpoints_gone(the_lab: Lab, *run_ids: str) -> None:
-    """Wait until no run has checkpoints left: a run's end is stored before its checkpoints
-    are removed (were the write to fail, it would resume from them)."""
-    the_lab.wait_for(
-        lambda: not any(checkpoints(the_lab, run_id) for run_id in run_ids),
-        WORKER_WAIT_S,
-        "the checkpoints to go",
-    )
-
-
 def test_a_cancel_does_not_wait_for_a_long_step(slow_lab: Lab) -> None:
     (run_id,) = slow_lab.create(run_spec(label=STUCK, steps=20, checkpoint_interval=1))
     slow_lab.send(run_id)
-    slow_lab.wait_for(lambda: checkpoints(slow_lab, run_id), WORKER_WAIT_S, "a checkpoint")
+    slow_lab.wait_for(lambda: slow_lab.checkpoints(run_id), WORKER_WAIT_S, "a checkpoint")
     slow_lab.wait_for(
         lambda: len(slow_lab.points(run_id)) == 2, WORKER_WAIT_S, "the first two steps"
     )
@@ -72,7 +57,7 @@ def test_a_cancel_does_not_wait_for_a_long_step(slow_lab: Lab) -> None:
     (run,) = slow_lab.wait(run_id)  # the step in progress would take an hour
     assert (run.status, run.step, run.error) == ("cancelled", 2, "cancelled on request")
     assert [step for step, _ in slow_lab.points(run_id)] == [1, 2]  # recorded data intact
-    checkpoints_gone(slow_lab, run_id)
+    slow_lab.wait_for_no_checkpoints(run_id)
 
     # The pool replaced the process; the message put back in the queue trains nothing.
     (after,) = slow_lab.create(run_spec())
@@ -95,7 +80,7 @@ def test_a_run_over_its_time_limit_fails_with_the_reason(limited_lab: Lab) -> No
     steps = [step for step, _ in limited_lab.points(paced)]  # none if it failed at step 0
     assert steps[-1:] == ([runs[0].step] if runs[0].step else [])
     assert runs[1].step == 0  # its first step never ended
-    checkpoints_gone(limited_lab, paced, stuck)
+    limited_lab.wait_for_no_checkpoints(paced, stuck)
 
 
 def test_deleting_an_experiment_while_its_run_trains_leaves_nothing_on_disk(
@@ -104,11 +89,10 @@ def test_deleting_an_experiment_while_its_run_trains_leaves_nothing_on_disk(
     spec = run_spec(label="slow 0.02 from 1", steps=5_000, checkpoint_interval=5)
     (run_id,) = slow_lab.create(spec)
     slow_lab.send(run_id)
-    slow_lab.wait_for(lambda: checkpoints(slow_lab, run_id), WORKER_WAIT_S, "a checkpoint")
+    slow_lab.wait_for(lambda: slow_lab.checkpoints(run_id), WORKER_WAIT_S, "a checkpoint")
     experiment_id = slow_lab.run(run_id).experiment_id
     with session_scope(slow_lab.url) as session:  # as DELETE /api/experiments/{id} does
         cancel_experiment(session, experiment_id)
     with session_scope(slow_lab.url) as session:
         delete_experiment(session, experiment_id)
-    directory = slow_lab.settings.artifacts_dir / run_id
-    slow_lab.wait_for(lambda: not directory.exists(), WORKER_WAIT_S, "the checkpoints to go")
+    slow_lab.wait_for_no_checkpoints(run_id)

@@ -21,7 +21,15 @@ from backend.store.db import session_scope
 from backend.store.models import Event
 from backend.store.run_logs import read_log_lines
 from backend.store.writes import claim_run, release_run, request_cancel
-from tests.worker.labs import TERMINAL, WORKER_WAIT_S, Lab, Worker, lab, run_spec
+from tests.worker.labs import (
+    TERMINAL,
+    WORKER_WAIT_S,
+    Lab,
+    Worker,
+    assert_same_trajectory,
+    lab,
+    run_spec,
+)
 from worker import nodes
 from worker.distributed import _await_nodes, node_key, train_ranks
 from worker.nodes import join_node
@@ -156,7 +164,7 @@ def test_a_run_whose_node_0_is_killed_resumes_on_two_other_workers(
         (resumed,) = the_lab.wait(killed, timeout=600)
         assert (resumed.status, resumed.attempts) == ("succeeded", 2), the_lab.logs()
         assert logged(the_lab, rf"run {killed}: joins as node 1 of 2 \(attempt 2")
-        assert_matches_an_uninterrupted_run(the_lab, killed, uninterrupted_curve)
+        assert_same_trajectory(the_lab.points(killed), uninterrupted_curve, RESUMABLE_STEPS)
 
 
 RESUMABLE_STEPS = 800
@@ -180,8 +188,7 @@ def resumable_run_past_its_first_checkpoint(the_lab: Lab) -> str:
     the_lab.start_worker()
     (run_id,) = the_lab.create(resumable_run())
     the_lab.send(run_id)
-    checkpoint = the_lab.settings.artifacts_dir / run_id / "step-00000100.pt"
-    the_lab.wait_for(checkpoint.exists, 300, "a checkpoint")
+    the_lab.wait_for_checkpoint(run_id, 100)
     return run_id
 
 
@@ -194,17 +201,6 @@ def uninterrupted_curve(two_workers: Lab) -> list[tuple[int, float]]:
     (uninterrupted,) = two_workers.wait(reference, timeout=600)
     assert uninterrupted.status == "succeeded", two_workers.logs()
     return two_workers.points(reference)
-
-
-def assert_matches_an_uninterrupted_run(
-    the_lab: Lab, run_id: str, uninterrupted_curve: list[tuple[int, float]]
-) -> None:
-    """The resumed `resumable_run`'s curve covers every step and equals, to 1e-9, that of
-    the same spec trained without interruption."""
-    curve = the_lab.points(run_id)
-    assert [step for step, _ in curve] == list(range(1, RESUMABLE_STEPS + 1))
-    for (_, ours), (_, theirs) in zip(curve, uninterrupted_curve, strict=True):
-        assert ours == pytest.approx(theirs, rel=1e-9)
 
 
 def statuses(the_lab: Lab, run_id: str) -> list[str]:
@@ -262,7 +258,7 @@ def test_a_warm_shutdown_of_either_node_s_worker_hands_the_run_back(
         assert (resumed.status, resumed.attempts) == ("succeeded", 1), the_lab.logs()
         assert statuses(the_lab, handed) == ["running", "queued", "running", "succeeded"]
         assert re.search(r"resumed from the checkpoint of step [1-7]00", run_log(the_lab, handed))
-        assert_matches_an_uninterrupted_run(the_lab, handed, uninterrupted_curve)
+        assert_same_trajectory(the_lab.points(handed), uninterrupted_curve, RESUMABLE_STEPS)
 
 
 def test_an_invitation_left_from_a_claim_handed_back_is_dropped_unopened(tmp_path, monkeypatch):

@@ -94,11 +94,7 @@ def check_two_runs(the_lab: Lab) -> None:
             series = session.query(MetricSeries).filter_by(run_id=run.id, name="train_loss").one()
             assert (series.n_points, series.step_min, series.step_max) == (30, 1, 30)
         assert run.device == "cpu" and run.data_source.startswith("sklearn")
-    # A run's checkpoints are removed once its end is stored: a moment after, on a busy machine.
-    directories = [the_lab.settings.artifacts_dir / run.id for run in runs]
-    the_lab.wait_for(
-        lambda: not any(d.exists() for d in directories), WORKER_WAIT_S, "the checkpoints to go"
-    )
+    the_lab.wait_for_no_checkpoints(*ids)
 
 
 def test_embedded_broker_and_sqlite(embedded: Lab) -> None:
@@ -154,14 +150,11 @@ def test_a_killed_worker_s_run_resumes_from_its_checkpoint(tmp_path) -> None:
     warm shutdown of that worker hands its running run back to the queue."""
     spec = run_spec(model={"name": "mlp", "hidden": [32]}, steps=400, checkpoint_interval=100)
     with lab(tmp_path, KFAC_HEARTBEAT_TIMEOUT_S="2") as the_lab:
-        artifacts = the_lab.settings.artifacts_dir
         killed, reference = the_lab.create(spec, spec)  # same spec, same seed
         first = the_lab.start_worker()
         the_lab.send(killed, reference)
         second = the_lab.start_worker(wait=False)  # takes `reference` once it is up
-        the_lab.wait_for(
-            (artifacts / killed / "step-00000200.pt").exists, WORKER_WAIT_S, "a checkpoint"
-        )
+        the_lab.wait_for_checkpoint(killed, 200)
         first.kill()
         assert the_lab.run(killed).status == "running"
         assert 200 <= the_lab.points(killed)[-1][0] < 400  # stored up to the checkpoint at least
@@ -184,9 +177,7 @@ def test_a_killed_worker_s_run_resumes_from_its_checkpoint(tmp_path) -> None:
 
         (handed,) = the_lab.create(run_spec(steps=100_000, checkpoint_interval=100))
         the_lab.send(handed)
-        the_lab.wait_for(
-            (artifacts / handed / "step-00000100.pt").exists, WORKER_WAIT_S, "a checkpoint"
-        )
+        the_lab.wait_for_checkpoint(handed, 100)
         assert second.stop() == 0
         run = the_lab.run(handed)
         assert (run.status, run.attempts, run.error) == ("queued", 0, None)
