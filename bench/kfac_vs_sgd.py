@@ -38,6 +38,7 @@ from worker.zoo.datasets import load_dataset
 from worker.zoo.models import build_model, linear_layers
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "bench"
+BATCH = 256  # the race's batch (K-FAC's too unless --kfac-batch)
 
 
 def autoencoder(scale: float = 1.0, seed: int = 0) -> torch.nn.Module:
@@ -151,14 +152,19 @@ def task_model(task: str, scale: float, seed: int) -> tuple[torch.nn.Module, str
     return model, "bce"
 
 
-def race_step_times(task: str, scale: float, rounds: int, per_round: int) -> dict[str, float]:
-    """Seconds per step of SGD-m, Adam and K-FAC (defaults) on the task at batch 256."""
+def race_step_times(
+    task: str, scale: float, rounds: int, per_round: int, kfac_batch: int = BATCH
+) -> dict[str, float]:
+    """Seconds per step of SGD-m and Adam at batch 256 and of K-FAC (defaults) at
+    `kfac_batch`, on the task."""
     x, y = task_data(task)
     steps = {}
     for method in ("sgd_momentum", "adam", "kfac"):
         model, family = task_model(task, scale, 0)
         steps[method] = make_step(method, model, 1e-3, family)
-    return interleaved_times(steps, x[:256], y[:256], rounds, per_round)
+    kfac = steps["kfac"]
+    steps["kfac"] = lambda _x, _y: kfac(x[:kfac_batch], y[:kfac_batch])
+    return interleaved_times(steps, x[:BATCH], y[:BATCH], rounds, per_round)
 
 
 def task_data(task: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,11 +227,13 @@ def race(
     workers: int,
     ratios: dict,
     reused: dict | None = None,
+    kfac_batch: int = BATCH,
 ) -> dict:
     """Every method for `budget` SGD-m steps' worth of time (steps = budget / step-time ratio),
     `seeds` seeds each; see the module docstring for how the best lr and the times are chosen.
     `reused`: an earlier run's result for this task, whose baseline rows stand in for running
-    the baselines again (only K-FAC runs)."""
+    the baselines again (only K-FAC runs). K-FAC trains at `kfac_batch`, the baselines at 256
+    (`ratios` then holds K-FAC's step at its batch over SGD-m's at 256)."""
     grid = {**GRIDS[task.split("_")[0]], "kfac": [None]}
     run_grid = {"kfac": [None]} if reused else grid
     jobs = {}
@@ -241,7 +249,7 @@ def race(
                     seed,
                     steps,
                     max(1, steps // 40),
-                    256,
+                    kfac_batch if method == "kfac" else BATCH,
                 )
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         curves = dict(zip(jobs, pool.map(run_curve, jobs.values(), chunksize=1), strict=True))
@@ -336,6 +344,12 @@ def main() -> None:
         help="an earlier run's output: keep its SGD-m and Adam runs and their step-time ratios "
         "(same budget, seeds and scale), run and time only K-FAC",
     )
+    parser.add_argument(
+        "--kfac-batch",
+        type=int,
+        default=BATCH,
+        help="K-FAC's batch in the race (the baselines keep 256; its step time is measured at it)",
+    )
     args = parser.parse_args()
     budget = args.budget or (60 if args.quick else 3000)
     seeds = 1 if args.quick else args.seeds
@@ -344,12 +358,14 @@ def main() -> None:
     machine = f"{platform.processor() or platform.machine()}, 1 thread per process"
     load = os.getloadavg()[0]
     results: dict = {"machine": machine, "torch": torch.__version__, "load_at_start": load}
+    results["kfac_batch"] = args.kfac_batch
 
     print(f"# K-FAC vs SGD-momentum and Adam — {machine}, load average {load:.1f}\n")
     if not args.no_step_time:
         print_step_times(results, args.quick)
     print(
-        f"\n## The race: {seeds} seed(s), autoencoder width scale {args.scale}, batch 256\n\n"
+        f"\n## The race: {seeds} seed(s), autoencoder width scale {args.scale}, batch {BATCH}"
+        f" (K-FAC's {args.kfac_batch})\n\n"
         "Each run gets the same budget in units of SGD-m's step time: a method runs "
         "budget / (its step time ÷ SGD-m's) steps, the ratios measured side by side in this "
         "process. Losses are on the whole training set; the best lr of a baseline is the one "
@@ -362,12 +378,14 @@ def main() -> None:
     results["race"] = {}
     for task in args.tasks:
         rounds, per_round = (2, 4) if args.quick else (3, 20)
-        seconds = race_step_times(task, args.scale, rounds, per_round)
+        seconds = race_step_times(task, args.scale, rounds, per_round, args.kfac_batch)
         ratios = {m: t / seconds["sgd_momentum"] for m, t in seconds.items()}
         reused = earlier.get(task)
         if reused:  # the baselines' budgets in steps came from their own ratios
             ratios = {**reused["ratios"], "kfac": ratios["kfac"]}
-        result = race(task, args.scale, budget, seeds, args.workers, ratios, reused)
+        result = race(
+            task, args.scale, budget, seeds, args.workers, ratios, reused, args.kfac_batch
+        )
         print_race(task, result, ratios, seconds["sgd_momentum"], budget)
         results["race"][task] = {"ratios": ratios, "seconds": seconds, **result}
     OUT.mkdir(parents=True, exist_ok=True)
