@@ -14,7 +14,8 @@
 
     python -m bench.kfac_vs_sgd [--budget STEPS] [--seeds N] [--workers N] [--scale S] [--quick]
 
-Writes docs/bench/kfac_vs_sgd.json and docs/bench/kfac_vs_sgd.png.
+Writes docs/bench/kfac_vs_sgd.json and .png (kfac_vs_sgd_scale<S>.* when --scale S is not 1,
+with _quick when --quick).
 """
 
 from __future__ import annotations
@@ -133,9 +134,14 @@ TASKS = {
     "autoencoder_default": "the same autoencoder with PyTorch's default nn.Linear initialisation",
     "mlp_digits": "the digits classifier MLP (784-256-128-10, tanh, Glorot): nothing tuned on it",
 }
+# Five learning rates each: with four, the best of Adam (both tasks) and of SGD-m (digits, the
+# default-initialised autoencoder) sat on the grid's top edge, so a better one may lie past it.
 GRIDS = {
-    "autoencoder": {"sgd_momentum": [1e-3, 3e-3, 1e-2, 3e-2], "adam": [3e-4, 1e-3, 3e-3, 1e-2]},
-    "mlp": {"sgd_momentum": [0.01, 0.03, 0.1, 0.3], "adam": [3e-4, 1e-3, 3e-3, 1e-2]},
+    "autoencoder": {
+        "sgd_momentum": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+        "adam": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
+    },
+    "mlp": {"sgd_momentum": [0.01, 0.03, 0.1, 0.3, 1.0], "adam": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]},
 }
 
 
@@ -234,7 +240,8 @@ def race(
     `reused`: an earlier run's result for this task, whose baseline rows stand in for running
     the baselines again (only K-FAC runs). K-FAC trains at `kfac_batch`, the baselines at 256
     (`ratios` then holds K-FAC's step at its batch over SGD-m's at 256)."""
-    grid = {**GRIDS[task.split("_")[0]], "kfac": [None]}
+    baselines = baseline_grid(reused["table"]) if reused else GRIDS[task.split("_")[0]]
+    grid = {**baselines, "kfac": [None]}
     run_grid = {"kfac": [None]} if reused else grid
     jobs = {}
     for method, lrs in run_grid.items():
@@ -271,6 +278,16 @@ def race(
     return {"table": table, "summary": summarise(table, runs["kfac", None], grid, ratios)}
 
 
+def baseline_grid(table: dict) -> dict[str, list[float]]:
+    """The learning rates each baseline ran at, read off a race table's rows."""
+    grid: dict[str, list[float]] = {}
+    for key in table:
+        method, lr = key.split(" lr=")
+        if method != "kfac":
+            grid.setdefault(method, []).append(float(lr))
+    return grid
+
+
 def summarise(table: dict, kfac: list, grid: dict, ratios: dict) -> dict:
     """K-FAC's time to each baseline's best mean loss (its best lr by mean), as a ratio of the
     baseline's own time to it: on the mean-over-seeds curve and per seed."""
@@ -284,6 +301,7 @@ def summarise(table: dict, kfac: list, grid: dict, ratios: dict) -> dict:
         per_seed = [first_at(c, target) for c in kfac]
         summary[rival] = {
             "lr": lr,
+            "lr_at_grid_edge": lr in (grid[rival][0], grid[rival][-1]),
             "target": target,
             "rival_steps": first_at(rival_curve, target),
             "kfac_steps": kfac_step,
@@ -326,9 +344,11 @@ def print_race(task: str, result: dict, ratios: dict, sgd_seconds: float, budget
             f"\nK-FAC (mean over seeds) to {rival}'s best mean loss {s['target']:.4g} "
             f"(lr {s['lr']}, step {s['rival_steps']}): {reached}; per seed: {seeds}"
         )
+        if s["lr_at_grid_edge"]:
+            print(f"\n**{rival}'s best lr is at its grid's edge: widen the grid.**")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=int, default=None, help="SGD-m steps' worth per run")
     parser.add_argument("--seeds", type=int, default=3)
@@ -350,15 +370,20 @@ def main() -> None:
         default=BATCH,
         help="K-FAC's batch in the race (the baselines keep 256; its step time is measured at it)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     budget = args.budget or (60 if args.quick else 3000)
     seeds = 1 if args.quick else args.seeds
+    earlier = json.loads(args.reuse_baselines.read_text()) if args.reuse_baselines else {}
+    for setting, value in {"scale": args.scale, "budget": budget, "seeds": seeds}.items():
+        if earlier.get(setting, value) != value:
+            parser.error(f"--reuse-baselines ran with {setting} {earlier[setting]}, not {value}")
+    earlier = earlier.get("race", {})
     torch.manual_seed(0)
     torch.set_num_threads(1)
     machine = f"{platform.processor() or platform.machine()}, 1 thread per process"
     load = os.getloadavg()[0]
     results: dict = {"machine": machine, "torch": torch.__version__, "load_at_start": load}
-    results["kfac_batch"] = args.kfac_batch
+    results.update(kfac_batch=args.kfac_batch, scale=args.scale, budget=budget, seeds=seeds)
 
     print(f"# K-FAC vs SGD-momentum and Adam — {machine}, load average {load:.1f}\n")
     if not args.no_step_time:
@@ -372,7 +397,6 @@ def main() -> None:
         "with the lowest mean (over seeds) loss in budget; times to a target are read off the "
         "mean-over-seeds curves, in SGD-m steps' worth, so that machine load cannot move them."
     )
-    earlier = json.loads(args.reuse_baselines.read_text())["race"] if args.reuse_baselines else {}
     if earlier:
         print(f"\nThe SGD-m and Adam rows are reused from {args.reuse_baselines.name}.")
     results["race"] = {}
@@ -389,8 +413,10 @@ def main() -> None:
         print_race(task, result, ratios, seconds["sgd_momentum"], budget)
         results["race"][task] = {"ratios": ratios, "seconds": seconds, **result}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "kfac_vs_sgd.json").write_text(json.dumps(results, indent=1, default=str))
-    plot(results["race"], OUT / "kfac_vs_sgd.png")
+    name = "kfac_vs_sgd" + ("" if args.scale == 1 else f"_scale{args.scale:g}")
+    name += "_quick" if args.quick else ""  # a smoke run leaves the recorded race alone
+    (OUT / f"{name}.json").write_text(json.dumps(results, indent=1, default=str))
+    plot(results["race"], OUT / f"{name}.png")
 
 
 def print_step_times(results: dict, quick: bool) -> None:
