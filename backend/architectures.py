@@ -215,5 +215,3 @@ class ConvNetSpec(TaggedSpec):
         shapes = self.layer_shapes(input_dim, n_classes, image_shape)
         norm = 2 * sum(self.scaled_channels()) if self.batch_norm else 0
         return sum(shape.parameters for shape in shapes) + norm
-
-

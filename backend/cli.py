@@ -219,4 +219,3 @@ def _die_with_parent() -> Any:
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
     return lambda: libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-

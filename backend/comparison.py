@@ -51,6 +51,7 @@ Points = tuple[list[int], list[float], list[float]]  # steps, seconds, values of
 ENDED = ("succeeded", "failed", "diverged", "cancelled")
 BROKEN = ("failed", "diverged")  # left out of final / best, never reach the target
 
+
 def higher_is_better(metric: str) -> bool:
     """The one rule for a metric's direction: accuracies grow, everything else (losses,
     errors, times) should shrink."""

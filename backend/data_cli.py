@@ -17,8 +17,9 @@ from backend import datafiles, registry
 from backend.cli import console, errors
 from backend.settings import get_settings
 
-app = typer.Typer(help="Datasets' files in KFAC_DATA_DIR: list them, fetch them.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Datasets' files in KFAC_DATA_DIR: list them, fetch them.", no_args_is_help=True
+)
 
 
 @app.command("list")

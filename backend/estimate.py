@@ -206,8 +206,9 @@ def step_flops(spec: RunSpec) -> float:
         if opt.name == "kfac_tridiag":
             cubes *= 3  # conditional covariances and generalised eigenproblems (Appendix B)
         total += FACTOR_INVERSION_FLOPS * cubes / opt.inverse_interval / spec.nodes
-        total += spec.processes * sum(2 * layer.shape.parameters * (layer.side_a + layer.side_g)
-                                      for layer in layers)  # G⁻¹ V Ā⁻¹ on every rank
+        total += spec.processes * sum(
+            2 * layer.shape.parameters * (layer.side_a + layer.side_g) for layer in layers
+        )  # G⁻¹ V Ā⁻¹ on every rank
         if opt.lr is None:  # α, μ from the exact quadratic model (§7)
             total += opt.quadratic_fraction * batch * _output_directions_flops(spec, layers)
     if spec.eval_interval:
@@ -245,9 +246,7 @@ def _layers(spec: RunSpec) -> list[_Layer]:
         return [_Layer(shape, 1) for shape in shapes]
     sizes = [image[1] * image[2]] + [h * w for _, _, h, w in model.stages(image)]
     stages = len(model.stages(image))
-    return [
-        _Layer(shape, sizes[i] if i < stages else 1) for i, shape in enumerate(shapes)
-    ]
+    return [_Layer(shape, sizes[i] if i < stages else 1) for i, shape in enumerate(shapes)]
 
 
 def _largest_batch(spec: RunSpec) -> int:

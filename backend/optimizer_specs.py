@@ -159,9 +159,6 @@ class KFCPreSpec(_KFACBase):
     kl_clip: float | None = Field(1e-3, gt=0, description="κ; None: no KL clipping")
 
 
-
-
-
 def optimizer_model_error(optimizer: Any, model: Any) -> str | None:
     """Why `optimizer` cannot train `model`, or None: KFC and KFC-pre are for conv nets, and the
     block-tridiagonal inverse is for Linear layers only (kfac.KFAC refuses conv layers)."""

@@ -79,7 +79,7 @@ PRESETS: dict[str, Preset] = {
         "min(1000·exp((k−1)/b), 60000) reaching the full set near step 500, and iterate "
         "averaging for evaluation. K-FAC against SGD with momentum and Adam. Needs the MNIST "
         "IDX files in KFAC_DATA_DIR (`kfac-lab data fetch mnist`, or the override "
-        "{\"dataset\": {\"name\": \"mnist\", \"download\": true}}); meant for a GPU worker.",
+        '{"dataset": {"name": "mnist", "download": true}}); meant for a GPU worker.',
         "mnist autoencoder (paper §13)",
         [{"name": "kfac"}, _SGD_M, _ADAM],
         dataset="mnist",

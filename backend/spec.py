@@ -133,7 +133,9 @@ class RunSpec(SpecModel):
         json_schema_extra={"additionalProperties": False},
     )
     queue_timeout_s: float | None = Field(
-        None, gt=0, le=30 * 86400,
+        None,
+        gt=0,
+        le=30 * 86400,
         description="If no worker consumes the run's queue this long after it was queued, "
         "apply on_queue_timeout; None: wait for a worker forever",
     )
@@ -280,7 +282,6 @@ class RunSpec(SpecModel):
         return self.label or f"{config_label(self.optimizer.name, self.config)} · seed {self.seed}"
 
 
-
 def _too_few_examples(ranks: int, batch: int | ExponentialBatchSchedule | None) -> str | None:
     """Why `ranks` ranks cannot share the (first) mini-batch, or None: each needs an example."""
     smallest = batch.initial if isinstance(batch, ExponentialBatchSchedule) else batch
@@ -390,9 +391,11 @@ class ExperimentSpec(SpecModel):
             ]
             self._sources = [
                 *(("runs", i) for i in range(len(self.runs))),
-                *(("optimizers", k) if self.optimizers else ("base",)
-                  for k, size in enumerate(sizes)
-                  for _ in range(size * len(seeds))),
+                *(
+                    ("optimizers", k) if self.optimizers else ("base",)
+                    for k, size in enumerate(sizes)
+                    for _ in range(size * len(seeds))
+                ),
             ]
             object.__setattr__(self, "runs", [*self.runs, *expanded])
             for field, empty in (("base", None), ("optimizers", []), ("seeds", [])):

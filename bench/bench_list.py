@@ -139,9 +139,7 @@ def main() -> int:
             for order in ("asc", "desc"):
                 asks[f"sort {key} {order}"] = {"limit": 50, "sort": key, "order": order}
         asks["search + sort best_loss"] = {"limit": 50, "q": "adam", "sort": "best_loss"}
-        print(
-            f"\n{'request':<26}{'total':>8}{'p50 ms':>10}{'p95 ms':>10}{'API CPU ms':>12}  goal"
-        )
+        print(f"\n{'request':<26}{'total':>8}{'p50 ms':>10}{'p95 ms':>10}{'API CPU ms':>12}  goal")
         met = True
         for name, params in asks.items():
             cpu_before = cpu_seconds(process.pid)

@@ -64,10 +64,14 @@ def modelled_values(width: int, structure: str) -> float:
         statistics_values += sum(a * a2 + g * g2 for (a, g), (a2, g2) in pairs)
         last_a, last_g = sides[-1]
         # The couplings and the scale keep the r = min(d, d') rows that can be non-zero.
-        inverse_values = sum(
-            min(a, a2) * a2 + min(g, g2) * g2 + a * a + g * g + min(g, g2) * min(a, a2) + 1
-            for (a, g), (a2, g2) in pairs
-        ) + (last_a**2 + 1) + (last_g**2 + 1)
+        inverse_values = (
+            sum(
+                min(a, a2) * a2 + min(g, g2) * g2 + a * a + g * g + min(g, g2) * min(a, a2) + 1
+                for (a, g), (a2, g2) in pairs
+            )
+            + (last_a**2 + 1)
+            + (last_g**2 + 1)
+        )
     return 2 + (p + 1) + 5 + 2 / 5 + statistics_values / 10 + inverse_values / 20
 
 

@@ -50,6 +50,7 @@ from kfac.vectors import squared_norm
 PLATEAU_SHARE = 0.95
 """An autoencoder has left the mean-image plateau below this share of the plateau's loss."""
 
+
 def run(job) -> dict:
     """One seeded run of `steps` steps; per step the diagnostics and the training set's h."""
     name, options, seed, args = job

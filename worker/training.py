@@ -89,8 +89,14 @@ def train(
         from worker.distributed import train_ranks  # it imports this module
 
         return train_ranks(
-            spec, recorder, checkpoint_dir=checkpoint_dir, should_stop=should_stop,
-            resume=resume, data_dir=data_dir, time_limit_s=time_limit_s, rendezvous=rendezvous,
+            spec,
+            recorder,
+            checkpoint_dir=checkpoint_dir,
+            should_stop=should_stop,
+            resume=resume,
+            data_dir=data_dir,
+            time_limit_s=time_limit_s,
+            rendezvous=rendezvous,
         )
     communicator = communicator or Communicator()
     primary = communicator.rank == 0
@@ -105,11 +111,12 @@ def train(
         recorder.info(run.details())
         logger.info(
             "starts on %s: %s parameters, %d steps, data: %s",
-            run.device, f"{count_parameters(run.model):,}", run.total_steps, run.data.source,
+            run.device,
+            f"{count_parameters(run.model):,}",
+            run.total_steps,
+            run.data.source,
         )
-        return run.loop(
-            checkpoint_dir if primary else None, should_stop, started, time_limit_s
-        )
+        return run.loop(checkpoint_dir if primary else None, should_stop, started, time_limit_s)
     except Exception as error:
         logger.exception("run failed")
         step = 0
@@ -233,8 +240,11 @@ class _Run:
                 self.evaluate()
             if self.primary and spec.snapshot_interval and self.step % spec.snapshot_interval == 0:
                 self.recorder.snapshot(self.step, self.snapshot())
-            if checkpoint_dir and spec.checkpoint_interval and not last and (
-                self.step % spec.checkpoint_interval == 0
+            if (
+                checkpoint_dir
+                and spec.checkpoint_interval
+                and not last
+                and (self.step % spec.checkpoint_interval == 0)
             ):
                 self.flush()
                 if self.recorder.sync():

@@ -165,9 +165,7 @@ def launch(
     return get_experiment(session, experiment_id)
 
 
-def refuse_unlaunchable(
-    settings: Settings, spec: ExperimentSpec, at: tuple[str, ...]
-) -> None:
+def refuse_unlaunchable(settings: Settings, spec: ExperimentSpec, at: tuple[str, ...]) -> None:
     """One 422 listing every run that would not fit the worker's memory or time limit and
     every dataset whose files are missing in the API's data directory (unless the run asks for
     a download), each located where the request wrote it (`at`, see `Resolved`)."""
@@ -183,10 +181,12 @@ def refuse_unlaunchable(
             for loc, message in spec_errors(spec, settings.data_dir)
         ]
     if problems:
-        raise RequestValidationError([
-            {"type": "value_error", "loc": ("body", *loc), "msg": message, "input": None}
-            for loc, message in problems
-        ])
+        raise RequestValidationError(
+            [
+                {"type": "value_error", "loc": ("body", *loc), "msg": message, "input": None}
+                for loc, message in problems
+            ]
+        )
 
 
 def _located(loc: tuple, at: tuple[str, ...]) -> tuple:

@@ -314,4 +314,3 @@ def last_event_id(session: Session, experiment_id: str) -> int:
     """The newest event id of an experiment (0 if none): where a fresh stream starts."""
     newest = session.scalar(select(func.max(Event.id)).where(Event.experiment_id == experiment_id))
     return newest or 0
-

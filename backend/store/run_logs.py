@@ -66,8 +66,9 @@ def write_log_lines(session: Session, run_id: str, lines: Sequence[LogLine]) -> 
     return len(new)
 
 
-def read_log_lines(session: Session, run_id: str, after: int = -1, limit: int = MAX_LOG_LINES
-                   ) -> list[dict[str, Any]]:
+def read_log_lines(
+    session: Session, run_id: str, after: int = -1, limit: int = MAX_LOG_LINES
+) -> list[dict[str, Any]]:
     """The run's stored lines with `seq` > `after`, oldest first, at most `limit`."""
     rows = session.scalars(
         select(RunLogLine)

@@ -35,19 +35,19 @@ def test_missing_files_are_refused_where_the_dataset_was_chosen(client, broker, 
     assert broker.sent == []
 
 
-def test_the_paper_preset_is_refused_instead_of_failing_on_the_workers(
-    broker, settings, tmp_path
-):
+def test_the_paper_preset_is_refused_instead_of_failing_on_the_workers(broker, settings, tmp_path):
     gpu = settings.model_copy(update={"worker_flops": 1e14})  # its runs fit a GPU worker's time
     with TestClient(create_app(gpu, frontend_dir=tmp_path / "frontend")) as client:
-        response = client.post("/api/experiments", json={"preset": "mnist_autoencoder"},
-                               headers=ADMIN)
+        response = client.post(
+            "/api/experiments", json={"preset": "mnist_autoencoder"}, headers=ADMIN
+        )
         assert list(errors(response)) == ["overrides.dataset"]
         assert "mnist: files missing" in errors(response)["overrides.dataset"]
         assert broker.sent == []
         download = {"dataset": {"name": "mnist", "download": True}}  # as its description says
         response = client.post(
-            "/api/experiments", json={"preset": "mnist_autoencoder", "overrides": download},
+            "/api/experiments",
+            json={"preset": "mnist_autoencoder", "overrides": download},
             headers=ADMIN,
         )
         assert response.status_code == 201, response.text

@@ -23,7 +23,9 @@ def test_every_dataset_says_whether_the_lab_has_it(client: TestClient, settings)
     assert list(datasets) == list(registry.entries("dataset"))
     synthetic = datasets["synthetic"]
     assert (synthetic["availability"], synthetic["files"], synthetic["missing"]) == (
-        "built_in", [], []
+        "built_in",
+        [],
+        [],
     )
     assert synthetic["message"] is None and synthetic["package"] == "kfac-lab"
     mnist = datasets["mnist"]

@@ -21,7 +21,9 @@ def test_a_run_s_lines_after_a_seq_for_its_readers_only(client, create, db_url):
     answer = client.get(f"/api/runs/{run_id}/logs", headers=ADMIN)
     assert answer.status_code == 200
     assert [line["message"] for line in answer.json()["lines"]] == [
-        "<script>0", "<script>1", "<script>2"
+        "<script>0",
+        "<script>1",
+        "<script>2",
     ]
     later = client.get(f"/api/runs/{run_id}/logs", params={"after": 1}, headers=ADMIN).json()
     assert [line["seq"] for line in later["lines"]] == [2] and later["run_id"] == run_id
@@ -45,7 +47,8 @@ def test_a_tracked_script_sends_lines(client, create):
     assert client.post(path, json=batch, headers=ADMIN).json() == {"stored": 0}  # a retry
     lines = client.get(f"/api/runs/{run['run_id']}/logs", headers=ADMIN).json()["lines"]
     assert [(line["level"], line["message"]) for line in lines] == [
-        ("INFO", "epoch 1"), ("WARNING", "slow")
+        ("INFO", "epoch 1"),
+        ("WARNING", "slow"),
     ]
     for bad, field in (
         ({"lines": [[-1, 1.7e9, "INFO", "x"]]}, ["body", "lines", 0, 0]),
@@ -55,8 +58,11 @@ def test_a_tracked_script_sends_lines(client, create):
         ({"lines": [], "extra": 1}, ["body", "extra"]),
     ):
         if field is None:  # NaN is not JSON: sent as the text a client might produce
-            response = client.post(path, content='{"lines": [[0, NaN, "INFO", "x"]]}',
-                                   headers={**ADMIN, "Content-Type": "application/json"})
+            response = client.post(
+                path,
+                content='{"lines": [[0, NaN, "INFO", "x"]]}',
+                headers={**ADMIN, "Content-Type": "application/json"},
+            )
         else:
             response = client.post(path, json=bad, headers=ADMIN)
         assert response.status_code == 422, (bad, response.text)

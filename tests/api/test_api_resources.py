@@ -76,9 +76,10 @@ def test_a_run_too_long_is_refused_where_the_comparison_names_it(
     # the two K-FAC runs (its inverses of 4001² factors) exceed the hour; SGD does not
     assert list(errors) == ["body.optimizers.1"], errors
     assert "100,000 steps" in errors["body.optimizers.1"]
-    assert "1 h" in errors["body.optimizers.1"] and "KFAC_RUN_TIME_LIMIT_S" in errors[
-        "body.optimizers.1"
-    ]
+    assert (
+        "1 h" in errors["body.optimizers.1"]
+        and "KFAC_RUN_TIME_LIMIT_S" in errors["body.optimizers.1"]
+    )
     one = {"base": LONG_KFAC}
     assert list(errors_of(client.post("/api/experiments", json=one, headers=ADMIN))) == [
         "body.base"

@@ -40,9 +40,7 @@ def silent_for(db_url: str, run_id: str, seconds: float) -> None:
 def reap(db_url: str, now_plus_s: float = 0.0) -> list[str]:
     """The recovery pass's rule, with the clock moved `now_plus_s` seconds ahead."""
     with session_scope(db_url) as session:
-        return fail_silent_tracked(
-            session, TIMEOUT_S, now=utcnow() + timedelta(seconds=now_plus_s)
-        )
+        return fail_silent_tracked(session, TIMEOUT_S, now=utcnow() + timedelta(seconds=now_plus_s))
 
 
 def test_the_start_tells_the_client_how_long_the_server_waits(client: TestClient):

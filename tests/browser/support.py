@@ -33,7 +33,9 @@ class Server:
     def post(self, path: str, body: dict) -> dict:
         """POST `body` to the API as the owner (a script's client would); the answer's JSON."""
         response = httpx.post(
-            f"{self.url}{path}", json=body, headers={"Authorization": f"Bearer {self.token}"},
+            f"{self.url}{path}",
+            json=body,
+            headers={"Authorization": f"Bearer {self.token}"},
             timeout=30,
         )
         assert response.status_code in (200, 201), response.text

@@ -56,7 +56,8 @@ def test_the_system_panel_draws_a_tracked_run_s_cpu_and_memory_live(
     page.wait_for_function(
         "() => ['chart-cpu_percent', 'chart-rss_mb']"
         ".every((id) => document.getElementById(id)?.data?.length)",
-        polling=250, timeout=30_000,
+        polling=250,
+        timeout=30_000,
     )
     assert drawn(page, "cpu_percent") == [[[1, 2, 3], [91.0, 92.0, 93.0]]]
     assert drawn(page, "rss_mb") == [[[1, 2, 3], [510.0, 520.0, 530.0]]]
@@ -68,7 +69,8 @@ def test_the_system_panel_draws_a_tracked_run_s_cpu_and_memory_live(
     server.post(metrics, {"points": system_points(range(4, 6))})
     page.wait_for_function(
         "() => document.getElementById('chart-cpu_percent').data[0].x.length === 5",
-        polling=250, timeout=30_000,
+        polling=250,
+        timeout=30_000,
     )
     assert drawn(page, "rss_mb")[0] == [[1, 2, 3, 4, 5], [510.0, 520.0, 530.0, 540.0, 550.0]]
     server.post(f"/api/tracking/runs/{run['run_id']}/end", {"status": "succeeded", "step": 5})

@@ -20,9 +20,14 @@ def test_a_run_s_log_panel_shows_its_lines_as_text_and_tails_new_ones(
     owner_page: tuple[Page, PageWatch], server: Server
 ) -> None:
     page, _ = owner_page
-    run = server.post("/api/tracking/runs", {
-        "id": uuid.uuid4().hex, "experiment": f"logs {uuid.uuid4().hex[:6]}", "label": "scripted",
-    })
+    run = server.post(
+        "/api/tracking/runs",
+        {
+            "id": uuid.uuid4().hex,
+            "experiment": f"logs {uuid.uuid4().hex[:6]}",
+            "label": "scripted",
+        },
+    )
     logs = f"/api/tracking/runs/{run['run_id']}/logs"
     server.post(logs, {"lines": [[0, 1.7e9, "INFO", "started"], [1, 1.7e9, "ERROR", INJECTED]]})
 

@@ -93,11 +93,15 @@ def test_clear_errors_without_a_mirror_or_a_network(mirror, tmp_path):
 
 def test_kfac_lab_run_refuses_a_dataset_whose_files_are_missing(tmp_path):
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({
-        "name": "needs mnist",
-        "base": {"dataset": "mnist", "model": {"name": "mlp", "hidden": [8]}, "steps": 5},
-        "optimizers": [{"name": "sgd"}],
-    }))
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "needs mnist",
+                "base": {"dataset": "mnist", "model": {"name": "mlp", "hidden": [8]}, "steps": 5},
+                "optimizers": [{"name": "sgd"}],
+            }
+        )
+    )
     with kfac_environment({"KFAC_HOME": str(tmp_path), "KFAC_DATA_DIR": str(tmp_path / "d")}):
         result = runner.invoke(app, ["run", str(spec), "--no-record"], env={"COLUMNS": "300"})
     assert result.exit_code == 2, result.output

@@ -44,9 +44,7 @@ def _redis_server_installed() -> None:
 
 
 @pytest.mark.parametrize("fault", ["restart", "network cut", "blip"])
-def test_the_broker_going_away_loses_no_run(
-    tmp_path, own_postgresql_url: str, fault: str
-) -> None:
+def test_the_broker_going_away_loses_no_run(tmp_path, own_postgresql_url: str, fault: str) -> None:
     broker = RedisServer(tmp_path / "redis")
     with ExitStack() as stack:
         broker.start()
@@ -103,4 +101,3 @@ def test_the_broker_going_away_loses_no_run(
             assert len(re.findall(f"run {run_id} starts", logs)) == 1, logs[-5000:]
         if fault == "blip":
             assert ": nothing to do (" in logs  # a running run's message came again
-

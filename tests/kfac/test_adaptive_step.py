@@ -40,12 +40,15 @@ def fisher_products(model: nn.Module, x, directions: list[dict]) -> torch.Tensor
         for m in norms:
             m.track_running_stats = True
     output_fisher = explicit.output_fisher(outputs.detach(), FAMILY)
-    return torch.stack(
-        [
-            torch.stack([torch.einsum("nk,nkl,nl->", u, output_fisher, v) for v in products])
-            for u in products
-        ]
-    ) / x.shape[0]
+    return (
+        torch.stack(
+            [
+                torch.stack([torch.einsum("nk,nkl,nl->", u, output_fisher, v) for v in products])
+                for u in products
+            ]
+        )
+        / x.shape[0]
+    )
 
 
 def by_name(model: nn.Module, vector: torch.Tensor, others: dict) -> dict:

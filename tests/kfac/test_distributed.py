@@ -195,8 +195,12 @@ def test_block_tridiagonal_pieces_are_divided_and_broadcast(ranks):
     rank_a = [min(a[i], a[i + 1]) for i in range(len(linears) - 1)]
     rank_g = [min(g[i], g[i + 1]) for i in range(len(linears) - 1)]
     values = sum(
-        rank_a[i] * a[i + 1] + rank_g[i] * g[i + 1] + a[i] ** 2 + g[i] ** 2
-        + rank_g[i] * rank_a[i] + 1
+        rank_a[i] * a[i + 1]
+        + rank_g[i] * g[i + 1]
+        + a[i] ** 2
+        + g[i] ** 2
+        + rank_g[i] * rank_a[i]
+        + 1
         for i in range(len(linears) - 1)
     )
     values += a[-1] ** 2 + 1 + g[-1] ** 2 + 1

@@ -60,9 +60,13 @@ def test_fixed_lr_update_uses_the_fisher_at_sampled_targets(family, structure):
     update = explicit.parameter_vector(model).detach() - before
     torch.testing.assert_close(update, expected, rtol=1e-8, atol=1e-11)
     # The data's targets would have given another update: the test tells the two apart.
-    empirical = -LR * inverse(
-        *explicit.factors(*explicit.per_example_activations(tiny_net(), x, y, family)), GAMMA
-    ) @ explicit.gradient_vector(tiny_net(), x, y, family, ETA)
+    empirical = (
+        -LR
+        * inverse(
+            *explicit.factors(*explicit.per_example_activations(tiny_net(), x, y, family)), GAMMA
+        )
+        @ explicit.gradient_vector(tiny_net(), x, y, family, ETA)
+    )
     assert not torch.allclose(update, empirical, rtol=1e-3, atol=1e-6)
 
 

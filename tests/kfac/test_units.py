@@ -61,4 +61,3 @@ def test_the_api_sizes_the_probe_by_the_same_units():
         len(evenly_spaced(16, 62)) + 1
     ) * len(evenly_spaced(16, 8))
     assert spec.parameter_count(widths) == expected == 17 * 16 + 17 * 8
-

@@ -41,8 +41,11 @@ def wait_for(condition, what: str, timeout: float = PATIENCE_S):
 
 def recorded_steps(server: Server, run_id: str) -> list[int] | None:
     """The steps of the run's train_loss, None while the run does not exist yet."""
-    answer = httpx.get(f"{server.url}/api/runs/{run_id}/metrics",
-                       headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    answer = httpx.get(
+        f"{server.url}/api/runs/{run_id}/metrics",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=30,
+    )
     if answer.status_code == 404:
         return None
     return answer.json()["series"].get("train_loss", {}).get("x")
@@ -56,13 +59,15 @@ def heartbeat_at(settings: Settings, run_id: str):
 @pytest.fixture
 def settings(sqlite_url: str, tmp_path: Path) -> Settings:
     """A server that waits 8 s for news of a run: its clients beat every 2 s."""
-    return Settings(home=tmp_path, database_url=sqlite_url, admin_token=TOKEN,
-                    tracking_timeout_s=8.0)
+    return Settings(
+        home=tmp_path, database_url=sqlite_url, admin_token=TOKEN, tracking_timeout_s=8.0
+    )
 
 
 def test_a_quiet_script_s_run_is_kept_alive_by_heartbeats(server: Server, spool: Path):
-    run = kfac_lab.init(experiment=f"quiet {uuid.uuid4().hex[:6]}", url=server.url,
-                        token=TOKEN, spool_dir=spool)
+    run = kfac_lab.init(
+        experiment=f"quiet {uuid.uuid4().hex[:6]}", url=server.url, token=TOKEN, spool_dir=spool
+    )
     sender = run._sender
     wait_for(lambda: sender._heartbeat_s is not None, "the start to be answered")
     assert sender._heartbeat_s == 2.0  # a quarter of the server's timeout
@@ -89,7 +94,10 @@ def test_a_killed_script_s_run_fails_and_the_script_coming_back_is_told(
     env = {**os.environ, "KFAC_LAB_URL": server.url, "KFAC_LAB_TOKEN": TOKEN}
     script = subprocess.Popen(
         [sys.executable, "-c", SCRIPT, f"killed {uuid.uuid4().hex[:6]}", str(spool)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         run_id = script.stdout.readline().strip()

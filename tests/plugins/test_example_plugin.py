@@ -94,7 +94,8 @@ def test_a_plugin_trains_through_the_api_and_a_worker(plugin_site: Path, tmp_pat
         datasets = {d["name"]: d for d in client.get("/api/datasets").json()}  # the form's marks
         spirals = datasets["two_spirals"]
         assert (spirals["package"], spirals["availability"]) == (
-            "kfac-lab-example-plugin", "built_in"
+            "kfac-lab-example-plugin",
+            "built_in",
         )
         created = client.post("/api/experiments", json=SPEC)
         assert created.status_code == 201, created.text

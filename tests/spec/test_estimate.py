@@ -80,8 +80,11 @@ def test_resource_errors_name_the_run_where_the_request_wrote_it() -> None:
     assert "KFAC_WORKER_MEMORY_BYTES" in problems[0][1]
     assert resource_errors(experiment, kfac_memory, 1e9, 1e9) == []
     too_long = resource_errors(experiment, kfac_memory, 1e-6, 1e9)
-    assert [location for location, _ in too_long] == [("runs", 0), ("optimizers", 0),
-                                                       ("optimizers", 1)]
+    assert [location for location, _ in too_long] == [
+        ("runs", 0),
+        ("optimizers", 0),
+        ("optimizers", 1),
+    ]
 
 
 def test_a_growing_batch_costs_its_mean_size_per_step() -> None:

@@ -1,6 +1,5 @@
 """The run spec: field-level errors, limits, the comparison form, presets, queues."""
 
-
 import pytest
 from pydantic import ValidationError
 

@@ -31,8 +31,11 @@ def test_lines_are_written_once_and_read_after_a_seq(db_url, make_experiment):
         assert stored[0]["time"].startswith("2023-11-14T22:13:20") and stored[0]["level"] == "INFO"
         assert [line["seq"] for line in read_log_lines(session, run_id, after=1)] == [2, 3]
         events = [e for e in events_after(session, experiment_id, 0) if e.kind == "logs"]
-    sent = [[line["seq"] for line in e.payload["lines"]] for e in events if e.payload["run_id"]
-            == run_id]
+    sent = [
+        [line["seq"] for line in e.payload["lines"]]
+        for e in events
+        if e.payload["run_id"] == run_id
+    ]
     assert sent == [[0, 1, 2], [3]]  # only new lines go to the page
 
 

@@ -1,6 +1,5 @@
 """The schema exists only through the migrations: they must agree with the models."""
 
-
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect

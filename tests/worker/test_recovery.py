@@ -78,8 +78,14 @@ def test_a_tracked_run_whose_script_went_silent_is_failed_not_requeued(tmp_path)
         with session_scope(the_lab.url) as session:
             silent, talking = (
                 start_run(
-                    session, run_id=uuid.uuid4().hex, experiment="scripts", label=label,
-                    config={}, optimizer={"name": "custom"}, seed=0, client="laptop:1",
+                    session,
+                    run_id=uuid.uuid4().hex,
+                    experiment="scripts",
+                    label=label,
+                    config={},
+                    optimizer={"name": "custom"},
+                    seed=0,
+                    client="laptop:1",
                 )[0].id
                 for label in ("silent", "talking")
             )
@@ -100,8 +106,14 @@ def test_a_worker_fails_a_silent_tracked_run_with_nobody_watching(tmp_path):
         the_lab.start_worker()
         with session_scope(the_lab.url) as session:
             run_id = start_run(
-                session, run_id=uuid.uuid4().hex, experiment="unwatched", label="died",
-                config={}, optimizer={"name": "custom"}, seed=0, client="laptop:2",
+                session,
+                run_id=uuid.uuid4().hex,
+                experiment="unwatched",
+                label="died",
+                config={},
+                optimizer={"name": "custom"},
+                seed=0,
+                client="laptop:2",
             )[0].id
         (failed,) = the_lab.wait(run_id, timeout=120)
         assert (failed.status, failed.error) == ("failed", "no contact from the script for 3 s")

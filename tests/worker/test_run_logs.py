@@ -108,7 +108,10 @@ def test_a_process_without_logging_set_up_still_prints_warnings():
         "    logging.getLogger('worker.x').warning('watch out')\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
         cwd=Path(__file__).resolve().parents[2],
     )
     assert done.returncode == 0, done.stderr

@@ -78,7 +78,8 @@ def test_resume_continues_the_identical_trajectory(tmp_path, poll_every_step, op
     first = train(spec, interrupted, checkpoint_dir=tmp_path, should_stop=stop_after(15))
     assert first.status == "cancelled" and first.step == 15
     assert [p.name for p in checkpoints.checkpoint_files(tmp_path)] == [
-        "step-00000012.pt", "step-00000006.pt"
+        "step-00000012.pt",
+        "step-00000006.pt",
     ]
     resumed = MemoryRecorder()
     second = train(spec, resumed, checkpoint_dir=tmp_path)
@@ -118,7 +119,10 @@ def test_snapshots_cover_the_probe():
     size = spec.probe.parameter_count(spec.layer_dims())
     assert size == 7 * 6 + 7 * 6  # two layers, 6 units kept at every boundary, plus biases
     assert set(payload["matrices"]) == {
-        "exact", "kronecker", "kronecker_inverse", "block_diagonal_inverse",
+        "exact",
+        "kronecker",
+        "kronecker_inverse",
+        "block_diagonal_inverse",
         "block_tridiagonal_inverse",
     }
     assert all(m.shape == (size, size) for m in payload["matrices"].values())

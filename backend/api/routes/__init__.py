@@ -25,8 +25,18 @@ api_router = APIRouter(
     prefix="/api", dependencies=[Depends(known_query_after_auth)], responses=UNKNOWN_QUERY_ERROR
 )
 for module in (
-    experiments, comparison, runs, metrics, logs, snapshots, events, share, presets, datasets,
-    report, tracking,
+    experiments,
+    comparison,
+    runs,
+    metrics,
+    logs,
+    snapshots,
+    events,
+    share,
+    presets,
+    datasets,
+    report,
+    tracking,
 ):
     api_router.include_router(module.router)
 health_router = APIRouter(dependencies=[Depends(known_query)], responses=UNKNOWN_QUERY_ERROR)
