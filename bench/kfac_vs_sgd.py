@@ -451,7 +451,9 @@ def plot(race_results: dict, path: Path) -> None:
             method = key.split(" lr=")[0]
             steps, loss = zip(*result["table"][key]["mean_curve"], strict=True)
             ax.plot([k * result["ratios"][method] for k in steps], loss, label=key)
+        # Log: the classifier's curves part ways only below 1e-3 nats.
         ax.set(xlabel="SGD-m steps' worth of time", ylabel="training loss", title=task)
+        ax.set_yscale("log")
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
