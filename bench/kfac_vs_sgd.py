@@ -265,10 +265,11 @@ def race(
         for method, lrs in run_grid.items()
         for lr in lrs
     }
-    table = {key: row for key, row in (reused or {}).get("table", {}).items() if "kfac" not in key}
+    reused_rows = (reused or {}).get("table", {}).items()
+    table = {key: row for key, row in reused_rows if split_row_key(key)[0] != "kfac"}
     table.update(
         {
-            f"{method} lr={lr}": {
+            row_key(method, lr): {
                 "best_losses": [lowest(c) for c in per_seed],
                 "mean_curve": mean_curve(per_seed),
             }
@@ -278,11 +279,22 @@ def race(
     return {"table": table, "summary": summarise(table, runs["kfac", None], grid, ratios)}
 
 
+def row_key(method: str, lr: float | None) -> str:
+    """A race table row's key (also in the JSON): "adam lr=0.003", "kfac lr=None"."""
+    return f"{method} lr={lr}"
+
+
+def split_row_key(key: str) -> tuple[str, str]:
+    """(method, lr as written) of a `row_key`."""
+    method, lr = key.split(" lr=")
+    return method, lr
+
+
 def baseline_grid(table: dict) -> dict[str, list[float]]:
     """The learning rates each baseline ran at, read off a race table's rows."""
     grid: dict[str, list[float]] = {}
     for key in table:
-        method, lr = key.split(" lr=")
+        method, lr = split_row_key(key)
         if method != "kfac":
             grid.setdefault(method, []).append(float(lr))
     return grid
@@ -293,8 +305,8 @@ def summarise(table: dict, kfac: list, grid: dict, ratios: dict) -> dict:
     baseline's own time to it: on the mean-over-seeds curve and per seed."""
     summary = {}
     for rival in ("adam", "sgd_momentum"):
-        lr = min(grid[rival], key=lambda r: lowest(table[f"{rival} lr={r}"]["mean_curve"]))
-        rival_curve = table[f"{rival} lr={lr}"]["mean_curve"]
+        lr = min(grid[rival], key=lambda r: lowest(table[row_key(rival, r)]["mean_curve"]))
+        rival_curve = table[row_key(rival, lr)]["mean_curve"]
         target = lowest(rival_curve)
         rival_cost = first_at(rival_curve, target) * ratios[rival]
         kfac_step = first_at(mean_curve(kfac), target)
@@ -325,7 +337,7 @@ def print_race(task: str, result: dict, ratios: dict, sgd_seconds: float, budget
     print("| method | lr | best loss in budget, mean ± sd over seeds | per seed |")
     print("|---|---|---|---|")
     for key, row in result["table"].items():
-        method, lr = key.split(" lr=")
+        method, lr = split_row_key(key)
         losses = row["best_losses"]
         spread = statistics.stdev(losses) if len(losses) > 1 else 0.0
         cells = ", ".join(f"{v:.4g}" for v in losses)
@@ -446,9 +458,10 @@ def plot(race_results: dict, path: Path) -> None:
     count = len(race_results)
     fig, axes = plt.subplots(1, count, figsize=(5 * count, 4), squeeze=False)
     for ax, (task, result) in zip(axes[0], race_results.items(), strict=True):
-        keys = ["kfac lr=None"] + [f"{r} lr={s['lr']}" for r, s in result["summary"].items()]
+        keys = [row_key("kfac", None)]
+        keys += [row_key(rival, s["lr"]) for rival, s in result["summary"].items()]
         for key in keys:
-            method = key.split(" lr=")[0]
+            method, _ = split_row_key(key)
             steps, loss = zip(*result["table"][key]["mean_curve"], strict=True)
             ax.plot([k * result["ratios"][method] for k in steps], loss, label=key)
         # Log: the classifier's curves part ways only below 1e-3 nats.

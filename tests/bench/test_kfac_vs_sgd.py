@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bench.kfac_vs_sgd import baseline_grid, main, summarise
+from bench.kfac_vs_sgd import baseline_grid, main, row_key, summarise
 
 
 def row(*curve: float) -> dict:
@@ -15,18 +15,17 @@ def row(*curve: float) -> dict:
 
 
 def test_the_grid_is_read_back_off_a_tables_rows() -> None:
-    table = {"sgd_momentum lr=0.001": {}, "sgd_momentum lr=0.1": {}, "adam lr=0.0003": {}}
-    table["kfac lr=None"] = {}
+    rows = [("sgd_momentum", 0.001), ("sgd_momentum", 0.1), ("adam", 0.0003), ("kfac", None)]
+    table = {row_key(method, lr): {} for method, lr in rows}
     assert baseline_grid(table) == {"sgd_momentum": [0.001, 0.1], "adam": [0.0003]}
 
 
 @pytest.mark.parametrize(("best", "at_edge"), [(0.01, False), (0.03, True), (0.001, True)])
 def test_a_best_learning_rate_on_the_grids_edge_is_flagged(best: float, at_edge: bool) -> None:
     grid = {"adam": [0.001, 0.01, 0.03], "sgd_momentum": [0.1, 0.3, 1.0]}
-    table = {f"adam lr={lr}": row(5.0, 4.0 if lr == best else 4.5) for lr in grid["adam"]}
-    table |= {
-        f"sgd_momentum lr={lr}": row(5.0, 4.2 if lr == 0.3 else 4.8) for lr in [0.1, 0.3, 1.0]
-    }
+    table = {row_key("adam", lr): row(5.0, 4.0 if lr == best else 4.5) for lr in grid["adam"]}
+    for lr in grid["sgd_momentum"]:
+        table[row_key("sgd_momentum", lr)] = row(5.0, 4.2 if lr == 0.3 else 4.8)
     kfac = [row(5.0, 3.0)["mean_curve"]]
     ratios = {"adam": 1.0, "sgd_momentum": 1.0, "kfac": 2.0}
     summary = summarise(table, kfac, {**grid, "kfac": [None]}, ratios)
@@ -41,8 +40,12 @@ def test_a_best_learning_rate_on_the_grids_edge_is_flagged(best: float, at_edge:
     [("scale", ["--scale", "0.5", "--budget", "600"]), ("budget", ["--scale", "0.25"])],
 )
 def test_baselines_from_a_race_under_other_settings_are_refused(
-    tmp_path, capsys, setting: str, settings: list[str]
+    tmp_path, capsys, monkeypatch, setting: str, settings: list[str]
 ) -> None:
+    def race_step_times(*_):  # were the refusal gone, the race would start (and write docs/)
+        raise AssertionError("the race started with baselines it should have refused")
+
+    monkeypatch.setattr("bench.kfac_vs_sgd.race_step_times", race_step_times)
     earlier = tmp_path / "race.json"
     earlier.write_text(json.dumps({"scale": 0.25, "budget": 600, "seeds": 3, "race": {}}))
     with pytest.raises(SystemExit):
