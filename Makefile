@@ -26,11 +26,9 @@ SYSTEM_TOOLS := chromium docker-compose redis-server
 # processes, which another file's tests fill (docs/testing.md "Time budget").
 PARALLEL := --numprocesses=auto --maxprocesses=4 --dist=loadfile
 
-test: $(STAMP)
+test: lint
 	@for tool in $(SYSTEM_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
 	$(BIN)/pytest $(PARALLEL)
 
 bench: $(STAMP)
