@@ -83,6 +83,9 @@ class _KFACBase(TaggedSpec):
         description="that share: the most curved half + a weighted draw (auto: for"
         " cross-entropy), or the first examples",
     )
+    adapt_quadratic_rows: bool = Field(
+        True, description="with the first examples, fewer when their Fisher varies little"
+    )
     gamma_search: bool = Field(False, description="choose γ by the quadratic model (§6.6)")
     gamma_interval: int = Field(20, ge=1, le=10_000, description="T2, a multiple of T3")
     kl_clip: float | None = Field(None, gt=0)

@@ -2,15 +2,18 @@
 
 Per-step time of SGD-m, Adam, K-FAC with a fixed learning rate and K-FAC with its defaults
 (adaptive α, μ from the quadratic model of §7, λ by Levenberg–Marquardt), on the MNIST
-autoencoder at batch 256 and 1000, as ratios to SGD-m's step measured side by side in this one
-process: round-robin rounds of `--steps` steps each (amortised over the statistics and inverse
-periods), the median over `--rounds` rounds. `--cpu-time` times the process's CPU time instead
-of the wall clock: with one thread on a machine loaded by others it counts this process's work
-alone. The default step is also run with one option changed: past the ℓ2 phase (η = 0 from
-step 1, as the defaults have from step 101 on: no ℓ2 term, so the wide layers take the
-per-example product), `precision="bfloat16"` (kfac.enums.ProductPrecision), and
-"dual passes" (`--methods ... kfac_dual`: J·Δ and J·δ₀ from forward passes with dual numbers, as
-before the quadratic model read them off the training pass, kfac.linearisation).
+autoencoder at batch 256 and 1000, on batches of the offline digits, as ratios to SGD-m's step
+measured side by side in this one process: round-robin rounds of `--steps` steps each
+(amortised over the statistics and inverse periods), the median over `--rounds` rounds, K-FAC's
+after `--warmup` steps of training (by then past the ℓ2 phase of the first 100 steps, and the
+quadratic model reads as many rows as this stage of training asks, kfac.quadratic).
+`--cpu-time` times the process's CPU time instead of the wall clock: with one thread on a
+machine loaded by others it counts this process's work alone. The default step is also run
+with one option changed: the ℓ2 phase made to last (η = 1e-5 throughout: the wide layers cannot
+take the per-example product), `precision="bfloat16"` (kfac.enums.ProductPrecision), the
+quadratic model on the whole quarter (`adapt_quadratic_rows=False`), and "dual passes"
+(`--methods ... kfac_dual`: J·Δ and J·δ₀ from forward passes with dual numbers, as before the
+quadratic model read them off the training pass, kfac.linearisation).
 
 `--profile` breaks each default step down into its parts, each summed over the steps of the
 rounds and divided by the SGD-m step of the same rounds.
@@ -21,8 +24,8 @@ the Fisher of a share of the batch, from 1/16 to all of it: how far the α, μ o
 quarter lie from the whole batch's. `--bfloat16-error` measures the opt-in bfloat16 products
 against the exact ones on the same task (see `precision_quality`).
 
-    python -m bench.kfac_step_cost [--rounds 5] [--steps 20] [--threads N] [--profile]
-        [--cpu-time] [--batches 256 1000] [--methods sgd_momentum kfac kfac_eta0 ...]
+    python -m bench.kfac_step_cost [--rounds 5] [--steps 20] [--warmup 200] [--threads N]
+        [--profile] [--cpu-time] [--batches 256 1000] [--methods sgd_momentum kfac ...]
     python -m bench.kfac_step_cost --fractions
     python -m bench.kfac_step_cost --threads 1 --bfloat16-error
 """
@@ -48,19 +51,21 @@ METHODS = {
     "sgd_momentum": "SGD-m",
     "adam": "Adam",
     "kfac_fixed": "K-FAC fixed lr",
-    "kfac": "K-FAC defaults, ℓ2 phase (η = 1e-5)",
-    "kfac_eta0": "K-FAC defaults past the ℓ2 phase (η = 0)",
+    "kfac_l2": "K-FAC defaults in the ℓ2 phase (η = 1e-5)",
+    "kfac": "K-FAC defaults (past the ℓ2 phase: η = 0)",
     "kfac_bf16": "K-FAC defaults, bfloat16 products",
+    "kfac_fixed_rows": "K-FAC defaults, the model on the whole quarter",
     "kfac_dual": "K-FAC defaults (dual passes)",
     "kfac_curvature": "K-FAC defaults, the model's quarter by curvature",
 }
-DEFAULT_METHODS = ["sgd_momentum", "adam", "kfac_fixed", "kfac", "kfac_eta0", "kfac_bf16"]
-# The default step with one option changed (kfac.KFAC's keywords). The rounds time steps 4–103,
-# inside the default ℓ2 phase (`weight_decay_steps` = 100), so the step users get from step 101
-# on is timed with that phase left out.
+DEFAULT_METHODS = ["sgd_momentum", "adam", "kfac_fixed", "kfac_l2", "kfac", "kfac_bf16"]
+# The default step with one option changed (kfac.KFAC's keywords). The rounds time the steps
+# after `--warmup` steps on the digits, past the default ℓ2 phase (`weight_decay_steps` = 100):
+# the ℓ2 phase's step is timed with the phase made to last.
 VARIANTS = {
-    "kfac_eta0": {"weight_decay_steps": 0},
+    "kfac_l2": {"weight_decay_steps": None},
     "kfac_bf16": {"precision": "bfloat16"},
+    "kfac_fixed_rows": {"adapt_quadratic_rows": False},
     "kfac_curvature": {"quadratic_sampling": "curvature"},  # "auto" takes the first here
 }
 
@@ -106,22 +111,32 @@ def timed(function, totals: dict, name: str):
     return wrapper
 
 
-def measure(batch: int, rounds: int, steps: int, profile: bool, methods: list[str]):
-    """Median seconds per step of each method (round-robin), and the parts' seconds per step."""
-    x = torch.rand(batch, 784, generator=torch.Generator().manual_seed(0))
+def measure(batch: int, rounds: int, steps: int, warmup: int, profile: bool, methods: list[str]):
+    """Median seconds per step of each method (round-robin) on batches of the offline digits,
+    K-FAC's after `warmup` steps (the quadratic model's rows depend on how far training is);
+    the parts' seconds per step, in SGD-m steps; the mean rows of each K-FAC's quadratic model
+    over the timed steps."""
+    data, _ = task_data("autoencoder_sparse")
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        data[torch.randint(0, data.shape[0], (batch,), generator=generator)] for _ in range(steps)
+    ]
     timings = defaultdict(lambda: defaultdict(float)) if profile else None
     steps_of = {m: stepper(m, timings) for m in methods}
-    for step in steps_of.values():  # warm-up: first statistics and inverses, the allocator
-        for _ in range(3):
-            step(x, x)
+    for method, step in steps_of.items():  # first statistics and inverses, the allocator
+        for k in range(warmup if method.startswith("kfac") else 3):
+            step(batches[k % steps], batches[k % steps])
     for totals in (timings or {}).values():  # the wrappers keep these dicts
         totals.clear()
     samples = {m: [] for m in methods}
+    rows = defaultdict(list)
     for _ in range(rounds):
         for method, step in steps_of.items():
             start = CLOCK["now"]()
-            for _ in range(steps):
+            for x in batches:
                 step(x, x)
+                if method != "kfac_fixed" and hasattr(step, "__self__"):
+                    rows[method].append(step.__self__.quadratic.weights.numel())
             samples[method].append((CLOCK["now"]() - start) / steps)
     medians = {m: statistics.median(v) for m, v in samples.items()}
     parts = {}
@@ -131,7 +146,7 @@ def measure(batch: int, rounds: int, steps: int, profile: bool, methods: list[st
             method: {name: total / (sgd_total * steps) for name, total in totals.items()}
             for method, totals in timings.items()
         }
-    return medians, parts
+    return medians, parts, {m: statistics.mean(r) for m, r in rows.items()}
 
 
 FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
@@ -254,6 +269,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20, help="steps per round and method")
+    parser.add_argument("--warmup", type=int, default=200, help="K-FAC's steps before timing")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--batches", type=int, nargs="*", default=[256, 1000])
     parser.add_argument("--profile", action="store_true", help="the default step's parts")
@@ -280,12 +296,19 @@ def main() -> None:
     print(f"{args.rounds} interleaved rounds of {args.steps} steps, medians, {clock}\n")
     print("| batch | " + " | ".join(METHODS[m] for m in methods) + " |")
     print("|---|" + "---|" * len(methods))
-    profiles = {}
+    profiles, rows = {}, {}
     for batch in args.batches:
-        medians, profiles[batch] = measure(batch, args.rounds, args.steps, args.profile, methods)
+        medians, profiles[batch], rows[batch] = measure(
+            batch, args.rounds, args.steps, args.warmup, args.profile, methods
+        )
         sgd = medians["sgd_momentum"]
         cells = [f"{medians[m] / sgd:.2f}× ({medians[m] * 1e3:.0f} ms)" for m in methods]
         print(f"| {batch} | " + " | ".join(cells) + " |")
+    print("\nRows of the quadratic model, mean over the timed steps\n")
+    print("| batch | " + " | ".join(METHODS[m] for m in rows[args.batches[0]]) + " |")
+    print("|---|" + "---|" * len(rows[args.batches[0]]))
+    for batch in args.batches:
+        print(f"| {batch} | " + " | ".join(f"{r:.0f}" for r in rows[batch].values()) + " |")
     if not args.profile:
         return
     print("\nParts of the default step, in SGD-m steps (summed over the rounds, same run)\n")

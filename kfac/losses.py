@@ -60,21 +60,26 @@ def sample_targets(
     return outputs + noise(torch.randn, shape)
 
 
-def output_fisher_bilinear(
+def output_fisher_rows(
     outputs: torch.Tensor, u: torch.Tensor, v: torch.Tensor, family: LossFamily | str
 ) -> torch.Tensor:
-    """Batch mean of uᵀ F_R(z) v, where u, v are output-space directions (e.g. J·δ).
+    """uᵢᵀ F_R(zᵢ) vᵢ for each example i (shape (N,)), where u, v are output-space directions
+    (e.g. J·δ).
 
     F_R is diag(p) − ppᵀ for the categorical, diag(p(1 − p)) for Bernoulli, I for the Gaussian.
     """
     family = LossFamily(family)
-    batch = outputs.shape[0]
     if family is LossFamily.CROSS_ENTROPY:
         p = torch.softmax(outputs, dim=1)
-        value = (p * u * v).sum() - ((p * u).sum(1) * (p * v).sum(1)).sum()
-    elif family is LossFamily.BCE:
+        return (p * u * v).sum(1) - (p * u).sum(1) * (p * v).sum(1)
+    if family is LossFamily.BCE:
         p = torch.sigmoid(outputs)
-        value = (p * (1 - p) * u * v).sum()
-    else:
-        value = (u * v).sum()
-    return value / batch
+        return (p * (1 - p) * u * v).flatten(1).sum(1)
+    return (u * v).flatten(1).sum(1)
+
+
+def output_fisher_bilinear(
+    outputs: torch.Tensor, u: torch.Tensor, v: torch.Tensor, family: LossFamily | str
+) -> torch.Tensor:
+    """Batch mean of uᵀ F_R(z) v (`output_fisher_rows`)."""
+    return output_fisher_rows(outputs, u, v, family).mean()

@@ -80,6 +80,8 @@ class KFAC(torch.optim.Optimizer):
         stats_fraction, quadratic_fraction: the share of the mini-batch used for the factor
             statistics (§5) and for the quadratic model's Fisher products.
         quadratic_sampling: which examples those are (kfac.quadratic.QuadraticModel.choose_rows).
+        adapt_quadratic_rows: with the first examples, use fewer than `quadratic_fraction` of
+            the batch when their Fisher varies little (kfac.quadratic, `economical_rows`).
         kl_clip: with a fixed lr, scale steps so that lr²·Δᵀ∇h <= kl_clip.
         layers: names of the layers to precondition (default: all supported ones).
         seed: seeds the generator of the sampled targets (saved in the state dict).
@@ -140,7 +142,7 @@ class KFAC(torch.optim.Optimizer):
             self.generator,
         )
         gamma = tied_gamma(settings.damping, self.weight_decay(1))
-        self.counters = {"step": 0, "stat_updates": 0, "gamma": gamma}
+        self.counters = {"step": 0, "stat_updates": 0, "gamma": gamma, "row_variance": None}
         self.damping = DampingController(self.param_groups[0], self.counters)
         self.diagnostics: dict[str, float] = {}
         self.notes: list[str] = []
@@ -230,7 +232,10 @@ class KFAC(torch.optim.Optimizer):
             if uses_model:  # its rows, from this pass's outputs (after the targets' draw)
                 size = self._share(group["quadratic_fraction"])
                 sampling = group["quadratic_sampling"]
-                self.quadratic.choose_rows(outputs, size, sampling, self.generator, self.batch_size)
+                variance = self.counters["row_variance"] if group["adapt_quadratic_rows"] else None
+                self.quadratic.choose_rows(
+                    outputs, size, sampling, self.generator, self.batch_size, variance
+                )
             if per_example:  # again, with this pass's rows per example
                 per_example = self._per_example_layers(batch)
             if per_example:
@@ -270,6 +275,8 @@ class KFAC(torch.optim.Optimizer):
         """(c, μ, M(δ) − M(0)) of δ = c·F̆⁻¹∇h + μδ₀ minimising the quadratic model (§7);
         c = −α, as the model is solved over F̆⁻¹∇h = −Δ itself."""
         solved = self._solve_step(inputs, gradient, preconditioned, previous)
+        variance = self.quadratic.updated_row_variance(self.counters["row_variance"], solved)
+        self.counters["row_variance"] = variance
         return solved.alpha, solved.mu, solved.predicted_change
 
     def _solve_step(self, inputs, gradient, preconditioned, previous) -> StepCoefficients:
@@ -365,6 +372,6 @@ class KFAC(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for key, value in SETTINGS_BEFORE_THEY_EXISTED.items():
             self.param_groups[0].setdefault(key, value)
-        self.counters = dict(extra["counters"])
+        self.counters = {"row_variance": None, **extra["counters"]}
         self.generator.set_state(extra["generator"])
         self.damping = DampingController(self.param_groups[0], self.counters)

@@ -15,10 +15,21 @@ weights sum to B and Σᵢ wᵢ (Jᵢv)ᵀF_R(Jᵢw)/B is unbiased for the batch
 sigmoid autoencoder of tests/kfac/test_defaults.py (batch 64, rows 8 + 8 × weight 7) the
 unequal weights' extra variance made 2 of 5 flat starts diverge; the Gaussian's curvature is
 the same for every example, so there it only adds variance.
+
+How many examples (issue 16, docs/benchmarks.md "16, seventh pass"): with the first rows, the
+share is at most `quadratic_fraction` of the batch, and fewer when this run's rows vary little.
+The minimiser c of the model from m rows' Fisher F̂ = (1/m) Σ fᵢ (fᵢ one row's [(Jvⱼ)ᵀF_R(Jvₖ)])
+errs by Δc ≈ −(Q + D)⁻¹(F̂ − F)c to first order, and a minimiser off by Δc gives up
+½Δcᵀ(Q + D)Δc of the model's decrease ½cᵀ(Q + D)c: in expectation the share s²/m, with
+s² = E[uᵢᵀ(Q + D)⁻¹uᵢ] / cᵀ(Q + D)c and uᵢ = (fᵢ − F)c (`row_variance`).  A step whose other
+work costs as much as R rows of the model makes the most progress per unit of time,
+(1 − s²/m)/(R + m), at m* = s² + √(s⁴ + s²R) (`economical_rows`), with s² a running average
+over the steps, observed on each step's rows.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -29,7 +40,7 @@ from torch.func import functional_call
 
 from kfac.enums import LossFamily, QuadraticSampling
 from kfac.linearisation import LinearisedChain
-from kfac.losses import output_fisher_bilinear
+from kfac.losses import output_fisher_rows
 from kfac.vectors import dot
 
 # 1 − cos²∠(Δ, δ₀) in the damped metric below which the 2×2 solve is not trusted: the entries
@@ -43,6 +54,18 @@ SINGULAR_2X2 = torch.finfo(torch.float32).eps ** 0.5
 # region α fell to ~1e-5 and the model chose μ = 9.2, |δ| = 164, the loss jumped from 191 to
 # 258 and the run went back onto the plateau, later μ ≈ 1000; with |μ| <= 1 it reached 118.
 MAX_MOMENTUM = 1.0
+
+# R / B of `economical_rows`: the default step without the quadratic model costs 2.5 SGD-m steps
+# on the MNIST autoencoder at batch 256 and 1.8 at 1,000 (bench.kfac_step_cost --profile), an
+# SGD-m step ~3P multiply-adds per example and a row of the model 4P (V ā and W ȧ for Δ and δ₀,
+# P the weights): 1.9B and 1.3B rows.
+STEP_COST_IN_MODEL_ROWS = 1.5
+
+# Below this many rows a row variance is too rough to decide by (its relative error ~√(2/m)).
+MIN_MODEL_ROWS = 32
+
+# The running average of the row variance: a step's own estimate, from ≥ 32 rows, is noisy.
+ROW_VARIANCE_DECAY = 0.8
 
 
 def output_directions(
@@ -110,18 +133,51 @@ def stratified_rows(
     return torch.cat([order[:top], drawn]), weights
 
 
-def fisher_gram(
+def fisher_rows(
     outputs: torch.Tensor, products: list[torch.Tensor], family: LossFamily
 ) -> torch.Tensor:
-    """The matrix [vᵢᵀ F vⱼ] for the directions whose output products are given."""
+    """[(Jᵢvⱼ)ᵀ F_R(zᵢ) (Jᵢvₖ)] for each row i, shape (rows, k, k), from the output products
+    J·vⱼ of the k directions."""
     count = len(products)
-    gram = outputs.new_zeros(count, count)
+    rows = outputs.new_zeros(outputs.shape[0], count, count)
     for i in range(count):
         for j in range(i, count):
-            gram[i, j] = gram[j, i] = output_fisher_bilinear(
+            rows[:, i, j] = rows[:, j, i] = output_fisher_rows(
                 outputs, products[i], products[j], family
             )
-    return gram
+    return rows
+
+
+def row_variance(
+    fisher: torch.Tensor,
+    second_moment: torch.Tensor,
+    curvature: torch.Tensor,
+    damping: torch.Tensor,
+    coefficients: torch.Tensor,
+) -> float | None:
+    """s² = E[uᵢᵀ(Q + D)⁻¹uᵢ] / cᵀ(Q + D)c with uᵢ = (fᵢ − F)c (the module docstring), from the
+    rows' mean F = E[fᵢ] and second moment E[fᵢ ⊗ fᵢ] (k×k×k×k); None when the model
+    predicts no decrease to lose."""
+    fisher, second_moment = fisher.double(), second_moment.double()
+    damped, c = (curvature + damping).double(), coefficients.double()
+    scale = float(c @ damped @ c)
+    if not scale > 0 or not torch.isfinite(second_moment).all():
+        return None
+    inverse = torch.linalg.inv(damped)
+    mean_c = fisher @ c
+    spread = torch.einsum("jklm,k,m,jl->", second_moment, c, c, inverse) - mean_c @ inverse @ mean_c
+    return max(float(spread), 0.0) / scale
+
+
+def economical_rows(variance: float, batch: int, cap: int) -> int:
+    """The whole number of rows in [min(MIN_MODEL_ROWS, cap), cap] that makes the most progress
+    per unit of time, (1 − s²/m)/(R + m) with R = STEP_COST_IN_MODEL_ROWS·B: the floor or the
+    ceiling of m* = s² + √(s⁴ + s²R) (module docstring), clipped."""
+    cost = STEP_COST_IN_MODEL_ROWS * batch
+    best = variance + math.sqrt(variance * variance + variance * cost)
+    lowest = min(MIN_MODEL_ROWS, cap)
+    candidates = {min(cap, max(lowest, whole)) for whole in (math.floor(best), math.ceil(best))}
+    return max(sorted(candidates), key=lambda rows: (1 - variance / rows) / (cost + rows))
 
 
 class QuadraticModel:
@@ -139,17 +195,22 @@ class QuadraticModel:
         self.chain = LinearisedChain.of(model, blocks, params)
         self.rows: slice | torch.Tensor = slice(0, 0)
         self.weights, self.count = torch.zeros(0), 0
+        self.uniform_rows = False  # this step's rows are the batch's first (FIRST)
+        self.last_model: tuple[torch.Tensor, ...] = ()  # F, E[fᵢ ⊗ fᵢ], Q, D of `matrices`
 
     @property
     def reads_training_pass(self) -> bool:
         """Whether the training pass must keep the layers' activations for the model."""
         return self.chain is not None
 
-    def choose_rows(self, outputs, share: int, sampling, generator, batch: int) -> None:
+    def choose_rows(
+        self, outputs, share: int, sampling, generator, batch: int, variance: float | None = None
+    ) -> None:
         """This step's rows of the model among this rank's examples, their weights and the
         count their weighted sum is divided by; `share` of the global `batch` in all.
 
-        FIRST: the global batch's first `share`, weight 1, count their number on this rank.
+        FIRST: the global batch's first `share`, weight 1, count their number on this rank;
+        given the row `variance` s², only the first `economical_rows` of them.
         CURVATURE: `stratified_rows` over the global batch, the same on every rank: the ranks'
         tr F_R are put together (one all-reduce of B numbers) and the draw's keys are U[0, 1)
         noise over the batch from the generator, which every rank advances alike; each rank
@@ -157,13 +218,16 @@ class QuadraticModel:
         Σ over the chosen rows of wᵢ(…)/B, what one process holding the batch computes.
         AUTO: CURVATURE for the categorical, FIRST otherwise (the module docstring says why).
         """
-        used = self.communicator.prefix(share)
-        self.rows, self.weights, self.count = slice(0, used), outputs.new_ones(used), used
         sampling = QuadraticSampling(sampling)
         if sampling is QuadraticSampling.AUTO:
             categorical = self.family is LossFamily.CROSS_ENTROPY
             sampling = QuadraticSampling.CURVATURE if categorical else QuadraticSampling.FIRST
-        if sampling is QuadraticSampling.FIRST:
+        self.uniform_rows = sampling is QuadraticSampling.FIRST
+        if self.uniform_rows and variance is not None:
+            share = economical_rows(variance, batch, share)
+        used = self.communicator.prefix(share)
+        self.rows, self.weights, self.count = slice(0, used), outputs.new_ones(used), used
+        if self.uniform_rows:
             return
         keys = torch.rand(batch, generator=generator, device=generator.device)
         local, world = outputs.shape[0], self.communicator.world_size
@@ -183,20 +247,36 @@ class QuadraticModel:
         their counts (`choose_rows`)."""
         count = len(directions)
         fisher = gradient[0].new_zeros(count, count)  # a rank with none of the subset
-        used = self.weights.numel()
-        if used:
+        second_moment = gradient[0].new_zeros(count, count, count, count)
+        if self.weights.numel():
             outputs, products = self._output_directions(inputs, directions)
-            # Bilinear in the products: scaling row i of each by √wᵢ weighs its term by wᵢ.
-            root = self.weights.sqrt().to(outputs.dtype).view(-1, *([1] * (outputs.dim() - 1)))
-            weighted = [product * root for product in products]
-            fisher = fisher_gram(outputs, weighted, self.family) * (used / self.count)
-        (fisher,), _ = self.communicator.average([fisher], self.count)
+            rows = fisher_rows(outputs, products, self.family) * self.weights.view(-1, 1, 1)
+            fisher = rows.sum(0) / self.count
+            second_moment = torch.einsum("ijk,ilm->jklm", rows, rows) / self.count
+        (fisher, second_moment), _ = self.communicator.average([fisher, second_moment], self.count)
         euclidean = fisher.new_zeros(count, count)
         for i in range(count):  # symmetric: each product once, a pass over every parameter
             for j in range(i, count):
                 euclidean[i, j] = euclidean[j, i] = float(dot(directions[i], directions[j]))
         linear = fisher.new_tensor([float(dot(gradient, d)) for d in directions])
-        return fisher + weight_decay * euclidean, damping * euclidean, linear
+        curvature, damped = fisher + weight_decay * euclidean, damping * euclidean
+        self.last_model = (fisher, second_moment, curvature, damped)
+        return curvature, damped, linear
+
+    def updated_row_variance(self, previous: float | None, solved: StepCoefficients):
+        """The running average of s² (`row_variance`) with this step's, observed at the
+        minimiser `solved` of the last `matrices`; `previous` when the rows were not uniform
+        (stratified rows' weights differ) or the model predicts no decrease."""
+        if not self.uniform_rows or not self.last_model:
+            return previous
+        fisher = self.last_model[0]
+        coefficients = fisher.new_tensor([solved.alpha, solved.mu][: fisher.shape[0]])
+        observed = row_variance(*self.last_model, coefficients)
+        if observed is None:
+            return previous
+        if previous is None:
+            return observed
+        return ROW_VARIANCE_DECAY * previous + (1 - ROW_VARIANCE_DECAY) * observed
 
     def _output_directions(self, inputs, directions):
         if self.chain is not None and self.capture.inputs:  # this step's pass was kept

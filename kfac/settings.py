@@ -28,9 +28,14 @@ from dataclasses import asdict, dataclass
 
 from kfac.enums import FisherType, InverseStructure, ProductPrecision, QuadraticSampling
 
-SETTINGS_BEFORE_THEY_EXISTED = {"weight_decay_steps": None, "quadratic_sampling": "first"}
+SETTINGS_BEFORE_THEY_EXISTED = {
+    "weight_decay_steps": None,
+    "quadratic_sampling": "first",
+    "adapt_quadratic_rows": False,
+}
 """The param-group entries a state dict saved before they existed lacks: the values it was
-trained with (ℓ2 throughout, the batch's first share), so that it resumes as it was trained."""
+trained with (ℓ2 throughout, the batch's first share, of a fixed size), so that it resumes as
+it was trained."""
 
 _FIXED = ("structure", "fisher", "layers", "seed", "precision")
 """The settings that are not param-group entries."""
@@ -58,6 +63,7 @@ class KFACSettings:
     stats_fraction: float = 1.0
     quadratic_fraction: float = 0.25
     quadratic_sampling: QuadraticSampling | str = QuadraticSampling.AUTO
+    adapt_quadratic_rows: bool = True
     kl_clip: float | None = None
     layers: list[str] | None = None
     seed: int = 0

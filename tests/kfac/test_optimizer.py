@@ -54,6 +54,7 @@ def every_step_kfac(model, x, y, family, eta, **kwargs):
         stats_interval=1,
         inverse_interval=1,
         quadratic_fraction=1.0,
+        adapt_quadratic_rows=False,
         **kwargs,
     )
     theta0 = explicit.parameter_vector(model).detach().clone()
@@ -214,6 +215,7 @@ def test_alpha_mu_solve_the_exact_quadratic_model(family):
         stats_interval=1,
         inverse_interval=1,
         quadratic_fraction=1.0,
+        adapt_quadratic_rows=False,
     )
     opt.step(x, y)
     previous = explicit.parameter_vector(model).detach().clone()

@@ -1,0 +1,123 @@
+"""How many rows the quadratic model reads (kfac.quadratic, `row_variance`, `economical_rows`),
+against brute force: the decrease a subsample's minimiser loses, drawn many times; the integer
+that makes the most progress per unit of time; and the default optimizer's step on the rows it
+chose, from explicit per-example Fishers in float64."""
+
+import math
+
+import pytest
+import torch
+
+from kfac import KFAC
+from kfac.quadratic import (
+    MIN_MODEL_ROWS,
+    ROW_VARIANCE_DECAY,
+    STEP_COST_IN_MODEL_ROWS,
+    economical_rows,
+    row_variance,
+)
+from tests.kfac import explicit
+
+
+def moments(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """E[fᵢ] and E[fᵢ ⊗ fᵢ] of per-row matrices (rows, k, k)."""
+    return rows.mean(0), torch.einsum("ijk,ilm->jklm", rows, rows) / rows.shape[0]
+
+
+def test_row_variance_predicts_the_decrease_a_subsample_loses():
+    """s²/m is the share of the model's decrease ½cᵀ(F + D)c that the minimiser from m rows'
+    Fisher gives up, on average over draws of the m rows (to first order in 1/m)."""
+    generator = torch.Generator().manual_seed(0)
+    population, draws, m = 4000, 3000, 400
+    factors = torch.randn(population, 2, 3, generator=generator, dtype=torch.float64)
+    scales = torch.exp(torch.randn(population, 1, 1, generator=generator, dtype=torch.float64))
+    rows = scales * factors @ factors.transpose(1, 2)  # unequal rows, each positive semi-definite
+    fisher, second_moment = moments(rows)
+    euclidean = torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
+    damping = 0.2 * euclidean
+    linear = torch.tensor([-1.0, 0.4], dtype=torch.float64)
+    best = -torch.linalg.solve(fisher + damping, linear)
+    decrease = 0.5 * best @ (fisher + damping) @ best
+
+    lost = []
+    for _ in range(draws):
+        sample = rows[torch.randint(0, population, (m,), generator=generator)].mean(0)
+        error = -torch.linalg.solve(sample + damping, linear) - best
+        lost.append(float(0.5 * error @ (fisher + damping) @ error / decrease))
+    variance = row_variance(fisher, second_moment, fisher, damping, best)
+    assert sum(lost) / draws == pytest.approx(variance / m, rel=0.1)
+
+
+@pytest.mark.parametrize("variance", [0.0, 0.3, 4.0, 12.0, 500.0])
+@pytest.mark.parametrize("batch", [100, 256, 1000])
+def test_economical_rows_make_the_most_progress_per_unit_of_time(variance, batch):
+    """(1 − s²/m)/(R + m) over the allowed whole numbers of rows is largest at the count chosen."""
+    cap = batch // 4
+
+    def rate(rows: int) -> float:
+        return (1 - variance / rows) / (STEP_COST_IN_MODEL_ROWS * batch + rows)
+
+    chosen = economical_rows(variance, batch, cap)
+    allowed = range(min(MIN_MODEL_ROWS, cap), cap + 1)
+    assert chosen in allowed
+    assert rate(chosen) >= max(map(rate, allowed)) - 1e-9 * abs(max(map(rate, allowed)))
+
+
+def test_the_default_step_solves_the_model_of_its_economical_first_rows():
+    """Defaults (sampled targets; Bernoulli, so the batch's first rows): given s² = 4 in the
+    optimizer's state, the second step's α, μ minimise the exact quadratic model with the
+    Fisher of the batch's first economical_rows(4, 256, 64) = 44 examples, and the state's s²
+    becomes the running average with this step's, from those rows' explicit Fishers."""
+    family, size = "bce", 256
+    model = explicit.tiny_net(widths=(4, 6, 5, 3))
+    x, y = explicit.batch(family, n=size)
+    opt = KFAC(model, family)
+    opt.step(x, y)
+    prior = 4.0
+    opt.counters["row_variance"] = prior
+    rows = economical_rows(prior, size, size // 4)
+    assert MIN_MODEL_ROWS < rows < size // 4  # neither bound decides
+    eta, damping = opt.weight_decay(2), opt.param_groups[0]["damping"]
+    before = explicit.parameter_vector(model).detach().clone()
+    previous_update = torch.cat(
+        [
+            explicit.vec_matrix(
+                m, opt.state[m.weight]["previous_update"], opt.state[m.bias]["previous_update"]
+            )
+            for m in explicit.linear_layers(model)
+        ]
+    )
+    gradient = explicit.gradient_vector(model, x, y, family, eta)
+    per_row = torch.stack([explicit.exact_fisher(model, x[i : i + 1], family) for i in range(rows)])
+
+    opt.step(x, y)
+    assert opt.quadratic.count == rows
+    alpha, mu = opt.diagnostics["alpha"], opt.diagnostics["mu"]
+    proposal = (explicit.parameter_vector(model).detach() - before - mu * previous_update) / alpha
+    directions = torch.stack([proposal, previous_update])
+    row_models = directions @ per_row @ directions.T  # (rows, 2, 2): fᵢ over span{Δ, δ₀}
+    euclidean = directions @ directions.T
+    fisher, second_moment = moments(row_models)
+    curvature, damped = fisher + eta * euclidean, damping * euclidean
+    solution = -torch.linalg.solve(curvature + damped, directions @ gradient)
+    assert abs(float(solution[1])) < 1  # the free minimum, not the |μ| <= 1 edge
+    assert alpha == pytest.approx(float(solution[0]), rel=1e-7)
+    assert mu == pytest.approx(float(solution[1]), rel=1e-7, abs=1e-10)
+    observed = row_variance(fisher, second_moment, curvature, damped, solution)
+    expected = ROW_VARIANCE_DECAY * prior + (1 - ROW_VARIANCE_DECAY) * observed
+    assert opt.counters["row_variance"] == pytest.approx(expected, rel=1e-6)
+    assert not math.isclose(observed, prior, rel_tol=0.1)  # the average moved by this step's
+
+
+def test_fixed_rows_and_stratified_rows_keep_the_whole_share():
+    """With adapt_quadratic_rows off, or the categorical's stratified rows, the model reads the
+    whole quadratic_fraction whatever the row variance."""
+    size = 256
+    for family, options in (("bce", {"adapt_quadratic_rows": False}), ("cross_entropy", {})):
+        model = explicit.tiny_net(widths=(4, 6, 5, 3))
+        x, y = explicit.batch(family, n=size)
+        opt = KFAC(model, family, **options)
+        opt.step(x, y)
+        opt.counters["row_variance"] = 0.0
+        opt.step(x, y)
+        assert float(opt.quadratic.weights.sum()) == pytest.approx(size // 4 if options else size)
