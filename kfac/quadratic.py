@@ -41,7 +41,7 @@ from torch.func import functional_call
 from kfac.enums import LossFamily, QuadraticSampling
 from kfac.linearisation import LinearisedChain
 from kfac.losses import output_fisher_rows
-from kfac.vectors import dot
+from kfac.vectors import dots
 
 # 1 − cos²∠(Δ, δ₀) in the damped metric below which the 2×2 solve is not trusted: the entries
 # come from float32 sums (relative error ~1e-6 each), so det/(Q₀₀Q₁₁) below ~√ε₃₂ ≈ 3e-4
@@ -254,11 +254,14 @@ class QuadraticModel:
             fisher = rows.sum(0) / self.count
             second_moment = torch.einsum("ijk,ilm->jklm", rows, rows) / self.count
         (fisher, second_moment), _ = self.communicator.average([fisher, second_moment], self.count)
+        upper = [(i, j) for i in range(count) for j in range(i, count)]  # symmetric
+        inner = dots(
+            [(directions[i], directions[j]) for i, j in upper] + [(gradient, d) for d in directions]
+        )
         euclidean = fisher.new_zeros(count, count)
-        for i in range(count):  # symmetric: each product once, a pass over every parameter
-            for j in range(i, count):
-                euclidean[i, j] = euclidean[j, i] = float(dot(directions[i], directions[j]))
-        linear = fisher.new_tensor([float(dot(gradient, d)) for d in directions])
+        for (i, j), value in zip(upper, inner[: len(upper)], strict=True):
+            euclidean[i, j] = euclidean[j, i] = float(value)
+        linear = fisher.new_tensor([float(value) for value in inner[len(upper) :]])
         curvature, damped = fisher + weight_decay * euclidean, damping * euclidean
         self.last_model = (fisher, second_moment, curvature, damped)
         return curvature, damped, linear
