@@ -45,7 +45,7 @@ from backend.store.results import write_snapshot
 from backend.store.writes import claim_run, create_experiment
 from bench.support import add_server_option, write_results
 from worker.recording import RunMonitor, StoreRecorder
-from worker.run_types import MetricPoint, Recorder
+from worker.run_types import MetricPoint, Recorder, RunControls
 from worker.snapshots import curvature_snapshot
 from worker.training import train
 from worker.zoo.datasets import load_dataset
@@ -100,7 +100,7 @@ def make_spec(optimizer: str, steps: int, checkpoint_interval: int) -> RunSpec:
 def time_null(spec: RunSpec) -> tuple[float, float]:
     """Wall and CPU seconds per step of the bare loop."""
     recorder = Clocked(NullRecorder())
-    result = train(spec, recorder, data_dir=get_settings().data_dir)
+    result = train(spec, recorder, RunControls(data_dir=get_settings().data_dir))
     assert result.status == "succeeded", result
     return recorder.per_step(spec.total_steps())
 

@@ -51,7 +51,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -59,7 +59,7 @@ import torch.distributed as dist
 
 from backend.spec import RunSpec
 from kfac.distributed import ProcessGroupCommunicator, backend_for
-from worker.run_types import MemoryRecorder, Recorder, RunResult
+from worker.run_types import MemoryRecorder, Recorder, RunControls, RunResult
 from worker.training import CANCELLED_REASON, resolve_device, train
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     spec = RunSpec.model_validate(json.loads(args.spec))
     communicator = _join_group(_client_store(args.host, args.port, spec), args.rank, spec)
     try:
-        result = train(spec, _Discard(), data_dir=args.data_dir, communicator=communicator)
+        controls = RunControls(data_dir=args.data_dir)
+        result = train(spec, _Discard(), controls, communicator=communicator)
         logger.info("rank %d: %s at step %d", args.rank, result.status, result.step)
     finally:
         dist.destroy_process_group()
@@ -172,15 +173,7 @@ def _start_node_ranks(
 
 
 def train_ranks(
-    spec: RunSpec,
-    recorder: Recorder,
-    *,
-    checkpoint_dir: Path | None,
-    should_stop: Callable[[], bool],
-    resume: bool,
-    data_dir: Path | None,
-    time_limit_s: float | None = None,
-    rendezvous: Rendezvous | None = None,
+    spec: RunSpec, recorder: Recorder, controls: RunControls, rendezvous: Rendezvous | None = None
 ) -> RunResult:
     """Train `spec` over its `world_size` ranks, this process being rank 0 (see the module
     doc); returns rank 0's outcome, failed with the reason when another rank died."""
@@ -195,27 +188,18 @@ def train_ranks(
         wait_for_workers=False,
         timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
     )
-    ranks, threads = _start_node_ranks(spec, 0, LOCAL_HOST, store.port, data_dir)
+    ranks, threads = _start_node_ranks(spec, 0, LOCAL_HOST, store.port, controls.data_dir)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     result: RunResult | None = None
     try:
         if spec.nodes > 1:
-            should_stop = _or_when_a_node_leaves(store, should_stop, rendezvous.hand_back)
+            should_stop = _or_when_a_node_leaves(store, controls.should_stop, rendezvous.hand_back)
+            controls = replace(controls, should_stop=should_stop)
             rendezvous.invite(store.port)
             result = _await_nodes(store, spec, should_stop, rendezvous.join_timeout_s)
         if result is None:
-            result = _train_in_group(
-                store,
-                0,
-                spec,
-                recorder,
-                checkpoint_dir=checkpoint_dir,
-                should_stop=should_stop,
-                resume=resume,
-                data_dir=data_dir,
-                time_limit_s=time_limit_s,
-            )
+            result = _train_in_group(store, 0, spec, recorder, controls)
     finally:
         torch.set_num_threads(previous_threads)
         dead = _stop_ranks(ranks, 1, wait=result is not None and result.status == "succeeded")
@@ -224,13 +208,15 @@ def train_ranks(
     return result
 
 
-def _train_in_group(store: dist.Store, rank: int, spec: RunSpec, recorder, **options) -> RunResult:
+def _train_in_group(
+    store: dist.Store, rank: int, spec: RunSpec, recorder, controls: RunControls
+) -> RunResult:
     """This process's rank of the run, in the process group; failed if the group never
     formed (a rank did not start)."""
     try:
         communicator = _join_group(store, rank, spec)
         try:
-            return train(spec, recorder, communicator=communicator, **options)
+            return train(spec, recorder, controls, communicator=communicator)
         finally:
             dist.destroy_process_group()
     except Exception as error:
@@ -313,9 +299,8 @@ def train_node(
     leaving = _HandBackRequest(store, node, stopping)
     result: RunResult | None = None
     try:
-        result = _train_in_group(
-            store, node * spec.processes, spec, _Discard(), data_dir=data_dir, should_stop=leaving
-        )
+        controls = RunControls(data_dir=data_dir, should_stop=leaving)
+        result = _train_in_group(store, node * spec.processes, spec, _Discard(), controls)
     finally:
         torch.set_num_threads(previous_threads)
         first = node * spec.processes + 1

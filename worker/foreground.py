@@ -29,7 +29,7 @@ from backend.settings import get_settings
 from backend.spec import ExperimentSpec
 from worker.reporting import Tee, report_for
 from worker.run_logs import capture_run_logs
-from worker.run_types import MetricPoint, Recorder, RunResult
+from worker.run_types import MetricPoint, Recorder, RunControls, RunResult
 from worker.training import train
 
 EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
@@ -105,13 +105,12 @@ def run_experiment(experiment: ExperimentSpec, console: Console, *, record: bool
             if report is not None:
                 recorder = Tee(recorder, report)
             with capture_run_logs(report) if report is not None else contextlib.nullcontext():
-                result = train(
-                    spec,
-                    recorder,
+                controls = RunControls(
                     should_stop=lambda: interrupted.flag,
                     data_dir=settings.data_dir,
                     time_limit_s=settings.run_time_limit_s,
                 )
+                result = train(spec, recorder, controls)
             if report is not None and not report.end(result):
                 console.print(f"[yellow]{spec.display_label()}: not everything was recorded")
             progress.update(task, completed=result.step, info=result.status)

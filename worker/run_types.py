@@ -6,7 +6,9 @@ and `MemoryRecorder` here, for tests, notebooks and the CLI's final table.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 MetricPoint = tuple[str, int, float, float]  # (name, step, wall_time, value)
@@ -34,6 +36,23 @@ class Recorder(Protocol):
         Called before each checkpoint: a run resumed from a checkpoint re-sends only the points
         after it, so the points before it must be stored first. On False the checkpoint is
         skipped (the next one tries again) and training goes on."""
+
+
+def never() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class RunControls:
+    """How one attempt at a run is carried out, apart from its spec: where its checkpoints go
+    (None: none) and whether it resumes from them, where the data files lie (None: the
+    default), what asks it to stop and the wall-clock limit of the attempt (None: none)."""
+
+    checkpoint_dir: Path | None = None
+    should_stop: Callable[[], bool] = never
+    resume: bool = True
+    data_dir: Path | None = None
+    time_limit_s: float | None = None
 
 
 @dataclass

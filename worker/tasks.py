@@ -61,7 +61,7 @@ from worker.nodes import rendezvous_for
 from worker.recording import RunMonitor, StopReason, StoreRecorder, is_transient
 from worker.recovery import requeue_stale_runs
 from worker.run_logs import capture_run_logs
-from worker.run_types import RunResult
+from worker.run_types import RunControls, RunResult
 from worker.training import CANCELLED_REASON, time_limit_reason, train
 
 __all__ = ["execute_run", "requeue_stale_runs", "train_run"]
@@ -174,15 +174,14 @@ def _train_claimed(run: Run, settings: Settings, worker: str, stopping: Callable
 
         monitor.on_stuck = abandon
         with capture_run_logs(recorder):
-            result = train(
-                spec,
-                recorder,
+            controls = RunControls(
                 checkpoint_dir=checkpoint_dir,
                 should_stop=monitor.should_stop,
                 data_dir=settings.data_dir,
                 time_limit_s=limit,
-                rendezvous=rendezvous_for(run, spec, settings, node_leaving.append),
             )
+            rendezvous = rendezvous_for(run, spec, settings, node_leaving.append)
+            result = train(spec, recorder, controls, rendezvous=rendezvous)
             if result.status == "failed":  # e.g. the time limit: no exception said why
                 logger.warning("run %s: failed at step %d: %s", run.id, result.step, result.reason)
         monitor.training_over()

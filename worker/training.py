@@ -1,9 +1,10 @@
 """The training loop of one run, independent of Celery and of the database.
 
-`train(spec, recorder, ...)` builds the model, data and optimizer from the spec with the run's
-seed, trains, and reports through a `Recorder` (worker/run_types.py): the store-backed one of
-the Celery task and the console one of the CLI both plug in. It owns the three things that
-make a run safe to interrupt:
+`train(spec, recorder, controls)` builds the model, data and optimizer from the spec with the
+run's seed, trains under its `RunControls` (checkpoints, data, stop request, time limit), and
+reports through a `Recorder` (worker/run_types.py): the store-backed one of the Celery task and
+the console one of the CLI both plug in. It owns the three things that make a run safe to
+interrupt:
 
 - determinism: the model, the batch order (worker.zoo.datasets.BatchIterator) and K-FAC's
   sampled targets each have their own seeded generator, so on CPU a seed fixes the trajectory;
@@ -51,7 +52,7 @@ from kfac_lab.provenance import provenance
 from kfac_lab.system import SystemSampler
 from worker import checkpoints, plugins
 from worker.builders import StepFn
-from worker.run_types import MetricPoint, Recorder, RunResult, Status
+from worker.run_types import MetricPoint, Recorder, RunControls, RunResult, Status
 from worker.snapshots import curvature_snapshot
 from worker.zoo.datasets import BatchIterator, load_dataset
 from worker.zoo.models import build_model, count_parameters
@@ -70,12 +71,8 @@ EVAL_CHUNK = 1000
 def train(
     spec: RunSpec,
     recorder: Recorder,
+    controls: RunControls | None = None,
     *,
-    checkpoint_dir: Path | None = None,
-    should_stop: Callable[[], bool] = lambda: False,
-    resume: bool = True,
-    data_dir: Path | None = None,
-    time_limit_s: float | None = None,
     communicator: Communicator | None = None,
     rendezvous: Rendezvous | None = None,
 ) -> RunResult:
@@ -85,28 +82,20 @@ def train(
     this process; the other nodes through `rendezvous`); with a communicator, this process is
     that rank and only rank 0 writes (and reads the checkpoint it resumes from, which it
     broadcasts to the other ranks)."""
+    controls = controls or RunControls()
     if spec.world_size > 1 and communicator is None:
         from worker.distributed import train_ranks  # it imports this module
 
-        return train_ranks(
-            spec,
-            recorder,
-            checkpoint_dir=checkpoint_dir,
-            should_stop=should_stop,
-            resume=resume,
-            data_dir=data_dir,
-            time_limit_s=time_limit_s,
-            rendezvous=rendezvous,
-        )
+        return train_ranks(spec, recorder, controls, rendezvous)
     communicator = communicator or Communicator()
     primary = communicator.rank == 0
+    checkpoint_dir = controls.checkpoint_dir if primary else None
     run: _Run | None = None
     started = time.monotonic()
     try:
-        run = _Run(spec, recorder, data_dir, communicator)
-        resume_from = checkpoint_dir if primary and resume else None
-        run.restore(resume_from)
-        if checkpoint_dir is not None and primary and not resume:
+        run = _Run(spec, recorder, controls.data_dir, communicator)
+        run.restore(checkpoint_dir if controls.resume else None)
+        if checkpoint_dir is not None and not controls.resume:
             checkpoints.clear(checkpoint_dir)
         recorder.info(run.details())
         logger.info(
@@ -116,7 +105,7 @@ def train(
             run.total_steps,
             run.data.source,
         )
-        return run.loop(checkpoint_dir if primary else None, should_stop, started, time_limit_s)
+        return run.loop(checkpoint_dir, controls.should_stop, started, controls.time_limit_s)
     except Exception as error:
         logger.exception("run failed")
         step = 0

@@ -33,7 +33,7 @@ from tests.worker.labs import (
 from worker import nodes
 from worker.distributed import _await_nodes, node_key, train_ranks
 from worker.nodes import join_node
-from worker.run_types import MemoryRecorder, RunResult
+from worker.run_types import MemoryRecorder, RunControls, RunResult
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -296,10 +296,7 @@ def test_an_invitation_left_from_a_claim_handed_back_is_dropped_unopened(tmp_pat
 
 def test_a_run_over_nodes_needs_the_lab_s_workers() -> None:
     """`kfac-lab run` trains in its own process: it has no workers to invite."""
-    result = train_ranks(
-        run_spec(nodes=2), MemoryRecorder(), checkpoint_dir=None, should_stop=lambda: False,
-        resume=False, data_dir=None,
-    )  # fmt: skip
+    result = train_ranks(run_spec(nodes=2), MemoryRecorder(), RunControls(resume=False))
     assert (result.status, result.step) == ("failed", 0)
     assert result.reason == "a run over 2 nodes needs the lab's workers: submit it to the lab"
 

@@ -8,7 +8,7 @@ import torch
 
 from backend.spec import RunSpec
 from worker import checkpoints, training
-from worker.run_types import MemoryRecorder
+from worker.run_types import MemoryRecorder, RunControls
 from worker.training import train
 
 
@@ -75,14 +75,15 @@ def test_resume_continues_the_identical_trajectory(tmp_path, poll_every_step, op
     assert train(spec, uninterrupted).status == "succeeded"
 
     interrupted = MemoryRecorder()
-    first = train(spec, interrupted, checkpoint_dir=tmp_path, should_stop=stop_after(15))
+    controls = RunControls(checkpoint_dir=tmp_path, should_stop=stop_after(15))
+    first = train(spec, interrupted, controls)
     assert first.status == "cancelled" and first.step == 15
     assert [p.name for p in checkpoints.checkpoint_files(tmp_path)] == [
         "step-00000012.pt",
         "step-00000006.pt",
     ]
     resumed = MemoryRecorder()
-    second = train(spec, resumed, checkpoint_dir=tmp_path)
+    second = train(spec, resumed, RunControls(checkpoint_dir=tmp_path))
     assert second.status == "succeeded" and second.resumed_from == 12
     assert sorted(resumed.series["train_loss"]) == list(range(13, 21))
     for name in ("train_loss", "test_loss", "test_loss_avg"):
@@ -92,11 +93,11 @@ def test_resume_continues_the_identical_trajectory(tmp_path, poll_every_step, op
 
 def test_a_fresh_start_forgets_old_checkpoints(tmp_path):
     spec = tiny(steps=10, checkpoint_interval=4)
-    assert train(spec, MemoryRecorder(), checkpoint_dir=tmp_path).status == "succeeded"
+    assert train(spec, MemoryRecorder(), RunControls(checkpoint_dir=tmp_path)).status == "succeeded"
     assert checkpoints.checkpoint_files(tmp_path)
-    again = train(spec, MemoryRecorder(), checkpoint_dir=tmp_path, resume=False)
+    again = train(spec, MemoryRecorder(), RunControls(checkpoint_dir=tmp_path, resume=False))
     assert again.resumed_from is None and again.status == "succeeded"
-    resumed = train(spec, MemoryRecorder(), checkpoint_dir=tmp_path)
+    resumed = train(spec, MemoryRecorder(), RunControls(checkpoint_dir=tmp_path))
     assert resumed.resumed_from == 8
 
 
@@ -152,7 +153,7 @@ def test_divergence_is_detected():
 
 def test_cancellation(poll_every_step):
     recorder = MemoryRecorder()
-    result = train(tiny(), recorder, should_stop=stop_after(3))
+    result = train(tiny(), recorder, RunControls(should_stop=stop_after(3)))
     assert result.status == "cancelled" and result.step == 3
     assert sorted(recorder.series["train_loss"]) == [1, 2, 3]
 
@@ -163,7 +164,7 @@ def test_failures_are_reported(tmp_path, monkeypatch):
     assert result.status == "failed" and "FileNotFoundError" in result.reason
 
     checkpoints.save(tmp_path / "other", 3, {"spec": {"not": "this run"}})
-    result = train(tiny(), MemoryRecorder(), checkpoint_dir=tmp_path / "other")
+    result = train(tiny(), MemoryRecorder(), RunControls(checkpoint_dir=tmp_path / "other"))
     assert result.status == "failed" and "another spec" in result.reason
 
 
