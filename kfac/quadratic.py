@@ -157,13 +157,14 @@ def row_variance(
 ) -> float | None:
     """s² = E[uᵢᵀ(Q + D)⁻¹uᵢ] / cᵀ(Q + D)c with uᵢ = (fᵢ − F)c (the module docstring), from the
     rows' mean F = E[fᵢ] and second moment E[fᵢ ⊗ fᵢ] (k×k×k×k); None when the model
-    predicts no decrease to lose."""
+    predicts no decrease to lose or Q + D is singular (a zero δ₀ with λ = η = 0)."""
     fisher, second_moment = fisher.double(), second_moment.double()
     damped, c = (curvature + damping).double(), coefficients.double()
     scale = float(c @ damped @ c)
-    if not scale > 0 or not torch.isfinite(second_moment).all():
+    inverse, singular = torch.linalg.inv_ex(damped)
+    finite = torch.isfinite(second_moment).all() and torch.isfinite(inverse).all()
+    if not scale > 0 or singular.item() or not finite:
         return None
-    inverse = torch.linalg.inv(damped)
     mean_c = fisher @ c
     spread = torch.einsum("jklm,k,m,jl->", second_moment, c, c, inverse) - mean_c @ inverse @ mean_c
     return max(float(spread), 0.0) / scale

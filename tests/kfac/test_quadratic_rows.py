@@ -48,6 +48,16 @@ def test_row_variance_predicts_the_decrease_a_subsample_loses():
     assert sum(lost) / draws == pytest.approx(variance / m, rel=0.1)
 
 
+def test_a_singular_model_has_no_row_variance():
+    """δ₀ = 0 with λ = η = 0: Q + D is singular and the rows say nothing (no error)."""
+    rows = torch.zeros(8, 2, 2, dtype=torch.float64)
+    rows[:, 0, 0] = torch.arange(1.0, 9.0)
+    fisher, second_moment = moments(rows)
+    zero = torch.zeros(2, 2, dtype=torch.float64)
+    coefficients = torch.tensor([0.5, 0.0], dtype=torch.float64)
+    assert row_variance(fisher, second_moment, fisher, zero, coefficients) is None
+
+
 @pytest.mark.parametrize("variance", [0.0, 0.3, 4.0, 12.0, 500.0])
 @pytest.mark.parametrize("batch", [100, 256, 1000])
 def test_economical_rows_make_the_most_progress_per_unit_of_time(variance, batch):
