@@ -3,6 +3,7 @@ against brute force: the decrease a subsample's minimiser loses, drawn many time
 that makes the most progress per unit of time; and the default optimizer's step on the rows it
 chose, from explicit per-example Fishers in float64."""
 
+import copy
 import math
 
 import pytest
@@ -131,3 +132,23 @@ def test_fixed_rows_and_stratified_rows_keep_the_whole_share():
         opt.counters["row_variance"] = 0.0
         opt.step(x, y)
         assert float(opt.quadratic.weights.sum()) == pytest.approx(size // 4 if options else size)
+
+
+def test_a_state_dict_from_before_adapted_rows_keeps_the_whole_share():
+    """Checkpoints saved before `adapt_quadratic_rows` (and the row variance in the counters)
+    existed resume as they were trained: on the whole quarter; a new one keeps its variance."""
+    size = 256
+    x, y = explicit.batch("bce", n=size)
+    optimizer = KFAC(explicit.tiny_net(widths=(4, 6, 5, 3)), "bce")
+    optimizer.step(x, y)
+    optimizer.counters["row_variance"] = 0.0
+    state = optimizer.state_dict()
+    assert state["kfac"]["counters"]["row_variance"] == 0.0
+    old = copy.deepcopy(state)
+    del old["param_groups"][0]["adapt_quadratic_rows"]
+    del old["kfac"]["counters"]["row_variance"]
+    for saved, rows in ((old, size // 4), (state, MIN_MODEL_ROWS)):
+        resumed = KFAC(explicit.tiny_net(widths=(4, 6, 5, 3)), "bce")
+        resumed.load_state_dict(saved)
+        resumed.step(x, y)
+        assert resumed.quadratic.count == rows
