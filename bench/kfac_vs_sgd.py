@@ -395,6 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     seeds = 1 if args.quick else args.seeds
     earlier = json.loads(args.reuse_baselines.read_text()) if args.reuse_baselines else {}
     for setting, value in {"scale": args.scale, "budget": budget, "seeds": seeds}.items():
+        if earlier and setting not in earlier:
+            parser.error(f"--reuse-baselines does not say which {setting} it ran with")
         if earlier.get(setting, value) != value:
             parser.error(f"--reuse-baselines ran with {setting} {earlier[setting]}, not {value}")
     earlier = earlier.get("race", {})

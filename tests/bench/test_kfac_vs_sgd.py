@@ -35,19 +35,26 @@ def test_a_best_learning_rate_on_the_grids_edge_is_flagged(best: float, at_edge:
     assert summary["adam"]["time_ratio"] == pytest.approx(2.0)  # step 10 at 2× against step 10
 
 
+QUARTER = {"scale": 0.25, "budget": 600, "seeds": 3}
+
+
 @pytest.mark.parametrize(
-    ("setting", "settings"),
-    [("scale", ["--scale", "0.5", "--budget", "600"]), ("budget", ["--scale", "0.25"])],
+    ("saved", "settings", "message"),
+    [
+        (QUARTER, ["--scale", "0.5", "--budget", "600"], "ran with scale 0.25"),
+        (QUARTER, ["--scale", "0.25"], "ran with budget 600"),
+        ({"scale": 0.25, "budget": 600}, ["--scale", "0.25", "--budget", "600"], "which seeds"),
+    ],
 )
-def test_baselines_from_a_race_under_other_settings_are_refused(
-    tmp_path, capsys, monkeypatch, setting: str, settings: list[str]
+def test_baselines_from_a_race_under_other_or_unknown_settings_are_refused(
+    tmp_path, capsys, monkeypatch, saved: dict, settings: list[str], message: str
 ) -> None:
     def race_step_times(*_):  # were the refusal gone, the race would start (and write docs/)
         raise AssertionError("the race started with baselines it should have refused")
 
     monkeypatch.setattr("bench.kfac_vs_sgd.race_step_times", race_step_times)
     earlier = tmp_path / "race.json"
-    earlier.write_text(json.dumps({"scale": 0.25, "budget": 600, "seeds": 3, "race": {}}))
+    earlier.write_text(json.dumps({**saved, "race": {}}))
     with pytest.raises(SystemExit):
         main(["--no-step-time", *settings, "--reuse-baselines", str(earlier)])
-    assert f"ran with {setting}" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
