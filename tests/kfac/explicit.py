@@ -9,6 +9,10 @@ from torch import nn
 
 from kfac.losses import negative_log_likelihood
 
+WHOLE_BATCH_MODEL = {"quadratic_fraction": 1.0, "adapt_quadratic_rows": False}
+"""KFAC options for a quadratic model (§7) on the whole mini-batch, the batch the references'
+exact Fisher is of."""
+
 
 def tiny_net(bias=True, seed=0, widths=(4, 5, 3, 3)) -> nn.Sequential:
     """A float64 MLP of Linear layers of these widths with tanh between them."""

@@ -107,8 +107,7 @@ def test_batch_norm_parameters_get_the_damped_identity_as_curvature():
         adapt_damping=False,
         stats_interval=1,
         inverse_interval=1,
-        quadratic_fraction=1.0,
-        adapt_quadratic_rows=False,
+        **explicit.WHOLE_BATCH_MODEL,
     )
     assert [b.name for b in opt.blocks] == ["0", "3"]
     opt.step(x, y)
@@ -147,8 +146,7 @@ def test_gamma_search_keeps_the_candidate_with_the_lowest_quadratic_model(dampin
         gamma_interval=interval,
         stats_interval=4,
         inverse_interval=1,
-        quadratic_fraction=1.0,
-        adapt_quadratic_rows=False,
+        **explicit.WHOLE_BATCH_MODEL,
     )
     opt.step(x, y)
     second = explicit.parameter_vector(model).detach().clone()

@@ -53,8 +53,7 @@ def every_step_kfac(model, x, y, family, eta, **kwargs):
         damping_interval=1,
         stats_interval=1,
         inverse_interval=1,
-        quadratic_fraction=1.0,
-        adapt_quadratic_rows=False,
+        **explicit.WHOLE_BATCH_MODEL,
         **kwargs,
     )
     theta0 = explicit.parameter_vector(model).detach().clone()
@@ -214,8 +213,7 @@ def test_alpha_mu_solve_the_exact_quadratic_model(family):
         adapt_damping=False,
         stats_interval=1,
         inverse_interval=1,
-        quadratic_fraction=1.0,
-        adapt_quadratic_rows=False,
+        **explicit.WHOLE_BATCH_MODEL,
     )
     opt.step(x, y)
     previous = explicit.parameter_vector(model).detach().clone()

@@ -90,8 +90,7 @@ def test_adaptive_first_step_is_alpha_times_the_true_fisher_proposal(family):
         adapt_damping=False,
         stats_interval=1,
         inverse_interval=1,
-        quadratic_fraction=1.0,
-        adapt_quadratic_rows=False,
+        **explicit.WHOLE_BATCH_MODEL,
         seed=SEED,
     )
     opt.step(x, y)
