@@ -275,8 +275,9 @@ class KFAC(torch.optim.Optimizer):
         """(c, μ, M(δ) − M(0)) of δ = c·F̆⁻¹∇h + μδ₀ minimising the quadratic model (§7);
         c = −α, as the model is solved over F̆⁻¹∇h = −Δ itself."""
         solved = self._solve_step(inputs, gradient, preconditioned, previous)
-        variance = self.quadratic.updated_row_variance(self.counters["row_variance"], solved)
-        self.counters["row_variance"] = variance
+        if self.param_groups[0]["adapt_quadratic_rows"]:
+            variance = self.counters["row_variance"]
+            self.counters["row_variance"] = self.quadratic.updated_row_variance(variance, solved)
         return solved.alpha, solved.mu, solved.predicted_change
 
     def _solve_step(self, inputs, gradient, preconditioned, previous) -> StepCoefficients:

@@ -196,8 +196,13 @@ class QuadraticModel:
         self.chain = LinearisedChain.of(model, blocks, params)
         self.rows: slice | torch.Tensor = slice(0, 0)
         self.weights, self.count = torch.zeros(0), 0
-        self.uniform_rows = False  # this step's rows are the batch's first (FIRST)
         self.last_model: tuple[torch.Tensor, ...] = ()  # F, E[fᵢ ⊗ fᵢ], Q, D of `matrices`
+
+    @property
+    def uniform_rows(self) -> bool:
+        """Whether this step's rows are the batch's first, each of weight 1 (FIRST); the
+        stratified rows of CURVATURE are an index tensor."""
+        return isinstance(self.rows, slice)
 
     @property
     def reads_training_pass(self) -> bool:
@@ -223,12 +228,12 @@ class QuadraticModel:
         if sampling is QuadraticSampling.AUTO:
             categorical = self.family is LossFamily.CROSS_ENTROPY
             sampling = QuadraticSampling.CURVATURE if categorical else QuadraticSampling.FIRST
-        self.uniform_rows = sampling is QuadraticSampling.FIRST
-        if self.uniform_rows and variance is not None:
+        first = sampling is QuadraticSampling.FIRST
+        if first and variance is not None:
             share = economical_rows(variance, batch, share)
         used = self.communicator.prefix(share)
         self.rows, self.weights, self.count = slice(0, used), outputs.new_ones(used), used
-        if self.uniform_rows:
+        if first:
             return
         keys = torch.rand(batch, generator=generator, device=generator.device)
         local, world = outputs.shape[0], self.communicator.world_size
