@@ -129,14 +129,20 @@ def measure(batch: int, rounds: int, steps: int, warmup: int, profile: bool, met
     for totals in (timings or {}).values():  # the wrappers keep these dicts
         totals.clear()
     samples = {m: [] for m in methods}
+    # The defaults' quadratic models (a fixed lr's reads its rows only on λ's steps).
+    models = {
+        m: step.__self__.quadratic
+        for m, step in steps_of.items()
+        if m.startswith("kfac") and m != "kfac_fixed"
+    }
     rows = defaultdict(list)
     for _ in range(rounds):
         for method, step in steps_of.items():
             start = CLOCK["now"]()
             for x in batches:
                 step(x, x)
-                if method != "kfac_fixed" and hasattr(step, "__self__"):
-                    rows[method].append(step.__self__.quadratic.weights.numel())
+                if method in models:
+                    rows[method].append(models[method].weights.numel())
             samples[method].append((CLOCK["now"]() - start) / steps)
     medians = {m: statistics.median(v) for m, v in samples.items()}
     parts = {}
