@@ -84,7 +84,7 @@ class _KFACBase(TaggedSpec):
         " cross-entropy), or the first examples",
     )
     adapt_quadratic_rows: bool = Field(
-        True, description="with the first examples, fewer when their Fisher varies little"
+        True, description="fewer of that share when the examples' Fisher varies little"
     )
     gamma_search: bool = Field(False, description="choose γ by the quadratic model (§6.6)")
     gamma_interval: int = Field(20, ge=1, le=10_000, description="T2, a multiple of T3")

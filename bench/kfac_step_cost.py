@@ -24,8 +24,12 @@ the Fisher of a share of the batch, from 1/16 to all of it: how far the α, μ o
 quarter lie from the whole batch's. `--bfloat16-error` measures the opt-in bfloat16 products
 against the exact ones on the same task (see `precision_quality`).
 
+`--task mlp_digits` times the digits classifier instead (its rows are the stratified ones of
+the categorical; the rows variant `kfac_fixed_rows` shows what adapting them saves).
+
     python -m bench.kfac_step_cost [--rounds 5] [--steps 20] [--warmup 200] [--threads N]
         [--profile] [--cpu-time] [--batches 256 1000] [--methods sgd_momentum kfac ...]
+        [--task autoencoder_sparse | autoencoder_default | mlp_digits]
     python -m bench.kfac_step_cost --fractions
     python -m bench.kfac_step_cost --threads 1 --bfloat16-error
 """
@@ -41,7 +45,7 @@ from contextlib import contextmanager
 
 import torch
 
-from bench.kfac_vs_sgd import autoencoder, make_step, task_data
+from bench.kfac_vs_sgd import TASKS, autoencoder, make_step, task_data, task_model
 from kfac import KFAC
 from kfac.enums import ProductPrecision, QuadraticSampling
 from kfac.losses import negative_log_likelihood
@@ -69,6 +73,8 @@ VARIANTS = {
     "kfac_curvature": {"quadratic_sampling": "curvature"},  # "auto" takes the first here
 }
 
+AUTOENCODER = "autoencoder_sparse"
+
 # The parts of the default step, as the optimizer's methods that do them.
 PARTS = {
     "_forward_backward": "forward, backward (+ statistics every 10)",
@@ -80,16 +86,16 @@ PARTS = {
 }
 
 
-def stepper(method: str, timings: dict | None):
-    """A step function on a fresh autoencoder; K-FAC's parts are timed into `timings`."""
-    model = autoencoder()
+def stepper(method: str, timings: dict | None, task: str = AUTOENCODER):
+    """A step function on a fresh model of the task; K-FAC's parts are timed into `timings`."""
+    model, family = task_model(task, 1.0, 0)
     if method == "kfac_dual":
-        step = make_step("kfac", model)
+        step = make_step("kfac", model, family=family)
         step.__self__.quadratic.chain = None  # the dual passes of kfac.quadratic
     elif method in VARIANTS:
-        step = KFAC(model, "bce", **VARIANTS[method]).step
+        step = KFAC(model, family, **VARIANTS[method]).step
     else:
-        step = make_step(method, model, lr=1e-3)
+        step = make_step(method, model, lr=1e-3, family=family)
     if timings is not None and method.startswith("kfac") and method != "kfac_fixed":
         optimizer = step.__self__
         for name in PARTS:
@@ -111,21 +117,28 @@ def timed(function, totals: dict, name: str):
     return wrapper
 
 
-def measure(batch: int, rounds: int, steps: int, warmup: int, profile: bool, methods: list[str]):
+def measure(
+    batch: int,
+    rounds: int,
+    steps: int,
+    warmup: int,
+    profile: bool,
+    methods: list[str],
+    task: str = AUTOENCODER,
+):
     """Median seconds per step of each method (round-robin) on batches of the offline digits,
     K-FAC's after `warmup` steps (the quadratic model's rows depend on how far training is);
     the parts' seconds per step, in SGD-m steps; the mean rows of each K-FAC's quadratic model
     over the timed steps."""
-    data, _ = task_data("autoencoder_sparse")
+    data, targets = task_data(task)
     generator = torch.Generator().manual_seed(0)
-    batches = [
-        data[torch.randint(0, data.shape[0], (batch,), generator=generator)] for _ in range(steps)
-    ]
+    indices = [torch.randint(0, data.shape[0], (batch,), generator=generator) for _ in range(steps)]
+    batches = [(data[i], targets[i]) for i in indices]
     timings = defaultdict(lambda: defaultdict(float)) if profile else None
-    steps_of = {m: stepper(m, timings) for m in methods}
+    steps_of = {m: stepper(m, timings, task) for m in methods}
     for method, step in steps_of.items():  # first statistics and inverses, the allocator
         for k in range(warmup if method.startswith("kfac") else 3):
-            step(batches[k % steps], batches[k % steps])
+            step(*batches[k % steps])
     for totals in (timings or {}).values():  # the wrappers keep these dicts
         totals.clear()
     samples = {m: [] for m in methods}
@@ -139,8 +152,8 @@ def measure(batch: int, rounds: int, steps: int, warmup: int, profile: bool, met
     for _ in range(rounds):
         for method, step in steps_of.items():
             start = CLOCK["now"]()
-            for x in batches:
-                step(x, x)
+            for x, y in batches:
+                step(x, y)
                 if method in models:
                     rows[method].append(models[method].weights.numel())
             samples[method].append((CLOCK["now"]() - start) / steps)
@@ -163,13 +176,13 @@ def first_rows(optimizer: KFAC, inputs: torch.Tensor, share: int):
     """Within the block, the optimizer's quadratic model reads the batch's first `share`
     examples (weight 1); the rows it chose for its own step are put back afterwards."""
     model = optimizer.quadratic
-    chosen_rows = model.rows, model.weights, model.count
+    chosen_rows = model.chosen
     # FIRST reads no outputs but their dtype: the inputs serve
     model.choose_rows(inputs, share, QuadraticSampling.FIRST, None, inputs.shape[0])
     try:
         yield model
     finally:
-        model.rows, model.weights, model.count = chosen_rows
+        model.chosen = chosen_rows
 
 
 def fraction_quality(probe_steps=(10, 25, 50, 100, 150), batch: int = 256) -> None:
@@ -278,6 +291,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=200, help="K-FAC's steps before timing")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--batches", type=int, nargs="*", default=[256, 1000])
+    parser.add_argument("--task", choices=sorted(TASKS), default=AUTOENCODER)
     parser.add_argument("--profile", action="store_true", help="the default step's parts")
     parser.add_argument("--fractions", action="store_true", help="α, μ on shares of the batch")
     parser.add_argument("--bfloat16-error", action="store_true", help="bfloat16 against exact")
@@ -298,14 +312,15 @@ def main() -> None:
         precision_quality()
         return
     clock = "CPU time" if args.cpu_time else "wall clock"
-    print(f"# K-FAC's step cost — {platform.machine()}, {torch.get_num_threads()} threads, ")
+    print(f"# K-FAC's step cost — {TASKS[args.task]}; {platform.machine()}, ")
+    print(f"{torch.get_num_threads()} threads, ", end="")
     print(f"{args.rounds} interleaved rounds of {args.steps} steps, medians, {clock}\n")
     print("| batch | " + " | ".join(METHODS[m] for m in methods) + " |")
     print("|---|" + "---|" * len(methods))
     profiles, rows = {}, {}
     for batch in args.batches:
         medians, profiles[batch], rows[batch] = measure(
-            batch, args.rounds, args.steps, args.warmup, args.profile, methods
+            batch, args.rounds, args.steps, args.warmup, args.profile, methods, args.task
         )
         sgd = medians["sgd_momentum"]
         cells = [f"{medians[m] / sgd:.2f}× ({medians[m] * 1e3:.0f} ms)" for m in methods]

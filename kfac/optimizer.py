@@ -80,8 +80,8 @@ class KFAC(torch.optim.Optimizer):
         stats_fraction, quadratic_fraction: the share of the mini-batch used for the factor
             statistics (§5) and for the quadratic model's Fisher products.
         quadratic_sampling: which examples those are (kfac.quadratic.QuadraticModel.choose_rows).
-        adapt_quadratic_rows: with the first examples, use fewer than `quadratic_fraction` of
-            the batch when their Fisher varies little (kfac.quadratic, `economical_rows`).
+        adapt_quadratic_rows: use fewer than `quadratic_fraction` of the batch for α, μ when
+            the examples' Fisher varies little (kfac.quadratic, `economical_rows`).
         kl_clip: with a fixed lr, scale steps so that lr²·Δᵀ∇h <= kl_clip.
         layers: names of the layers to precondition (default: all supported ones).
         seed: seeds the generator of the sampled targets (saved in the state dict).
@@ -232,9 +232,16 @@ class KFAC(torch.optim.Optimizer):
             if uses_model:  # its rows, from this pass's outputs (after the targets' draw)
                 size = self._share(group["quadratic_fraction"])
                 sampling = group["quadratic_sampling"]
-                variance = self.counters["row_variance"] if group["adapt_quadratic_rows"] else None
+                # Only α, μ observe the row variance (a fixed lr's λ reads the whole share).
+                adapt = group["adapt_quadratic_rows"] and group["lr"] is None
                 self.quadratic.choose_rows(
-                    outputs, size, sampling, self.generator, self.batch_size, variance
+                    outputs,
+                    size,
+                    sampling,
+                    self.generator,
+                    self.batch_size,
+                    self.counters["row_variance"],
+                    adapt,
                 )
             if per_example:  # again, with this pass's rows per example
                 per_example = self._per_example_layers(batch)
@@ -275,9 +282,8 @@ class KFAC(torch.optim.Optimizer):
         """(c, μ, M(δ) − M(0)) of δ = c·F̆⁻¹∇h + μδ₀ minimising the quadratic model (§7);
         c = −α, as the model is solved over F̆⁻¹∇h = −Δ itself."""
         solved = self._solve_step(inputs, gradient, preconditioned, previous)
-        if self.param_groups[0]["adapt_quadratic_rows"]:
-            variance = self.counters["row_variance"]
-            self.counters["row_variance"] = self.quadratic.updated_row_variance(variance, solved)
+        variance = self.counters["row_variance"]
+        self.counters["row_variance"] = self.quadratic.updated_row_variance(variance, solved)
         return solved.alpha, solved.mu, solved.predicted_change
 
     def _solve_step(self, inputs, gradient, preconditioned, previous) -> StepCoefficients:

@@ -16,15 +16,20 @@ sigmoid autoencoder of tests/kfac/test_defaults.py (batch 64, rows 8 + 8 × weig
 unequal weights' extra variance made 2 of 5 flat starts diverge; the Gaussian's curvature is
 the same for every example, so there it only adds variance.
 
-How many examples (issue 16, docs/benchmarks.md "16, seventh pass"): with the first rows, the
-share is at most `quadratic_fraction` of the batch, and fewer when this run's rows vary little.
-The minimiser c of the model from m rows' Fisher F̂ = (1/m) Σ fᵢ (fᵢ one row's [(Jvⱼ)ᵀF_R(Jvₖ)])
-errs by Δc ≈ −(Q + D)⁻¹(F̂ − F)c to first order, and a minimiser off by Δc gives up
-½Δcᵀ(Q + D)Δc of the model's decrease ½cᵀ(Q + D)c: in expectation the share s²/m, with
-s² = E[uᵢᵀ(Q + D)⁻¹uᵢ] / cᵀ(Q + D)c and uᵢ = (fᵢ − F)c (`row_variance`).  A step whose other
-work costs as much as R rows of the model makes the most progress per unit of time,
-(1 − s²/m)/(R + m), at m* = s² + √(s⁴ + s²R) (`economical_rows`), with s² a running average
-over the steps, observed on each step's rows.
+How many examples (issue 16, docs/benchmarks.md "16, seventh pass"): at most
+`quadratic_fraction` of the batch, and fewer when this run's rows vary little.  The minimiser c
+of the model from m rows' Fisher F̂ = (1/m) Σ fᵢ (fᵢ one row's [(Jvⱼ)ᵀF_R(Jvₖ)]) errs by
+Δc ≈ −(Q + D)⁻¹(F̂ − F)c to first order, and a minimiser off by Δc gives up ½Δcᵀ(Q + D)Δc of
+the model's decrease ½cᵀ(Q + D)c: in expectation the share s²/m, with
+s² = E[uᵢᵀ(Q + D)⁻¹uᵢ] / cᵀ(Q + D)c and uᵢ = (fᵢ − F)c (`row_variance`).  Stratified rows
+estimate only the others' mean, from their k = m − t drawn rows, and scale it by n/B (n = B − t
+others, t the most curved): F̂ − F = (n/B)(mean of the drawn − mean of the others), a share
+(n/B)²σ²/k lost, σ² the spread of the others' rows; as s²/m, s² = (n/B)²(m/k)σ²
+(`stratified_variance_scale`; the draw's finite-population factor is left out, as it is for
+the first rows).
+A step whose other work costs as much as R rows of the model makes the most progress per unit of
+time, (1 − s²/m)/(R + m), at m* = s² + √(s⁴ + s²R) (`economical_rows`), with s² a running
+average over the steps, observed on each step's drawn rows.
 """
 
 from __future__ import annotations
@@ -116,6 +121,18 @@ def curvature_weights(outputs: torch.Tensor, family: LossFamily) -> torch.Tensor
     return outputs.new_ones(outputs.shape[0])
 
 
+def most_curved(count: int) -> int:
+    """How many of `stratified_rows`' `count` rows are the most curved (the rest are drawn)."""
+    return count // 2
+
+
+def stratified_variance_scale(batch: int, count: int) -> float:
+    """s² / σ² for `stratified_rows`' `count` rows of `batch`: (n/B)²(m/k) with n = B − t the
+    others, k = m − t the drawn, t the most curved (the module docstring)."""
+    top = most_curved(count)
+    return ((batch - top) / batch) ** 2 * count / (count - top)
+
+
 def stratified_rows(
     curvature: torch.Tensor, count: int, keys: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +141,7 @@ def stratified_rows(
     ones of smallest `keys` (uniform random, one per row), weight (B − top)/drawn each."""
     batch = curvature.shape[0]
     order = torch.sort(curvature, descending=True, stable=True).indices
-    top = count // 2
+    top = most_curved(count)
     others = order[top:]
     drawn = others[keys[others].argsort()[: count - top]]
     weights = torch.cat(
@@ -181,6 +198,35 @@ def economical_rows(variance: float, batch: int, cap: int) -> int:
     return max(sorted(candidates), key=lambda rows: (1 - variance / rows) / (cost + rows))
 
 
+@dataclass
+class ChosenRows:
+    """One step's rows of the quadratic model on this rank (`QuadraticModel.choose_rows`).
+
+    The Fisher estimate is Σ over `rows` of wᵢ(…)/`count`, averaged over the ranks weighted by
+    their counts.  The row variance is observed on the rows drawn uniformly, `drawn` (None: all
+    of them), which are `drawn_share` of the global count; `variance_scale` turns their spread
+    σ² into s² (the module docstring): 1 for the first rows, (n/B)²(m/k) for stratified ones."""
+
+    rows: slice | torch.Tensor
+    weights: torch.Tensor
+    count: int
+    adapted: bool = False  # chosen by the row variance: observe it on this step's rows
+    drawn: torch.Tensor | None = None
+    drawn_share: float = 1.0
+    variance_scale: float = 1.0
+
+
+@dataclass
+class RowMoments:
+    """What `updated_row_variance` needs of the last `matrices`: the drawn rows' mean E[fᵢ] and
+    second moment E[fᵢ ⊗ fᵢ] (k×k×k×k), and the model's Q and D."""
+
+    mean: torch.Tensor
+    second_moment: torch.Tensor
+    curvature: torch.Tensor
+    damped: torch.Tensor
+
+
 class QuadraticModel:
     """The matrices of the quadratic model over given directions for `kfac.KFAC` (§7).
 
@@ -194,15 +240,21 @@ class QuadraticModel:
         self.params, self.capture, self.communicator = params, capture, communicator
         self.names = {p: name for name, p in model.named_parameters()}
         self.chain = LinearisedChain.of(model, blocks, params)
-        self.rows: slice | torch.Tensor = slice(0, 0)
-        self.weights, self.count = torch.zeros(0), 0
-        self.last_model: tuple[torch.Tensor, ...] = ()  # F, E[fᵢ ⊗ fᵢ], Q, D of `matrices`
+        self.chosen = ChosenRows(slice(0, 0), torch.zeros(0), 0)
+        self.moments: RowMoments | None = None
 
     @property
-    def uniform_rows(self) -> bool:
-        """Whether this step's rows are the batch's first, each of weight 1 (FIRST); the
-        stratified rows of CURVATURE are an index tensor."""
-        return isinstance(self.rows, slice)
+    def rows(self) -> slice | torch.Tensor:
+        """This step's rows: the batch's first (a slice) or stratified ones (an index tensor)."""
+        return self.chosen.rows
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self.chosen.weights
+
+    @property
+    def count(self) -> int:
+        return self.chosen.count
 
     @property
     def reads_training_pass(self) -> bool:
@@ -210,13 +262,20 @@ class QuadraticModel:
         return self.chain is not None
 
     def choose_rows(
-        self, outputs, share: int, sampling, generator, batch: int, variance: float | None = None
+        self,
+        outputs,
+        share: int,
+        sampling,
+        generator,
+        batch: int,
+        variance: float | None = None,
+        adapt: bool = False,
     ) -> None:
         """This step's rows of the model among this rank's examples, their weights and the
-        count their weighted sum is divided by; `share` of the global `batch` in all.
+        count their weighted sum is divided by; `share` of the global `batch` in all, or with
+        `adapt` and a row `variance` s², only `economical_rows` of it.
 
-        FIRST: the global batch's first `share`, weight 1, count their number on this rank;
-        given the row `variance` s², only the first `economical_rows` of them.
+        FIRST: the global batch's first rows, weight 1, count their number on this rank.
         CURVATURE: `stratified_rows` over the global batch, the same on every rank: the ranks'
         tr F_R are put together (one all-reduce of B numbers) and the draw's keys are U[0, 1)
         noise over the batch from the generator, which every rank advances alike; each rank
@@ -228,12 +287,11 @@ class QuadraticModel:
         if sampling is QuadraticSampling.AUTO:
             categorical = self.family is LossFamily.CROSS_ENTROPY
             sampling = QuadraticSampling.CURVATURE if categorical else QuadraticSampling.FIRST
-        first = sampling is QuadraticSampling.FIRST
-        if first and variance is not None:
+        if adapt and variance is not None:
             share = economical_rows(variance, batch, share)
-        used = self.communicator.prefix(share)
-        self.rows, self.weights, self.count = slice(0, used), outputs.new_ones(used), used
-        if first:
+        if sampling is QuadraticSampling.FIRST:
+            used = self.communicator.prefix(share)
+            self.chosen = ChosenRows(slice(0, used), outputs.new_ones(used), used, adapted=adapt)
             return
         keys = torch.rand(batch, generator=generator, device=generator.device)
         local, world = outputs.shape[0], self.communicator.world_size
@@ -244,22 +302,35 @@ class QuadraticModel:
         (curvature,), _ = self.communicator.average([curvature], 1)
         chosen, weights = stratified_rows(curvature, share, keys.to(outputs.device))
         mine = chosen % world == self.communicator.rank
-        self.rows, self.count = chosen[mine] // world, local
-        self.weights = weights[mine].to(outputs.dtype)
+        top = most_curved(share)  # `chosen` lists them first, then the drawn
+        self.chosen = ChosenRows(
+            chosen[mine] // world,
+            weights[mine].to(outputs.dtype),
+            local,
+            adapted=adapt,
+            drawn=(torch.arange(share, device=chosen.device) >= top)[mine],
+            drawn_share=(share - top) / batch,
+            variance_scale=stratified_variance_scale(batch, share),
+        )
 
     def matrices(self, inputs, gradient, directions, weight_decay, damping):
         """[vᵢᵀ(F + ηI)vⱼ], [λvᵢᵀvⱼ] and [∇hᵀvᵢ], F the exact Fisher estimated on the chosen
         rows: Σᵢ wᵢ(Jᵢvⱼ)ᵀF_R(Jᵢvₖ)/count on each rank, averaged over the ranks weighted by
-        their counts (`choose_rows`)."""
-        count = len(directions)
+        their counts (`choose_rows`); when the rows adapt, also the drawn rows' `RowMoments`."""
+        count, chosen = len(directions), self.chosen
         fisher = gradient[0].new_zeros(count, count)  # a rank with none of the subset
-        second_moment = gradient[0].new_zeros(count, count, count, count)
-        if self.weights.numel():
+        moments = [gradient[0].new_zeros(count, count), gradient[0].new_zeros((count,) * 4)]
+        if chosen.weights.numel():
             outputs, products = self._output_directions(inputs, directions)
-            rows = fisher_rows(outputs, products, self.family) * self.weights.view(-1, 1, 1)
-            fisher = rows.sum(0) / self.count
-            second_moment = torch.einsum("ijk,ilm->jklm", rows, rows) / self.count
-        (fisher, second_moment), _ = self.communicator.average([fisher, second_moment], self.count)
+            rows = fisher_rows(outputs, products, self.family)
+            fisher = (rows * chosen.weights.view(-1, 1, 1)).sum(0) / chosen.count
+            if chosen.adapted:  # sums over the drawn rows, so that the average is their mean
+                drawn = rows if chosen.drawn is None else rows[chosen.drawn]
+                scale = 1.0 / (chosen.count * chosen.drawn_share)
+                second_moment = torch.einsum("ijk,ilm->jklm", drawn, drawn)
+                moments = [drawn.sum(0) * scale, second_moment * scale]
+        averaged = [fisher, *moments] if chosen.adapted else [fisher]
+        fisher, *moments = self.communicator.average(averaged, chosen.count)[0]
         upper = [(i, j) for i in range(count) for j in range(i, count)]  # symmetric
         inner = dots(
             [(directions[i], directions[j]) for i, j in upper] + [(gradient, d) for d in directions]
@@ -269,20 +340,26 @@ class QuadraticModel:
             euclidean[i, j] = euclidean[j, i] = float(value)
         linear = fisher.new_tensor([float(value) for value in inner[len(upper) :]])
         curvature, damped = fisher + weight_decay * euclidean, damping * euclidean
-        self.last_model = (fisher, second_moment, curvature, damped)
+        self.moments = RowMoments(*moments, curvature, damped) if chosen.adapted else None
         return curvature, damped, linear
 
     def updated_row_variance(self, previous: float | None, solved: StepCoefficients):
-        """The running average of s² (`row_variance`) with this step's, observed at the
-        minimiser `solved` of the last `matrices`; `previous` when the rows were not uniform
-        (stratified rows' weights differ) or the model predicts no decrease."""
-        if not self.uniform_rows or not self.last_model:
+        """The running average of s² (`row_variance` of the drawn rows, times the rows'
+        `variance_scale`) with this step's, observed at the minimiser `solved` of the last
+        `matrices`; `previous` when the rows did not adapt or the model predicts no decrease."""
+        if self.moments is None:
             return previous
-        fisher = self.last_model[0]
-        coefficients = fisher.new_tensor([solved.alpha, solved.mu][: fisher.shape[0]])
-        observed = row_variance(*self.last_model, coefficients)
+        coefficients = self.moments.mean.new_tensor([solved.alpha, solved.mu])
+        observed = row_variance(
+            self.moments.mean,
+            self.moments.second_moment,
+            self.moments.curvature,
+            self.moments.damped,
+            coefficients[: self.moments.mean.shape[0]],
+        )
         if observed is None:
             return previous
+        observed *= self.chosen.variance_scale
         if previous is None:
             return observed
         return ROW_VARIANCE_DECAY * previous + (1 - ROW_VARIANCE_DECAY) * observed

@@ -3,6 +3,8 @@ gone stale once already: it called the quadratic model with a signature it no lo
 
 from __future__ import annotations
 
+import pytest
+
 from bench.kfac_step_cost import FRACTIONS, fraction_quality, measure
 from kfac.quadratic import MIN_MODEL_ROWS
 
@@ -13,11 +15,13 @@ def test_the_fractions_probe_solves_the_model_on_every_share(capsys) -> None:
     assert row.count("%") == len(FRACTIONS) - 1  # every share but the whole batch, one cell each
 
 
-def test_the_timing_counts_the_rows_each_variant_reads() -> None:
-    """The rounds run every method on the digits; the defaults' model reads at most the
-    quarter, the variant with fixed rows all of it, and the profile has the parts."""
+@pytest.mark.parametrize("task", ["autoencoder_sparse", "mlp_digits"])
+def test_the_timing_counts_the_rows_each_variant_reads(task: str) -> None:
+    """The rounds run every method on the digits (the autoencoder's first rows, the
+    classifier's stratified ones); the defaults' model reads at most the quarter, the variant
+    with fixed rows all of it, and the profile has the parts."""
     methods = ["sgd_momentum", "kfac", "kfac_fixed_rows"]
-    medians, parts, rows = measure(256, 1, 2, 3, True, methods)
+    medians, parts, rows = measure(256, 1, 2, 3, True, methods, task)
     assert set(medians) == set(methods) and all(t > 0 for t in medians.values())
     assert rows["kfac_fixed_rows"] == 64
     assert MIN_MODEL_ROWS <= rows["kfac"] <= 64

@@ -85,16 +85,23 @@ def train(name: str, communicator: Communicator, start: int = 0, state=None) -> 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     inputs, targets = make_batches(kind)
-    losses, saved, traffic = [], None, []
+    losses, saved, traffic, variances = [], None, [], []
     for step in range(start, STEPS):
         loss = optimizer.step(communicator.shard(inputs[step]), communicator.shard(targets[step]))
         losses.append(float(loss))
         traffic.append(optimizer.diagnostics)
+        variances.append(optimizer.counters["row_variance"])
         if step + 1 == RESUME_AT:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
             saved = copy.deepcopy(state)  # the live tensors go on changing
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    return {"losses": losses, "parameters": flat, "saved": saved, "diagnostics": traffic}
+    return {
+        "losses": losses,
+        "parameters": flat,
+        "saved": saved,
+        "diagnostics": traffic,
+        "row_variances": variances,
+    }
 
 
 def _rank(rank: int, world: int, store_path: str, out: str, references: dict) -> None:
@@ -164,6 +171,22 @@ def test_state_dicts_round_trip_between_world_sizes(ranks, references, name):
     resumed = train(name, Communicator(), RESUME_AT, results[0][name]["saved"])
     error = relative(resumed["parameters"], reference["parameters"])
     assert error < TOLERANCE, f"{name}: {world}-rank checkpoint resumed alone: {error:.2e}"
+
+
+def test_the_row_variance_is_the_one_process_s(ranks, references):
+    """The adaptive configurations' s² (kfac.quadratic: the drawn rows' moments, spread over
+    the ranks and all-reduced with the Fisher) is the single process's at every step; the
+    batch of 20 is below the 32-row floor, so the parameters alone would not show it."""
+    world, results = ranks
+    for name in ("kfac_block_diagonal", "kfac_block_tridiagonal"):
+        expected = references[name]["row_variances"]
+        assert all(v is not None and v > 0 for v in expected[1:]), name
+        for rank, result in enumerate(results):
+            for step, (ours, theirs) in enumerate(
+                zip(result[name]["row_variances"], expected, strict=True), 1
+            ):
+                same = ours == theirs or math.isclose(ours, theirs, rel_tol=TOLERANCE)
+                assert same, (name, world, rank, step, ours, theirs)
 
 
 def test_communication_is_reported_per_step(ranks):
