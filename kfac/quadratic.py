@@ -63,10 +63,15 @@ MAX_MOMENTUM = 1.0
 # R / B of `economical_rows`: the default step without the quadratic model costs 2.5 SGD-m steps
 # on the MNIST autoencoder at batch 256 and 1.8 at 1,000 (bench.kfac_step_cost --profile), an
 # SGD-m step ~3P multiply-adds per example and a row of the model 4P (V ā and W ȧ for Δ and δ₀,
-# P the weights): 1.9B and 1.3B rows.
+# P the weights): 1.9B and 1.3B rows.  Timed directly (the model's own rows run slower per
+# multiply-add), 1.0–1.25B on an EPYC; R = 1.1B was no faster there within the run-to-run
+# spread (docs/benchmarks.md "16, eighth pass").
 STEP_COST_IN_MODEL_ROWS = 1.5
 
 # Below this many rows a row variance is too rough to decide by (its relative error ~√(2/m)).
+# Stratified rows estimate it from their drawn half, 16 rows at this floor (~35% a step); the
+# running average of ROW_VARIANCE_DECAY spans ~5 steps, and on the digits MLP the race per step
+# was no worse at 32 such rows than at 64 (docs/benchmarks.md "16, eighth pass").
 MIN_MODEL_ROWS = 32
 
 # The running average of the row variance: a step's own estimate, from ≥ 32 rows, is noisy.
