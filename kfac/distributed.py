@@ -36,8 +36,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 
 import torch
 import torch.distributed as dist
@@ -104,8 +105,9 @@ class Communicator:
         return tensors, count
 
     def share(self, jobs: list[Job]) -> list[torch.Tensor | None]:
-        """Every job's result, each computed on one rank and broadcast to all."""
-        return [job.compute() for job in jobs]
+        """Every job's result, each computed on one rank and broadcast to all; one process
+        runs them `side_by_side` on its threads."""
+        return side_by_side(jobs, torch.get_num_threads())
 
     def synchronise(self, tensors: list[torch.Tensor]) -> None:
         """Make `tensors` equal on every rank (rank 0's values), in place."""
@@ -123,6 +125,35 @@ class Communicator:
         traffic = dict(self.traffic)
         self.traffic = dict.fromkeys(traffic, 0.0)
         return traffic
+
+
+def side_by_side(jobs: list[Job], threads: int) -> list[torch.Tensor | None]:
+    """The jobs' results in order, computed by `threads` threads of one BLAS thread each,
+    dearest first, when the work divides (no job above 1/threads of it) and lies on the CPU;
+    else one after the other on all the threads.
+
+    LAPACK's Cholesky factorisation and potri on factors of a few hundred to a thousand rows
+    barely use a second thread: the autoencoder's 16 inversions took 6.6 ms per step on one
+    thread and 6.0 on two (docs/benchmarks.md "16, eighth pass").  torch.set_num_threads(1)
+    in a pool thread sets that thread's OpenMP and MKL counts but also torch's process-wide
+    one, which the caller's count is restored to afterwards."""
+    costs = [job.cost for job in jobs]
+    on_cpu = all(job.like.device.type == "cpu" for job in jobs)
+    if threads < 2 or not on_cpu or max(costs, default=0.0) * threads > sum(costs):
+        return [job.compute() for job in jobs]
+    pool = _single_threaded_pool(threads)
+    dearest_first = sorted(range(len(jobs)), key=lambda i: -costs[i])
+    futures = {i: pool.submit(jobs[i].compute) for i in dearest_first}
+    wait(futures.values())
+    torch.set_num_threads(threads)
+    return [futures[i].result() for i in range(len(jobs))]
+
+
+@cache
+def _single_threaded_pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(
+        threads, "kfac-share", initializer=torch.set_num_threads, initargs=(1,)
+    )
 
 
 def assign_owners(jobs: list[Job], world_size: int) -> list[int]:

@@ -13,6 +13,7 @@ import copy
 import datetime
 import math
 import statistics
+import threading
 
 import pytest
 import torch
@@ -28,6 +29,7 @@ from kfac.distributed import (
     ProcessGroupCommunicator,
     assign_owners,
     backend_for,
+    side_by_side,
 )
 
 BATCH, STEPS, RESUME_AT = 20, 50, 25
@@ -248,6 +250,35 @@ def test_inverses_are_divided_greedily_by_cost():
     assert assign_owners(jobs, 2) == [1, 0, 1, 1, 1]
     assert assign_owners(jobs, 3) == [2, 0, 2, 1, 2]
     assert assign_owners(jobs, 1) == [0] * 5
+
+
+def test_one_process_runs_divisible_jobs_side_by_side_one_blas_thread_each():
+    """The 16 factors of a net come back in order, each its job's own result, computed on the
+    pool's threads with one BLAS thread each; the caller's thread count is restored.  Work that
+    one job dominates, or one thread, stays on the caller's thread with all its threads."""
+    caller = threading.current_thread()
+
+    def job(d: int) -> Job:
+        def compute() -> torch.Tensor:
+            seen[d] = (threading.current_thread() is caller, torch.get_num_threads())
+            return torch.full((d, d), float(d))
+
+        return Job(compute, torch.zeros(d, d))
+
+    sizes = [785, 1000, 1001, 500, 501, 250, 251, 30, 31, 250, 251, 500, 501, 1000, 1001, 784]
+    before = torch.get_num_threads()
+    for threads, sizes_, on_caller in (
+        (2, sizes, False),
+        (2, [1000, 30, 31], True),  # d³ of 1000 is more than half the work
+        (1, sizes, True),
+    ):
+        seen = {}
+        results = side_by_side([job(d) for d in sizes_], threads)
+        assert [float(r[0, 0]) for r in results] == [float(d) for d in sizes_]
+        assert {c for c, _ in seen.values()} == {on_caller}
+        assert {n for _, n in seen.values()} == ({before} if on_caller else {1})
+        assert torch.get_num_threads() == (threads if not on_caller else before)
+        torch.set_num_threads(before)
 
 
 def test_shards_deal_examples_round_robin_and_count_the_subsets():
