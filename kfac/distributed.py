@@ -105,8 +105,8 @@ class Communicator:
         return tensors, count
 
     def share(self, jobs: list[Job]) -> list[torch.Tensor | None]:
-        """Every job's result, each computed on one rank and broadcast to all; one process
-        runs them `side_by_side` on its threads."""
+        """Every job's result, each computed on one rank and broadcast to all; a rank runs
+        its own `side_by_side` on its threads."""
         return side_by_side(jobs, torch.get_num_threads())
 
     def synchronise(self, tensors: list[torch.Tensor]) -> None:
@@ -212,9 +212,9 @@ class ProcessGroupCommunicator(Communicator):
             sizes = [1 + jobs[i].like.numel() for i in mine]
             bucket = jobs[mine[0]].like.new_zeros(sum(sizes))
             parts = bucket.split(sizes)
-            if owner == self.rank:
-                for i, part in zip(mine, parts, strict=True):
-                    value = jobs[i].compute()
+            if owner == self.rank:  # this rank's own jobs, side by side as in one process
+                values = side_by_side([jobs[i] for i in mine], torch.get_num_threads())
+                for part, value in zip(parts, values, strict=True):
                     if value is not None:
                         part[0] = 1.0
                         part[1:] = value.reshape(-1)
