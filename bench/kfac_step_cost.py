@@ -16,7 +16,10 @@ quadratic model on the whole quarter (`adapt_quadratic_rows=False`), and "dual p
 quadratic model read them off the training pass, kfac.linearisation).
 
 `--profile` breaks each default step down into its parts, each summed over the steps of the
-rounds and divided by the SGD-m step of the same rounds.
+rounds and divided by the SGD-m step of the same rounds. `--work` counts each method's
+multiply-adds per step (matrix products only, `work_per_step`): the work ratio, which the time
+ratio exceeds by what K-FAC's products lose in speed (gemms of a few dozen rows, LAPACK) and
+by what is not a product.
 
 `--fractions` trains the sparse-initialised autoencoder with the defaults on the offline digits
 (batch 256) and, at a few steps, solves the quadratic model over the step's own Δ and δ₀ with
@@ -28,7 +31,7 @@ against the exact ones on the same task (see `precision_quality`).
 the categorical; the rows variant `kfac_fixed_rows` shows what adapting them saves).
 
     python -m bench.kfac_step_cost [--rounds 5] [--steps 20] [--warmup 200] [--threads N]
-        [--profile] [--cpu-time] [--batches 256 1000] [--methods sgd_momentum kfac ...]
+        [--profile] [--work] [--cpu-time] [--batches 256 1000] [--methods sgd_momentum kfac ...]
         [--task autoencoder_sparse | autoencoder_default | mlp_digits]
     python -m bench.kfac_step_cost --fractions
     python -m bench.kfac_step_cost --threads 1 --bfloat16-error
@@ -45,6 +48,7 @@ from contextlib import contextmanager
 
 import torch
 
+from bench.bench_tridiagonal import multiply_adds
 from bench.kfac_vs_sgd import TASKS, autoencoder, make_step, task_data, task_model
 from kfac import KFAC
 from kfac.enums import ProductPrecision, QuadraticSampling
@@ -166,6 +170,24 @@ def measure(
             for method, totals in timings.items()
         }
     return medians, parts, {m: statistics.mean(r) for m, r in rows.items()}
+
+
+def work_per_step(batch: int, steps: int, warmup: int, methods: list[str], task: str = AUTOENCODER):
+    """Multiply-adds per step of each method's products (FlopCounterMode: matrix products and
+    convolutions; LAPACK's factorisations and elementwise work are not counted), over the same
+    `steps` batches as `measure`, K-FAC's after `warmup` steps: the work ratio that the time
+    ratio can be read against."""
+    data, targets = task_data(task)
+    generator = torch.Generator().manual_seed(0)
+    indices = [torch.randint(0, data.shape[0], (batch,), generator=generator) for _ in range(steps)]
+    batches = [(data[i], targets[i]) for i in indices]
+    work = {}
+    for method in methods:
+        step = stepper(method, None, task)
+        for k in range(warmup if method.startswith("kfac") else 3):
+            step(*batches[k % steps])
+        work[method] = multiply_adds(lambda s=step: [s(x, y) for x, y in batches]) / steps
+    return work
 
 
 FRACTIONS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
@@ -296,6 +318,7 @@ def main() -> None:
     parser.add_argument("--fractions", action="store_true", help="α, μ on shares of the batch")
     parser.add_argument("--bfloat16-error", action="store_true", help="bfloat16 against exact")
     parser.add_argument("--cpu-time", action="store_true", help="time the process's CPU time")
+    parser.add_argument("--work", action="store_true", help="multiply-adds per step, counted")
     parser.add_argument(
         "--methods", nargs="*", choices=list(METHODS), default=DEFAULT_METHODS, help="sgd first"
     )
@@ -330,6 +353,15 @@ def main() -> None:
     print("|---|" + "---|" * len(rows[args.batches[0]]))
     for batch in args.batches:
         print(f"| {batch} | " + " | ".join(f"{r:.0f}" for r in rows[batch].values()) + " |")
+    if args.work:
+        print("\nMultiply-adds per step (matrix products only), ratio to SGD-m's\n")
+        print("| batch | " + " | ".join(METHODS[m] for m in methods) + " |")
+        print("|---|" + "---|" * len(methods))
+        for batch in args.batches:
+            work = work_per_step(batch, args.steps, args.warmup, methods, args.task)
+            sgd = work["sgd_momentum"]
+            cells = [f"{work[m] / sgd:.2f}× ({work[m] / 1e9:.2f} G)" for m in methods]
+            print(f"| {batch} | " + " | ".join(cells) + " |")
     if not args.profile:
         return
     print("\nParts of the default step, in SGD-m steps (summed over the rounds, same run)\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.kfac_step_cost import FRACTIONS, fraction_quality, measure
+from bench.kfac_step_cost import FRACTIONS, fraction_quality, measure, work_per_step
 from kfac.quadratic import MIN_MODEL_ROWS
 
 
@@ -26,3 +26,13 @@ def test_the_timing_counts_the_rows_each_variant_reads(task: str) -> None:
     assert rows["kfac_fixed_rows"] == 64
     assert MIN_MODEL_ROWS <= rows["kfac"] <= 64
     assert set(parts["kfac"]) >= {"_forward_backward", "_precondition", "_output_directions"}
+
+
+def test_the_work_count_is_the_sgd_step_s_products_exactly() -> None:
+    """SGD-m's step on the digits MLP (784-256-128-10) is its forward products, the weights'
+    gradients and the inputs' gradients of the layers after the first, B·(2·Σ d_in·d_out +
+    256·128 + 128·10) multiply-adds; K-FAC's step does that and more."""
+    work = work_per_step(256, 2, 3, ["sgd_momentum", "kfac_fixed", "kfac"], "mlp_digits")
+    layers = 784 * 256 + 256 * 128 + 128 * 10
+    assert work["sgd_momentum"] == 256 * (2 * layers + 256 * 128 + 128 * 10)
+    assert work["sgd_momentum"] < work["kfac_fixed"] < work["kfac"]
