@@ -37,6 +37,6 @@ class ProductPrecision(StrEnum):
 class QuadraticSampling(StrEnum):
     """Which examples of the mini-batch the quadratic model's Fisher products use (§7)."""
 
-    AUTO = "auto"  # CURVATURE for the categorical, FIRST otherwise (kfac.quadratic)
+    AUTO = "auto"  # CURVATURE for the categorical, FIRST otherwise (kfac.model_rows)
     CURVATURE = "curvature"  # the largest output curvature plus a uniform draw, weighted
     FIRST = "first"  # the batch's first examples, each weight 1

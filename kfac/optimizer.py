@@ -79,9 +79,9 @@ class KFAC(torch.optim.Optimizer):
         factor_decay: the running averages' decay (ε = min(1 − 1/k, decay), §5).
         stats_fraction, quadratic_fraction: the share of the mini-batch used for the factor
             statistics (§5) and for the quadratic model's Fisher products.
-        quadratic_sampling: which examples those are (kfac.quadratic.QuadraticModel.choose_rows).
+        quadratic_sampling: which examples those are (kfac.model_rows.choose_rows).
         adapt_quadratic_rows: use fewer than `quadratic_fraction` of the batch for α, μ when
-            the examples' Fisher varies little (kfac.quadratic, `economical_rows`).
+            the examples' Fisher varies little (`kfac.model_rows.economical_rows`).
         kl_clip: with a fixed lr, scale steps so that lr²·Δᵀ∇h <= kl_clip.
         layers: names of the layers to precondition (default: all supported ones).
         seed: seeds the generator of the sampled targets (saved in the state dict).

@@ -3,38 +3,12 @@
 M(δ) = h(θ) + ∇hᵀδ + ½ δᵀ(F + (λ + η)I)δ, with F the exact Fisher (= Gauss–Newton) of the
 mini-batch.  For δ = αΔ + μδ₀ only the 2×2 matrix of products vᵀ C w between Δ and δ₀ matters;
 the Fisher part vᵀFw = E[(Jv)ᵀ F_R (Jw)] needs one forward-mode Jacobian–vector product per
-direction, never the matrix itself.
-
-Which examples estimate it (issue 16, docs/benchmarks.md "16, third pass: the digits MLP"):
-on a softmax classifier near convergence the curvature sits on the few examples the model is
-not yet sure of, and a plain quarter of the batch often misses them, making α several times
-too large.  `stratified_rows` keeps the m/2 examples of largest output curvature tr F_R(zᵢ)
-with weight 1 and draws m/2 of the other B − m/2 uniformly with weight (B − m/2)/(m/2): the
-weights sum to B and Σᵢ wᵢ (Jᵢv)ᵀF_R(Jᵢw)/B is unbiased for the batch's mean vᵀFw.  By default
-(AUTO) only for the categorical, where the curvature is concentrated: with the Bernoulli on the
-sigmoid autoencoder of tests/kfac/test_defaults.py (batch 64, rows 8 + 8 × weight 7) the
-unequal weights' extra variance made 2 of 5 flat starts diverge; the Gaussian's curvature is
-the same for every example, so there it only adds variance.
-
-How many examples (issue 16, docs/benchmarks.md "16, seventh pass"): at most
-`quadratic_fraction` of the batch, and fewer when this run's rows vary little.  The minimiser c
-of the model from m rows' Fisher F̂ = (1/m) Σ fᵢ (fᵢ one row's [(Jvⱼ)ᵀF_R(Jvₖ)]) errs by
-Δc ≈ −(Q + D)⁻¹(F̂ − F)c to first order, and a minimiser off by Δc gives up ½Δcᵀ(Q + D)Δc of
-the model's decrease ½cᵀ(Q + D)c: in expectation the share s²/m, with
-s² = E[uᵢᵀ(Q + D)⁻¹uᵢ] / cᵀ(Q + D)c and uᵢ = (fᵢ − F)c (`row_variance`).  Stratified rows
-estimate only the others' mean, from their k = m − t drawn rows, and scale it by n/B (n = B − t
-others, t the most curved): F̂ − F = (n/B)(mean of the drawn − mean of the others), a share
-(n/B)²σ²/k lost, σ² the spread of the others' rows; as s²/m, s² = (n/B)²(m/k)σ²
-(`stratified_variance_scale`; the draw's finite-population factor is left out, as it is for
-the first rows).
-A step whose other work costs as much as R rows of the model makes the most progress per unit of
-time, (1 − s²/m)/(R + m), at m* = s² + √(s⁴ + s²R) (`economical_rows`), with s² a running
-average over the steps, observed on each step's drawn rows.
+direction, never the matrix itself, on the rows of the mini-batch that `kfac.model_rows`
+chooses (which examples, and how many: issue 16).
 """
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -43,9 +17,10 @@ import torch.autograd.forward_ad as forward_ad
 from torch import nn
 from torch.func import functional_call
 
-from kfac.enums import LossFamily, QuadraticSampling
+from kfac.enums import LossFamily
 from kfac.linearisation import LinearisedChain
 from kfac.losses import output_fisher_rows
+from kfac.model_rows import ChosenRows, RowMoments, choose_rows, running_row_variance
 from kfac.vectors import dots
 
 # 1 − cos²∠(Δ, δ₀) in the damped metric below which the 2×2 solve is not trusted: the entries
@@ -59,23 +34,6 @@ SINGULAR_2X2 = torch.finfo(torch.float32).eps ** 0.5
 # region α fell to ~1e-5 and the model chose μ = 9.2, |δ| = 164, the loss jumped from 191 to
 # 258 and the run went back onto the plateau, later μ ≈ 1000; with |μ| <= 1 it reached 118.
 MAX_MOMENTUM = 1.0
-
-# R / B of `economical_rows`: the default step without the quadratic model costs 2.5 SGD-m steps
-# on the MNIST autoencoder at batch 256 and 1.8 at 1,000 (bench.kfac_step_cost --profile), an
-# SGD-m step ~3P multiply-adds per example and a row of the model 4P (V ā and W ȧ for Δ and δ₀,
-# P the weights): 1.9B and 1.3B rows.  Timed directly (the model's own rows run slower per
-# multiply-add), 1.0–1.25B on an EPYC; R = 1.1B was no faster there within the run-to-run
-# spread (docs/benchmarks.md "16, eighth pass").
-STEP_COST_IN_MODEL_ROWS = 1.5
-
-# Below this many rows a row variance is too rough to decide by (its relative error ~√(2/m)).
-# Stratified rows estimate it from their drawn half, 16 rows at this floor (~35% a step); the
-# running average of ROW_VARIANCE_DECAY spans ~5 steps, and on the digits MLP the race per step
-# was no worse at 32 such rows than at 64 (docs/benchmarks.md "16, eighth pass").
-MIN_MODEL_ROWS = 32
-
-# The running average of the row variance: a step's own estimate, from ≥ 32 rows, is noisy.
-ROW_VARIANCE_DECAY = 0.8
 
 
 def output_directions(
@@ -115,46 +73,6 @@ def running_statistics_frozen(model: nn.Module):
             m.track_running_stats = value
 
 
-def curvature_weights(outputs: torch.Tensor, family: LossFamily) -> torch.Tensor:
-    """tr F_R(zᵢ) per example: 1 − Σp² (categorical), Σp(1 − p) (Bernoulli), 1 (Gaussian)."""
-    if family is LossFamily.CROSS_ENTROPY:
-        p = torch.softmax(outputs, dim=1)
-        return 1 - (p * p).sum(1)
-    if family is LossFamily.BCE:
-        p = torch.sigmoid(outputs)
-        return (p * (1 - p)).flatten(1).sum(1)
-    return outputs.new_ones(outputs.shape[0])
-
-
-def most_curved(count: int) -> int:
-    """How many of `stratified_rows`' `count` rows are the most curved (the rest are drawn)."""
-    return count // 2
-
-
-def stratified_variance_scale(batch: int, count: int) -> float:
-    """s² / σ² for `stratified_rows`' `count` rows of `batch`: (n/B)²(m/k) with n = B − t the
-    others, k = m − t the drawn, t the most curved (the module docstring)."""
-    top = most_curved(count)
-    return ((batch - top) / batch) ** 2 * count / (count - top)
-
-
-def stratified_rows(
-    curvature: torch.Tensor, count: int, keys: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` rows and their weights: the count // 2 of largest `curvature` (weight 1, ties to
-    the earlier row) and the rest drawn uniformly without replacement from the other rows, the
-    ones of smallest `keys` (uniform random, one per row), weight (B − top)/drawn each."""
-    batch = curvature.shape[0]
-    order = torch.sort(curvature, descending=True, stable=True).indices
-    top = most_curved(count)
-    others = order[top:]
-    drawn = others[keys[others].argsort()[: count - top]]
-    weights = torch.cat(
-        [curvature.new_ones(top), curvature.new_full((count - top,), (batch - top) / (count - top))]
-    )
-    return torch.cat([order[:top], drawn]), weights
-
-
 def fisher_rows(
     outputs: torch.Tensor, products: list[torch.Tensor], family: LossFamily
 ) -> torch.Tensor:
@@ -168,68 +86,6 @@ def fisher_rows(
                 outputs, products[i], products[j], family
             )
     return rows
-
-
-def row_variance(
-    fisher: torch.Tensor,
-    second_moment: torch.Tensor,
-    curvature: torch.Tensor,
-    damping: torch.Tensor,
-    coefficients: torch.Tensor,
-) -> float | None:
-    """s² = E[uᵢᵀ(Q + D)⁻¹uᵢ] / cᵀ(Q + D)c with uᵢ = (fᵢ − F)c (the module docstring), from the
-    rows' mean F = E[fᵢ] and second moment E[fᵢ ⊗ fᵢ] (k×k×k×k); None when the model
-    predicts no decrease to lose or Q + D is singular (a zero δ₀ with λ = η = 0)."""
-    fisher, second_moment = fisher.double(), second_moment.double()
-    damped, c = (curvature + damping).double(), coefficients.double()
-    scale = float(c @ damped @ c)
-    inverse, singular = torch.linalg.inv_ex(damped)
-    finite = torch.isfinite(second_moment).all() and torch.isfinite(inverse).all()
-    if not scale > 0 or singular.item() or not finite:
-        return None
-    mean_c = fisher @ c
-    spread = torch.einsum("jklm,k,m,jl->", second_moment, c, c, inverse) - mean_c @ inverse @ mean_c
-    return max(float(spread), 0.0) / scale
-
-
-def economical_rows(variance: float, batch: int, cap: int) -> int:
-    """The whole number of rows in [min(MIN_MODEL_ROWS, cap), cap] that makes the most progress
-    per unit of time, (1 − s²/m)/(R + m) with R = STEP_COST_IN_MODEL_ROWS·B: the floor or the
-    ceiling of m* = s² + √(s⁴ + s²R) (module docstring), clipped."""
-    cost = STEP_COST_IN_MODEL_ROWS * batch
-    best = variance + math.sqrt(variance * variance + variance * cost)
-    lowest = min(MIN_MODEL_ROWS, cap)
-    candidates = {min(cap, max(lowest, whole)) for whole in (math.floor(best), math.ceil(best))}
-    return max(sorted(candidates), key=lambda rows: (1 - variance / rows) / (cost + rows))
-
-
-@dataclass
-class ChosenRows:
-    """One step's rows of the quadratic model on this rank (`QuadraticModel.choose_rows`).
-
-    The Fisher estimate is Σ over `rows` of wᵢ(…)/`count`, averaged over the ranks weighted by
-    their counts.  The row variance is observed on the rows drawn uniformly, `drawn` (None: all
-    of them), which are `drawn_share` of the global count; `variance_scale` turns their spread
-    σ² into s² (the module docstring): 1 for the first rows, (n/B)²(m/k) for stratified ones."""
-
-    rows: slice | torch.Tensor
-    weights: torch.Tensor
-    count: int
-    adapted: bool = False  # chosen by the row variance: observe it on this step's rows
-    drawn: torch.Tensor | None = None
-    drawn_share: float = 1.0
-    variance_scale: float = 1.0
-
-
-@dataclass
-class RowMoments:
-    """What `updated_row_variance` needs of the last `matrices`: the drawn rows' mean E[fᵢ] and
-    second moment E[fᵢ ⊗ fᵢ] (k×k×k×k), and the model's Q and D."""
-
-    mean: torch.Tensor
-    second_moment: torch.Tensor
-    curvature: torch.Tensor
-    damped: torch.Tensor
 
 
 class QuadraticModel:
@@ -276,46 +132,10 @@ class QuadraticModel:
         variance: float | None = None,
         adapt: bool = False,
     ) -> None:
-        """This step's rows of the model among this rank's examples, their weights and the
-        count their weighted sum is divided by; `share` of the global `batch` in all, or with
-        `adapt` and a row `variance` s², only `economical_rows` of it.
-
-        FIRST: the global batch's first rows, weight 1, count their number on this rank.
-        CURVATURE: `stratified_rows` over the global batch, the same on every rank: the ranks'
-        tr F_R are put together (one all-reduce of B numbers) and the draw's keys are U[0, 1)
-        noise over the batch from the generator, which every rank advances alike; each rank
-        keeps the chosen rows that are its own, count its shard's size, so the average below is
-        Σ over the chosen rows of wᵢ(…)/B, what one process holding the batch computes.
-        AUTO: CURVATURE for the categorical, FIRST otherwise (the module docstring says why).
-        """
-        sampling = QuadraticSampling(sampling)
-        if sampling is QuadraticSampling.AUTO:
-            categorical = self.family is LossFamily.CROSS_ENTROPY
-            sampling = QuadraticSampling.CURVATURE if categorical else QuadraticSampling.FIRST
-        if adapt and variance is not None:
-            share = economical_rows(variance, batch, share)
-        if sampling is QuadraticSampling.FIRST:
-            used = self.communicator.prefix(share)
-            self.chosen = ChosenRows(slice(0, used), outputs.new_ones(used), used, adapted=adapt)
-            return
-        keys = torch.rand(batch, generator=generator, device=generator.device)
-        local, world = outputs.shape[0], self.communicator.world_size
-        curvature = outputs.new_zeros(batch, dtype=torch.float64)
-        positions = self.communicator.positions(local, outputs.device)
-        curvature[positions] = curvature_weights(outputs.detach(), self.family).double()
-        # Each example lives on one rank: the mean over ranks is every tr F_R divided by N.
-        (curvature,), _ = self.communicator.average([curvature], 1)
-        chosen, weights = stratified_rows(curvature, share, keys.to(outputs.device))
-        mine = chosen % world == self.communicator.rank
-        top = most_curved(share)  # `chosen` lists them first, then the drawn
-        self.chosen = ChosenRows(
-            chosen[mine] // world,
-            weights[mine].to(outputs.dtype),
-            local,
-            adapted=adapt,
-            drawn=(torch.arange(share, device=chosen.device) >= top)[mine],
-            drawn_share=(share - top) / batch,
-            variance_scale=stratified_variance_scale(batch, share),
+        """This step's rows among this rank's examples (`kfac.model_rows.choose_rows`)."""
+        family, communicator = self.family, self.communicator
+        self.chosen = choose_rows(
+            outputs, share, sampling, generator, batch, family, communicator, variance, adapt
         )
 
     def matrices(self, inputs, gradient, directions, weight_decay, damping):
@@ -349,25 +169,13 @@ class QuadraticModel:
         return curvature, damped, linear
 
     def updated_row_variance(self, previous: float | None, solved: StepCoefficients):
-        """The running average of s² (`row_variance` of the drawn rows, times the rows'
-        `variance_scale`) with this step's, observed at the minimiser `solved` of the last
-        `matrices`; `previous` when the rows did not adapt or the model predicts no decrease."""
+        """The running average of s² with this step's, observed on the drawn rows of the last
+        `matrices` at their minimiser `solved` (`kfac.model_rows.running_row_variance`);
+        `previous` when the rows did not adapt."""
         if self.moments is None:
             return previous
-        coefficients = self.moments.mean.new_tensor([solved.alpha, solved.mu])
-        observed = row_variance(
-            self.moments.mean,
-            self.moments.second_moment,
-            self.moments.curvature,
-            self.moments.damped,
-            coefficients[: self.moments.mean.shape[0]],
-        )
-        if observed is None:
-            return previous
-        observed *= self.chosen.variance_scale
-        if previous is None:
-            return observed
-        return ROW_VARIANCE_DECAY * previous + (1 - ROW_VARIANCE_DECAY) * observed
+        coefficients = [solved.alpha, solved.mu]
+        return running_row_variance(previous, self.moments, coefficients, self.chosen)
 
     def _output_directions(self, inputs, directions):
         if self.chain is not None and self.capture.inputs:  # this step's pass was kept

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench.kfac_step_cost import FRACTIONS, fraction_quality, measure, work_per_step
-from kfac.quadratic import MIN_MODEL_ROWS
+from kfac.model_rows import MIN_MODEL_ROWS
 
 
 def test_the_fractions_probe_solves_the_model_on_every_share(capsys) -> None:

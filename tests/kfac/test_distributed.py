@@ -176,7 +176,7 @@ def test_state_dicts_round_trip_between_world_sizes(ranks, references, name):
 
 
 def test_the_row_variance_is_the_one_process_s(ranks, references):
-    """The adaptive configurations' s² (kfac.quadratic: the drawn rows' moments, spread over
+    """The adaptive configurations' s² (kfac.model_rows: the drawn rows' moments, spread over
     the ranks and all-reduced with the Fisher) is the single process's at every step; the
     batch of 20 is below the 32-row floor, so the parameters alone would not show it."""
     world, results = ranks

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kfac import KFAC
-from kfac.quadratic import (
+from kfac.model_rows import (
     MIN_MODEL_ROWS,
     ROW_VARIANCE_DECAY,
     STEP_COST_IN_MODEL_ROWS,

@@ -1,4 +1,4 @@
-"""The quadratic model's rows chosen by curvature (kfac.quadratic.stratified_rows, issue 16)
+"""The quadratic model's rows chosen by curvature (kfac.model_rows.stratified_rows, issue 16)
 against brute force: the most curved half, a uniform draw from the rest, weights that make
 Σᵢ wᵢ JᵢᵀF_R Jᵢ / B unbiased for the batch's Fisher, and the model's estimate on them."""
 
@@ -9,7 +9,7 @@ import torch
 
 from kfac import KFAC
 from kfac.enums import LossFamily
-from kfac.quadratic import curvature_weights, stratified_rows
+from kfac.model_rows import curvature_weights, stratified_rows
 from tests.kfac import explicit
 from tests.kfac.conftest import LOSSES, make_batch, make_net
 
