@@ -121,6 +121,15 @@ def timed(function, totals: dict, name: str):
     return wrapper
 
 
+def timing_batches(task: str, batch: int, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The `steps` batches of the task's offline data that every method steps through, the
+    same in every round and for every method (seeded)."""
+    data, targets = task_data(task)
+    generator = torch.Generator().manual_seed(0)
+    indices = [torch.randint(0, data.shape[0], (batch,), generator=generator) for _ in range(steps)]
+    return [(data[i], targets[i]) for i in indices]
+
+
 def measure(
     batch: int,
     rounds: int,
@@ -134,10 +143,7 @@ def measure(
     K-FAC's after `warmup` steps (the quadratic model's rows depend on how far training is);
     the parts' seconds per step, in SGD-m steps; the mean rows of each K-FAC's quadratic model
     over the timed steps."""
-    data, targets = task_data(task)
-    generator = torch.Generator().manual_seed(0)
-    indices = [torch.randint(0, data.shape[0], (batch,), generator=generator) for _ in range(steps)]
-    batches = [(data[i], targets[i]) for i in indices]
+    batches = timing_batches(task, batch, steps)
     timings = defaultdict(lambda: defaultdict(float)) if profile else None
     steps_of = {m: stepper(m, timings, task) for m in methods}
     for method, step in steps_of.items():  # first statistics and inverses, the allocator
@@ -177,10 +183,7 @@ def work_per_step(batch: int, steps: int, warmup: int, methods: list[str], task:
     convolutions; LAPACK's factorisations and elementwise work are not counted), over the same
     `steps` batches as `measure`, K-FAC's after `warmup` steps: the work ratio that the time
     ratio can be read against."""
-    data, targets = task_data(task)
-    generator = torch.Generator().manual_seed(0)
-    indices = [torch.randint(0, data.shape[0], (batch,), generator=generator) for _ in range(steps)]
-    batches = [(data[i], targets[i]) for i in indices]
+    batches = timing_batches(task, batch, steps)
     work = {}
     for method in methods:
         step = stepper(method, None, task)
