@@ -213,11 +213,11 @@ def choose_rows(
 
 
 def running_row_variance(
-    previous: float | None, moments: RowMoments, coefficients: list[float], chosen: ChosenRows
+    previous: float | None, moments: RowMoments, coefficients: list[float], scale: float
 ) -> float | None:
     """The running average of s² (`row_variance` of the drawn rows' `moments` at the model's
-    minimiser `coefficients` (α, μ), times the rows' `variance_scale`) with `previous`;
-    `previous` when the model predicts no decrease to lose."""
+    minimiser `coefficients` (α, μ), times the rows' `ChosenRows.variance_scale`) with
+    `previous`; `previous` when the model predicts no decrease to lose."""
     count = moments.mean.shape[0]
     observed = row_variance(
         moments.mean,
@@ -228,7 +228,7 @@ def running_row_variance(
     )
     if observed is None:
         return previous
-    observed *= chosen.variance_scale
+    observed *= scale
     if previous is None:
         return observed
     return ROW_VARIANCE_DECAY * previous + (1 - ROW_VARIANCE_DECAY) * observed

@@ -144,7 +144,9 @@ class QuadraticModel:
         their counts (`choose_rows`); when the rows adapt, also the drawn rows' `RowMoments`."""
         count, chosen = len(directions), self.chosen
         fisher = gradient[0].new_zeros(count, count)  # a rank with none of the subset
-        moments = [gradient[0].new_zeros(count, count), gradient[0].new_zeros((count,) * 4)]
+        moments = []  # the drawn rows' E[fᵢ], E[fᵢ ⊗ fᵢ], all-reduced only when the rows adapt
+        if chosen.adapted:
+            moments = [gradient[0].new_zeros(count, count), gradient[0].new_zeros((count,) * 4)]
         if chosen.weights.numel():
             outputs, products = self._output_directions(inputs, directions)
             rows = fisher_rows(outputs, products, self.family)
@@ -154,8 +156,7 @@ class QuadraticModel:
                 scale = 1.0 / (chosen.count * chosen.drawn_share)
                 second_moment = torch.einsum("ijk,ilm->jklm", drawn, drawn)
                 moments = [drawn.sum(0) * scale, second_moment * scale]
-        averaged = [fisher, *moments] if chosen.adapted else [fisher]
-        fisher, *moments = self.communicator.average(averaged, chosen.count)[0]
+        fisher, *moments = self.communicator.average([fisher, *moments], chosen.count)[0]
         upper = [(i, j) for i in range(count) for j in range(i, count)]  # symmetric
         inner = dots(
             [(directions[i], directions[j]) for i, j in upper] + [(gradient, d) for d in directions]
@@ -175,7 +176,8 @@ class QuadraticModel:
         if self.moments is None:
             return previous
         coefficients = [solved.alpha, solved.mu]
-        return running_row_variance(previous, self.moments, coefficients, self.chosen)
+        scale = self.chosen.variance_scale
+        return running_row_variance(previous, self.moments, coefficients, scale)
 
     def _output_directions(self, inputs, directions):
         if self.chain is not None and self.capture.inputs:  # this step's pass was kept

@@ -1,4 +1,4 @@
-"""How many rows the quadratic model reads (kfac.quadratic, `row_variance`, `economical_rows`),
+"""How many rows the quadratic model reads (kfac.model_rows, `row_variance`, `economical_rows`),
 against brute force: the decrease a subsample's minimiser loses, drawn many times, for the first
 rows and for stratified ones; the integer that makes the most progress per unit of time; and the
 default optimizer's step on the rows it chose (Bernoulli: the first; categorical: stratified),
