@@ -130,6 +130,13 @@ def timing_batches(task: str, batch: int, steps: int) -> list[tuple[torch.Tensor
     return [(data[i], targets[i]) for i in indices]
 
 
+def warm_up(method: str, step, batches: list, warmup: int) -> None:
+    """K-FAC's first `warmup` steps (past the ℓ2 phase, statistics and inverses formed), three
+    of any other method's (the allocator), cycling through `batches`."""
+    for k in range(warmup if method.startswith("kfac") else 3):
+        step(*batches[k % len(batches)])
+
+
 def measure(
     batch: int,
     rounds: int,
@@ -146,9 +153,8 @@ def measure(
     batches = timing_batches(task, batch, steps)
     timings = defaultdict(lambda: defaultdict(float)) if profile else None
     steps_of = {m: stepper(m, timings, task) for m in methods}
-    for method, step in steps_of.items():  # first statistics and inverses, the allocator
-        for k in range(warmup if method.startswith("kfac") else 3):
-            step(*batches[k % steps])
+    for method, step in steps_of.items():
+        warm_up(method, step, batches, warmup)
     for totals in (timings or {}).values():  # the wrappers keep these dicts
         totals.clear()
     samples = {m: [] for m in methods}
@@ -187,8 +193,7 @@ def work_per_step(batch: int, steps: int, warmup: int, methods: list[str], task:
     work = {}
     for method in methods:
         step = stepper(method, None, task)
-        for k in range(warmup if method.startswith("kfac") else 3):
-            step(*batches[k % steps])
+        warm_up(method, step, batches, warmup)
         work[method] = multiply_adds(lambda s=step: [s(x, y) for x, y in batches]) / steps
     return work
 
