@@ -15,6 +15,11 @@ quadratic model on the whole quarter (`adapt_quadratic_rows=False`), and "dual p
 (`--methods ... kfac_dual`: J·Δ and J·δ₀ from forward passes with dual numbers, as before the
 quadratic model read them off the training pass, kfac.linearisation).
 
+`--repeats R` measures each batch R times over (fresh models, warm-up, rounds) and prints
+each method's median ratio over the repetitions with their range: on a shared VM a whole
+measurement's ratio moves by about ±0.1 from one run to the next (docs/benchmarks.md "16, tenth
+pass"), more than the rounds' median inside one run shows.
+
 `--profile` breaks each default step down into its parts, each summed over the steps of the
 rounds and divided by the SGD-m step of the same rounds. `--work` counts each method's
 multiply-adds per step (matrix products only, `work_per_step`): the work ratio, which the time
@@ -31,7 +36,8 @@ against the exact ones on the same task (see `precision_quality`).
 the categorical; the rows variant `kfac_fixed_rows` shows what adapting them saves).
 
     python -m bench.kfac_step_cost [--rounds 5] [--steps 20] [--warmup 200] [--threads N]
-        [--profile] [--work] [--cpu-time] [--batches 256 1000] [--methods sgd_momentum kfac ...]
+        [--repeats 1] [--profile] [--work] [--cpu-time] [--batches 256 1000]
+        [--methods sgd_momentum kfac ...]
         [--task autoencoder_sparse | autoencoder_default | mlp_digits]
     python -m bench.kfac_step_cost --fractions
     python -m bench.kfac_step_cost --threads 1 --bfloat16-error
@@ -184,6 +190,28 @@ def measure(
     return medians, parts, {m: statistics.mean(r) for m, r in rows.items()}
 
 
+def repeated(repeats: int, batch: int, *args) -> tuple[dict, dict, dict, dict, dict]:
+    """`measure` (batch, then its other arguments) `repeats` times over: each method's median
+    ratio to SGD-m over the repetitions, their (lowest, highest) ratio, its median seconds per
+    step; each part's median over the repetitions; the mean rows."""
+    runs = [measure(batch, *args) for _ in range(repeats)]
+    ratios = defaultdict(list)
+    seconds = defaultdict(list)
+    for medians, _, _ in runs:
+        for method, value in medians.items():
+            ratios[method].append(value / medians["sgd_momentum"])
+            seconds[method].append(value)
+    spread = {m: (min(r), max(r)) for m, r in ratios.items()}
+    ratio = {m: statistics.median(r) for m, r in ratios.items()}
+    step = {m: statistics.median(v) for m, v in seconds.items()}
+    parts = {
+        method: {name: statistics.median(run[1][method][name] for run in runs) for name in names}
+        for method, names in runs[0][1].items()
+    }
+    rows = {m: statistics.mean(run[2][m] for run in runs) for m in runs[0][2]}
+    return ratio, spread, step, parts, rows
+
+
 def work_per_step(batch: int, steps: int, warmup: int, methods: list[str], task: str = AUTOENCODER):
     """Multiply-adds per step of each method's products (FlopCounterMode: matrix products and
     convolutions; LAPACK's factorisations and elementwise work are not counted), over the same
@@ -317,6 +345,7 @@ def precision_quality(probe_steps=(10, 25, 50, 100, 150, 200), batch: int = 256)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=1, help="whole measurements per batch")
     parser.add_argument("--steps", type=int, default=20, help="steps per round and method")
     parser.add_argument("--warmup", type=int, default=200, help="K-FAC's steps before timing")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
@@ -345,16 +374,26 @@ def main() -> None:
     clock = "CPU time" if args.cpu_time else "wall clock"
     print(f"# K-FAC's step cost — {TASKS[args.task]}; {platform.machine()}, ")
     print(f"{torch.get_num_threads()} threads, ", end="")
-    print(f"{args.rounds} interleaved rounds of {args.steps} steps, medians, {clock}\n")
+    print(f"{args.rounds} interleaved rounds of {args.steps} steps, medians, {clock}", end="")
+    print(f"; medians of {args.repeats} repetitions [their range]\n" if args.repeats > 1 else "\n")
     print("| batch | " + " | ".join(METHODS[m] for m in methods) + " |")
     print("|---|" + "---|" * len(methods))
     profiles, rows = {}, {}
     for batch in args.batches:
-        medians, profiles[batch], rows[batch] = measure(
-            batch, args.rounds, args.steps, args.warmup, args.profile, methods, args.task
+        ratio, spread, step, profiles[batch], rows[batch] = repeated(
+            args.repeats,
+            batch,
+            args.rounds,
+            args.steps,
+            args.warmup,
+            args.profile,
+            methods,
+            args.task,
         )
-        sgd = medians["sgd_momentum"]
-        cells = [f"{medians[m] / sgd:.2f}× ({medians[m] * 1e3:.0f} ms)" for m in methods]
+        low_high = {
+            m: f" [{lo:.2f}–{hi:.2f}]" if args.repeats > 1 else "" for m, (lo, hi) in spread.items()
+        }
+        cells = [f"{ratio[m]:.2f}× ({step[m] * 1e3:.0f} ms){low_high[m]}" for m in methods]
         print(f"| {batch} | " + " | ".join(cells) + " |")
     print("\nRows of the quadratic model, mean over the timed steps\n")
     print("| batch | " + " | ".join(METHODS[m] for m in rows[args.batches[0]]) + " |")
@@ -372,7 +411,8 @@ def main() -> None:
             print(f"| {batch} | " + " | ".join(cells) + " |")
     if not args.profile:
         return
-    print("\nParts of the default step, in SGD-m steps (summed over the rounds, same run)\n")
+    same = "the median over the repetitions" if args.repeats > 1 else "same run"
+    print(f"\nParts of the default step, in SGD-m steps (summed over the rounds, {same})\n")
     variants = [m for m in methods if m.startswith("kfac") and m != "kfac_fixed"]
     header = " | ".join(f"{METHODS[v]}, batch {b}" for b in args.batches for v in variants)
     print(f"| part | {header} |")

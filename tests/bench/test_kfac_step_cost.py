@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.kfac_step_cost import FRACTIONS, fraction_quality, measure, work_per_step
+from bench.kfac_step_cost import FRACTIONS, fraction_quality, measure, repeated, work_per_step
 from kfac.model_rows import MIN_MODEL_ROWS
 
 
@@ -26,6 +26,18 @@ def test_the_timing_counts_the_rows_each_variant_reads(task: str) -> None:
     assert rows["kfac_fixed_rows"] == 64
     assert MIN_MODEL_ROWS <= rows["kfac"] <= 64
     assert set(parts["kfac"]) >= {"_forward_backward", "_precondition", "_output_directions"}
+
+
+def test_repetitions_give_each_ratio_its_median_and_range() -> None:
+    """Three whole measurements: SGD-m is its own unit in each, every other method's median
+    ratio lies within the range of its three, and the profile's parts and the rows survive."""
+    methods = ["sgd_momentum", "kfac"]
+    ratio, spread, step, parts, rows = repeated(3, 64, 1, 2, 3, True, methods, "mlp_digits")
+    assert ratio["sgd_momentum"] == 1.0 and spread["sgd_momentum"] == (1.0, 1.0)
+    low, high = spread["kfac"]
+    assert low <= ratio["kfac"] <= high and step["kfac"] > 0
+    assert set(parts["kfac"]) >= {"_forward_backward", "_precondition"}
+    assert 0 < rows["kfac"] <= 64 // 4  # at most the quarter of the batch
 
 
 def test_the_work_count_is_the_sgd_step_s_products_exactly() -> None:
