@@ -205,8 +205,10 @@ def repeated(repeats: int, batch: int, *args) -> tuple[dict, dict, dict, dict, d
     ratio = {m: statistics.median(r) for m, r in ratios.items()}
     step = {m: statistics.median(v) for m, v in seconds.items()}
     parts = {
-        method: {name: statistics.median(run[1][method][name] for run in runs) for name in names}
-        for method, names in runs[0][1].items()
+        method: {
+            name: statistics.median(run[1][method].get(name, 0.0) for run in runs) for name in PARTS
+        }
+        for method in runs[0][1]
     }
     rows = {m: statistics.mean(run[2][m] for run in runs) for m in runs[0][2]}
     return ratio, spread, step, parts, rows
@@ -360,6 +362,8 @@ def main() -> None:
         "--methods", nargs="*", choices=list(METHODS), default=DEFAULT_METHODS, help="sgd first"
     )
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     methods = ["sgd_momentum"] + [m for m in args.methods if m != "sgd_momentum"]
     if args.threads:
         torch.set_num_threads(args.threads)
