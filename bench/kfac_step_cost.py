@@ -190,27 +190,23 @@ def measure(
     return medians, parts, {m: statistics.mean(r) for m, r in rows.items()}
 
 
-def repeated(repeats: int, batch: int, *args) -> tuple[dict, dict, dict, dict, dict]:
-    """`measure` (batch, then its other arguments) `repeats` times over: each method's median
-    ratio to SGD-m over the repetitions, their (lowest, highest) ratio, its median seconds per
-    step; each part's median over the repetitions; the mean rows."""
-    runs = [measure(batch, *args) for _ in range(repeats)]
-    ratios = defaultdict(list)
-    seconds = defaultdict(list)
-    for medians, _, _ in runs:
-        for method, value in medians.items():
-            ratios[method].append(value / medians["sgd_momentum"])
-            seconds[method].append(value)
-    spread = {m: (min(r), max(r)) for m, r in ratios.items()}
+def repeated(repeats: int, *args) -> tuple[dict, dict, dict, dict, dict]:
+    """`measure(*args)` `repeats` times over: each method's median ratio to SGD-m over the
+    repetitions, their (lowest, highest) ratio, its median seconds per step; each part's median
+    over the repetitions; the mean rows."""
+    medians_of, parts_of, rows_of = zip(*(measure(*args) for _ in range(repeats)), strict=True)
+    methods = medians_of[0]
+    ratios = {m: [run[m] / run["sgd_momentum"] for run in medians_of] for m in methods}
     ratio = {m: statistics.median(r) for m, r in ratios.items()}
-    step = {m: statistics.median(v) for m, v in seconds.items()}
+    spread = {m: (min(r), max(r)) for m, r in ratios.items()}
+    step = {m: statistics.median(run[m] for run in medians_of) for m in methods}
     parts = {
         method: {
-            name: statistics.median(run[1][method].get(name, 0.0) for run in runs) for name in PARTS
+            name: statistics.median(p[method].get(name, 0.0) for p in parts_of) for name in PARTS
         }
-        for method in runs[0][1]
+        for method in parts_of[0]
     }
-    rows = {m: statistics.mean(run[2][m] for run in runs) for m in runs[0][2]}
+    rows = {m: statistics.mean(run[m] for run in rows_of) for m in rows_of[0]}
     return ratio, spread, step, parts, rows
 
 
