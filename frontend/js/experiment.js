@@ -202,13 +202,23 @@ async function main() {
   await page.curves.loadAll(curves);
   renderTable();
   performance.mark("kfac:curves-drawn");
+  // The stream starts at the curves' own cursor, read before their points, not at the
+  // experiment's: the two requests run at once, and points written between the curves' read and
+  // the experiment's would otherwise be in neither (a short run could be missing whole).
+  const { last_event_id: drawnUpTo } = await curves;
   if (experiment.runs.some(isActive)) {
     const handlers = { onRuns: () => (renderHeader(), renderTable()), onStatus: scheduleRefresh };
-    page.closeStream = openStream(experimentId, experiment.last_event_id, {
+    page.closeStream = openStream(experimentId, drawnUpTo, {
       onBatch: (batch) => applyBatch(page, batch, handlers),
       onState: showStreamState,
     });
   } else {
+    // Every run had finished by the experiment's read; if they wrote after the curves' read,
+    // read the curves and the comparison again, complete now.
+    if (experiment.last_event_id > drawnUpTo) {
+      await Promise.all([page.curves.loadAll(), page.comparison.refresh()]);
+      renderTable();
+    }
     showStreamState("finished");
   }
   // The curvature section is below the fold and costs megabytes of matrices: only once seen.

@@ -5,6 +5,7 @@ with whether the lab has their files, a launch without them explained."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -136,3 +137,37 @@ def test_the_form_marks_datasets_without_files_and_explains_the_refusal(
     expect(error).to_contain_text("kfac-lab data fetch mnist")
     assert page.url.endswith("/new")
     watch.errors[:] = [e for e in watch.errors if "422" not in e]  # an expected refusal
+
+
+def test_points_written_between_the_curves_read_and_the_experiment_read_are_drawn(
+    owner_page: tuple[Page, PageWatch], server: Server
+) -> None:
+    """The page asks for the curves and the experiment at once. Here the experiment's answer is
+    held back until the run, which had no points when the curves were read, has written them
+    all and ended: those points are in neither answer, and no stream opens for a finished run,
+    so the page must read the curves again (it opened the stream at the experiment's cursor
+    and drew nothing before)."""
+    page, watch = owner_page
+    run = tracked_run(server, label="a short script")
+    experiment = run["experiment_id"]
+    held = []
+    page.route(re.compile(rf"/api/experiments/{experiment}$"), lambda route: held.append(route))
+    with page.expect_response(re.compile(rf"/api/experiments/{experiment}/metrics")):
+        page.goto(f"/experiments/{experiment}")
+    metrics = f"/api/tracking/runs/{run['run_id']}/metrics"
+    server.post(metrics, {"points": [["train_loss", s, s * 5.0, 1.0 / s] for s in range(1, 4)]})
+    server.post(f"/api/tracking/runs/{run['run_id']}/end", {"status": "succeeded", "step": 3})
+    for _ in range(600):  # the request went out with the curves'; its handler runs as we wait
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the page never asked for the experiment"
+    held[0].continue_()
+    page.wait_for_function(
+        "() => document.getElementById('chart-train_loss')?.data?.[0]?.x.length === 3",
+        polling=250,
+        timeout=30_000,
+    )
+    assert drawn(page, "train_loss") == [[[1, 2, 3], [1.0, 0.5, 1.0 / 3]]]
+    expect(page.locator("#live-text")).to_have_text("finished")
+    watch.assert_clean()
