@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kfac.factors import second_moment
+
 
 def with_homogeneous_coordinate(rows: torch.Tensor) -> torch.Tensor:
     """Append a column of ones: ā = [a; 1], the bias as an extra input (paper §2.1)."""
@@ -85,12 +87,12 @@ class LinearBlock:
     def input_factor(self, layer_input: torch.Tensor) -> torch.Tensor:
         """Ā = E[ā āᵀ] over the examples of this batch, (d_a, d_a)."""
         rows = self.input_rows(layer_input)
-        return rows.T @ rows / rows.shape[0]
+        return second_moment(rows, rows.shape[0])
 
     def output_factor(self, output_grad: torch.Tensor) -> torch.Tensor:
         """G = E[g gᵀ] over the examples of this batch, (d_g, d_g)."""
         rows = self.output_rows(output_grad)
-        return rows.T @ rows / rows.shape[0]
+        return second_moment(rows, rows.shape[0])
 
     def weight_matrix(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """[W b] of shape (d_g, d_a) from tensors shaped like the weight and bias."""
@@ -198,12 +200,12 @@ class Conv2dBlock(LinearBlock):
     def input_factor(self, layer_input: torch.Tensor) -> torch.Tensor:
         """Ω: summed over locations, averaged over the batch."""
         rows = self.input_rows(layer_input)
-        return rows.T @ rows / layer_input.shape[0]
+        return second_moment(rows, layer_input.shape[0])
 
     def output_factor(self, output_grad: torch.Tensor) -> torch.Tensor:
         """Γ: averaged over locations and the batch."""
         rows = self.output_rows(output_grad)
-        return rows.T @ rows / rows.shape[0]
+        return second_moment(rows, rows.shape[0])
 
 
 SUPPORTED_MODULES: dict[type[nn.Module], type] = {nn.Linear: LinearBlock, nn.Conv2d: Conv2dBlock}

@@ -48,7 +48,7 @@ from kfac.quadratic import (
 )
 from kfac.settings import SETTINGS_BEFORE_THEY_EXISTED, KFACSettings
 from kfac.statistics import FactorStatistics
-from kfac.vectors import combine, dot, objective_gradient, squared_norm
+from kfac.vectors import combine, dot, objective_gradient, objective_value
 
 
 class KFAC(torch.optim.Optimizer):
@@ -181,7 +181,7 @@ class KFAC(torch.optim.Optimizer):
                 curvature, _, linear = self._quadratic_model(inputs, gradient, [update])
                 predicted = float(model_change(curvature, linear, linear.new_ones(1)))
             if lm_due:
-                objective_before = float(loss) + 0.5 * eta * squared_norm(params)
+                objective_before = objective_value(float(loss), params, eta)
             torch._foreach_add_(params, update)
             for p, u in zip(params, update, strict=True):
                 self.state[p]["previous_update"] = u
@@ -197,15 +197,20 @@ class KFAC(torch.optim.Optimizer):
             "mu": mu,
             "rho": rho,
             "quadratic_model": predicted,
-            "update_norm": float(
-                torch.linalg.vector_norm(torch.stack(torch._foreach_norm(update)))
-            ),
+            "update_norm": self._update_norm(update, adaptive, scale, mu),
             "numerical_fallbacks": float(len(notes.messages)),
         }
         if self.communicator.world_size > 1:  # one process moves nothing: no series of zeros
             traffic = self.communicator.take_traffic()
             self.diagnostics.update({f"communication_{k}": v for k, v in traffic.items()})
         return loss.detach()
+
+    def _update_norm(self, update, adaptive: bool, scale: float, mu: float) -> float:
+        """‖δ‖; with the quadratic model, from its Gram [vᵢᵀvⱼ] of the directions that δ
+        combines, with no pass over δ (0.02 of an SGD-m step on the autoencoder at batch 256)."""
+        if adaptive:
+            return self.quadratic.combination_norm([scale, mu])
+        return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(update))))
 
     def _forward_backward(self, inputs, targets, step: int) -> tuple[torch.Tensor, set[str]]:
         """The mean NLL and its gradient in .grad; on statistics steps also the factors' update
@@ -309,8 +314,7 @@ class KFAC(torch.optim.Optimizer):
             after = self.model(inputs)
         after = negative_log_likelihood(after, targets, self.family).mean()
         (after,), _ = self.communicator.average([after], inputs.shape[0])
-        params = self.param_groups[0]["params"]
-        objective_after = float(after) + 0.5 * eta * squared_norm(params)
+        objective_after = objective_value(float(after), self.param_groups[0]["params"], eta)
         return self.damping.adapt(objective_after - objective_before, predicted)
 
     def _skip_non_finite(self, loss: torch.Tensor, step: int) -> torch.Tensor:

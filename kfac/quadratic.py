@@ -9,6 +9,7 @@ chooses (which examples, and how many: issue 16).
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -103,6 +104,7 @@ class QuadraticModel:
         self.chain = LinearisedChain.of(model, blocks, params)
         self.chosen = ChosenRows(slice(0, 0), torch.zeros(0), 0)
         self.moments: RowMoments | None = None
+        self.euclidean = torch.zeros(0, 0)  # [vᵢᵀvⱼ] of the last `matrices`' directions
 
     @property
     def rows(self) -> slice | torch.Tensor:
@@ -166,8 +168,16 @@ class QuadraticModel:
             euclidean[i, j] = euclidean[j, i] = float(value)
         linear = fisher.new_tensor([float(value) for value in inner[len(upper) :]])
         curvature, damped = fisher + weight_decay * euclidean, damping * euclidean
+        self.euclidean = euclidean
         self.moments = RowMoments(*moments, curvature, damped) if chosen.adapted else None
         return curvature, damped, linear
+
+    def combination_norm(self, coefficients: list[float]) -> float:
+        """‖Σ cᵢvᵢ‖ over the directions of the last `matrices`, from their Gram [vᵢᵀvⱼ]: no
+        pass over the vectors (coefficients beyond the directions' count are ignored)."""
+        gram = self.euclidean.double()
+        c = gram.new_tensor(coefficients[: gram.shape[0]])
+        return math.sqrt(max(float(c @ gram @ c), 0.0))
 
     def updated_row_variance(self, previous: float | None, solved: StepCoefficients):
         """The running average of s² with this step's, observed on the drawn rows of the last

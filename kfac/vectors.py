@@ -34,6 +34,11 @@ def squared_norm(tensors: list[torch.Tensor]) -> float:
     return float(dot(tensors, tensors))
 
 
+def objective_value(loss: float, params: list[torch.Tensor], eta: float) -> float:
+    """h(θ) = mean NLL + ½η‖θ‖² (§6.1), with no pass over θ when η = 0."""
+    return loss + 0.5 * eta * squared_norm(params) if eta else loss
+
+
 def combine(alpha: float, directions, mu: float, previous) -> list[torch.Tensor]:
     """δ = α·Δ + μ·δ₀, written over `directions`, which the caller gives up: no new buffers
     (a fresh tensor of the autoencoder's 2.8M parameters costs its page faults every step)."""

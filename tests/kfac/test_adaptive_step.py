@@ -189,3 +189,22 @@ def test_gamma_search_keeps_the_candidate_with_the_lowest_quadratic_model(dampin
     assert opt.diagnostics["gamma"] == pytest.approx(best_gamma, rel=1e-12)
     step = explicit.parameter_vector(model).detach() - theta
     torch.testing.assert_close(step, best_step, rtol=1e-8, atol=1e-12)
+
+
+# --- the update's norm from the model's Gram ---------------------------------------------------
+
+
+def test_the_reported_update_norm_is_the_norm_of_the_parameters_change():
+    """With the quadratic model the optimizer reports ‖δ‖ from the Gram [vᵢᵀvⱼ] of Δ and δ₀
+    rather than a pass over δ: every step's figure must be the norm of what θ moved by, the
+    steps with momentum (where the cross term αμΔᵀδ₀ counts, with its sign) included."""
+    model, (x, y) = batch_norm_net(), data()
+    opt = KFAC(model, FAMILY, stats_interval=2, inverse_interval=2)  # the defaults otherwise
+    momenta = []
+    for step in range(6):
+        before = flat(model, snapshot(model))
+        opt.step(x, y)
+        moved = flat(model, snapshot(model)) - before
+        momenta.append(opt.diagnostics["mu"])
+        assert opt.diagnostics["update_norm"] == pytest.approx(float(moved.norm()), rel=1e-9)
+    assert any(abs(mu) > 1e-3 for mu in momenta[1:])

@@ -10,7 +10,12 @@ import torch
 from torch import nn
 
 from kfac import KFAC
-from kfac.factors import running_average_weight, update_running_average
+from kfac.factors import (
+    SYMMETRIC_BLOCKS_FROM,
+    running_average_weight,
+    second_moment,
+    update_running_average,
+)
 from tests.kfac import explicit
 
 DECAY = 0.6  # ε_2 = 1/2 (warm-up), ε_k = 0.6 from k = 3: both regimes within a few updates
@@ -75,3 +80,16 @@ def test_the_optimizer_folds_each_statistics_step_in_with_the_warm_up_weight():
             want_g = by_hand([g[i] for g in per_batch_g], DECAY)[-1]
             torch.testing.assert_close(state["A"], want_a, rtol=1e-10, atol=1e-12)
             torch.testing.assert_close(state["G"], want_g, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("side", [7, SYMMETRIC_BLOCKS_FROM, SYMMETRIC_BLOCKS_FROM + 2, 1001])
+def test_the_second_moment_is_the_explicit_mean_outer_product_and_exactly_symmetric(side):
+    """Sides from SYMMETRIC_BLOCKS_FROM on multiply only the blocks on and above the diagonal
+    (uneven blocks at 514 and 1001): every entry, the mirrored ones included, is E[xxᵀ] by hand,
+    and the result is exactly symmetric (a plain XᵀX need not be, in its last bits)."""
+    rows = torch.randn(40, side, generator=torch.Generator().manual_seed(side))
+    moment = second_moment(rows, count=50)
+    by_hand = sum(torch.outer(x, x) for x in rows.double()) / 50
+    torch.testing.assert_close(moment.double(), by_hand, rtol=1e-5, atol=1e-5)
+    if side >= SYMMETRIC_BLOCKS_FROM:
+        assert torch.equal(moment, moment.T)
