@@ -25,7 +25,7 @@ def update_running_average(
 
 # d from which `second_moment` multiplies only the blocks on and above the diagonal: the
 # autoencoder's factors of side 785–1001, at batch 256 and 1,000 (two threads, an AMD EPYC),
-# took 0.72–0.79 of XᵀX's time in three column blocks; at side 501 it was 0.90–1.0.
+# took 0.72–0.88 of XᵀX's time in three column blocks; at side 501 it was 0.90–1.0.
 SYMMETRIC_BLOCKS_FROM = 512
 SYMMETRIC_BLOCKS = 3
 

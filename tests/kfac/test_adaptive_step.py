@@ -201,7 +201,7 @@ def test_the_reported_update_norm_is_the_norm_of_the_parameters_change():
     model, (x, y) = batch_norm_net(), data()
     opt = KFAC(model, FAMILY, stats_interval=2, inverse_interval=2)  # the defaults otherwise
     momenta = []
-    for step in range(6):
+    for _ in range(6):
         before = flat(model, snapshot(model))
         opt.step(x, y)
         moved = flat(model, snapshot(model)) - before
