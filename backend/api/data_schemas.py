@@ -111,6 +111,11 @@ class Comparison(BaseModel):
     target: float | None = Field(description="As given, or the best final mean of the baselines")
     criterion: Literal["final", "best"]
     groups: list[ComparisonGroup]
+    last_event_id: int | None = Field(
+        None,
+        description="One experiment's comparison: its newest event id when this was read; a "
+        "live stream from it misses nothing this answer lacks",
+    )
 
 
 # --- snapshots -----------------------------------------------------------------------------

@@ -202,21 +202,28 @@ async function main() {
   await page.curves.loadAll(curves);
   renderTable();
   performance.mark("kfac:curves-drawn");
-  // The stream starts at the curves' own cursor, read before their points, not at the
-  // experiment's: the two requests run at once, and points written between the curves' read and
-  // the experiment's would otherwise be in neither (a short run could be missing whole).
+  // The curves, the comparison and the experiment are read at once, each answer with its own
+  // cursor: the stream starts at the earliest, so that what happened between the reads (points
+  // after the experiment's, a run's end after the curves') is replayed, not in none of them (a
+  // replayed status re-reads the comparison). Replaying what an answer already holds changes
+  // nothing: points at or before a run's last, a status, a log line or a snapshot already shown
+  // are skipped or set again.
   const { last_event_id: drawnUpTo } = await curves;
+  const tabulatedUpTo = (await comparison.catch(() => null))?.last_event_id ?? drawnUpTo;
   if (experiment.runs.some(isActive)) {
     const handlers = { onRuns: () => (renderHeader(), renderTable()), onStatus: scheduleRefresh };
-    page.closeStream = openStream(experimentId, drawnUpTo, {
+    page.closeStream = openStream(experimentId, Math.min(drawnUpTo, tabulatedUpTo, experiment.last_event_id), {
       onBatch: (batch) => applyBatch(page, batch, handlers),
       onState: showStreamState,
     });
   } else {
-    // Every run had finished by the experiment's read; if they wrote after the curves' read,
-    // read the curves and the comparison again, complete now.
-    if (experiment.last_event_id > drawnUpTo) {
-      await Promise.all([page.curves.loadAll(), page.comparison.refresh()]);
+    // Every run had finished by the experiment's read: what was written after the curves' or
+    // the comparison's read is read again, complete now.
+    const stale = [];
+    if (experiment.last_event_id > drawnUpTo) stale.push(page.curves.loadAll());
+    if (experiment.last_event_id > tabulatedUpTo) stale.push(page.comparison.refresh());
+    if (stale.length) {
+      await Promise.all(stale);
       renderTable();
     }
     showStreamState("finished");

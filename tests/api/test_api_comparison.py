@@ -226,3 +226,16 @@ def test_a_comparison_of_no_experiments_is_empty(client: TestClient) -> None:
     assert answer.status_code == 200 and answer.json()["groups"] == [], answer.text
     table = client.get("/api/comparison", params={"format": "csv"}, headers=ADMIN)
     assert table.status_code == 200 and table.text.count("\n") == 1, table.text
+
+
+def test_the_comparison_carries_the_experiment_s_event_cursor(
+    client: TestClient, swept: dict
+) -> None:
+    """The experiment page streams live events from the earliest cursor of its answers: the
+    comparison's is the experiment's newest event id when it was read (several experiments
+    have no one stream, and no cursor)."""
+    cursor = client.get(f"/api/experiments/{swept['id']}", headers=ADMIN).json()["last_event_id"]
+    assert cursor > 0
+    assert comparison(client, swept)["last_event_id"] == cursor
+    several = client.get("/api/comparison", params={"ids": swept["id"]}, headers=ADMIN)
+    assert several.json()["last_event_id"] is None

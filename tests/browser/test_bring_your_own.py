@@ -171,3 +171,69 @@ def test_points_written_between_the_curves_read_and_the_experiment_read_are_draw
     assert drawn(page, "train_loss") == [[[1, 2, 3], [1.0, 0.5, 1.0 / 3]]]
     expect(page.locator("#live-text")).to_have_text("finished")
     watch.assert_clean()
+
+
+def test_a_run_that_ends_between_the_experiment_read_and_the_curves_read_is_shown_ended(
+    owner_page: tuple[Page, PageWatch], server: Server
+) -> None:
+    """The mirror case: the curves' answer is held back until the run, active when the
+    experiment was read, has written its points and ended. Its end is in neither answer (the
+    experiment's says running, the curves' cursor is past the end), so the stream must start
+    at the earlier cursor and replay it (the page streamed from the curves' cursor: the run
+    stayed "running" and the stream open)."""
+    page, watch = owner_page
+    run = tracked_run(server, label="a short script")
+    experiment = run["experiment_id"]
+    held = []
+    page.route(
+        re.compile(rf"/api/experiments/{experiment}/metrics"), lambda route: held.append(route)
+    )
+    with page.expect_response(re.compile(rf"/api/experiments/{experiment}$")):
+        page.goto(f"/experiments/{experiment}")
+    metrics = f"/api/tracking/runs/{run['run_id']}/metrics"
+    server.post(metrics, {"points": [["train_loss", s, s * 5.0, 1.0 / s] for s in range(1, 4)]})
+    server.post(f"/api/tracking/runs/{run['run_id']}/end", {"status": "succeeded", "step": 3})
+    for _ in range(600):  # the request went out with the experiment's
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the page never asked for the curves"
+    for route in held:
+        route.continue_()
+    expect(page.locator("#live-text")).to_have_text("finished", timeout=30_000)
+    assert drawn(page, "train_loss") == [[[1, 2, 3], [1.0, 0.5, 1.0 / 3]]]
+    watch.assert_clean()
+
+
+def test_a_comparison_read_before_the_run_ended_is_read_again(
+    owner_page: tuple[Page, PageWatch], server: Server
+) -> None:
+    """The comparison answers first; the experiment's and the curves' answers are held back
+    until the run has written its points and ended. Both then say it all, and no stream opens
+    for a finished run, so the page must see from the comparison's own cursor that its table
+    is older and read it again (it compared with the curves' cursor only: the final value
+    stayed blank)."""
+    page, watch = owner_page
+    run = tracked_run(server, label="a short script")
+    experiment = run["experiment_id"]
+    held = []
+    page.route(
+        re.compile(rf"/api/experiments/{experiment}(/metrics.*)?$"),
+        lambda route: held.append(route),
+    )
+    with page.expect_response(re.compile(rf"/api/experiments/{experiment}/comparison")):
+        page.goto(f"/experiments/{experiment}")
+    metrics = f"/api/tracking/runs/{run['run_id']}/metrics"
+    server.post(metrics, {"points": [["train_loss", s, s * 5.0, 1.0 / s] for s in range(1, 4)]})
+    server.post(f"/api/tracking/runs/{run['run_id']}/end", {"status": "succeeded", "step": 3})
+    for _ in range(600):  # both requests went out with the comparison's
+        if len(held) >= 2:
+            break
+        page.wait_for_timeout(50)
+    assert len(held) >= 2, "the page never asked for the experiment and the curves"
+    for route in held:
+        route.continue_()
+    expect(page.locator("#live-text")).to_have_text("finished", timeout=30_000)
+    final = page.locator("#comparison-rows tr").first.locator("td").nth(2)
+    expect(final).to_contain_text("0.333", timeout=30_000)
+    watch.assert_clean()

@@ -62,7 +62,9 @@ def experiment(
     version = last_event_id(session, found.id)
 
     def make() -> dict:
-        return comparison(StoreSource(session), group_runs(found.runs), metric, criterion, target)
+        groups = group_runs(found.runs)
+        answer = comparison(StoreSource(session), groups, metric, criterion, target)
+        return {**answer, "last_event_id": version}
 
     key = ("comparison", found.id, metric, target, criterion, version)
     return _answer(request, key, make, format, found.name)
@@ -99,7 +101,8 @@ def experiments(
     def make() -> dict:
         runs = [run for e in found for run in e.runs]
         groups = group_runs(runs, experiment_names={e.id: e.name for e in found})
-        return comparison(StoreSource(session), groups, metric, criterion, target)
+        answer = comparison(StoreSource(session), groups, metric, criterion, target)
+        return {**answer, "last_event_id": None}  # several experiments: no one stream
 
     key = ("comparison", tuple(e.id for e in found), metric, target, criterion, version)
     return _answer(request, key, make, format, "comparison")
