@@ -187,6 +187,8 @@ async function main() {
     return;
   }
   page.experiment = experiment;
+  // The owner's controls that change the experiment start from its answer: usable from now on.
+  for (const control of document.querySelectorAll("[data-needs-experiment]")) control.disabled = false;
   renderHeader();
   renderOrganised(experiment, !credentials.shared);
   try {

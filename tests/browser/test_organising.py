@@ -10,6 +10,7 @@ random word and looks only at those.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterator
 
@@ -355,3 +356,33 @@ def test_the_markdown_subset_builds_nodes_and_links_only_to_http_or_relative_tar
     )
     for (text, expected), html in zip(MARKDOWN_CASES, drawn, strict=True):
         assert html == expected, text
+
+
+def test_the_owner_s_controls_wait_for_the_experiment(
+    owner_page: tuple[Page, PageWatch], server: Server
+) -> None:
+    """Tags, notes, archiving and renaming change the experiment starting from its answer:
+    until it has come they are disabled (a tag typed at once, on a busy machine, read a null
+    experiment: a TypeError and no tag), then they work."""
+    page, watch = owner_page
+    word = f"w{secrets.token_hex(3)}"
+    experiment = seed(server, f"{word} early")
+    read = re.compile(rf"/api/experiments/{experiment}$")
+    held = []
+    page.route(read, lambda route: held.append(route))
+    page.goto(f"/experiments/{experiment}")
+    for _ in range(600):
+        if held:
+            break
+        page.wait_for_timeout(50)
+    assert held, "the page never asked for the experiment"
+    for control in ("#tag-input", "#tag-add", "#archive", "#edit-notes", "#rename"):
+        expect(page.locator(control)).to_be_disabled()
+    held[0].continue_()
+    page.unroute(read)  # the tag's PATCH goes to the same path
+    page.fill("#tag-input", word)  # waits until it is enabled
+    page.keyboard.press("Enter")
+    expect(page.locator("#experiment-tags .tag")).to_have_text([f"{word}×"])
+    for control in ("#archive", "#edit-notes", "#rename"):
+        expect(page.locator(control)).to_be_enabled()
+    watch.assert_clean()
