@@ -141,3 +141,12 @@ def write_then_await_live_update(page: Page, write: Callable[[], None]) -> None:
     seen = page.evaluate(LIVE_UPDATES_JS)
     write()
     page.wait_for_function(f"() => {LIVE_UPDATES_JS} > {seen}", polling=100, timeout=60_000)
+
+
+def wait_until_held(page: Page, held: list, count: int = 1) -> None:
+    """Until `count` requests the page sent with the others are held by a route."""
+    for _ in range(600):  # they went out together; their route handlers run as we wait
+        if len(held) >= count:
+            return
+        page.wait_for_timeout(50)
+    raise AssertionError(f"the page sent {len(held)} of the {count} requests held back")

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.support import PageWatch, Screenshots, Server
+from tests.browser.support import PageWatch, Screenshots, Server, wait_until_held
 
 pytestmark = pytest.mark.browser
 
@@ -39,6 +39,13 @@ def system_points(steps: range) -> list[list]:
 def drawn(page: Page, metric: str) -> list[list]:
     """The (x, y) of every trace of the chart of `metric`."""
     return page.evaluate(TRACES_JS, f"chart-{metric}")
+
+
+def run_three_steps_and_end(server: Server, run: dict) -> None:
+    """What a short tracked script does: train_loss 1, 1/2, 1/3 at steps 1–3, then its end."""
+    metrics = f"/api/tracking/runs/{run['run_id']}/metrics"
+    server.post(metrics, {"points": [["train_loss", s, s * 5.0, 1.0 / s] for s in range(1, 4)]})
+    server.post(f"/api/tracking/runs/{run['run_id']}/end", {"status": "succeeded", "step": 3})
 
 
 def test_the_system_panel_draws_a_tracked_run_s_cpu_and_memory_live(
@@ -154,14 +161,8 @@ def test_points_written_between_the_curves_read_and_the_experiment_read_are_draw
     page.route(re.compile(rf"/api/experiments/{experiment}$"), lambda route: held.append(route))
     with page.expect_response(re.compile(rf"/api/experiments/{experiment}/metrics")):
         page.goto(f"/experiments/{experiment}")
-    metrics = f"/api/tracking/runs/{run['run_id']}/metrics"
-    server.post(metrics, {"points": [["train_loss", s, s * 5.0, 1.0 / s] for s in range(1, 4)]})
-    server.post(f"/api/tracking/runs/{run['run_id']}/end", {"status": "succeeded", "step": 3})
-    for _ in range(600):  # the request went out with the curves'; its handler runs as we wait
-        if held:
-            break
-        page.wait_for_timeout(50)
-    assert held, "the page never asked for the experiment"
+    run_three_steps_and_end(server, run)
+    wait_until_held(page, held)
     held[0].continue_()
     page.wait_for_function(
         "() => document.getElementById('chart-train_loss')?.data?.[0]?.x.length === 3",
@@ -190,14 +191,8 @@ def test_a_run_that_ends_between_the_experiment_read_and_the_curves_read_is_show
     )
     with page.expect_response(re.compile(rf"/api/experiments/{experiment}$")):
         page.goto(f"/experiments/{experiment}")
-    metrics = f"/api/tracking/runs/{run['run_id']}/metrics"
-    server.post(metrics, {"points": [["train_loss", s, s * 5.0, 1.0 / s] for s in range(1, 4)]})
-    server.post(f"/api/tracking/runs/{run['run_id']}/end", {"status": "succeeded", "step": 3})
-    for _ in range(600):  # the request went out with the experiment's
-        if held:
-            break
-        page.wait_for_timeout(50)
-    assert held, "the page never asked for the curves"
+    run_three_steps_and_end(server, run)
+    wait_until_held(page, held)
     for route in held:
         route.continue_()
     expect(page.locator("#live-text")).to_have_text("finished", timeout=30_000)
@@ -223,14 +218,8 @@ def test_a_comparison_read_before_the_run_ended_is_read_again(
     )
     with page.expect_response(re.compile(rf"/api/experiments/{experiment}/comparison")):
         page.goto(f"/experiments/{experiment}")
-    metrics = f"/api/tracking/runs/{run['run_id']}/metrics"
-    server.post(metrics, {"points": [["train_loss", s, s * 5.0, 1.0 / s] for s in range(1, 4)]})
-    server.post(f"/api/tracking/runs/{run['run_id']}/end", {"status": "succeeded", "step": 3})
-    for _ in range(600):  # both requests went out with the comparison's
-        if len(held) >= 2:
-            break
-        page.wait_for_timeout(50)
-    assert len(held) >= 2, "the page never asked for the experiment and the curves"
+    run_three_steps_and_end(server, run)
+    wait_until_held(page, held, count=2)  # the experiment's and the curves'
     for route in held:
         route.continue_()
     expect(page.locator("#live-text")).to_have_text("finished", timeout=30_000)

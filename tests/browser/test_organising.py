@@ -22,7 +22,7 @@ from backend.store.db import session_scope
 from backend.store.organise import set_notes, set_tags
 from backend.store.queries import get_experiment
 from backend.store.writes import claim_run, create_experiment, set_status
-from tests.browser.support import PageWatch, Screenshots, Server
+from tests.browser.support import PageWatch, Screenshots, Server, wait_until_held
 from tests.browser.test_comparison import seed_experiment, wait_for_legend
 
 SAME_ORDER_JS = """wanted => {
@@ -371,11 +371,7 @@ def test_the_owner_s_controls_wait_for_the_experiment(
     held = []
     page.route(read, lambda route: held.append(route))
     page.goto(f"/experiments/{experiment}")
-    for _ in range(600):
-        if held:
-            break
-        page.wait_for_timeout(50)
-    assert held, "the page never asked for the experiment"
+    wait_until_held(page, held)
     for control in ("#tag-input", "#tag-add", "#archive", "#edit-notes", "#rename"):
         expect(page.locator(control)).to_be_disabled()
     held[0].continue_()
