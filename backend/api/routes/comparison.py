@@ -58,8 +58,8 @@ def experiment(
     """One row per optimizer configuration (runs that differ only by seed): final and best
     value, steps / seconds / examples to the target, median step time, each optimizer's
     winner; labels and colours for every view of the experiment."""
+    version = last_event_id(session, experiment_id)  # before the runs and their metrics
     found = load_experiment(session, principal, experiment_id)
-    version = last_event_id(session, found.id)
 
     def make() -> dict:
         groups = group_runs(found.runs)

@@ -65,7 +65,11 @@ register_url_convertor("experiment", _NotValidate())
 ONE = "/{experiment_id:experiment}"
 
 
-def detail(session: Session, request: Request, experiment: Experiment) -> ExperimentDetail:
+def detail(
+    session: Session, request: Request, experiment: Experiment, cursor: int | None = None
+) -> ExperimentDetail:
+    """The experiment's answer; `cursor`, its newest event id, when the caller read it before
+    the runs (else it is read now)."""
     waiting = any(run.status == "queued" for run in experiment.runs)
     return ExperimentDetail.from_experiment(
         experiment,
@@ -74,7 +78,7 @@ def detail(session: Session, request: Request, experiment: Experiment) -> Experi
         queue_positions(session) if waiting else None,
         spec=experiment.spec,
         notes=experiment.notes,
-        last_event_id=last_event_id(session, experiment.id),
+        last_event_id=last_event_id(session, experiment.id) if cursor is None else cursor,
     )
 
 
@@ -176,7 +180,9 @@ def get_one(
     experiment_id: ExperimentId, request: Request, session: SessionDep, principal: ReaderDep
 ) -> ExperimentDetail:
     """The experiment with its runs (status, progress, device, final metrics, error)."""
-    return detail(session, request, load_experiment(session, principal, experiment_id))
+    # The cursor first: a live stream from it misses nothing the runs' statuses lack.
+    cursor = last_event_id(session, experiment_id)
+    return detail(session, request, load_experiment(session, principal, experiment_id), cursor)
 
 
 @router.delete(ONE, status_code=204, responses=WRITE_ERRORS)
