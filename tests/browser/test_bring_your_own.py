@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser.support import PageWatch, Screenshots, Server, wait_until_held
+from tests.browser.test_comparison import FINAL_CELLS_JS, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -223,6 +224,6 @@ def test_a_comparison_read_before_the_run_ended_is_read_again(
     for route in held:
         route.continue_()
     expect(page.locator("#live-text")).to_have_text("finished", timeout=30_000)
-    final = page.locator("#comparison-rows tr").first.locator("td").nth(2)
-    expect(final).to_contain_text("0.333", timeout=30_000)
+    final_cells = f"({FINAL_CELLS_JS})()"
+    wait_until(page, f"{final_cells}[0]?.includes('0.333')", timeout=30_000, show=final_cells)
     watch.assert_clean()

@@ -69,7 +69,8 @@ def detail(
     session: Session, request: Request, experiment: Experiment, cursor: int | None = None
 ) -> ExperimentDetail:
     """The experiment's answer; `cursor`, its newest event id, when the caller read it before
-    the runs (else it is read now)."""
+    the runs (else it is read now). Only the read a page opens its live stream from needs the
+    order (`get_one`); the writes' answers are for the writer."""
     waiting = any(run.status == "queued" for run in experiment.runs)
     return ExperimentDetail.from_experiment(
         experiment,
