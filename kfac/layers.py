@@ -80,6 +80,19 @@ class LinearBlock:
         """The layer's map with its weight and bias replaced (tensors shaped like them)."""
         return torch.nn.functional.linear(layer_input, weight, bias)
 
+    def apply_low_rank(
+        self, layer_input: torch.Tensor, left: torch.Tensor, right: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The layer's map with [W b] = left @ right (left (d_g, r), right (r, d_a)) as
+        (ā rightᵀ) leftᵀ, when that is the cheaper form: r·(d_a + d_g) multiply-adds a row
+        against W's d_a·d_g; None when it is not."""
+        rank = right.shape[0]
+        if rank * (self.input_dim + self.output_dim) >= self.input_dim * self.output_dim:
+            return None
+        columns = self.input_columns
+        bias = right[:, columns] if self.has_bias else None
+        return self.apply_parameters(layer_input, right[:, :columns], bias) @ left.T
+
     def apply_weight(self, layer_input: torch.Tensor) -> torch.Tensor:
         """W applied to `layer_input` without the bias: the map's derivative in its input."""
         return self.apply_parameters(layer_input, self.module.weight.detach(), None)
@@ -196,6 +209,13 @@ class Conv2dBlock(LinearBlock):
         return torch.nn.functional.conv2d(
             layer_input, weight, bias, conv.stride, conv.padding, conv.dilation
         )
+
+    def apply_low_rank(
+        self, layer_input: torch.Tensor, left: torch.Tensor, right: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Not built for a convolution: its rows are the patches, B·|T| of them, so the rank
+        r of a per-example product is rarely below d_a·d_g / (d_a + d_g)."""
+        return None
 
     def input_factor(self, layer_input: torch.Tensor) -> torch.Tensor:
         """Ω: summed over locations, averaged over the batch."""

@@ -22,6 +22,7 @@ the optimizer keeps the dual passes of `kfac.quadratic.output_directions`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,10 @@ from torch import nn
 
 from kfac.capture import ActivationCapture
 from kfac.layers import LinearBlock
+
+LowRankFactors = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
+"""(left, right) with left @ right = [W b] of a direction's weight tensor, or None
+(`kfac.preconditioner.KroneckerPreconditioner.low_rank_factors`)."""
 
 ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
     nn.Sigmoid,
@@ -106,22 +111,19 @@ class LinearisedChain:
         capture: ActivationCapture,
         rows: slice | torch.Tensor,
         directions: list[dict[int, torch.Tensor]],
+        low_rank: LowRankFactors | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The outputs z and J·v of the captured pass's examples `rows` (a slice or indices),
-        one J·v per direction (a dict id(parameter) → tensor)."""
+        one J·v per direction (a dict id(parameter) → tensor).  `low_rank` gives the factors
+        of a direction's weight that is a per-example product left @ right (F̆⁻¹∇h at batch
+        256), through which V ā costs less (`LinearBlock.apply_low_rank`)."""
         count = len(directions)
         tangent = None  # ȧ of the current layer, the directions stacked as examples
         for stage in self.stages:
             block = stage.block
             layer_input = capture.inputs[block.name][rows]
-            weight, bias = block.module.weight, block.module.bias
             produced = torch.cat(
-                [
-                    block.apply_parameters(
-                        layer_input, d[id(weight)], None if bias is None else d[id(bias)]
-                    )
-                    for d in directions
-                ]
+                [direction_product(block, layer_input, d, low_rank) for d in directions]
             )
             if tangent is not None:
                 produced += block.apply_weight(tangent)
@@ -137,6 +139,24 @@ class LinearisedChain:
                 primal, tangent = forward_derivative(module, repeated, tangent)
                 primal = primal[:used]
         return primal, list(tangent.chunk(count))
+
+
+def direction_product(
+    block: LinearBlock,
+    layer_input: torch.Tensor,
+    direction: dict[int, torch.Tensor],
+    low_rank: LowRankFactors | None,
+) -> torch.Tensor:
+    """V ā (with the bias's part) of one direction on the rows `layer_input`."""
+    weight, bias = block.module.weight, block.module.bias
+    along_weight = direction[id(weight)]
+    factors = low_rank(along_weight) if low_rank is not None else None
+    if factors is not None:
+        product = block.apply_low_rank(layer_input, *factors)
+        if product is not None:
+            return product
+    along_bias = None if bias is None else direction[id(bias)]
+    return block.apply_parameters(layer_input, along_weight, along_bias)
 
 
 def forward_derivative(

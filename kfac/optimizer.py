@@ -128,7 +128,13 @@ class KFAC(torch.optim.Optimizer):
             self.blocks, structure, self.block_state, self.communicator, settings.precision
         )
         self.quadratic = QuadraticModel(
-            model, self.family, self.blocks, params, self.capture, self.communicator
+            model,
+            self.family,
+            self.blocks,
+            params,
+            self.capture,
+            self.communicator,
+            self.preconditioner.low_rank_factors,
         )
         self.natural_gradient = NaturalGradient(params, self.preconditioner)
         self.generator = torch.Generator(device=params[0].device)

@@ -11,6 +11,7 @@ coupling_a, coupling_g, basis_a, basis_g, scale — the pieces of F̂⁻¹ (§4.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -30,6 +31,18 @@ TRIDIAGONAL_KEYS = ("coupling_a", "coupling_g", "basis_a", "basis_g", "scale")
 BLOCK_DIAGONAL_KEYS = ("input_inverse", "output_inverse")
 
 
+@dataclass(frozen=True)
+class LowRankProduct:
+    """A layer's F̆⁻¹∇W̄ = left @ right preconditioned per example: left = (ĝG⁻¹)ᵀ (d_g, N),
+    right = āĀ⁻¹ (N, d_a), for the weight tensor it was cut into, `weight`, as long as that
+    tensor is unchanged (`version`: an in-place write, δ written over Δ, bumps it)."""
+
+    weight: torch.Tensor
+    version: int
+    left: torch.Tensor
+    right: torch.Tensor
+
+
 class KroneckerPreconditioner:
     def __init__(
         self,
@@ -46,6 +59,8 @@ class KroneckerPreconditioner:
         self.precision = ProductPrecision(precision)
         self._reduced: dict[str, tuple[torch.Tensor, ...]] = {}
         """Per layer: (Ā⁻¹, G⁻¹) as stored and their bfloat16 copies, cast once per inverse."""
+        self._low_rank: dict[int, LowRankProduct] = {}
+        """The last `precondition`'s per-example products, by id of their weight tensor."""
 
     # ------------------------------------------------------------------ statistics (§5)
 
@@ -178,6 +193,7 @@ class KroneckerPreconditioner:
         product that meets ∇W̄ (see `block_tridiagonal_precondition`).
         """
         per_example = per_example or {}
+        self._low_rank.clear()
         if self.structure is InverseStructure.BLOCK_TRIDIAGONAL:
             pieces = self._tridiagonal_pieces()
             if pieces is not None:
@@ -201,8 +217,20 @@ class KroneckerPreconditioner:
                 if self.precision is ProductPrecision.BFLOAT16:
                     input_inverse, output_inverse = self._bfloat16_inverses(block.name, state)
                 left, right = output_inverse @ gradient.to(output_inverse.dtype), input_inverse
-            result.append([part.to(dtype) for part in product_parts(block, left, right)])
+            parts = [part.to(dtype) for part in product_parts(block, left, right)]
+            if block.name in per_example:
+                weight = parts[0]
+                self._low_rank[id(weight)] = LowRankProduct(weight, weight._version, left, right)
+            result.append(parts)
         return result
+
+    def low_rank_factors(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(left, right) of the last `precondition`'s per-example product that `weight` was cut
+        from, if it is unchanged since; None otherwise (`LowRankProduct`)."""
+        product = self._low_rank.get(id(weight))
+        if product is None or product.weight is not weight or product.version != weight._version:
+            return None
+        return product.left, product.right
 
     def _bfloat16_inverses(self, name: str, state: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The layer's (Ā⁻¹, G⁻¹) in bfloat16, cast again only when the stored inverses change

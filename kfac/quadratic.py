@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call
 
 from kfac.enums import LossFamily
-from kfac.linearisation import LinearisedChain
+from kfac.linearisation import LinearisedChain, LowRankFactors
 from kfac.losses import output_fisher_rows
 from kfac.model_rows import ChosenRows, RowMoments, choose_rows, running_row_variance
 from kfac.vectors import dots
@@ -97,8 +97,17 @@ class QuadraticModel:
     K-FAC layers (`kfac.linearisation`), from dual forward passes otherwise.
     """
 
-    def __init__(self, model: nn.Module, family: LossFamily, blocks, params, capture, communicator):
-        self.model, self.family = model, family
+    def __init__(
+        self,
+        model: nn.Module,
+        family: LossFamily,
+        blocks,
+        params,
+        capture,
+        communicator,
+        low_rank: LowRankFactors | None = None,
+    ):
+        self.model, self.family, self.low_rank = model, family, low_rank
         self.params, self.capture, self.communicator = params, capture, communicator
         self.names = {p: name for name, p in model.named_parameters()}
         self.chain = LinearisedChain.of(model, blocks, params)
@@ -192,7 +201,7 @@ class QuadraticModel:
     def _output_directions(self, inputs, directions):
         if self.chain is not None and self.capture.inputs:  # this step's pass was kept
             keyed = [dict(zip(map(id, self.params), d, strict=True)) for d in directions]
-            return self.chain.output_directions(self.capture, self.rows, keyed)
+            return self.chain.output_directions(self.capture, self.rows, keyed, self.low_rank)
         named = [
             {self.names[p]: d for p, d in zip(self.params, direction, strict=True)}
             for direction in directions

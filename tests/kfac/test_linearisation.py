@@ -11,8 +11,10 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from kfac import KFAC
+from kfac.vectors import combine
 from tests.kfac import explicit
 from tests.kfac.conftest import LOSSES, NETS, make_batch, make_net
+from tests.kfac.explicit import batch, tiny_net
 
 
 def conv_chain() -> nn.Sequential:
@@ -218,3 +220,58 @@ def model_at(model: nn.Module, theta: torch.Tensor) -> nn.Module:
         for name, value in explicit.linear_parameters(model, theta).items():
             model.get_parameter(name).copy_(value)
     return model
+
+
+def per_example_direction():
+    """A default optimizer (η = 0, so the 30 → 25 layer of a batch of 6 preconditions per
+    example) after one step, with its second step's pass captured; its parameters, and ∇h and
+    the layers' rows (ā, ĝ) of that pass."""
+    model = tiny_net(widths=(4, 30, 25, 3))
+    x, y = batch("bce", n=6)
+    optimizer = KFAC(model, "bce", weight_decay_steps=0)
+    optimizer.step(x, y)
+    _, per_example = optimizer._forward_backward(x, y, 2)
+    params = optimizer.param_groups[0]["params"]
+    gradient = [p.grad for p in params]
+    return optimizer, params, gradient, optimizer.capture.per_example_rows(per_example)
+
+
+@pytest.mark.parametrize("rows", [slice(0, 4), torch.tensor([5, 1, 3])])
+def test_j_delta_through_the_per_example_factors_equals_the_dense_product(rows):
+    """V ā of F̆⁻¹∇W̄ = left @ right computed as (ā rightᵀ) leftᵀ, bias column included, gives
+    the J·v of the dense tensor the preconditioner cut from the same product; the factors are
+    taken for the per-example layer alone (the dense ones have none)."""
+    optimizer, params, gradient, per_example = per_example_direction()
+    preconditioned = optimizer._precondition(gradient, per_example)
+    low_rank = optimizer.preconditioner.low_rank_factors
+    by_param = dict(zip(map(id, params), preconditioned, strict=True))
+    factored = [
+        b.name
+        for b in optimizer.blocks
+        if (factors := low_rank(by_param[id(b.module.weight)])) is not None
+        and b.apply_low_rank(optimizer.capture.inputs[b.name][rows], *factors) is not None
+    ]
+    assert factored == [optimizer.blocks[1].name]
+    generator = torch.Generator().manual_seed(7)
+    other = [torch.randn(p.shape, generator=generator, dtype=p.dtype) for p in params]
+    keyed = [dict(zip(map(id, params), d, strict=True)) for d in (preconditioned, other)]
+    chain, capture = optimizer.quadratic.chain, optimizer.capture
+    outputs, products = chain.output_directions(capture, rows, keyed, low_rank)
+    want_outputs, want = chain.output_directions(capture, rows, keyed)
+    torch.testing.assert_close(outputs, want_outputs, rtol=0, atol=0)
+    for product, expected in zip(products, want, strict=True):
+        torch.testing.assert_close(product, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_the_factors_are_forgotten_once_their_tensor_changes_or_is_superseded():
+    """δ written over Δ in place, or a new F̆⁻¹∇h formed: the old factors no longer stand for
+    the tensor, and J·v must come from the tensor itself."""
+    optimizer, params, gradient, per_example = per_example_direction()
+    low_rank = optimizer.preconditioner.low_rank_factors
+    position = [id(p) for p in params].index(id(optimizer.blocks[1].module.weight))
+    first = optimizer._precondition(gradient, per_example)
+    second = optimizer._precondition(gradient, per_example)
+    assert low_rank(first[position]) is None
+    assert low_rank(second[position]) is not None
+    combine(0.5, second, 0.0, [None])
+    assert low_rank(second[position]) is None
