@@ -60,22 +60,27 @@ def sample_targets(
     return outputs + noise(torch.randn, shape)
 
 
+def output_fisher_product(
+    outputs: torch.Tensor, v: torch.Tensor, family: LossFamily | str
+) -> torch.Tensor:
+    """F_R(zᵢ) vᵢ for each example, `outputs` broadcast against v: (diag(p) − ppᵀ)v over the
+    last dimension for the categorical, p(1 − p)∘v for Bernoulli, v for the Gaussian."""
+    family = LossFamily(family)
+    if family is LossFamily.CROSS_ENTROPY:
+        p = torch.softmax(outputs, dim=-1)
+        return p * v - p * (p * v).sum(-1, keepdim=True)
+    if family is LossFamily.BCE:
+        p = torch.sigmoid(outputs)
+        return p * (1 - p) * v
+    return v
+
+
 def output_fisher_rows(
     outputs: torch.Tensor, u: torch.Tensor, v: torch.Tensor, family: LossFamily | str
 ) -> torch.Tensor:
     """uᵢᵀ F_R(zᵢ) vᵢ for each example i (shape (N,)), where u, v are output-space directions
-    (e.g. J·δ).
-
-    F_R is diag(p) − ppᵀ for the categorical, diag(p(1 − p)) for Bernoulli, I for the Gaussian.
-    """
-    family = LossFamily(family)
-    if family is LossFamily.CROSS_ENTROPY:
-        p = torch.softmax(outputs, dim=1)
-        return (p * u * v).sum(1) - (p * u).sum(1) * (p * v).sum(1)
-    if family is LossFamily.BCE:
-        p = torch.sigmoid(outputs)
-        return (p * (1 - p) * u * v).flatten(1).sum(1)
-    return (u * v).flatten(1).sum(1)
+    (e.g. J·δ) (`output_fisher_product`)."""
+    return (u * output_fisher_product(outputs, v, family)).flatten(1).sum(1)
 
 
 def output_fisher_bilinear(

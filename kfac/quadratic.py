@@ -20,7 +20,7 @@ from torch.func import functional_call
 
 from kfac.enums import LossFamily
 from kfac.linearisation import LinearisedChain, LowRankFactors
-from kfac.losses import output_fisher_rows
+from kfac.losses import output_fisher_product
 from kfac.model_rows import ChosenRows, RowMoments, choose_rows, running_row_variance
 from kfac.vectors import dots
 
@@ -77,16 +77,12 @@ def running_statistics_frozen(model: nn.Module):
 def fisher_rows(
     outputs: torch.Tensor, products: list[torch.Tensor], family: LossFamily
 ) -> torch.Tensor:
-    """[(Jᵢvⱼ)ᵀ F_R(zᵢ) (Jᵢvₖ)] for each row i, shape (rows, k, k), from the output products
-    J·vⱼ of the k directions."""
-    count = len(products)
-    rows = outputs.new_zeros(outputs.shape[0], count, count)
-    for i in range(count):
-        for j in range(i, count):
-            rows[:, i, j] = rows[:, j, i] = output_fisher_rows(
-                outputs, products[i], products[j], family
-            )
-    return rows
+    """[(Jᵢvⱼ)ᵀ F_R(zᵢ) (Jᵢvₖ)] for each row i, shape (rows, k, k), exactly symmetric, from the
+    output products J·vⱼ of the k directions (F_R(zᵢ) formed once for all of them)."""
+    stacked = torch.stack([p.flatten(1) for p in products], dim=1)  # (rows, k, outputs)
+    curved = output_fisher_product(outputs.flatten(1).unsqueeze(1), stacked, family)
+    gram = stacked @ curved.transpose(1, 2)  # symmetric up to rounding
+    return gram.triu() + gram.triu(1).transpose(1, 2)
 
 
 class QuadraticModel:

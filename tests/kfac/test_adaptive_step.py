@@ -12,6 +12,8 @@ from torch.func import functional_call, jvp
 
 import kfac.optimizer
 from kfac import KFAC
+from kfac.enums import LossFamily
+from kfac.quadratic import fisher_rows
 from tests.kfac import explicit
 
 FAMILY = "cross_entropy"
@@ -208,3 +210,17 @@ def test_the_reported_update_norm_is_the_norm_of_the_parameters_change():
         momenta.append(opt.diagnostics["mu"])
         assert opt.diagnostics["update_norm"] == pytest.approx(float(moved.norm()), rel=1e-9)
     assert any(abs(mu) > 1e-3 for mu in momenta[1:])
+
+
+@pytest.mark.parametrize("family", ["cross_entropy", "bce", "mse"])
+def test_fisher_rows_are_each_example_s_products_with_its_explicit_output_fisher(family):
+    """[(Jᵢvⱼ)ᵀ F_R(zᵢ) (Jᵢvₖ)] for three directions on five examples, against the explicit
+    F_R(zᵢ) matrices in float64, and exactly symmetric."""
+    generator = torch.Generator().manual_seed(11)
+    outputs = torch.randn(5, 4, generator=generator, dtype=torch.float64)
+    products = [torch.randn(5, 4, generator=generator, dtype=torch.float64) for _ in range(3)]
+    rows = fisher_rows(outputs, products, LossFamily(family))
+    stacked = torch.stack(products, dim=1)  # (examples, directions, outputs)
+    expected = stacked @ explicit.output_fisher(outputs, family) @ stacked.transpose(1, 2)
+    torch.testing.assert_close(rows, expected, rtol=1e-12, atol=1e-14)
+    assert torch.equal(rows, rows.transpose(1, 2))
