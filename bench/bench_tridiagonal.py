@@ -39,6 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.kfac_vs_sgd import autoencoder, make_step
 from kfac import KFAC
 from kfac.inverses import Notes
+from kfac.preconditioner import homogeneous_rows
 from kfac.tridiagonal import FULL, SPLIT_OUTPUT, conditional_form, sandwich
 from kfac.vectors import objective_gradient
 
@@ -152,6 +153,7 @@ def floor_products(optimizer, gradient: list[torch.Tensor], rows: dict) -> dict:
     split form, its coupled block K_G,rᵀ Vᵢ K_A,r through the rows (N·(d_g·r_G + d_a·r_A +
     r_G·r_A)), which the block-diagonal product's N·(d_g² + d_a² + d_g·d_a) does not give."""
     pieces = optimizer.preconditioner._tridiagonal_pieces()
+    rows = homogeneous_rows(optimizer.blocks, rows)
     params = optimizer.param_groups[0]["params"]
     weights = {id(p): g for p, g in zip(params, gradient, strict=True)}
     runs = {"dense": [], "coupled": [], "projected": []}

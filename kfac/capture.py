@@ -68,9 +68,10 @@ class ActivationCapture:
         return keep
 
     def per_example_rows(self, names: set[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """(ā, ĝ) rows of the layers in `names` whose output gradients were kept."""
+        """(a, ĝ) rows of the layers in `names` whose output gradients were kept, a without
+        the homogeneous coordinate (`LinearBlock.plain_rows`)."""
         return {
-            b.name: (b.input_rows(self.inputs[b.name]), b.output_rows(self.output_grads[b.name]))
+            b.name: (b.plain_rows(self.inputs[b.name]), b.output_rows(self.output_grads[b.name]))
             for b in self.blocks
             if b.name in names and b.name in self.output_grads
         }

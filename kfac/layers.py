@@ -47,9 +47,17 @@ class LinearBlock:
     def parameters(self) -> list[nn.Parameter]:
         return [p for p in (self.module.weight, self.module.bias) if p is not None]
 
+    def plain_rows(self, layer_input: torch.Tensor) -> torch.Tensor:
+        """Rows a of shape (N, d_a − 1 with a bias); extra leading dimensions count as more
+        examples."""
+        return layer_input.reshape(-1, self.module.in_features)
+
     def input_rows(self, layer_input: torch.Tensor) -> torch.Tensor:
-        """Rows ā of shape (N, d_a); extra leading dimensions count as more examples."""
-        rows = layer_input.reshape(-1, self.module.in_features)
+        """Rows ā of shape (N, d_a): `plain_rows` made homogeneous."""
+        return self.homogeneous(self.plain_rows(layer_input))
+
+    def homogeneous(self, rows: torch.Tensor) -> torch.Tensor:
+        """ā = [a 1] when the layer has a bias, a otherwise."""
         return with_homogeneous_coordinate(rows) if self.has_bias else rows
 
     @property
@@ -81,17 +89,19 @@ class LinearBlock:
         return torch.nn.functional.linear(layer_input, weight, bias)
 
     def apply_low_rank(
-        self, layer_input: torch.Tensor, left: torch.Tensor, right: torch.Tensor
+        self,
+        layer_input: torch.Tensor,
+        left: torch.Tensor,
+        right_weight: torch.Tensor,
+        right_bias: torch.Tensor | None,
     ) -> torch.Tensor | None:
-        """The layer's map with [W b] = left @ right (left (d_g, r), right (r, d_a)) as
+        """The layer's map with [W b] = left @ [right_weight right_bias] (left (d_g, r)) as
         (ā rightᵀ) leftᵀ, when that is the cheaper form: r·(d_a + d_g) multiply-adds a row
         against W's d_a·d_g; None when it is not."""
-        rank = right.shape[0]
+        rank = right_weight.shape[0]
         if rank * (self.input_dim + self.output_dim) >= self.input_dim * self.output_dim:
             return None
-        columns = self.input_columns
-        bias = right[:, columns] if self.has_bias else None
-        return self.apply_parameters(layer_input, right[:, :columns], bias) @ left.T
+        return self.apply_parameters(layer_input, right_weight, right_bias) @ left.T
 
     def apply_weight(self, layer_input: torch.Tensor) -> torch.Tensor:
         """W applied to `layer_input` without the bias: the map's derivative in its input."""
@@ -166,8 +176,9 @@ class Conv2dBlock(LinearBlock):
     def output_dim(self) -> int:
         return self.module.out_channels
 
-    def input_rows(self, layer_input: torch.Tensor) -> torch.Tensor:
-        """Patches ⟦ā⟧_t of every example and location, (B·|T|, d_a), in im2col's order.
+    def plain_rows(self, layer_input: torch.Tensor) -> torch.Tensor:
+        """Patches ⟦a⟧_t of every example and location, (B·|T|, d_a − 1 with a bias), in
+        im2col's order.
 
         The windows are strided views of the padded input (`Tensor.unfold` twice, then every
         dilation-th tap), copied once into rows; on CPU this is 4–25× faster than
@@ -180,8 +191,7 @@ class Conv2dBlock(LinearBlock):
         padded = torch.nn.functional.pad(layer_input, (pw, pw, ph, ph))
         windows = padded.unfold(2, dh * (kh - 1) + 1, sh).unfold(3, dw * (kw - 1) + 1, sw)
         windows = windows[..., ::dh, ::dw]  # (B, C, H', W', kh, kw)
-        rows = windows.permute(0, 2, 3, 1, 4, 5).reshape(-1, layer_input.shape[1] * kh * kw)
-        return with_homogeneous_coordinate(rows) if self.has_bias else rows
+        return windows.permute(0, 2, 3, 1, 4, 5).reshape(-1, layer_input.shape[1] * kh * kw)
 
     def output_rows(self, output_grad: torch.Tensor) -> torch.Tensor:
         """Ds_t of every example and location, (B·|T|, out_channels)."""
@@ -211,7 +221,11 @@ class Conv2dBlock(LinearBlock):
         )
 
     def apply_low_rank(
-        self, layer_input: torch.Tensor, left: torch.Tensor, right: torch.Tensor
+        self,
+        layer_input: torch.Tensor,
+        left: torch.Tensor,
+        right_weight: torch.Tensor,
+        right_bias: torch.Tensor | None,
     ) -> torch.Tensor | None:
         """Not built for a convolution: its rows are the patches, B·|T| of them, so the rank
         r of a per-example product is rarely below d_a·d_g / (d_a + d_g)."""

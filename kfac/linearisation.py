@@ -32,8 +32,9 @@ from torch import nn
 from kfac.capture import ActivationCapture
 from kfac.layers import LinearBlock
 
-LowRankFactors = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
-"""(left, right) with left @ right = [W b] of a direction's weight tensor, or None
+LowRankFactors = Callable[[torch.Tensor], tuple | None]
+"""(left, right_weight, right_bias) with left @ [right_weight right_bias] = [W b] of a
+direction's weight tensor, or None
 (`kfac.preconditioner.KroneckerPreconditioner.low_rank_factors`)."""
 
 ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
@@ -115,7 +116,7 @@ class LinearisedChain:
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The outputs z and J·v of the captured pass's examples `rows` (a slice or indices),
         one J·v per direction (a dict id(parameter) → tensor).  `low_rank` gives the factors
-        of a direction's weight that is a per-example product left @ right (F̆⁻¹∇h at batch
+        of a direction's weight that is a per-example product (F̆⁻¹∇h at batch
         256), through which V ā costs less (`LinearBlock.apply_low_rank`)."""
         count = len(directions)
         tangent = None  # ȧ of the current layer, the directions stacked as examples

@@ -29,7 +29,7 @@ class NaturalGradient:
         per_example: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> list[torch.Tensor]:
         """F̆⁻¹∇h per parameter, ∇h·`other_scale` for the parameters outside the layers;
-        `per_example` maps a layer to its rows (ā, ĝ), which stand for its gradient."""
+        `per_example` maps a layer to its rows (a, ĝ), which stand for its gradient."""
         per_example = per_example or {}
         by_param = dict(zip(map(id, self.params), gradient, strict=True))
         matrices = []

@@ -74,10 +74,12 @@ def test_block_diagonal_update_is_damped_kronecker_inverse_times_gradient(family
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_per_example_preconditioning_of_wide_layers_matches_the_formula(family):
+@pytest.mark.parametrize("bias", [True, False])
+def test_per_example_preconditioning_of_wide_layers_matches_the_formula(family, bias):
     """With η = 0 and layers wider than the batch, the optimizer multiplies (ĝG⁻¹)ᵀ(āĀ⁻¹)
-    instead of G⁻¹∇W̄Ā⁻¹; the update must be the same F̌⁻¹∇h."""
-    model = tiny_net(widths=(4, 30, 25, 3))
+    instead of G⁻¹∇W̄Ā⁻¹ (with a bias, āĀ⁻¹ by Ā⁻¹'s blocks); the update must be the same
+    F̌⁻¹∇h."""
+    model = tiny_net(bias, widths=(4, 30, 25, 3))
     x, y = batch(family, n=6)
     expected, _ = explicit_fixed_step(
         model, x, y, family, explicit.block_diagonal_inverse, 0.1**0.5
@@ -155,6 +157,24 @@ def test_preconditioned_weights_come_out_contiguous(weight_decay):
     assert all(part.is_contiguous() for part in opt._precondition(gradient, rows))
 
 
+def test_the_per_example_product_follows_new_inverses():
+    """Ā⁻¹'s blocks are kept between inversions; a new Ā⁻¹ (here 2Ā⁻¹) must be used at once:
+    (ĝG⁻¹)ᵀ(ā 2Ā⁻¹) is twice the product, dense and per-example layers alike."""
+    model = tiny_net(widths=(4, 30, 25, 3))
+    x, y = batch("bce", n=6)
+    _, opt = one_fixed_step(model, x, y, "bce", damping=0.1, weight_decay=0.0)
+    _, per_example = opt._forward_backward(x, y, 2)
+    gradient = [p.grad for p in opt.param_groups[0]["params"]]
+    rows = opt.capture.per_example_rows(per_example)
+    assert set(rows) == {opt.blocks[1].name}
+    before = opt._precondition(gradient, rows)
+    for block in opt.blocks:
+        state = opt.block_state(block)
+        state["input_inverse"] = 2 * state["input_inverse"]
+    for got, was in zip(opt._precondition(gradient, rows), before, strict=True):
+        torch.testing.assert_close(got, 2 * was, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize(
     "family, damping",
     # The softmax output's G is singular (Σ g = 0), so the undamped case uses the other two.
@@ -192,7 +212,7 @@ def test_per_example_block_tridiagonal_update_matches_the_matrix_path_and_the_fo
     matrices = [g.T @ a for a, g in rows.values()]
     by_matrix = opt.preconditioner.precondition(matrices)
     for names in ([b.name for b in opt.blocks], [opt.blocks[1].name]):
-        chosen = {name: rows[name] for name in names}
+        chosen = {name: (rows[name][0][:, :-1], rows[name][1]) for name in names}  # a, not ā
         mixed = [None if b.name in chosen else m for b, m in zip(opt.blocks, matrices, strict=True)]
         for got, want in zip(
             opt.preconditioner.precondition(mixed, chosen), by_matrix, strict=True
