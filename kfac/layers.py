@@ -25,6 +25,7 @@ class LinearBlock:
     """An nn.Linear layer: ā is its input, g = D s the gradient at its output."""
 
     supports_tridiagonal = True
+    supports_low_rank = True
 
     def __init__(self, name: str, module: nn.Linear):
         self.name = name
@@ -99,7 +100,8 @@ class LinearBlock:
         (ā rightᵀ) leftᵀ, when that is the cheaper form: r·(d_a + d_g) multiply-adds a row
         against W's d_a·d_g; None when it is not."""
         rank = right_weight.shape[0]
-        if rank * (self.input_dim + self.output_dim) >= self.input_dim * self.output_dim:
+        cheaper = rank * (self.input_dim + self.output_dim) < self.input_dim * self.output_dim
+        if not (self.supports_low_rank and cheaper):
             return None
         return self.apply_parameters(layer_input, right_weight, right_bias) @ left.T
 
@@ -155,6 +157,9 @@ class Conv2dBlock(LinearBlock):
     """
 
     supports_tridiagonal = False
+    # Its rows are the patches, B·|T| of them: a per-example product's rank is rarely below
+    # d_a·d_g / (d_a + d_g), so `apply_low_rank` is not built for it.
+    supports_low_rank = False
 
     def __init__(self, name: str, module: nn.Conv2d):
         if module.groups != 1:
@@ -219,17 +224,6 @@ class Conv2dBlock(LinearBlock):
         return torch.nn.functional.conv2d(
             layer_input, weight, bias, conv.stride, conv.padding, conv.dilation
         )
-
-    def apply_low_rank(
-        self,
-        layer_input: torch.Tensor,
-        left: torch.Tensor,
-        right_weight: torch.Tensor,
-        right_bias: torch.Tensor | None,
-    ) -> torch.Tensor | None:
-        """Not built for a convolution: its rows are the patches, B·|T| of them, so the rank
-        r of a per-example product is rarely below d_a·d_g / (d_a + d_g)."""
-        return None
 
     def input_factor(self, layer_input: torch.Tensor) -> torch.Tensor:
         """Ω: summed over locations, averaged over the batch."""
