@@ -188,8 +188,9 @@ class KroneckerPreconditioner:
         """F̆⁻¹ applied to the layers' gradient matrices [∇W ∇b], each (d_g, d_a); returns each
         layer's result cut into tensors shaped like its parameters (weight, bias).
 
-        `per_example` optionally maps a layer name to its rows (ā, ĝ) with ∇W̄ = ĝᵀā; for those
-        layers the block-diagonal product is computed as (ĝG⁻¹)ᵀ(āĀ⁻¹), which costs
+        `per_example` optionally maps a layer name to its rows (a, ĝ), a without the
+        homogeneous coordinate of ā = [a 1], with ∇W̄ = ĝᵀā; for those layers the
+        block-diagonal product is computed as (ĝG⁻¹)ᵀ(āĀ⁻¹), which costs
         N·(d_g² + d_a² + d_g·d_a) instead of d_g·d_a·(d_g + d_a): cheaper when the batch is
         smaller than the layer.  The block-tridiagonal product takes the rows likewise for every
         product that meets ∇W̄ (see `block_tridiagonal_precondition`).
