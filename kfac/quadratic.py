@@ -101,7 +101,7 @@ class QuadraticModel:
         params,
         capture,
         communicator,
-        low_rank: LowRankFactors | None = None,
+        low_rank: LowRankFactors,
     ):
         self.model, self.family, self.low_rank = model, family, low_rank
         self.params, self.capture, self.communicator = params, capture, communicator

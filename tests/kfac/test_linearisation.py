@@ -11,6 +11,7 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from kfac import KFAC
+from kfac.layers import LinearBlock
 from kfac.vectors import combine
 from tests.kfac import explicit
 from tests.kfac.conftest import LOSSES, NETS, make_batch, make_net
@@ -261,6 +262,27 @@ def test_j_delta_through_the_per_example_factors_equals_the_dense_product(rows):
     torch.testing.assert_close(outputs, want_outputs, rtol=0, atol=0)
     for product, expected in zip(products, want, strict=True):
         torch.testing.assert_close(product, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_the_default_step_past_its_l2_phase_reads_j_delta_through_the_factors(monkeypatch):
+    """The optimizer hands its preconditioner's factors to the quadratic model: with the
+    defaults past the ℓ2 phase (shortened here to none), each step's J·Δ of the per-example
+    layer comes through them, once a step (J·δ₀ does not: δ₀ is a dense sum of steps)."""
+    taken = []
+    apply_low_rank = LinearBlock.apply_low_rank
+
+    def spy(block, *args):
+        product = apply_low_rank(block, *args)
+        taken.append(block.name if product is not None else None)
+        return product
+
+    monkeypatch.setattr(LinearBlock, "apply_low_rank", spy)
+    model = tiny_net(widths=(4, 30, 25, 3))
+    x, y = batch("bce", n=6)
+    optimizer = KFAC(model, "bce", weight_decay_steps=0)
+    for _ in range(3):
+        optimizer.step(x, y)
+    assert taken == [optimizer.blocks[1].name] * 3
 
 
 def test_the_factors_are_forgotten_once_their_tensor_changes_or_is_superseded():
