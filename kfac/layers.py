@@ -97,13 +97,17 @@ class LinearBlock:
         right_bias: torch.Tensor | None,
     ) -> torch.Tensor | None:
         """The layer's map with [W b] = left @ [right_weight right_bias] (left (d_g, r)) as
-        (ā rightᵀ) leftᵀ, when that is the cheaper form: r·(d_a + d_g) multiply-adds a row
-        against W's d_a·d_g; None when it is not."""
-        rank = right_weight.shape[0]
-        cheaper = rank * (self.input_dim + self.output_dim) < self.input_dim * self.output_dim
-        if not (self.supports_low_rank and cheaper):
+        (ā rightᵀ) leftᵀ, when that is the cheaper form (`low_rank_map_cost`); None when it is
+        not."""
+        if self.low_rank_map_cost(right_weight.shape[0]) is None:
             return None
         return self.apply_parameters(layer_input, right_weight, right_bias) @ left.T
+
+    def low_rank_map_cost(self, rank: int) -> int | None:
+        """r·(d_a + d_g), the multiply-adds of the map on one row ā through rank-r factors of
+        [W b], where the layer supports them and they are cheaper than W's d_a·d_g; else None."""
+        cost = rank * (self.input_dim + self.output_dim)
+        return cost if self.supports_low_rank and cost < self.input_dim * self.output_dim else None
 
     def apply_weight(self, layer_input: torch.Tensor) -> torch.Tensor:
         """W applied to `layer_input` without the bias: the map's derivative in its input."""

@@ -23,9 +23,10 @@ others, t the most curved): F̂ − F = (n/B)(mean of the drawn − mean of the 
 (n/B)²σ²/k lost, σ² the spread of the others' rows; as s²/m, s² = (n/B)²(m/k)σ²
 (`stratified_variance_scale`; the draw's finite-population factor is left out, as it is for
 the first rows).
-A step whose other work costs as much as R rows of the model makes the most progress per unit of
-time, (1 − s²/m)/(R + m), at m* = s² + √(s⁴ + s²R) (`economical_rows`), with s² a running
-average over the steps, observed on each step's drawn rows.
+A step whose other work costs as much as R rows of the model (`kfac.step_cost`, counted from the
+layers' shapes at this batch) makes the most progress per unit of time, (1 − s²/m)/(R + m), at
+m* = s² + √(s⁴ + s²R) (`economical_rows`), with s² a running average over the steps, observed
+on each step's drawn rows.
 """
 
 from __future__ import annotations
@@ -37,14 +38,6 @@ import torch
 
 from kfac.distributed import Communicator
 from kfac.enums import LossFamily, QuadraticSampling
-
-# R / B of `economical_rows`: the default step without the quadratic model costs 2.5 SGD-m steps
-# on the MNIST autoencoder at batch 256 and 1.8 at 1,000 (bench.kfac_step_cost --profile), an
-# SGD-m step ~3P multiply-adds per example and a row of the model 4P (V ā and W ȧ for Δ and δ₀,
-# P the weights): 1.9B and 1.3B rows.  Timed directly (the model's own rows run slower per
-# multiply-add), 1.0–1.25B on an EPYC; R = 1.1B was no faster there within the run-to-run
-# spread (docs/benchmarks.md "16, eighth pass").
-STEP_COST_IN_MODEL_ROWS = 1.5
 
 # Below this many rows a row variance is too rough to decide by (its relative error ~√(2/m)).
 # Stratified rows estimate it from their drawn half, 16 rows at this floor (~35% a step); the
@@ -118,11 +111,10 @@ def row_variance(
     return max(float(spread), 0.0) / scale
 
 
-def economical_rows(variance: float, batch: int, cap: int) -> int:
+def economical_rows(variance: float, cost: float, cap: int) -> int:
     """The whole number of rows in [min(MIN_MODEL_ROWS, cap), cap] that makes the most progress
-    per unit of time, (1 − s²/m)/(R + m) with R = STEP_COST_IN_MODEL_ROWS·B: the floor or the
-    ceiling of m* = s² + √(s⁴ + s²R) (module docstring), clipped."""
-    cost = STEP_COST_IN_MODEL_ROWS * batch
+    per unit of time, (1 − s²/m)/(R + m) with R = `cost`, the rest of the step in rows: the
+    floor or the ceiling of m* = s² + √(s⁴ + s²R) (module docstring), clipped."""
     best = variance + math.sqrt(variance * variance + variance * cost)
     lowest = min(MIN_MODEL_ROWS, cap)
     candidates = {min(cap, max(lowest, whole)) for whole in (math.floor(best), math.ceil(best))}
@@ -167,11 +159,12 @@ def choose_rows(
     family: LossFamily,
     communicator: Communicator,
     variance: float | None = None,
-    adapt: bool = False,
+    step_cost: float | None = None,
 ) -> ChosenRows:
     """This step's rows of the model among this rank's examples, their weights and the
-    count their weighted sum is divided by; `share` of the global `batch` in all, or with
-    `adapt` and a row `variance` s², only `economical_rows` of it.
+    count their weighted sum is divided by; `share` of the global `batch` in all, or, when the
+    rows adapt (a `step_cost` R, `kfac.step_cost`) and a row `variance` s² is known, only
+    `economical_rows` of it.
 
     FIRST: the global batch's first rows, weight 1, count their number on this rank.
     CURVATURE: `stratified_rows` over the global batch, the same on every rank: the ranks'
@@ -186,8 +179,9 @@ def choose_rows(
     if sampling is QuadraticSampling.AUTO:
         categorical = family is LossFamily.CROSS_ENTROPY
         sampling = QuadraticSampling.CURVATURE if categorical else QuadraticSampling.FIRST
+    adapt = step_cost is not None
     if adapt and variance is not None:
-        share = economical_rows(variance, batch, share)
+        share = economical_rows(variance, step_cost, share)
     if sampling is QuadraticSampling.FIRST:
         used = communicator.prefix(share)
         return ChosenRows(slice(0, used), outputs.new_ones(used), used, adapted=adapt)

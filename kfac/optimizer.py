@@ -48,6 +48,7 @@ from kfac.quadratic import (
 )
 from kfac.settings import SETTINGS_BEFORE_THEY_EXISTED, KFACSettings
 from kfac.statistics import FactorStatistics
+from kfac.step_cost import in_model_rows, step_costs
 from kfac.vectors import combine, dot, objective_gradient, objective_value
 
 
@@ -240,22 +241,20 @@ class KFAC(torch.optim.Optimizer):
                 return loss, set()
             if record:
                 self._update_factors(outputs, targets)
+            if per_example:  # again, with this pass's rows per example
+                per_example = self._per_example_layers(batch)
             if uses_model:  # its rows, from this pass's outputs (after the targets' draw)
-                size = self._share(group["quadratic_fraction"])
-                sampling = group["quadratic_sampling"]
                 # Only α, μ observe the row variance (a fixed lr's λ reads the whole share).
                 adapt = group["adapt_quadratic_rows"] and group["lr"] is None
                 self.quadratic.choose_rows(
                     outputs,
-                    size,
-                    sampling,
+                    self._share(group["quadratic_fraction"]),
+                    group["quadratic_sampling"],
                     self.generator,
                     self.batch_size,
                     self.counters["row_variance"],
-                    adapt,
+                    self._step_cost_in_model_rows(per_example) if adapt else None,
                 )
-            if per_example:  # again, with this pass's rows per example
-                per_example = self._per_example_layers(batch)
             if per_example:
                 self.capture.keep_output_gradients()
         local_loss.backward()
@@ -355,6 +354,18 @@ class KFAC(torch.optim.Optimizer):
 
     def _per_example_layers(self, batch: int) -> set[str]:
         return self.preconditioner.per_example_layers(batch, self.capture.rows_per_example)
+
+    def _step_cost_in_model_rows(self, per_example: set[str]) -> float:
+        """R of the model's economical rows at this step (kfac.step_cost)."""
+        costs = step_costs(
+            self.blocks,
+            self.capture.rows_per_example,
+            self.batch_size,
+            per_example,
+            self.param_groups[0],
+            self.quadratic.reads_training_pass,
+        )
+        return in_model_rows(costs)
 
     def _precondition(self, gradient: list[torch.Tensor], per_example=None) -> list[torch.Tensor]:
         """F̆⁻¹∇h per parameter; other parameters get ∇h/γ² (adaptive) or ∇h (fixed lr)."""

@@ -21,6 +21,7 @@ from kfac.enums import InverseStructure, ProductPrecision
 from kfac.factors import cross_moment, update_running_average
 from kfac.inverses import Notes, damp_factors, spd_inverse
 from kfac.layers import LinearBlock
+from kfac.step_cost import product_costs
 from kfac.tridiagonal import (
     KroneckerDifferenceInverse,
     TridiagonalLayerInverse,
@@ -280,8 +281,8 @@ class KroneckerPreconditioner:
         The same comparison decides for the block-tridiagonal structure, whose products that
         meet V, K_Gᵀ V K_A and M_G V M_Aᵀ, have the same shapes up to the neighbours' widths.
         """
-        d_a, d_g = block.input_dim, block.output_dim
-        return rows * (d_g * d_g + d_a * d_a + d_g * d_a) < d_g * d_a * (d_g + d_a)
+        per_example, dense = product_costs(block, rows)
+        return per_example < dense
 
 
 def homogeneous_rows(

@@ -137,12 +137,12 @@ class QuadraticModel:
         generator,
         batch: int,
         variance: float | None = None,
-        adapt: bool = False,
+        step_cost: float | None = None,
     ) -> None:
         """This step's rows among this rank's examples (`kfac.model_rows.choose_rows`)."""
         family, communicator = self.family, self.communicator
         self.chosen = choose_rows(
-            outputs, share, sampling, generator, batch, family, communicator, variance, adapt
+            outputs, share, sampling, generator, batch, family, communicator, variance, step_cost
         )
 
     def matrices(self, inputs, gradient, directions, weight_decay, damping):

@@ -14,13 +14,13 @@ from kfac import KFAC
 from kfac.model_rows import (
     MIN_MODEL_ROWS,
     ROW_VARIANCE_DECAY,
-    STEP_COST_IN_MODEL_ROWS,
     economical_rows,
     most_curved,
     row_variance,
     stratified_rows,
     stratified_variance_scale,
 )
+from kfac.step_cost import in_model_rows, step_costs
 from tests.kfac import explicit
 
 
@@ -104,15 +104,15 @@ def test_a_singular_model_has_no_row_variance():
 
 
 @pytest.mark.parametrize("variance", [0.0, 0.3, 4.0, 12.0, 500.0])
-@pytest.mark.parametrize("batch", [100, 256, 1000])
-def test_economical_rows_make_the_most_progress_per_unit_of_time(variance, batch):
+@pytest.mark.parametrize(("batch", "cost"), [(100, 150.0), (256, 390.0), (1000, 970.0)])
+def test_economical_rows_make_the_most_progress_per_unit_of_time(variance, batch, cost):
     """(1 − s²/m)/(R + m) over the allowed whole numbers of rows is largest at the count chosen."""
     cap = batch // 4
 
     def rate(rows: int) -> float:
-        return (1 - variance / rows) / (STEP_COST_IN_MODEL_ROWS * batch + rows)
+        return (1 - variance / rows) / (cost + rows)
 
-    chosen = economical_rows(variance, batch, cap)
+    chosen = economical_rows(variance, cost, cap)
     allowed = range(min(MIN_MODEL_ROWS, cap), cap + 1)
     assert chosen in allowed
     assert rate(chosen) >= max(map(rate, allowed)) - 1e-9 * abs(max(map(rate, allowed)))
@@ -121,18 +121,21 @@ def test_economical_rows_make_the_most_progress_per_unit_of_time(variance, batch
 @pytest.mark.parametrize("family", ["bce", "cross_entropy"])
 def test_the_default_step_solves_the_model_of_its_economical_rows(family):
     """Defaults (sampled targets; the Bernoulli's rows are the batch's first, the categorical's
-    stratified): given s² = 4 in the optimizer's state, the second step's α, μ minimise the
-    exact quadratic model with the Fisher of economical_rows(4, 256, 64) = 44 rows, weighted,
+    stratified): given s² = 8 in the optimizer's state, the second step's α, μ minimise the
+    exact quadratic model with the Fisher of economical_rows(8, R, 64) = 45 rows, R the step's
+    cost counted for this batch (kfac.step_cost; ℓ2 phase, so every product dense), weighted,
     and the state's s² becomes the running average with this step's, from the explicit
-    Fishers of the drawn rows (all 44, or the 22 after the most curved) times their scale."""
+    Fishers of the drawn rows (all 45, or the 23 after the most curved) times their scale."""
     size = 256
     model = explicit.tiny_net(widths=(4, 6, 5, 3))
     x, y = explicit.batch(family, n=size)
     opt = KFAC(model, family)
     opt.step(x, y)
-    prior = 4.0
+    prior = 8.0
     opt.counters["row_variance"] = prior
-    rows = economical_rows(prior, size, size // 4)
+    group, recorded = opt.param_groups[0], opt.capture.rows_per_example
+    cost = in_model_rows(step_costs(opt.blocks, recorded, size, set(), group, True))
+    rows = economical_rows(prior, cost, size // 4)
     assert MIN_MODEL_ROWS < rows < size // 4  # neither bound decides
     eta, damping = opt.weight_decay(2), opt.param_groups[0]["damping"]
     before = copy.deepcopy(model)
