@@ -71,20 +71,20 @@ def step_costs(
     cost = (3 * forward - first) * batch
     if group["adapt_damping"]:
         cost += forward * batch / group["damping_interval"]
+    saved = 0  # J·Δ of a per-example layer through F̆⁻¹∇W̄'s factors, of rank B·|T|
     for b in blocks:
         t = rows_per_example.get(b.name, 1)
         d_a, d_g = b.input_dim, b.output_dim
-        cost += product_costs(b, batch * t)[0 if b.name in per_example else 1]
+        by_rows = b.name in per_example
+        cost += product_costs(b, batch * t)[0 if by_rows else 1]
         cost += INVERSION_COST * (d_a**3 + d_g**3) / group["inverse_interval"]
         statistics += (d_a * d_a + d_g * d_g) * t * statistics_rows
+        low_rank = b.low_rank_map_cost(batch * t) if by_rows else None
+        saved += 0 if low_rank is None else (d_a * d_g - low_rank) * t
     cost += statistics / group["stats_interval"]
     if not reads_training_pass:
         return cost, 2 * 3 * forward
-    row = 2 * (2 * forward - first)
-    for b in blocks:  # J·Δ of a per-example layer through F̆⁻¹∇W̄'s factors, rank B
-        low_rank = b.low_rank_map_cost(batch) if b.name in per_example else None
-        row -= 0 if low_rank is None else b.input_dim * b.output_dim - low_rank
-    return cost, row
+    return cost, 2 * (2 * forward - first) - saved
 
 
 def in_model_rows(costs: tuple[float, int]) -> float:
