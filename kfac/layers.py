@@ -123,8 +123,9 @@ class LinearBlock:
         rows = self.output_rows(output_grad)
         return second_moment(rows, rows.shape[0])
 
-    def weight_matrix(self, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """[W b] of shape (d_g, d_a) from tensors shaped like the weight and bias."""
+    def weight_matrix(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """[W b] of shape (d_g, d_a) from tensors shaped like the weight and bias (W without a
+        bias)."""
         matrix = weight.reshape(weight.shape[0], -1)
         return torch.cat([matrix, bias[:, None]], dim=1) if bias is not None else matrix
 

@@ -32,17 +32,11 @@ class NaturalGradient:
         `per_example` maps a layer to its rows (a, ĝ), which stand for its gradient."""
         per_example = per_example or {}
         by_param = dict(zip(map(id, self.params), gradient, strict=True))
-        matrices = []
-        for block in self.blocks:
-            weight, *bias = block.parameters()
-            matrices.append(
-                None
-                if block.name in per_example
-                else block.weight_matrix(
-                    by_param[id(weight)], by_param[id(bias[0])] if bias else None
-                )
-            )
-        conditioned = self.preconditioner.precondition(matrices, per_example)
+        layer_gradients = [
+            None if block.name in per_example else [by_param[id(p)] for p in block.parameters()]
+            for block in self.blocks
+        ]
+        conditioned = self.preconditioner.precondition(layer_gradients, per_example)
         result = {}
         for block, parts in zip(self.blocks, conditioned, strict=True):
             for p, part in zip(block.parameters(), parts, strict=True):

@@ -181,13 +181,15 @@ class KroneckerPreconditioner:
 
     # ------------------------------------------------------------------ F̆⁻¹ ∇h
 
+    @torch.no_grad()  # the products write into kept buffers; nothing differentiates through them
     def precondition(
         self,
-        gradients: list[torch.Tensor | None],
+        gradients: list[list[torch.Tensor] | None],
         per_example: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> list[list[torch.Tensor]]:
-        """F̆⁻¹ applied to the layers' gradient matrices [∇W ∇b], each (d_g, d_a); returns each
-        layer's result cut into tensors shaped like its parameters (weight, bias).
+        """F̆⁻¹ applied to the layers' gradients ∇W̄ = [∇W ∇b], each given as its parameters'
+        parts [∇W, ∇b] (shaped like the weight and bias); returns each layer's result cut into
+        tensors shaped like its parameters (weight, bias).
 
         `per_example` optionally maps a layer name to its rows (a, ĝ), a without the
         homogeneous coordinate of ā = [a 1], with ∇W̄ = ĝᵀā; for those layers the
@@ -203,7 +205,10 @@ class KroneckerPreconditioner:
             if pieces is not None:
                 rows = homogeneous_rows(self.blocks, per_example)
                 matrices = block_tridiagonal_precondition(
-                    [rows.get(b.name, g) for b, g in zip(self.blocks, gradients, strict=True)],
+                    [
+                        rows[b.name] if b.name in rows else b.weight_matrix(*g)
+                        for b, g in zip(self.blocks, gradients, strict=True)
+                    ],
                     pieces,
                 )
                 return [b.split(m) for b, m in zip(self.blocks, matrices, strict=True)]
@@ -221,7 +226,7 @@ class KroneckerPreconditioner:
                     input_inverse, output_inverse = self._derived(
                         "bfloat16", block.name, (input_inverse, output_inverse), _bfloat16
                     )
-                left = output_inverse @ gradient.to(output_inverse.dtype)
+                left = self._output_inverse_times(block, output_inverse, gradient)
                 columns = block.input_columns
                 bias_column = input_inverse[:, columns] if block.has_bias else None
                 right = input_inverse[:, :columns], bias_column
@@ -231,6 +236,28 @@ class KroneckerPreconditioner:
                 self._low_rank[id(weight)] = LowRankProduct(weight, weight._version, left, *right)
             result.append(parts)
         return result
+
+    def _output_inverse_times(
+        self, block: LinearBlock, output_inverse: torch.Tensor, gradient: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """G⁻¹[∇W ∇b] from the parts [∇W, ∇b], as G⁻¹∇W and G⁻¹∇b written into the columns of
+        one (d_g, d_a) buffer kept with G⁻¹: no copy of [∇W ∇b] and no fresh result each step
+        (the autoencoder's eight layers at batch 1,000: 1–5 ms a step, docs/benchmarks.md "16,
+        thirteenth pass"). The buffer is overwritten by the next call: the caller's products
+        with Ā⁻¹ read it at once."""
+        weight, *bias = (part.to(output_inverse.dtype) for part in gradient)
+        weight = weight.reshape(block.output_dim, -1)
+        if not bias:
+            return output_inverse @ weight
+        (buffer,) = self._derived(
+            "product buffer",
+            block.name,
+            (output_inverse,),
+            lambda inverse: (inverse.new_empty(block.output_dim, block.input_dim),),
+        )
+        torch.mm(output_inverse, weight, out=buffer[:, :-1])
+        torch.mv(output_inverse, bias[0], out=buffer[:, -1])
+        return buffer
 
     def _rows_times_input_inverse(
         self, block: LinearBlock, rows: torch.Tensor, input_inverse: torch.Tensor
@@ -256,7 +283,8 @@ class KroneckerPreconditioner:
 
     def _derived(self, kind: str, name: str, stored: tuple[torch.Tensor, ...], make) -> tuple:
         """`make(*stored)` for a layer's stored inverses, made again only when they change (a
-        new inversion, a loaded state dict): their bfloat16 copies, Ā⁻¹'s blocks."""
+        new inversion, a loaded state dict): their bfloat16 copies, Ā⁻¹'s blocks, the buffer of
+        G⁻¹[∇W ∇b]."""
         cached = self._derived_forms.get((kind, name))
         if cached is None or any(c is not s for c, s in zip(cached[0], stored, strict=True)):
             cached = (stored, tuple(make(*stored)))

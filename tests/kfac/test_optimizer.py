@@ -209,11 +209,13 @@ def test_per_example_block_tridiagonal_update_matches_the_matrix_path_and_the_fo
 
     # Gradients of the mean loss: ĝ = g / N, and [∇W ∇b] = ĝᵀā layer by layer.
     rows = {b.name: (a, g / 6) for b, a, g in zip(opt.blocks, a_rows, g_rows, strict=True)}
-    matrices = [g.T @ a for a, g in rows.values()]
-    by_matrix = opt.preconditioner.precondition(matrices)
+    gradients = [b.split(g.T @ a) for b, (a, g) in zip(opt.blocks, rows.values(), strict=True)]
+    by_matrix = opt.preconditioner.precondition(gradients)
     for names in ([b.name for b in opt.blocks], [opt.blocks[1].name]):
         chosen = {name: (rows[name][0][:, :-1], rows[name][1]) for name in names}  # a, not ā
-        mixed = [None if b.name in chosen else m for b, m in zip(opt.blocks, matrices, strict=True)]
+        mixed = [
+            None if b.name in chosen else g for b, g in zip(opt.blocks, gradients, strict=True)
+        ]
         for got, want in zip(
             opt.preconditioner.precondition(mixed, chosen), by_matrix, strict=True
         ):

@@ -62,17 +62,21 @@ def counted_step(make_model, inputs, targets, share: float, steps: int = 4):
     return counter.get_total_flops() / 2 / steps, optimizer
 
 
+MLP_CASES = {"dense": ((30, 60, 40, 50, 20), 64), "per example": ((30, 60, 40, 50, 20), 8)}
+"""Widths and batch: every layer's product dense; every layer's per example."""
+
+
 def case(name: str):
-    gen = torch.Generator().manual_seed(1)
+    """(a model maker, inputs, targets) of a named case."""
     if name == "conv":
+        gen = torch.Generator().manual_seed(1)
         inputs = torch.randn(8, 2, 6, 6, generator=gen, dtype=torch.float64)
-        return conv_net, inputs, torch.bernoulli(torch.full((8, 3), 0.5, dtype=torch.float64))
+        targets = torch.bernoulli(torch.full((8, 3), 0.5, dtype=torch.float64), generator=gen)
+        return conv_net, inputs, targets
     if name == "dual passes":
         inputs, targets = explicit.batch("bce", n=32, d_in=12, d_out=3)
         return normalised_net, inputs, targets
-    widths, batch = {"dense": ((30, 60, 40, 50, 20), 64), "per example": ((30, 60, 40, 50, 20), 8)}[
-        name
-    ]
+    widths, batch = MLP_CASES[name]
     inputs, targets = explicit.batch("bce", n=batch, d_in=widths[0], d_out=widths[-1])
     return (lambda: explicit.tiny_net(bias=False, widths=widths)), inputs, targets
 
@@ -115,9 +119,11 @@ def test_past_the_l2_phase_the_rows_follow_the_count_with_per_example_layers():
     inputs, targets = explicit.batch("bce", n=batch, d_in=widths[0], d_out=widths[-1])
     optimizer = KFAC(model, "bce", weight_decay_steps=0, quadratic_fraction=1.0)
     optimizer.step(inputs, targets)
-    per_example = {
-        b.name for b in optimizer.blocks if (lambda c: c[0] < c[1])(product_costs(b, batch))
-    }
+    per_example = set()
+    for block in optimizer.blocks:
+        by_rows, dense = product_costs(block, batch)
+        if by_rows < dense:
+            per_example.add(block.name)
     assert per_example and per_example != {b.name for b in optimizer.blocks}
     variance = 6.0
     group, recorded = optimizer.param_groups[0], optimizer.capture.rows_per_example
