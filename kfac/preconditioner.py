@@ -242,9 +242,9 @@ class KroneckerPreconditioner:
     ) -> torch.Tensor:
         """G⁻¹[∇W ∇b] from the parts [∇W, ∇b], as G⁻¹∇W and G⁻¹∇b written into the columns of
         one (d_g, d_a) buffer kept with G⁻¹: no copy of [∇W ∇b] and no fresh result each step
-        (the autoencoder's eight layers at batch 1,000: 1–5 ms a step, docs/benchmarks.md "16,
-        thirteenth pass"). The buffer is overwritten by the next call: the caller's products
-        with Ā⁻¹ read it at once."""
+        (the autoencoder's eight layers at batch 1,000: 1.8 ms a step less, docs/benchmarks.md
+        "16, thirteenth pass"). The buffer is overwritten by the next call: the caller's
+        products with Ā⁻¹ read it at once."""
         weight, *bias = (part.to(output_inverse.dtype) for part in gradient)
         weight = weight.reshape(block.output_dim, -1)
         if not bias:
