@@ -129,11 +129,6 @@ class LinearBlock:
         matrix = weight.reshape(weight.shape[0], -1)
         return torch.cat([matrix, bias[:, None]], dim=1) if bias is not None else matrix
 
-    def gradient_matrix(self) -> torch.Tensor:
-        """[∇W ∇b] of shape (d_g, d_a), from the parameters' .grad."""
-        bias_grad = self.module.bias.grad if self.has_bias else None
-        return self.weight_matrix(self.module.weight.grad, bias_grad)
-
     def split(self, matrix: torch.Tensor) -> list[torch.Tensor]:
         """Cut a (d_g, d_a) matrix back into contiguous tensors shaped like [weight, bias].
 
